@@ -1,0 +1,185 @@
+//! The API's one error type, and the one place errors become HTTP answers.
+//!
+//! Policy: handlers and extractors return [`ApiError`]. Each variant's doc names its status.
+//! Every error body is `{"error": <reason phrase>, "message": <text>, "requestId": <id>}`
+//! (DESIGN section 5). Internal errors answer an opaque 500 and are logged exactly once, by
+//! [`error_envelope`], with the request id; their text never reaches the caller. Libraries below
+//! use `thiserror`; `anyhow` appears here only to carry internal causes to that log line.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::context;
+
+/// Everything an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; the message says what was wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: credentials missing, invalid or replayed. The message is deliberately generic.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403: the caller is not allowed here.
+    #[error("Service not authorized")]
+    Forbidden,
+    /// 404: no such order (or not visible to this tenant).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the order's state forbids the command, or a concurrent write won.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: well-formed but contradicts an earlier request (an idempotency key reused).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 502: a peer service answered with an error.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 503: a dependency is down or the read model is behind; retry after `retry_after` s.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// 500: a bug or an unexpected failure. Logged once; never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Handlers' result type.
+pub type ApiResult<T, E = ApiError> = Result<T, E>;
+
+impl ApiError {
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Wraps any internal failure.
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+/// Builds the normative error body with the current request id.
+pub fn error_body(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "message": message,
+        "requestId": context::current_request_id(),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Carries an internal error from `into_response` to the one place that logs it.
+#[derive(Clone, Debug)]
+struct InternalCause(Arc<anyhow::Error>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(_) => "An internal error occurred".to_owned(),
+            other => other.to_string(),
+        };
+        let mut response = error_body(status, &message);
+        match self {
+            Self::Internal(cause) => {
+                response
+                    .extensions_mut()
+                    .insert(InternalCause(Arc::new(cause)));
+            }
+            Self::Unavailable {
+                retry_after: Some(secs),
+                ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::BadRequest("expected a JSON body with content-type application/json".into())
+            }
+            JsonRejection::BytesRejection(_) => {
+                Self::BadRequest("the request body could not be read".into())
+            }
+            // Syntax and data errors carry serde's text, which names the field and position
+            // and never anything internal.
+            other => Self::BadRequest(format!("invalid JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest(format!("invalid path parameter: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// Outermost error middleware: logs internal errors once, and turns every error answer that is
+/// not already our JSON body (an unknown route, a wrong method, a body over the limit, a
+/// timeout) into one, so callers see a single error shape.
+pub async fn error_envelope(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
+        tracing::error!(error = ?cause, %method, %path, "request failed with an internal error");
+    }
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::NOT_FOUND => "no route matches this path",
+        StatusCode::METHOD_NOT_ALLOWED => "this method is not allowed on this route",
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the limit",
+        StatusCode::REQUEST_TIMEOUT => "the request took too long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported content type",
+        s if s.is_server_error() => "An internal error occurred",
+        _ => "the request was refused",
+    };
+    let mut replaced = error_body(status, message);
+    for name in [header::RETRY_AFTER, header::ALLOW] {
+        if let Some(v) = response.headers().get(&name) {
+            replaced.headers_mut().insert(name, v.clone());
+        }
+    }
+    replaced
+}
