@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 409: the order's state forbids the command, or a concurrent write won.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a concurrent command on the same order kept winning; safe to retry.
+    #[error("the order was changed concurrently; retry the command")]
+    ConcurrentWrite,
     /// 422: well-formed but contradicts an earlier request (an idempotency key reused).
     #[error("{0}")]
     Unprocessable(String),
@@ -64,7 +67,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ConcurrentWrite => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,1 +1,26 @@
-//! placeholder
+//! The application layer of the order service: configuration, the axum server, request
+//! authentication, the command path, and the `order-service` binary's subcommands.
+//!
+//! It depends on every other crate of the workspace (`order-domain`, `order-projections`,
+//! `order-bus`) and nothing depends on it. Business rules stay in the domain crate; this crate
+//! gathers facts, sends commands, and maps outcomes to HTTP.
+//!
+//! # Layout
+//! - [`config`]: typed settings from the environment.
+//! - [`startup`]: the [`startup::Application`] seam: build, port, run until stopped.
+//! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
+//! - [`store`]: the command path over postgres-es.
+//! - [`routes`]: handlers, one module per resource.
+//! - [`error`], [`extract`], [`context`]: the error body, extractors and per-request context.
+//! - [`db`]: pool, database creation and migrations.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

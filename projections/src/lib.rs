@@ -1,1 +1,24 @@
-//! placeholder
+//! The read side: the commit-safe event feed, checkpoints, relational read models, their queries
+//! and replay.
+//!
+//! Depends on `order-domain` for event types. It must not depend on the HTTP layer (`api`) or on
+//! messaging (`bus`): the relay and the jobs read events through this crate's feed, not the other
+//! way round.
+//!
+//! # Layout
+//! - [`feed`]: the commit-safe feed every reader uses, and lag measurement.
+//! - [`checkpoint`]: per-reader positions in the feed.
+//! - [`runner`]: drives a [`runner::Projector`] batch by batch, one replica at a time.
+//! - [`view`]: the order object every API answer uses (DESIGN section 5.1).
+//! - [`error`]: the crate's error type.
+
+pub mod checkpoint;
+pub mod error;
+pub mod feed;
+pub mod runner;
+pub mod view;
+
+pub use error::ProjectionError;
+pub use feed::{FeedEvent, FeedPosition};
+pub use runner::{ProjectionRunner, Projector, RunOnce};
+pub use view::OrderView;

@@ -1,0 +1,487 @@
+//! Command routes under `/api/v1/orders` (DESIGN section 5.2).
+//!
+//! Each handler parses its body into domain types (400 on anything malformed), sends one command
+//! through [`OrderStore::execute`](crate::store::OrderStore::execute), and answers with the order
+//! as the aggregate left it, so the caller reads its own write before projections catch up.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use order_domain::commands::*;
+use order_domain::values::{IssuedTicket, NewLineItem, QUANTITY_RANGE};
+use order_domain::{Currency, Order, OrderCommand};
+use order_projections::OrderView;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::context::RequestContext;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{truncate, AppJson, OrderIdPath};
+use crate::startup::AppState;
+
+/// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
+const IDEMPOTENT_ORDER_NS: Uuid = Uuid::from_u128(0x04de_0000_0000_0000_0000_0000_0000_0001);
+/// Namespace of line-item ids derived from `(order id, position)`.
+const ITEM_NS: Uuid = Uuid::from_u128(0x17e3_0000_0000_0000_0000_0000_0000_0002);
+/// Namespace of refund ids derived from `(order id, Idempotency-Key)`.
+const REFUND_NS: Uuid = Uuid::from_u128(0x0ef0_0000_0000_0000_0000_0000_0000_0003);
+
+/// Default hold of a new or reserved order: 15 minutes.
+const DEFAULT_EXPIRY_SECS: i64 = 900;
+/// Longest hold a caller may ask for: one day.
+const MAX_EXPIRY_SECS: i64 = 86_400;
+
+/// `POST /api/v1/orders` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrderBody {
+    pub user_id: String,
+    pub event_id: Uuid,
+    pub currency: String,
+    pub items: Vec<CreateItemBody>,
+    #[serde(default)]
+    pub fees_cents: i64,
+    #[serde(default)]
+    pub tax_cents: i64,
+    pub expires_in_seconds: Option<i64>,
+    pub event_starts_at: Option<DateTime<Utc>>,
+}
+
+/// One requested line.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateItemBody {
+    pub ticket_type_id: Uuid,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// `POST .../reserve` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReserveBody {
+    pub expires_in_seconds: Option<i64>,
+}
+
+/// `POST .../confirm` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfirmBody {
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
+    pub expected_version: Option<u64>,
+}
+
+/// `POST .../cancel` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelBody {
+    pub reason: String,
+}
+
+/// `POST .../refunds` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount_cents: Option<i64>,
+    pub reason: String,
+}
+
+/// `POST .../tickets` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TicketsBody {
+    pub tickets: Vec<TicketBody>,
+}
+
+/// One issued ticket.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TicketBody {
+    pub item_id: Uuid,
+    pub ticket_id: String,
+}
+
+/// The answer of every command.
+fn order_answer(order: &Order) -> ApiResult<Json<Value>> {
+    let view = OrderView::from_aggregate(order)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("command answered with an uncreated order")))?;
+    Ok(Json(json!({ "order": view })))
+}
+
+/// Event metadata: who asked, on whose behalf, and which request and trace it belongs to.
+fn metadata(ctx: &RequestContext, caller: &Caller) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("requestId".to_owned(), ctx.request_id.clone()),
+        ("traceId".to_owned(), ctx.trace_id.clone()),
+        ("correlationId".to_owned(), ctx.request_id.clone()),
+        ("causationId".to_owned(), ctx.request_id.clone()),
+        ("actor".to_owned(), caller.service.clone()),
+    ]);
+    if let Some(tp) = &ctx.traceparent {
+        m.insert("traceparent".to_owned(), tp.clone());
+    }
+    if let Some(t) = &ctx.tenant_id {
+        m.insert("tenantId".to_owned(), t.clone());
+    }
+    if let Some(u) = &ctx.user_id {
+        m.insert("userId".to_owned(), u.clone());
+    }
+    m
+}
+
+/// Orders of another tenant do not exist for a caller scoped to a tenant.
+fn tenant_guard(ctx: &RequestContext) -> impl Fn(&Order) -> Result<(), ApiError> + '_ {
+    move |order: &Order| match &ctx.tenant_id {
+        Some(t) if order.exists() && *t != order.tenant_id => Err(not_found()),
+        _ => Ok(()),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("order not found".into())
+}
+
+fn expiry(now: DateTime<Utc>, seconds: Option<i64>) -> ApiResult<DateTime<Utc>> {
+    let secs = seconds.unwrap_or(DEFAULT_EXPIRY_SECS);
+    if !(1..=MAX_EXPIRY_SECS).contains(&secs) {
+        return Err(ApiError::BadRequest(format!(
+            "expiresInSeconds must be between 1 and {MAX_EXPIRY_SECS}, got {secs}"
+        )));
+    }
+    Ok(now + Duration::seconds(secs))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible characters".into())
+                })?;
+            Ok(Some(key.to_owned()))
+        }
+    }
+}
+
+/// `POST /api/v1/orders`: place an order (201). With `Idempotency-Key`, a repeat with the same
+/// body answers the first answer again, and the same key with another body is 422. The order id
+/// is derived from the tenant and the key, so the event store's primary key makes the check
+/// atomic and it survives restarts with no extra table.
+pub async fn create_order(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    headers: HeaderMap,
+    AppJson(raw): AppJson<Value>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = ctx
+        .tenant_id
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest("X-Tenant-ID header is required to create an order".into()))?;
+    let request_hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
+    let body: CreateOrderBody = serde_json::from_value(raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let key = idempotency_key(&headers)?;
+    let order_id = match &key {
+        Some(k) => Uuid::new_v5(&IDEMPOTENT_ORDER_NS, format!("{tenant}\n{k}").as_bytes()),
+        None => Uuid::now_v7(),
+    };
+    let currency = Currency::parse(&body.currency)?;
+    let items = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let quantity = u32::try_from(item.quantity)
+                .ok()
+                .filter(|q| QUANTITY_RANGE.contains(q))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "items[{i}].quantity must be between 1 and 50, got {}",
+                        item.quantity
+                    ))
+                })?;
+            Ok(NewLineItem {
+                id: Uuid::new_v5(&ITEM_NS, format!("{order_id}:{i}").as_bytes()),
+                ticket_type_id: item.ticket_type_id,
+                quantity,
+                unit_price_cents: item.unit_price_cents,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+
+    let mut meta = metadata(&ctx, &caller);
+    meta.insert("requestHash".to_owned(), request_hash.clone());
+    if let Some(k) = &key {
+        meta.insert("idempotencyKey".to_owned(), k.clone());
+        if let Some(answer) = replay_first_answer(&state, order_id, &request_hash).await? {
+            return Ok(answer);
+        }
+    }
+    let now = Utc::now();
+    let expires_at = expiry(now, body.expires_in_seconds)?;
+    let order_number = format!(
+        "ORD-{}-{}",
+        now.format("%Y%m%d"),
+        &order_id.simple().to_string().to_uppercase()[26..]
+    );
+    let result = state
+        .store
+        .execute(order_id, &meta, |_| Ok(()), || {
+            OrderCommand::CreateOrder(CreateOrder {
+                order_id,
+                order_number: order_number.clone(),
+                tenant_id: tenant.clone(),
+                user_id: body.user_id.clone(),
+                event_id: body.event_id,
+                currency: currency.clone(),
+                items: items.clone(),
+                fees_cents: body.fees_cents,
+                tax_cents: body.tax_cents,
+                expires_at,
+                event_starts_at: body.event_starts_at,
+                now: Utc::now(),
+            })
+        })
+        .await;
+    match result {
+        Ok(done) => Ok((StatusCode::CREATED, order_answer(&done.order)?)),
+        // Two requests with one key raced; the loser answers like a repeat.
+        Err(ApiError::Conflict(_)) if key.is_some() => {
+            replay_first_answer(&state, order_id, &request_hash)
+                .await?
+                .ok_or(ApiError::ConcurrentWrite)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// For an idempotent create: the first answer (the order right after `OrderCreated`) if the
+/// order exists and was created from the same body; 422 if from another body.
+async fn replay_first_answer(
+    state: &AppState,
+    order_id: Uuid,
+    request_hash: &str,
+) -> ApiResult<Option<(StatusCode, Json<Value>)>> {
+    let history = state.store.history(order_id).await?;
+    let Some(first) = history.first() else {
+        return Ok(None);
+    };
+    if first.metadata.get("requestHash").and_then(Value::as_str) != Some(request_hash) {
+        return Err(ApiError::Unprocessable(
+            "this Idempotency-Key was already used with a different request body".into(),
+        ));
+    }
+    let event = serde_json::from_value(first.payload.clone()).map_err(ApiError::internal)?;
+    let mut order = Order::default();
+    order.apply(&event);
+    Ok(Some((StatusCode::CREATED, order_answer(&order)?)))
+}
+
+/// `POST /api/v1/orders/{id}/reserve`.
+pub async fn reserve_order(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+    caller: Caller,
+    AppJson(body): AppJson<ReserveBody>,
+) -> ApiResult<Json<Value>> {
+    let expires_at = expiry(Utc::now(), body.expires_in_seconds)?;
+    let done = state
+        .store
+        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
+            OrderCommand::ReserveOrder(ReserveOrder {
+                expires_at,
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    order_answer(&done.order)
+}
+
+/// `POST /api/v1/orders/{id}/confirm`.
+pub async fn confirm_order(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+    caller: Caller,
+    AppJson(body): AppJson<ConfirmBody>,
+) -> ApiResult<Json<Value>> {
+    if body.payment_intent_id.trim().is_empty() || body.payment_intent_id.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "paymentIntentId must be 1 to 255 characters".into(),
+        ));
+    }
+    let done = state
+        .store
+        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
+            OrderCommand::ConfirmOrder(ConfirmOrder {
+                payment_intent_id: body.payment_intent_id.clone(),
+                amount_cents: body.amount_cents,
+                expected_version: body.expected_version,
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    order_answer(&done.order)
+}
+
+/// `POST /api/v1/orders/{id}/cancel`.
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+    caller: Caller,
+    AppJson(body): AppJson<CancelBody>,
+) -> ApiResult<Json<Value>> {
+    let reason = required_text("reason", &body.reason)?;
+    let done = state
+        .store
+        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
+            OrderCommand::CancelOrder(CancelOrder {
+                reason: reason.clone(),
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    order_answer(&done.order)
+}
+
+/// `POST /api/v1/orders/{id}/refunds`: request a refund, then record its completion.
+///
+/// The refund id is derived from `Idempotency-Key` when given, so a retried request is the same
+/// refund. The call to payment-service between the two steps belongs to the outgoing-clients
+/// work (DESIGN section 7); until it lands the refund is recorded as completed by this service.
+pub async fn refund_order(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+    caller: Caller,
+    headers: HeaderMap,
+    AppJson(body): AppJson<RefundBody>,
+) -> ApiResult<Json<Value>> {
+    let reason = required_text("reason", &body.reason)?;
+    let refund_id = match idempotency_key(&headers)? {
+        Some(k) => Uuid::new_v5(&REFUND_NS, format!("{id}\n{k}").as_bytes()),
+        None => Uuid::now_v7(),
+    };
+    let meta = metadata(&ctx, &caller);
+    state
+        .store
+        .execute(id, &meta, tenant_guard(&ctx), || {
+            OrderCommand::RequestRefund(RequestRefund {
+                refund_id,
+                amount_cents: body.amount_cents,
+                reason: reason.clone(),
+                facts: RefundFacts::default(),
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    let done = state
+        .store
+        .execute(id, &meta, tenant_guard(&ctx), || {
+            OrderCommand::CompleteRefund(CompleteRefund {
+                refund_id,
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    order_answer(&done.order)
+}
+
+/// `POST /api/v1/orders/{id}/tickets`.
+pub async fn record_tickets(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+    caller: Caller,
+    AppJson(body): AppJson<TicketsBody>,
+) -> ApiResult<Json<Value>> {
+    if body.tickets.is_empty() || body.tickets.len() > 500 {
+        return Err(ApiError::BadRequest(
+            "tickets must hold between 1 and 500 entries".into(),
+        ));
+    }
+    let tickets: Vec<IssuedTicket> = body
+        .tickets
+        .into_iter()
+        .map(|t| {
+            Ok(IssuedTicket {
+                item_id: t.item_id,
+                ticket_id: required_text("ticketId", &t.ticket_id)?,
+            })
+        })
+        .collect::<ApiResult<_>>()?;
+    let done = state
+        .store
+        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
+            OrderCommand::RecordTickets(RecordTickets {
+                tickets: tickets.clone(),
+                now: Utc::now(),
+            })
+        })
+        .await?;
+    order_answer(&done.order)
+}
+
+/// `GET /api/v1/orders/{id}/events`: the order's history, upcast to current versions.
+pub async fn order_events(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+    ctx: RequestContext,
+) -> ApiResult<Json<Value>> {
+    let history = state.store.history(id).await?;
+    let Some(first) = history.first() else {
+        return Err(not_found());
+    };
+    let owner = first
+        .payload
+        .get("OrderCreated")
+        .and_then(|c| c.get("tenantId"))
+        .and_then(Value::as_str);
+    if ctx.tenant_id.as_deref().is_some_and(|t| Some(t) != owner) {
+        return Err(not_found());
+    }
+    let events: Vec<Value> = history
+        .into_iter()
+        .map(|e| {
+            let payload = match e.payload {
+                Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or(Value::Null),
+                other => other,
+            };
+            json!({
+                "sequence": e.sequence,
+                "type": e.event_type,
+                "version": e.event_version,
+                "timestamp": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "payload": payload,
+                "metadata": e.metadata,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "orderId": id, "events": events })))
+}
+
+fn required_text(field: &str, value: &str) -> ApiResult<String> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 500 {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be 1 to 500 characters, got '{}'",
+            truncate(v)
+        )));
+    }
+    Ok(v.to_owned())
+}

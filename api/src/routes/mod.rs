@@ -1,0 +1,5 @@
+//! HTTP routes, one module per resource. Each exposes its handlers; [`crate::startup::router`]
+//! assembles them with their authentication policy.
+
+pub mod commands;
+pub mod health;

@@ -1,0 +1,166 @@
+//! The application seam: [`Application::build`] wires settings into a bound server,
+//! [`Application::port`] tells tests where it listens, and
+//! [`Application::run_until_stopped`] serves until the shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::routes::{commands, health};
+use crate::store::OrderStore;
+use crate::{context, db, error};
+
+/// Shared by every handler. Cheap to clone: everything inside is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub store: OrderStore,
+    /// `None` only when NATS could not be configured at all; readiness reports it.
+    pub nats: Option<async_nats::Client>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Headers whose values must never reach a log line.
+const SENSITIVE: [HeaderName; 3] = [
+    HeaderName::from_static("x-internal-auth"),
+    HeaderName::from_static("x-internal-signature"),
+    HeaderName::from_static("authorization"),
+];
+
+/// The full router with its middleware stack.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    let commands = Router::new()
+        .route("/api/v1/orders", post(commands::create_order))
+        .route("/api/v1/orders/{id}/reserve", post(commands::reserve_order))
+        .route("/api/v1/orders/{id}/confirm", post(commands::confirm_order))
+        .route("/api/v1/orders/{id}/cancel", post(commands::cancel_order))
+        .route("/api/v1/orders/{id}/refunds", post(commands::refund_order))
+        .route("/api/v1/orders/{id}/tickets", post(commands::record_tickets))
+        .route("/api/v1/orders/{id}/events", get(commands::order_events));
+
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .merge(commands)
+        .with_state(state)
+        // Layers run bottom-up on the way in: the last added is the outermost.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout(),
+        ))
+        .layer(RequestBodyLimitLayer::new(settings.request_body_limit))
+        .layer(middleware::from_fn(error::error_envelope))
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(context::request_context))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new(SENSITIVE))
+}
+
+/// A built, bound, not yet serving application.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+}
+
+impl Application {
+    /// Creates the database if needed, migrates, connects and binds.
+    ///
+    /// # Errors
+    /// When Postgres is unreachable, a migration fails, or the address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        db::create_and_migrate(&settings.database_url).await?;
+        let pool = db::pool(&settings.database_url, settings.db_max_connections)?;
+        Self::build_with_pool(settings, pool).await
+    }
+
+    /// Builds over an existing, migrated pool (tests hand in a fresh database per test).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let nats = connect_nats(&settings.nats_url).await;
+        let state = AppState {
+            store: OrderStore::new(pool.clone()),
+            pool,
+            nats,
+            settings: Arc::new(settings),
+        };
+        let listener = TcpListener::bind(state.settings.http_addr)
+            .await
+            .with_context(|| format!("cannot bind {}", state.settings.http_addr))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            listener,
+            port,
+            state,
+        })
+    }
+
+    /// The bound port (useful when the configured port was 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The state handlers see, for tests that drive background work directly.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = router(self.state.clone());
+        tracing::info!(port = self.port, "order-service listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")
+    }
+}
+
+/// Connects to NATS without blocking start-up on it: the client keeps retrying in the
+/// background, and readiness reports the state meanwhile.
+async fn connect_nats(url: &str) -> Option<async_nats::Client> {
+    match async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+    {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid NATS configuration");
+            None
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Executes commands against the event store: load, decide, append, with optimistic retries.
+//!
+//! This is the one write path for order state. It uses postgres-es's repository for loading
+//! (with upcasting) and appending, but not `CqrsFramework`: the framework's `Query` processors
+//! run after commit and swallow errors, and it does not hand back the changed aggregate. Read
+//! models are built from the commit-safe feed instead, and the caller gets the aggregate as the
+//! command left it.
+
+use std::collections::HashMap;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use order_domain::{Order, OrderCommand, OrderError, OrderEvent, ORDER_AGGREGATE_TYPE};
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// How many times a command is re-decided after losing a race for the same sequence number.
+/// Each retry reloads the order, so idempotent repeats (a second confirm with the same payment
+/// intent) resolve to "nothing to do" on the first retry.
+const MAX_ATTEMPTS: usize = 8;
+
+/// The result of a command.
+#[derive(Debug)]
+pub struct Executed {
+    /// The order as the command left it.
+    pub order: Order,
+    /// Events appended by this call (empty when the command was already satisfied).
+    pub events: Vec<OrderEvent>,
+}
+
+/// The write side: loads orders and appends their events.
+#[derive(Clone)]
+pub struct OrderStore {
+    inner: std::sync::Arc<PersistedEventStore<PostgresEventRepository, Order>>,
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for OrderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderStore").finish_non_exhaustive()
+    }
+}
+
+/// One stored event, upcast to its current version, for history views.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OrderStore {
+    /// Builds the store over a pool. Upcasters are always on: every load sees current versions.
+    pub fn new(pool: PgPool) -> Self {
+        let repo = PostgresEventRepository::new(pool.clone());
+        let inner = PersistedEventStore::new_event_store(repo).with_upcasters(order_domain::upcasters());
+        Self {
+            inner: std::sync::Arc::new(inner),
+            pool,
+        }
+    }
+
+    /// The pool this store writes to.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Loads an order; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when Postgres is unreachable, `Internal` otherwise.
+    pub async fn load(&self, id: Uuid) -> Result<Option<Order>, ApiError> {
+        let mut ctx = self
+            .inner
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(store_error)?;
+        let order = ctx.aggregate().clone();
+        Ok(order.exists().then_some(order))
+    }
+
+    /// Decides and appends a command. `command` is called once per attempt so that it can take
+    /// a fresh clock reading; `check` runs against the loaded order before deciding (tenant
+    /// scoping, idempotency-key comparison) and may short-circuit with an error.
+    ///
+    /// # Errors
+    /// Domain refusals map to 400/404/409 by kind; a race lost [`MAX_ATTEMPTS`] times is 409;
+    /// an unreachable database is 503.
+    pub async fn execute(
+        &self,
+        id: Uuid,
+        metadata: &HashMap<String, String>,
+        check: impl Fn(&Order) -> Result<(), ApiError>,
+        command: impl Fn() -> OrderCommand,
+    ) -> Result<Executed, ApiError> {
+        let aggregate_id = id.to_string();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut ctx = self
+                .inner
+                .load_aggregate(&aggregate_id)
+                .await
+                .map_err(store_error)?;
+            let current = ctx.aggregate().clone();
+            check(&current)?;
+            let events = current.decide(command()).map_err(ApiError::from)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    order: current,
+                    events,
+                });
+            }
+            match self.inner.commit(events.clone(), ctx, metadata.clone()).await {
+                Ok(_) => {
+                    let mut order = current;
+                    for e in &events {
+                        order.apply(e);
+                    }
+                    metrics::counter!("order_commands_total", "outcome" => "applied").increment(1);
+                    return Ok(Executed { order, events });
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    metrics::counter!("order_command_conflicts_total").increment(1);
+                    tracing::debug!(order.id = %id, attempt, "lost a race for the next sequence; retrying");
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::ConcurrentWrite)
+    }
+
+    /// An order's stored events in sequence order, upcast to current versions.
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when Postgres is unreachable.
+    pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, ApiError> {
+        let rows: Vec<(i64, String, String, serde_json::Value, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as(
+                "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
+                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+                  ORDER BY sequence",
+            )
+            .bind(ORDER_AGGREGATE_TYPE)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sqlx_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(sequence, event_type, event_version, payload, metadata, recorded_at)| {
+                let (payload, event_version) = order_domain::upcast::upcast_payload(
+                    &event_type,
+                    &event_version,
+                    &id.to_string(),
+                    payload,
+                    &metadata,
+                );
+                StoredEvent {
+                    sequence,
+                    event_type,
+                    event_version,
+                    payload,
+                    metadata,
+                    recorded_at,
+                }
+            })
+            .collect())
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        use order_domain::ErrorKind;
+        match e.kind() {
+            ErrorKind::Invalid => Self::BadRequest(e.to_string()),
+            ErrorKind::NotFound => Self::NotFound(e.to_string()),
+            ErrorKind::Conflict => Self::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// Maps a framework error, telling an outage (503) from a bug (500).
+fn store_error(e: AggregateError<OrderError>) -> ApiError {
+    match e {
+        AggregateError::UserError(e) => e.into(),
+        AggregateError::AggregateConflict => ApiError::ConcurrentWrite,
+        AggregateError::DatabaseConnectionError(e) => unavailable(e.to_string()),
+        AggregateError::UnexpectedError(e) | AggregateError::DeserializationError(e) => {
+            match e.downcast::<sqlx::Error>() {
+                Ok(sqlx) => sqlx_error(*sqlx),
+                Err(other) => ApiError::Internal(anyhow::anyhow!(other)),
+            }
+        }
+    }
+}
+
+/// Connection-level sqlx failures are an outage; anything else is a bug.
+pub fn sqlx_error(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => unavailable(e.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+fn unavailable(cause: String) -> ApiError {
+    tracing::warn!(error = %cause, "database unavailable");
+    ApiError::Unavailable {
+        message: "the database is unavailable; retry shortly".into(),
+        retry_after: Some(1),
+    }
+}

@@ -1,0 +1,74 @@
+//! Per-reader checkpoints in `feed_checkpoints`.
+//!
+//! A reader that writes to Postgres (a projector) saves its checkpoint in the same transaction as
+//! its writes, so a crash between the two cannot happen. A reader that writes elsewhere (the
+//! relay to NATS) saves it only after the other side acknowledged, so a crash repeats work and
+//! never skips it; the other side deduplicates.
+
+use sqlx::{PgExecutor, Row};
+
+use crate::error::ProjectionError;
+use crate::feed::FeedPosition;
+
+/// Reads a reader's checkpoint; the start of the feed if it has none.
+///
+/// # Errors
+/// [`ProjectionError::Database`] when the query fails.
+pub async fn load<'e>(
+    executor: impl PgExecutor<'e>,
+    consumer: &str,
+) -> Result<FeedPosition, ProjectionError> {
+    let row = sqlx::query(
+        "SELECT transaction_id::text AS txid, global_position FROM feed_checkpoints WHERE consumer = $1",
+    )
+    .bind(consumer)
+    .fetch_optional(executor)
+    .await?;
+    row.map_or(Ok(FeedPosition::default()), |r| {
+        let txid: String = r.try_get("txid")?;
+        Ok(FeedPosition {
+            transaction_id: txid.parse().unwrap_or_default(),
+            global_position: r.try_get("global_position")?,
+        })
+    })
+}
+
+/// Moves a reader's checkpoint forward to `position`, counting `events` more done.
+///
+/// # Errors
+/// [`ProjectionError::Database`] when the statement fails.
+pub async fn save<'e>(
+    executor: impl PgExecutor<'e>,
+    consumer: &str,
+    position: FeedPosition,
+    events: u64,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
+         VALUES ($1, $2::text::xid8, $3, $4, now())
+         ON CONFLICT (consumer) DO UPDATE
+            SET transaction_id = EXCLUDED.transaction_id,
+                global_position = EXCLUDED.global_position,
+                events_total = feed_checkpoints.events_total + EXCLUDED.events_total,
+                updated_at = now()",
+    )
+    .bind(consumer)
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .bind(i64::try_from(events).unwrap_or(i64::MAX))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Removes a reader's checkpoint, so it starts again from the beginning of the feed.
+///
+/// # Errors
+/// [`ProjectionError::Database`] when the statement fails.
+pub async fn reset<'e>(executor: impl PgExecutor<'e>, consumer: &str) -> Result<(), ProjectionError> {
+    sqlx::query("DELETE FROM feed_checkpoints WHERE consumer = $1")
+        .bind(consumer)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

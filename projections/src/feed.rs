@@ -1,0 +1,210 @@
+//! The commit-safe feed: every reader of events (projectors, the outbox relay, jobs, replay)
+//! reads through [`read_after`].
+//!
+//! Why not `global_position > last`: positions are taken when a row is inserted, but rows become
+//! visible when their transaction commits, so a reader can see position 11 while position 10
+//! is still uncommitted, move past it, and never see it. Instead each row carries its writer's
+//! transaction id (`xid8`), and a reader only reads rows whose transaction is older than every
+//! transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`). Those transactions have
+//! all finished, and no new transaction can get an id below that fence, so nothing can appear
+//! behind the reader later. Rows are read in `(transaction_id, global_position)` order, which
+//! keeps each order's events in sequence order: a command appends only after it has read the
+//! order's committed history, so its transaction id is newer than the ones it read.
+//!
+//! The price is that one long transaction holds the fence back; [`lag`] names it.
+
+use chrono::{DateTime, Utc};
+use order_domain::{OrderEvent, ORDER_AGGREGATE_TYPE};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+
+/// A position in the feed: the last event a reader has finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FeedPosition {
+    pub transaction_id: u64,
+    pub global_position: i64,
+}
+
+/// One event as the feed delivers it, with its payload already upcast to the current version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    pub position: FeedPosition,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// Externally tagged, as stored: `{"OrderCreated": {...}}`.
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl FeedEvent {
+    /// Decodes the payload into the domain event.
+    ///
+    /// # Errors
+    /// [`ProjectionError::Undecodable`] for a payload that matches no known event.
+    pub fn decode(&self) -> Result<OrderEvent, ProjectionError> {
+        serde_json::from_value(self.payload.clone()).map_err(|e| ProjectionError::Undecodable {
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The event's own fields, without the type tag.
+    pub fn inner_payload(&self) -> &Value {
+        match &self.payload {
+            Value::Object(m) if m.len() == 1 => m.values().next().unwrap_or(&Value::Null),
+            other => other,
+        }
+    }
+
+    /// The order id, when the aggregate id is a UUID (it always is for orders).
+    pub fn order_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.aggregate_id).ok()
+    }
+
+    /// A metadata string, if present.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+}
+
+const SELECT: &str = "
+SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND aggregate_type = $4
+ ORDER BY transaction_id, global_position
+ LIMIT $3";
+
+/// Reads up to `limit` order events after `after`, in feed order, upcast to current versions.
+///
+/// # Errors
+/// [`ProjectionError::Database`] when the query fails.
+pub async fn read_after<'e>(
+    executor: impl PgExecutor<'e>,
+    after: FeedPosition,
+    limit: i64,
+) -> Result<Vec<FeedEvent>, ProjectionError> {
+    let rows = sqlx::query(SELECT)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(ORDER_AGGREGATE_TYPE)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(decode_row).collect()
+}
+
+fn decode_row(row: &PgRow) -> Result<FeedEvent, ProjectionError> {
+    let txid: String = row.try_get("txid")?;
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let event_type: String = row.try_get("event_type")?;
+    let stored_version: String = row.try_get("event_version")?;
+    let metadata: Value = row.try_get("metadata")?;
+    let (payload, event_version) = order_domain::upcast::upcast_payload(
+        &event_type,
+        &stored_version,
+        &aggregate_id,
+        row.try_get("payload")?,
+        &metadata,
+    );
+    Ok(FeedEvent {
+        position: FeedPosition {
+            transaction_id: txid.parse().map_err(|_| {
+                ProjectionError::Handler(format!("transaction id '{txid}' is not a number"))
+            })?,
+            global_position: row.try_get("global_position")?,
+        },
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id,
+        sequence: row.try_get("sequence")?,
+        event_type,
+        event_version,
+        payload,
+        metadata,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// The oldest transaction that holds the feed's fence back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenTransaction {
+    pub pid: i32,
+    pub application_name: String,
+    pub state: String,
+    pub age_seconds: f64,
+}
+
+/// How far a reader is behind the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lag {
+    /// Visible events after the reader's checkpoint.
+    pub events_behind: i64,
+    /// Age of the oldest event the reader has not read yet (0 when caught up).
+    pub seconds_behind: f64,
+    /// Events that exist but are not yet behind the fence (their transactions, or older ones,
+    /// are still open).
+    pub events_fenced: i64,
+    /// The oldest open transaction with a transaction id, if one holds the fence back.
+    pub oldest_open_transaction: Option<OpenTransaction>,
+}
+
+/// Measures a reader's lag from its checkpoint.
+///
+/// # Errors
+/// [`ProjectionError::Database`] when a query fails.
+pub async fn lag(pool: &sqlx::PgPool, consumer: &str) -> Result<Lag, ProjectionError> {
+    let after = crate::checkpoint::load(pool, consumer).await?;
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())) AS visible,
+                count(*) FILTER (WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS fenced,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(recorded_at)
+                    FILTER (WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()))), 0)::float8 AS age
+           FROM events
+          WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+    )
+    .bind(after.transaction_id.to_string())
+    .bind(after.global_position)
+    .fetch_one(pool)
+    .await?;
+    let events_fenced: i64 = row.try_get("fenced")?;
+    let oldest_open_transaction = if events_fenced > 0 {
+        sqlx::query(
+            "SELECT pid, COALESCE(application_name, '') AS app, COALESCE(state, '') AS state,
+                    EXTRACT(EPOCH FROM now() - xact_start)::float8 AS age
+               FROM pg_stat_activity
+              WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+              ORDER BY xact_start LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(|r| -> Result<_, sqlx::Error> {
+            Ok(OpenTransaction {
+                pid: r.try_get("pid")?,
+                application_name: r.try_get("app")?,
+                state: r.try_get("state")?,
+                age_seconds: r.try_get("age")?,
+            })
+        })
+        .transpose()?
+    } else {
+        None
+    };
+    Ok(Lag {
+        events_behind: row.try_get("visible")?,
+        seconds_behind: row.try_get("age")?,
+        events_fenced,
+        oldest_open_transaction,
+    })
+}
