@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 use uuid::Uuid;
 
 tokio::task_local! {
@@ -42,7 +43,8 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 impl RequestContext {
     /// Reads the context from request headers, inventing ids that are missing.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let request_id = header(headers, "x-request-id").unwrap_or_else(|| Uuid::new_v4().to_string());
+        let request_id =
+            header(headers, "x-request-id").unwrap_or_else(|| Uuid::new_v4().to_string());
         let traceparent = header(headers, "traceparent");
         let trace_id = traceparent
             .as_deref()
@@ -84,8 +86,9 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         http.method = %request.method(),
         http.path = %request.uri().path(),
     );
-    let _ = span.enter();
-    CONTEXT.scope(ctx, next.run(request)).await
+    // `let _ = span.enter()` dropped the guard at once, and a guard held across an await would
+    // leak the span into other tasks; instrumenting the future is the async-safe way.
+    CONTEXT.scope(ctx, next.run(request)).instrument(span).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {

@@ -1,0 +1,777 @@
+//! The axum middleware that authenticates service-to-service requests (DESIGN section 6).
+//!
+//! Checks run in the normative order: timestamp window, caller allowed on the route (403),
+//! signature in constant time (401), then the nonce or hmac-v2 signature recorded atomically
+//! (401 on reuse). Only an expired timestamp says why it failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+use super::caller::{Caller, Scheme};
+use super::keys::{valid_service_name, KeyRing};
+use super::nonce::{NonceStore, MAX_NONCE_LEN};
+use super::policy::{CallerPolicy, RoutePolicy};
+use super::signing::{v1_header, v2_header, verify_v1, verify_v2};
+use crate::error::ApiError;
+
+/// How far a request's timestamp may be from this server's clock, either side.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// The one 401 message for every failure but an expired timestamp, so an attacker learns
+/// nothing about which check failed.
+pub const INVALID_CREDENTIALS: &str = "Invalid service credentials";
+
+/// The 401 message for a timestamp outside the window; callers need it to spot clock skew.
+pub const TIMESTAMP_EXPIRED: &str = "Request timestamp expired";
+
+/// Prefix of hmac-v2 replay keys in the nonce store; `:` never occurs in a v1 nonce.
+const V2_REPLAY_PREFIX: &str = "v2:";
+
+/// Longest header value looked at; longer ones are malformed.
+const MAX_HEADER_LEN: usize = 256;
+
+/// Why a request was refused. Only the variant's class is logged.
+#[derive(Debug)]
+enum Rejection {
+    Malformed,
+    Expired,
+    NotAllowed,
+    BadCredentials,
+    Replayed,
+    Store(sqlx::Error),
+}
+
+impl Rejection {
+    fn class(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::NotAllowed => "not_allowed",
+            Self::BadCredentials => "bad_credentials",
+            Self::Replayed => "replayed",
+            Self::Store(_) => "store_error",
+        }
+    }
+
+    fn into_api_error(self) -> ApiError {
+        match self {
+            Self::Expired => ApiError::Unauthorized(TIMESTAMP_EXPIRED),
+            Self::NotAllowed => ApiError::Forbidden,
+            Self::Store(e) => ApiError::Internal(
+                anyhow::Error::new(e).context("recording a request nonce failed"),
+            ),
+            Self::Malformed | Self::BadCredentials | Self::Replayed => {
+                ApiError::Unauthorized(INVALID_CREDENTIALS)
+            }
+        }
+    }
+}
+
+/// The credentials a request presents, borrowed from its headers.
+struct Presented<'a> {
+    scheme: Scheme,
+    service: &'a str,
+    timestamp: &'a str,
+    /// hmac-v1 only.
+    nonce: Option<&'a str>,
+    signature: &'a str,
+}
+
+/// The value of a header that must appear exactly once, as visible ASCII.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Rejection> {
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Rejection::Malformed);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= MAX_HEADER_LEN)
+        .ok_or(Rejection::Malformed)
+}
+
+fn valid_nonce(nonce: &str) -> bool {
+    nonce.len() <= MAX_NONCE_LEN
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'='))
+}
+
+fn presented(headers: &HeaderMap) -> Result<Presented<'_>, Rejection> {
+    let found = if headers.contains_key(v1_header::SIGNATURE) {
+        Presented {
+            scheme: Scheme::HmacV1,
+            service: single(headers, v1_header::SERVICE)?,
+            timestamp: single(headers, v1_header::TIMESTAMP)?,
+            nonce: Some(single(headers, v1_header::NONCE)?),
+            signature: single(headers, v1_header::SIGNATURE)?,
+        }
+    } else if headers.contains_key(v2_header::SIGNATURE) {
+        Presented {
+            scheme: Scheme::HmacV2,
+            service: single(headers, v2_header::SERVICE)?,
+            timestamp: single(headers, v2_header::TIMESTAMP)?,
+            nonce: None,
+            signature: single(headers, v2_header::SIGNATURE)?,
+        }
+    } else {
+        return Err(Rejection::Malformed);
+    };
+    if !valid_service_name(found.service) || !found.nonce.is_none_or(valid_nonce) {
+        return Err(Rejection::Malformed);
+    }
+    Ok(found)
+}
+
+/// Milliseconds since the epoch, as plain decimal digits (no sign, no spaces, no exponent).
+fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
+    if text.is_empty() || text.len() > 15 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Rejection::Malformed);
+    }
+    text.parse().map_err(|_| Rejection::Malformed)
+}
+
+struct Inner {
+    keys: KeyRing,
+    callers: CallerPolicy,
+    nonces: NonceStore,
+}
+
+/// Verifies service-to-service requests: keys, caller policy, replay store and time window.
+/// Cheap to clone; build one at start-up and derive a [`RouteGuard`] per route group.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+    window: Duration,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // KeyRing's Debug shows no key material; it is listed for completeness.
+        f.debug_struct("Authenticator")
+            .field("keys", &self.inner.keys)
+            .field("callers", &self.inner.callers)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator with the normative 5-minute window.
+    pub fn new(keys: KeyRing, callers: CallerPolicy, nonces: NonceStore) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keys,
+                callers,
+                nonces,
+            }),
+            window: DEFAULT_WINDOW,
+        }
+    }
+
+    /// The same authenticator with another window (tests, or a deliberate deviation).
+    #[must_use]
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The state for [`authenticate`] on the routes of `policy`.
+    pub fn guard(&self, policy: RoutePolicy) -> RouteGuard {
+        RouteGuard {
+            auth: self.clone(),
+            policy,
+        }
+    }
+
+    /// The keys, for signing outgoing calls with the same configuration.
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+
+    /// The replay store, for the job that purges expired rows.
+    pub fn nonces(&self) -> &NonceStore {
+        &self.inner.nonces
+    }
+
+    /// Authenticates one request for `policy`: `target` is the request target as on the
+    /// request line (path and query, undecoded) and `now` the server's clock.
+    ///
+    /// # Errors
+    /// 401 [`ApiError::Unauthorized`] (generic, or [`TIMESTAMP_EXPIRED`]), 403
+    /// [`ApiError::Forbidden`], or [`ApiError::Internal`] when the nonce store fails.
+    pub async fn verify(
+        &self,
+        policy: RoutePolicy,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, ApiError> {
+        let mut service = None;
+        let result = self
+            .check(policy, method, target, headers, now, &mut service)
+            .await;
+        result.map_err(|rejection| {
+            let class = rejection.class();
+            tracing::debug!(
+                auth.service = service.unwrap_or("-"),
+                auth.route = policy.name(),
+                auth.reason = class,
+                "service request rejected"
+            );
+            metrics::counter!("order_auth_rejections_total", "reason" => class).increment(1);
+            rejection.into_api_error()
+        })
+    }
+
+    async fn check<'h>(
+        &self,
+        policy: RoutePolicy,
+        method: &Method,
+        target: &str,
+        headers: &'h HeaderMap,
+        now: DateTime<Utc>,
+        service_seen: &mut Option<&'h str>,
+    ) -> Result<Caller, Rejection> {
+        let p = presented(headers)?;
+        *service_seen = Some(p.service);
+
+        // (a) Timestamp within the window, either side.
+        let timestamp = parse_timestamp(p.timestamp)?;
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        if now.timestamp_millis().abs_diff(timestamp) > window_ms.unsigned_abs() {
+            return Err(Rejection::Expired);
+        }
+
+        // (b) A known caller, and this route open to it.
+        if !self.inner.callers.allows(p.service, policy) {
+            return Err(Rejection::NotAllowed);
+        }
+
+        // (c) The signature, in constant time, against each key the caller may hold.
+        let valid = self
+            .inner
+            .keys
+            .candidates(p.service)
+            .any(|key| match p.nonce {
+                Some(nonce) => verify_v1(
+                    key,
+                    p.service,
+                    p.timestamp,
+                    nonce,
+                    method.as_str(),
+                    target,
+                    p.signature,
+                ),
+                None => verify_v2(key, p.service, p.timestamp, target, p.signature),
+            });
+        if !valid {
+            return Err(Rejection::BadCredentials);
+        }
+
+        // (d) First use of the nonce (v1) or of the signature itself (v2), for as long as the
+        // timestamp could pass (a).
+        let expires_at = DateTime::from_timestamp_millis(timestamp)
+            .zip(chrono::Duration::from_std(self.window).ok())
+            .and_then(|(at, window)| at.checked_add_signed(window))
+            .ok_or(Rejection::Malformed)?;
+        let replay_key = match p.nonce {
+            Some(nonce) => nonce.to_owned(),
+            None => format!("{V2_REPLAY_PREFIX}{}", p.signature),
+        };
+        let first_use = self
+            .inner
+            .nonces
+            .record(p.service, &replay_key, expires_at)
+            .await
+            .map_err(Rejection::Store)?;
+        if !first_use {
+            return Err(Rejection::Replayed);
+        }
+
+        Ok(Caller {
+            service: p.service.to_owned(),
+            scheme: p.scheme,
+        })
+    }
+}
+
+/// The middleware's state: the authenticator and the route group it guards.
+#[derive(Debug, Clone)]
+pub struct RouteGuard {
+    /// The shared authenticator.
+    pub auth: Authenticator,
+    /// Which callers this route group is open to.
+    pub policy: RoutePolicy,
+}
+
+/// The request target as the caller signed it: path and query, undecoded, before any
+/// `nest` stripped a prefix.
+fn signed_target(request: &Request) -> String {
+    let uri = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(request.uri(), |original| &original.0);
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// Axum middleware authenticating a service-to-service request; on success the [`Caller`] is
+/// in the request's extensions. Mount with
+/// `route_layer(middleware::from_fn_with_state(auth.guard(policy), authenticate))`.
+pub async fn authenticate(
+    State(guard): State<RouteGuard>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let target = signed_target(&request);
+    let verified = guard
+        .auth
+        .verify(
+            guard.policy,
+            request.method(),
+            &target,
+            request.headers(),
+            Utc::now(),
+        )
+        .await;
+    match verified {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use axum::routing::{get, post};
+    use axum::{middleware, Json, Router};
+    use serde_json::{json, Value};
+    use sqlx::PgPool;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::signing::{sign_v1, v1_headers, v2_headers};
+
+    const SECRET: &str = "test-shared-secret-0123456789abcdef";
+    const OLD_SECRET: &str = "test-previous-secret-0123456789abcdef";
+    const ORDER: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    const ITEMS: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/items";
+
+    type Headers = Vec<(&'static str, String)>;
+
+    async fn whoami(caller: Caller) -> Json<Value> {
+        Json(json!({"service": caller.service, "scheme": caller.scheme.as_str()}))
+    }
+
+    /// `/internal` is nested, as in the real router, so the guard must sign over the original
+    /// target, not the stripped one.
+    fn app(pool: PgPool, keys: KeyRing) -> Router {
+        let auth = Authenticator::new(keys, CallerPolicy::default(), NonceStore::new(pool));
+        let reads = Router::new()
+            .route("/orders/{id}", get(whoami))
+            .route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersRead),
+                authenticate,
+            ));
+        let items = Router::new()
+            .route("/orders/{id}/items", get(whoami))
+            .route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersItems),
+                authenticate,
+            ));
+        let commands = Router::new()
+            .route("/api/v1/orders/{id}/cancel", post(whoami))
+            .route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersCommands),
+                authenticate,
+            ));
+        Router::new()
+            .nest("/internal", reads.merge(items))
+            .merge(commands)
+    }
+
+    fn shared_keys() -> KeyRing {
+        KeyRing::from_config(Some(SECRET), Some(OLD_SECRET), None).unwrap()
+    }
+
+    fn now_ms() -> i64 {
+        Utc::now().timestamp_millis()
+    }
+
+    fn v1(service: &str, method: &str, url: &str) -> Headers {
+        v1_headers(SECRET.as_bytes(), service, method, url, now_ms())
+    }
+
+    fn v2(service: &str, url: &str) -> Headers {
+        v2_headers(SECRET.as_bytes(), service, url, now_ms())
+    }
+
+    fn with(mut headers: Headers, name: &'static str, value: &str) -> Headers {
+        headers.retain(|(k, _)| *k != name);
+        headers.push((name, value.to_owned()));
+        headers
+    }
+
+    async fn send(app: &Router, method: &str, url: &str, headers: &Headers) -> (StatusCode, Value) {
+        let mut request = HttpRequest::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    #[track_caller]
+    fn assert_unauthorized(status: StatusCode, body: &Value, message: &str) {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"], "Unauthorized", "{body}");
+        assert_eq!(body["message"], message, "{body}");
+        assert!(
+            !body.to_string().to_lowercase().contains("signature"),
+            "{body}"
+        );
+    }
+
+    #[track_caller]
+    fn assert_generic_401(status: StatusCode, body: &Value) {
+        assert_unauthorized(status, body, INVALID_CREDENTIALS);
+    }
+
+    #[track_caller]
+    fn assert_forbidden(status: StatusCode, body: &Value) {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"], "Forbidden", "{body}");
+        assert_eq!(body["message"], "Service not authorized", "{body}");
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn good_requests_pass_once(pool: PgPool) {
+        let app = app(pool, shared_keys());
+
+        let h = v1("payment-service", "GET", ORDER);
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"service": "payment-service", "scheme": "hmac-v1"})
+        );
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_generic_401(status, &body);
+
+        let h = v2("payment-service", ORDER);
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"service": "payment-service", "scheme": "hmac-v2"})
+        );
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_generic_401(status, &body);
+
+        // A command route, signed over its method and a query string.
+        let url = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/cancel?x=a%20b&y=1";
+        let (status, body) = send(&app, "POST", url, &v1("ticket-service", "POST", url)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["service"], "ticket-service");
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn replaying_a_v2_signature_with_another_spelling_fails(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let h = v2("payment-service", ORDER);
+        assert_eq!(send(&app, "GET", ORDER, &h).await.0, StatusCode::OK);
+        let sig = h[2].1.to_uppercase();
+        let (status, body) = send(&app, "GET", ORDER, &with(h, v2_header::SIGNATURE, &sig)).await;
+        assert_generic_401(status, &body);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn timestamps_outside_the_window_are_expired(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let six_minutes = 6 * 60 * 1000;
+        for ts in [now_ms() - six_minutes, now_ms() + six_minutes] {
+            let h = v1_headers(SECRET.as_bytes(), "payment-service", "GET", ORDER, ts);
+            let (status, body) = send(&app, "GET", ORDER, &h).await;
+            assert_unauthorized(status, &body, TIMESTAMP_EXPIRED);
+            let h = v2_headers(SECRET.as_bytes(), "payment-service", ORDER, ts);
+            let (status, body) = send(&app, "GET", ORDER, &h).await;
+            assert_unauthorized(status, &body, TIMESTAMP_EXPIRED);
+        }
+        // Four minutes either side is inside the window.
+        for ts in [now_ms() - 4 * 60 * 1000, now_ms() + 4 * 60 * 1000] {
+            let h = v1_headers(SECRET.as_bytes(), "payment-service", "GET", ORDER, ts);
+            assert_eq!(send(&app, "GET", ORDER, &h).await.0, StatusCode::OK);
+        }
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn bad_signatures_are_generic_401s(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let h = v1("payment-service", "GET", ORDER);
+        let sig = h[3].1.clone();
+        let mut tampered = sig.clone().into_bytes();
+        tampered[0] = if tampered[0] == b'a' { b'b' } else { b'a' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        for bad in [
+            tampered.as_str(),
+            &sig[..32],
+            &format!("{sig}00"),
+            "temp-signature",
+            "",
+        ] {
+            let (status, body) = send(
+                &app,
+                "GET",
+                ORDER,
+                &with(h.clone(), v1_header::SIGNATURE, bad),
+            )
+            .await;
+            assert_generic_401(status, &body);
+        }
+        let h2 = v2("payment-service", ORDER);
+        for bad in ["temp-signature", &tampered] {
+            let (status, body) = send(
+                &app,
+                "GET",
+                ORDER,
+                &with(h2.clone(), v2_header::SIGNATURE, bad),
+            )
+            .await;
+            assert_generic_401(status, &body);
+        }
+        // The untouched request still passes: failed attempts did not burn its nonce.
+        assert_eq!(send(&app, "GET", ORDER, &h).await.0, StatusCode::OK);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_signature_binds_method_path_and_query(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let other = "/internal/orders/11111111-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let (status, body) = send(&app, "GET", other, &v1("payment-service", "GET", ORDER)).await;
+        assert_generic_401(status, &body);
+        let (status, body) = send(&app, "GET", other, &v2("payment-service", ORDER)).await;
+        assert_generic_401(status, &body);
+
+        let with_query = format!("{ORDER}?minVersion=3");
+        let (status, body) = send(
+            &app,
+            "GET",
+            &with_query,
+            &v1("payment-service", "GET", ORDER),
+        )
+        .await;
+        assert_generic_401(status, &body);
+        let signed = format!("{ORDER}?minVersion=2");
+        let (status, body) = send(&app, "GET", &with_query, &v2("payment-service", &signed)).await;
+        assert_generic_401(status, &body);
+        // Undecoded: `%41` is not `A`.
+        let encoded = format!("{ORDER}?q=%41");
+        let decoded = format!("{ORDER}?q=A");
+        let (status, body) = send(
+            &app,
+            "GET",
+            &encoded,
+            &v1("payment-service", "GET", &decoded),
+        )
+        .await;
+        assert_generic_401(status, &body);
+        let (status, _) = send(
+            &app,
+            "GET",
+            &encoded,
+            &v1("payment-service", "GET", &encoded),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        // The stripped path (inside the nest) is not what the caller signs.
+        let (status, body) = send(
+            &app,
+            "GET",
+            ORDER,
+            &v1("payment-service", "GET", &ORDER["/internal".len()..]),
+        )
+        .await;
+        assert_generic_401(status, &body);
+        // Nor is another method.
+        let (status, body) = send(&app, "GET", ORDER, &v1("payment-service", "POST", ORDER)).await;
+        assert_generic_401(status, &body);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn callers_are_checked_against_allowlist_and_route(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let (status, body) = send(&app, "GET", ORDER, &v1("unknown-service", "GET", ORDER)).await;
+        assert_forbidden(status, &body);
+        let (status, body) = send(&app, "GET", ORDER, &v2("unknown-service", ORDER)).await;
+        assert_forbidden(status, &body);
+        // Known, but the read route is open to payment-service only.
+        let (status, body) =
+            send(&app, "GET", ORDER, &v1("blockchain-service", "GET", ORDER)).await;
+        assert_forbidden(status, &body);
+        let (status, body) =
+            send(&app, "GET", ITEMS, &v1("blockchain-service", "GET", ITEMS)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = send(&app, "GET", ITEMS, &v2("payment-service", ITEMS)).await;
+        assert_forbidden(status, &body);
+        // The caller check comes before the signature check (DESIGN section 6 order)...
+        let h = with(
+            v1("unknown-service", "GET", ORDER),
+            v1_header::SIGNATURE,
+            "temp-signature",
+        );
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_forbidden(status, &body);
+        // ...and after the timestamp check.
+        let stale = now_ms() - 6 * 60 * 1000;
+        let h = v1_headers(SECRET.as_bytes(), "unknown-service", "GET", ORDER, stale);
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_unauthorized(status, &body, TIMESTAMP_EXPIRED);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn missing_or_malformed_headers_are_generic_401s(pool: PgPool) {
+        let app = app(pool, shared_keys());
+        let (status, body) = send(&app, "GET", ORDER, &Vec::new()).await;
+        assert_generic_401(status, &body);
+
+        let h = v1("payment-service", "GET", ORDER);
+        for name in [v1_header::SERVICE, v1_header::TIMESTAMP, v1_header::NONCE] {
+            let mut missing = h.clone();
+            missing.retain(|(k, _)| *k != name);
+            let (status, body) = send(&app, "GET", ORDER, &missing).await;
+            assert_generic_401(status, &body);
+        }
+        let h2 = v2("payment-service", ORDER);
+        for name in [v2_header::SERVICE, v2_header::TIMESTAMP] {
+            let mut missing = h2.clone();
+            missing.retain(|(k, _)| *k != name);
+            let (status, body) = send(&app, "GET", ORDER, &missing).await;
+            assert_generic_401(status, &body);
+        }
+        for ts in [
+            "",
+            "abc",
+            "-1",
+            "+1769000000000",
+            "1.769e12",
+            "17690000000000000000",
+        ] {
+            let (status, body) = send(
+                &app,
+                "GET",
+                ORDER,
+                &with(h.clone(), v1_header::TIMESTAMP, ts),
+            )
+            .await;
+            assert_generic_401(status, &body);
+        }
+        // A nonce longer than the store accepts, or with the field separator in it.
+        for nonce in ["a".repeat(MAX_NONCE_LEN + 1), "ab:cd".to_owned()] {
+            let ts = h[1].1.clone();
+            let sig = sign_v1(
+                SECRET.as_bytes(),
+                "payment-service",
+                &ts,
+                &nonce,
+                "GET",
+                ORDER,
+            );
+            let bad = with(
+                with(h.clone(), v1_header::NONCE, &nonce),
+                v1_header::SIGNATURE,
+                &sig,
+            );
+            let (status, body) = send(&app, "GET", ORDER, &bad).await;
+            assert_generic_401(status, &body);
+        }
+        // A header sent twice.
+        let mut twice = h.clone();
+        twice.push((v1_header::SERVICE, "payment-service".into()));
+        let (status, body) = send(&app, "GET", ORDER, &twice).await;
+        assert_generic_401(status, &body);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn rotated_and_per_service_keys(pool: PgPool) {
+        let per_service =
+            "payment-service=payment-key-0123456789abcdef0123|payment-old-0123456789abcdef0123";
+        let keys = KeyRing::from_config(Some(SECRET), Some(OLD_SECRET), Some(per_service)).unwrap();
+        let app = app(pool, keys);
+
+        // The shared previous key still works for services without their own keys.
+        let h = v1_headers(
+            OLD_SECRET.as_bytes(),
+            "blockchain-service",
+            "GET",
+            ITEMS,
+            now_ms(),
+        );
+        assert_eq!(send(&app, "GET", ITEMS, &h).await.0, StatusCode::OK);
+        let h = v2_headers(OLD_SECRET.as_bytes(), "ticket-service", ITEMS, now_ms());
+        assert_eq!(send(&app, "GET", ITEMS, &h).await.0, StatusCode::OK);
+
+        // payment-service has its own keys: current and previous pass, the shared one does not.
+        for key in [
+            "payment-key-0123456789abcdef0123",
+            "payment-old-0123456789abcdef0123",
+        ] {
+            let h = v1_headers(key.as_bytes(), "payment-service", "GET", ORDER, now_ms());
+            assert_eq!(
+                send(&app, "GET", ORDER, &h).await.0,
+                StatusCode::OK,
+                "{key}"
+            );
+        }
+        let (status, body) = send(&app, "GET", ORDER, &v1("payment-service", "GET", ORDER)).await;
+        assert_generic_401(status, &body);
+        // A key that was never configured.
+        let h = v2_headers(
+            b"another-key-0123456789abcdef0123",
+            "blockchain-service",
+            ITEMS,
+            now_ms(),
+        );
+        let (status, body) = send(&app, "GET", ITEMS, &h).await;
+        assert_generic_401(status, &body);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_nonce_store_failure_is_a_500_not_a_pass(pool: PgPool) {
+        let app = app(pool.clone(), shared_keys());
+        sqlx::query("DROP TABLE auth_nonces")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (status, body) = send(&app, "GET", ORDER, &v1("payment-service", "GET", ORDER)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(body["message"], "An internal error occurred");
+    }
+
+    #[tokio::test]
+    async fn caller_without_the_middleware_fails_closed() {
+        let app = Router::new().route("/x", get(whoami));
+        let (status, _) = send(&app, "GET", "/x", &Vec::new()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
