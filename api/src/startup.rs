@@ -12,6 +12,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -19,10 +21,11 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Settings;
+use crate::auth::{authenticate, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy};
+use crate::config::{AppEnv, Settings};
 use crate::routes::{commands, health};
 use crate::store::OrderStore;
-use crate::{context, db, error};
+use crate::{context, db, error, workers};
 
 /// Shared by every handler. Cheap to clone: everything inside is a handle.
 #[derive(Clone)]
@@ -30,6 +33,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub store: OrderStore,
+    pub auth: Authenticator,
     /// `None` only when NATS could not be configured at all; readiness reports it.
     pub nats: Option<async_nats::Client>,
 }
@@ -57,7 +61,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}/cancel", post(commands::cancel_order))
         .route("/api/v1/orders/{id}/refunds", post(commands::refund_order))
         .route("/api/v1/orders/{id}/tickets", post(commands::record_tickets))
-        .route("/api/v1/orders/{id}/events", get(commands::order_events));
+        .route("/api/v1/orders/{id}/events", get(commands::order_events))
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.guard(RoutePolicy::OrdersCommands),
+            authenticate,
+        ));
 
     Router::new()
         .route("/health/live", get(health::live))
@@ -103,9 +111,11 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let auth = authenticator(&settings, pool.clone())?;
         let nats = connect_nats(&settings.nats_url).await;
         let state = AppState {
             store: OrderStore::new(pool.clone()),
+            auth,
             pool,
             nats,
             settings: Arc::new(settings),
@@ -131,21 +141,55 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves HTTP and runs the background workers until `shutdown` resolves. Then it stops
+    /// accepting connections, lets in-flight requests finish, stops the workers at their next
+    /// safe point, and waits for all of it up to the configured shutdown timeout.
     ///
     /// # Errors
-    /// When the server fails.
+    /// When the server fails, or draining takes longer than the timeout.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        workers::spawn_all(&self.state, &stop, &tracker);
+        tracker.close();
+
         let app = router(self.state.clone());
         tracing::info!(port = self.port, "order-service listening");
-        axum::serve(self.listener, app)
+        let drain = Duration::from_secs(self.state.settings.shutdown_timeout_secs);
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("HTTP server failed")
+            .context("HTTP server failed");
+        stop.cancel();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            anyhow::bail!("background workers did not stop within {drain:?}");
+        }
+        self.state.pool.close().await;
+        tracing::info!("order-service stopped");
+        served
     }
+}
+
+/// Builds request authentication from settings. In production a missing, default or short
+/// secret stops start-up here rather than letting the service accept weakly signed calls.
+fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authenticator> {
+    let keys = KeyRing::from_config(
+        Some(&settings.shared_secret()),
+        settings.internal_service_secret_previous.as_deref(),
+        settings.service_keys.as_deref(),
+    )?;
+    if settings.app_env == AppEnv::Production {
+        keys.validate_for_production()
+            .context("refusing to start with a weak INTERNAL_SERVICE_SECRET or service key")?;
+    }
+    let callers = CallerPolicy::from_config(
+        Some(&settings.allowed_internal_services),
+        settings.route_callers.as_deref(),
+    )?;
+    Ok(Authenticator::new(keys, callers, NonceStore::new(pool)))
 }
 
 /// Connects to NATS without blocking start-up on it: the client keeps retrying in the
