@@ -1,0 +1,73 @@
+# Developer tasks for the order service. `just` lists them; `just --show NAME` prints one.
+# Postgres and NATS JetStream are real dependencies: recipes that need them run `services` first,
+# which uses the machine's own when they answer and starts private ones under .data otherwise.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+# Every variable can be overridden from the environment (or `just VAR=value recipe`).
+export DATABASE_URL := env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/order_service")
+# sqlx::test creates one database per test from this URL, so its role needs CREATEDB.
+export TEST_DATABASE_URL := env("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+export NATS_URL := env("NATS_URL", "nats://127.0.0.1:4222")
+
+# List available recipes
+_default:
+    @just --list
+
+# Make sure Postgres and NATS JetStream answer (starts private ones under .data if not)
+services:
+    @scripts/services.sh
+
+# Stop only the private Postgres/NATS that `services` started (never the machine's own)
+services-stop:
+    @scripts/services.sh stop
+
+# Build every crate of the workspace
+build:
+    cargo build --workspace
+
+# Apply the database migrations to DATABASE_URL
+migrate: services
+    cargo run -q -p order-api --bin order-service -- migrate
+
+# Build, start the service on 127.0.0.1:8080 and walk through a signed order flow (Ctrl-C stops)
+run *ARGS: services
+    scripts/demo.sh "$@"
+
+# Run all tests against real Postgres and NATS (nextest when installed, plus doctests)
+test *ARGS: services
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export DATABASE_URL="$TEST_DATABASE_URL"
+    if cargo nextest --version >/dev/null 2>&1; then
+        # nextest skips doctests: run them first, so that nextest's summary closes the output.
+        status=0
+        cargo test --doc --workspace || status=$?
+        cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+        exit "$status"
+    else
+        cargo test --workspace "$@"
+    fi
+
+# Check formatting and lints (clippy warnings are errors)
+lint: _fmt-check _clippy
+
+# Format all code
+fmt:
+    cargo fmt --all
+
+# Stop private services, then delete .data (their databases, streams and logs)
+clean-data:
+    @scripts/services.sh clean
+
+# What CI runs: lint, then the tests
+ci: lint test
+
+# rustfmt in check mode
+_fmt-check:
+    cargo fmt --all -- --check
+
+# clippy on every target, warnings denied
+_clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
