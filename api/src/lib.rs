@@ -15,6 +15,7 @@
 //! - [`db`]: pool, database creation and migrations.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod db;
