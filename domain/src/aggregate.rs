@@ -123,7 +123,7 @@ impl Order {
         }
         match command {
             OrderCommand::CreateOrder(_) => unreachable!("handled above"),
-            OrderCommand::ReserveOrder(c) => self.reserve(c),
+            OrderCommand::ReserveOrder(c) => self.reserve(&c),
             OrderCommand::ConfirmOrder(c) => self.confirm(c),
             OrderCommand::CancelOrder(c) => self.cancel(c),
             OrderCommand::ExpireOrder(c) => self.expire(&c),
@@ -211,7 +211,7 @@ impl Order {
         })])
     }
 
-    fn reserve(&self, c: ReserveOrder) -> Decision {
+    fn reserve(&self, c: &ReserveOrder) -> Decision {
         match self.status {
             OrderStatus::Reserved => Ok(vec![]),
             OrderStatus::Pending => {
@@ -450,6 +450,8 @@ impl Order {
 
     fn update_dispute(&self, c: UpdateDispute) -> Decision {
         match self.open_disputes.get(&c.dispute_id) {
+            // The provider's updates can arrive after its close: the close already decided.
+            None if self.closed_disputes().any(|d| d == c.dispute_id) => Ok(vec![]),
             None => Err(OrderError::UnknownDispute(c.dispute_id)),
             Some(status) if *status == c.status => Ok(vec![]),
             Some(_) => Ok(vec![OrderEvent::DisputeUpdated(DisputeUpdated {
@@ -581,6 +583,24 @@ impl Order {
         if self.status.is_open() {
             return Err(OrderError::InvalidTransition {
                 action: "archive",
+                status: self.status,
+            });
+        }
+        // A refund under way or an open dispute will still be completed or closed, and an
+        // archived order refuses those commands: archiving now would lose their outcome.
+        if self
+            .refunds
+            .iter()
+            .any(|r| r.state == RefundState::Requested)
+        {
+            return Err(OrderError::InvalidTransition {
+                action: "archive, while a refund is under way,",
+                status: self.status,
+            });
+        }
+        if !self.open_disputes.is_empty() {
+            return Err(OrderError::InvalidTransition {
+                action: "archive, while a dispute is open,",
                 status: self.status,
             });
         }

@@ -16,6 +16,10 @@ use crate::errors::OrderError;
 use crate::events::OrderEvent;
 
 /// Starts a scenario from an order's past events.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "owned arguments keep scenarios short: given(vec![...])"
+)]
 pub fn given(history: Vec<OrderEvent>) -> Given {
     let mut order = Order::default();
     for event in &history {
@@ -60,6 +64,10 @@ impl Then {
     /// # Panics
     /// When the command was refused or produced other events.
     #[track_caller]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "owned arguments keep scenarios short"
+    )]
     pub fn then(self, expected: Vec<OrderEvent>) -> Order {
         let events = match self.result {
             Ok(events) => events,
@@ -87,6 +95,10 @@ impl Then {
     /// # Panics
     /// When the command succeeded or failed for another reason.
     #[track_caller]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "owned arguments keep scenarios short"
+    )]
     pub fn then_err(self, expected: OrderError) {
         match self.result {
             Ok(events) => panic!("expected error {expected:?}, got events {events:?}"),

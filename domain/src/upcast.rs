@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn current_versions_pass_through_unchanged() {
         let payload = json!({"OrderExpired": {}});
-        let (out, version) = upcast_payload("OrderExpired", "1.0", "x", payload.clone(), &json!({}));
+        let (out, version) =
+            upcast_payload("OrderExpired", "1.0", "x", payload.clone(), &json!({}));
         assert_eq!(out, payload);
         assert_eq!(version, "1.0");
     }
