@@ -40,7 +40,10 @@ pub async fn call(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut request = reqwest::Client::builder()
         .build()?
-        .request(method.clone(), format!("{}{path}", base.trim_end_matches('/')))
+        .request(
+            method.clone(),
+            format!("{}{path}", base.trim_end_matches('/')),
+        )
         .header("x-request-id", Uuid::new_v4().to_string());
     for (name, value) in signing::v1_headers(key, service, method.as_str(), path, now_ms) {
         request = request.header(name, value);
@@ -53,7 +56,10 @@ pub async fn call(
             serde_json::from_str(b).context("--body must be valid JSON")?;
         request = request.json(&json);
     }
-    let response = request.send().await.with_context(|| format!("cannot reach {base}"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     match serde_json::from_str::<serde_json::Value>(&text) {
@@ -92,7 +98,10 @@ pub async fn events(settings: &Settings, order_id: &str, json: bool) -> anyhow::
         }
         return Ok(());
     }
-    println!("{:>4}  {:<18} {:<4} {:<24} SUMMARY", "SEQ", "TYPE", "VER", "TIME");
+    println!(
+        "{:>4}  {:<18} {:<4} {:<24} SUMMARY",
+        "SEQ", "TYPE", "VER", "TIME"
+    );
     for e in &history {
         println!(
             "{:>4}  {:<18} {:<4} {:<24} {}",

@@ -34,9 +34,9 @@ impl<S: Send + Sync> FromRequestParts<S> for OrderIdPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let axum::extract::Path(raw) =
             axum::extract::Path::<String>::from_request_parts(parts, state).await?;
-        Uuid::parse_str(&raw)
-            .map(Self)
-            .map_err(|_| ApiError::BadRequest(format!("order id '{}' is not a UUID", truncate(&raw))))
+        Uuid::parse_str(&raw).map(Self).map_err(|_| {
+            ApiError::BadRequest(format!("order id '{}' is not a UUID", truncate(&raw)))
+        })
     }
 }
 

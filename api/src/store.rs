@@ -59,7 +59,8 @@ impl OrderStore {
     /// Builds the store over a pool. Upcasters are always on: every load sees current versions.
     pub fn new(pool: PgPool) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
-        let inner = PersistedEventStore::new_event_store(repo).with_upcasters(order_domain::upcasters());
+        let inner =
+            PersistedEventStore::new_event_store(repo).with_upcasters(order_domain::upcasters());
         Self {
             inner: std::sync::Arc::new(inner),
             pool,
@@ -115,7 +116,11 @@ impl OrderStore {
                     events,
                 });
             }
-            match self.inner.commit(events.clone(), ctx, metadata.clone()).await {
+            match self
+                .inner
+                .commit(events.clone(), ctx, metadata.clone())
+                .await
+            {
                 Ok(_) => {
                     let mut order = current;
                     for e in &events {
@@ -139,36 +144,44 @@ impl OrderStore {
     /// # Errors
     /// [`ApiError::Unavailable`] when Postgres is unreachable.
     pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, ApiError> {
-        let rows: Vec<(i64, String, String, serde_json::Value, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
-            sqlx::query_as(
-                "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            serde_json::Value,
+            serde_json::Value,
+            chrono::DateTime<chrono::Utc>,
+        )> = sqlx::query_as(
+            "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
                    FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
                   ORDER BY sequence",
-            )
-            .bind(ORDER_AGGREGATE_TYPE)
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sqlx_error)?;
+        )
+        .bind(ORDER_AGGREGATE_TYPE)
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sqlx_error)?;
         Ok(rows
             .into_iter()
-            .map(|(sequence, event_type, event_version, payload, metadata, recorded_at)| {
-                let (payload, event_version) = order_domain::upcast::upcast_payload(
-                    &event_type,
-                    &event_version,
-                    &id.to_string(),
-                    payload,
-                    &metadata,
-                );
-                StoredEvent {
-                    sequence,
-                    event_type,
-                    event_version,
-                    payload,
-                    metadata,
-                    recorded_at,
-                }
-            })
+            .map(
+                |(sequence, event_type, event_version, payload, metadata, recorded_at)| {
+                    let (payload, event_version) = order_domain::upcast::upcast_payload(
+                        &event_type,
+                        &event_version,
+                        &id.to_string(),
+                        payload,
+                        &metadata,
+                    );
+                    StoredEvent {
+                        sequence,
+                        event_type,
+                        event_version,
+                        payload,
+                        metadata,
+                        recorded_at,
+                    }
+                },
+            )
             .collect())
     }
 }
@@ -189,7 +202,7 @@ fn store_error(e: AggregateError<OrderError>) -> ApiError {
     match e {
         AggregateError::UserError(e) => e.into(),
         AggregateError::AggregateConflict => ApiError::ConcurrentWrite,
-        AggregateError::DatabaseConnectionError(e) => unavailable(e.to_string()),
+        AggregateError::DatabaseConnectionError(e) => unavailable(&e.to_string()),
         AggregateError::UnexpectedError(e) | AggregateError::DeserializationError(e) => {
             match e.downcast::<sqlx::Error>() {
                 Ok(sqlx) => sqlx_error(*sqlx),
@@ -206,12 +219,12 @@ pub fn sqlx_error(e: sqlx::Error) -> ApiError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => unavailable(e.to_string()),
+        | sqlx::Error::WorkerCrashed => unavailable(&e.to_string()),
         other => ApiError::internal(other),
     }
 }
 
-fn unavailable(cause: String) -> ApiError {
+fn unavailable(cause: &str) -> ApiError {
     tracing::warn!(error = %cause, "database unavailable");
     ApiError::Unavailable {
         message: "the database is unavailable; retry shortly".into(),

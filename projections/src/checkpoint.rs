@@ -65,7 +65,10 @@ pub async fn save<'e>(
 ///
 /// # Errors
 /// [`ProjectionError::Database`] when the statement fails.
-pub async fn reset<'e>(executor: impl PgExecutor<'e>, consumer: &str) -> Result<(), ProjectionError> {
+pub async fn reset<'e>(
+    executor: impl PgExecutor<'e>,
+    consumer: &str,
+) -> Result<(), ProjectionError> {
     sqlx::query("DELETE FROM feed_checkpoints WHERE consumer = $1")
         .bind(consumer)
         .execute(executor)

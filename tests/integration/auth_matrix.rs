@@ -1,7 +1,9 @@
 //! Service authentication through the running application (DESIGN section 6): every refusal
 //! with its status, and nothing in the body that tells an attacker which check failed.
 
-use order_tests::{json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, Auth, TestApp, SECRET};
+use order_tests::{
+    json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, Auth, TestApp, SECRET,
+};
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -21,8 +23,14 @@ fn v1(service: &str, ts: i64, nonce: &str, sig: Option<String>) -> Auth {
 
 async fn create(app: &TestApp, auth: Auth) -> (u16, Value) {
     json_of(
-        app.send(Method::POST, PATH, auth, &[("x-tenant-id", "tenant-a")], Some(&order_body()))
-            .await,
+        app.send(
+            Method::POST,
+            PATH,
+            auth,
+            &[("x-tenant-id", "tenant-a")],
+            Some(&order_body()),
+        )
+        .await,
     )
     .await
 }
@@ -48,7 +56,11 @@ async fn a_replayed_nonce_is_refused(pool: PgPool) {
     let n = nonce();
     let ts = now_ms();
     assert_eq!(create(&app, v1("api-gateway", ts, &n, None)).await.0, 201);
-    assert_refused(&create(&app, v1("api-gateway", ts, &n, None)).await, 401, "Unauthorized");
+    assert_refused(
+        &create(&app, v1("api-gateway", ts, &n, None)).await,
+        401,
+        "Unauthorized",
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -58,7 +70,10 @@ async fn a_replayed_v2_signature_is_refused(pool: PgPool) {
     let headers = vec![
         ("x-internal-service".to_owned(), "api-gateway".to_owned()),
         ("x-internal-timestamp".to_owned(), ts.clone()),
-        ("x-internal-signature".to_owned(), sign_v2(SECRET, "api-gateway", &ts, PATH)),
+        (
+            "x-internal-signature".to_owned(),
+            sign_v2(SECRET, "api-gateway", &ts, PATH),
+        ),
     ];
     assert_eq!(create(&app, Auth::Raw(headers.clone())).await.0, 201);
     assert_refused(&create(&app, Auth::Raw(headers)).await, 401, "Unauthorized");
@@ -87,9 +102,32 @@ async fn bad_signatures_are_refused_without_saying_why(pool: PgPool) {
         ("wrong length", good[..40].to_owned()),
         ("bypass value", "temp-signature".to_owned()),
         ("empty", String::new()),
-        ("other key", sign_v1("another-secret", "api-gateway", &ts.to_string(), &n, "POST", PATH)),
-        ("other path", sign_v1(SECRET, "api-gateway", &ts.to_string(), &n, "POST", "/api/v1/orders?x=1")),
-        ("other method", sign_v1(SECRET, "api-gateway", &ts.to_string(), &n, "GET", PATH)),
+        (
+            "other key",
+            sign_v1(
+                "another-secret",
+                "api-gateway",
+                &ts.to_string(),
+                &n,
+                "POST",
+                PATH,
+            ),
+        ),
+        (
+            "other path",
+            sign_v1(
+                SECRET,
+                "api-gateway",
+                &ts.to_string(),
+                &n,
+                "POST",
+                "/api/v1/orders?x=1",
+            ),
+        ),
+        (
+            "other method",
+            sign_v1(SECRET, "api-gateway", &ts.to_string(), &n, "GET", PATH),
+        ),
     ];
     let mut messages = vec![];
     for (name, sig) in cases {
@@ -99,7 +137,11 @@ async fn bad_signatures_are_refused_without_saying_why(pool: PgPool) {
         messages.push(answer.1["message"].clone());
     }
     messages.dedup();
-    assert_eq!(messages.len(), 1, "every signature failure reads the same: {messages:?}");
+    assert_eq!(
+        messages.len(),
+        1,
+        "every signature failure reads the same: {messages:?}"
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -10,7 +10,10 @@ use sqlx::PgPool;
 fn assert_error_body(status: u16, body: &Value, expected_status: u16, reason: &str) -> String {
     assert_eq!(status, expected_status, "{body}");
     assert_eq!(body["error"], reason, "{body}");
-    assert!(body["requestId"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    assert!(
+        body["requestId"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
     let message = body["message"].as_str().expect("message").to_owned();
     assert!(!message.is_empty());
     message
@@ -25,20 +28,78 @@ async fn bad_create_bodies_are_400_with_a_reason(pool: PgPool) {
         b
     };
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("wrong type", with(&|b| b["items"] = json!("many")), "invalid JSON body"),
-        ("unknown field", with(&|b| b["discountCents"] = json!(5)), "unknown field `discountCents`"),
-        ("quantity 0", with(&|b| b["items"][0]["quantity"] = json!(0)), "quantity must be between 1 and 50, got 0"),
-        ("quantity 51", with(&|b| b["items"][0]["quantity"] = json!(51)), "got 51"),
-        ("negative quantity", with(&|b| b["items"][0]["quantity"] = json!(-3)), "got -3"),
-        ("negative price", with(&|b| b["items"][0]["unitPriceCents"] = json!(-1)), "unitPriceCents must not be negative"),
-        ("negative fees", with(&|b| b["feesCents"] = json!(-1)), "feesCents must not be negative"),
-        ("unknown currency", with(&|b| b["currency"] = json!("XYZ")), "unknown currency 'XYZ'"),
-        ("lower-case currency", with(&|b| b["currency"] = json!("usd")), "unknown currency"),
-        ("no items", with(&|b| b["items"] = json!([])), "at least one item"),
-        ("bad event id", with(&|b| b["eventId"] = json!("not-a-uuid")), "invalid JSON body"),
-        ("float price", with(&|b| b["items"][0]["unitPriceCents"] = json!(12.5)), "invalid JSON body"),
-        ("missing field", with(&|b| { b.as_object_mut().unwrap().remove("currency"); }), "missing field `currency`"),
-        ("expiry too long", with(&|b| b["expiresInSeconds"] = json!(999_999)), "expiresInSeconds"),
+        (
+            "wrong type",
+            with(&|b| b["items"] = json!("many")),
+            "invalid JSON body",
+        ),
+        (
+            "unknown field",
+            with(&|b| b["discountCents"] = json!(5)),
+            "unknown field `discountCents`",
+        ),
+        (
+            "quantity 0",
+            with(&|b| b["items"][0]["quantity"] = json!(0)),
+            "quantity must be between 1 and 50, got 0",
+        ),
+        (
+            "quantity 51",
+            with(&|b| b["items"][0]["quantity"] = json!(51)),
+            "got 51",
+        ),
+        (
+            "negative quantity",
+            with(&|b| b["items"][0]["quantity"] = json!(-3)),
+            "got -3",
+        ),
+        (
+            "negative price",
+            with(&|b| b["items"][0]["unitPriceCents"] = json!(-1)),
+            "unitPriceCents must not be negative",
+        ),
+        (
+            "negative fees",
+            with(&|b| b["feesCents"] = json!(-1)),
+            "feesCents must not be negative",
+        ),
+        (
+            "unknown currency",
+            with(&|b| b["currency"] = json!("XYZ")),
+            "unknown currency 'XYZ'",
+        ),
+        (
+            "lower-case currency",
+            with(&|b| b["currency"] = json!("usd")),
+            "unknown currency",
+        ),
+        (
+            "no items",
+            with(&|b| b["items"] = json!([])),
+            "at least one item",
+        ),
+        (
+            "bad event id",
+            with(&|b| b["eventId"] = json!("not-a-uuid")),
+            "invalid JSON body",
+        ),
+        (
+            "float price",
+            with(&|b| b["items"][0]["unitPriceCents"] = json!(12.5)),
+            "invalid JSON body",
+        ),
+        (
+            "missing field",
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("currency");
+            }),
+            "missing field `currency`",
+        ),
+        (
+            "expiry too long",
+            with(&|b| b["expiresInSeconds"] = json!(999_999)),
+            "expiresInSeconds",
+        ),
     ];
     for (name, body, expected) in cases {
         let (status, answer) = json_of(app.post("/api/v1/orders", &body).await).await;
@@ -82,7 +143,13 @@ async fn a_body_over_the_limit_is_413_with_the_error_body(pool: PgPool) {
 async fn create_without_a_tenant_is_400(pool: PgPool) {
     let app = spawn_app(pool).await;
     let resp = app
-        .send(Method::POST, "/api/v1/orders", Auth::v1("api-gateway"), &[], Some(&order_body()))
+        .send(
+            Method::POST,
+            "/api/v1/orders",
+            Auth::v1("api-gateway"),
+            &[],
+            Some(&order_body()),
+        )
         .await;
     let (status, body) = json_of(resp).await;
     assert!(assert_error_body(status, &body, 400, "Bad Request").contains("X-Tenant-ID"));
@@ -91,13 +158,24 @@ async fn create_without_a_tenant_is_400(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn path_ids_that_are_not_uuids_are_400_and_unknown_orders_404(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (status, body) = json_of(app.post("/api/v1/orders/not-a-uuid/reserve", &json!({})).await).await;
+    let (status, body) = json_of(
+        app.post("/api/v1/orders/not-a-uuid/reserve", &json!({}))
+            .await,
+    )
+    .await;
     assert!(assert_error_body(status, &body, 400, "Bad Request").contains("not a UUID"));
     let unknown = uuid::Uuid::new_v4();
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{unknown}/reserve"), &json!({})).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{unknown}/reserve"), &json!({}))
+            .await,
+    )
+    .await;
     assert_error_body(status, &body, 404, "Not Found");
-    let (status, body) =
-        json_of(app.get_as("api-gateway", &format!("/api/v1/orders/{unknown}/events")).await).await;
+    let (status, body) = json_of(
+        app.get_as("api-gateway", &format!("/api/v1/orders/{unknown}/events"))
+            .await,
+    )
+    .await;
     assert_error_body(status, &body, 404, "Not Found");
 }
 
@@ -106,17 +184,41 @@ async fn bad_command_bodies_are_400(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
     let cases = [
-        ("confirm", json!({"paymentIntentId": "", "amountCents": 1}), "paymentIntentId"),
-        ("confirm", json!({"paymentIntentId": "pi", "amountCents": "lots"}), "invalid JSON body"),
-        ("cancel", json!({"reason": "   "}), "reason must be 1 to 500 characters"),
+        (
+            "confirm",
+            json!({"paymentIntentId": "", "amountCents": 1}),
+            "paymentIntentId",
+        ),
+        (
+            "confirm",
+            json!({"paymentIntentId": "pi", "amountCents": "lots"}),
+            "invalid JSON body",
+        ),
+        (
+            "cancel",
+            json!({"reason": "   "}),
+            "reason must be 1 to 500 characters",
+        ),
         ("cancel", json!({}), "missing field `reason`"),
         ("reserve", json!({"hold": 5}), "unknown field `hold`"),
-        ("refunds", json!({"amountCents": 10}), "missing field `reason`"),
+        (
+            "refunds",
+            json!({"amountCents": 10}),
+            "missing field `reason`",
+        ),
         ("tickets", json!({"tickets": []}), "between 1 and 500"),
-        ("tickets", json!({"tickets": [{"itemId": "x", "ticketId": "t"}]}), "invalid JSON body"),
+        (
+            "tickets",
+            json!({"tickets": [{"itemId": "x", "ticketId": "t"}]}),
+            "invalid JSON body",
+        ),
     ];
     for (route, body, expected) in cases {
-        let (status, answer) = json_of(app.post(&format!("/api/v1/orders/{id}/{route}"), &body).await).await;
+        let (status, answer) = json_of(
+            app.post(&format!("/api/v1/orders/{id}/{route}"), &body)
+                .await,
+        )
+        .await;
         let message = assert_error_body(status, &answer, 400, "Bad Request");
         assert!(message.contains(expected), "{route} {body}: {message}");
     }
@@ -132,12 +234,23 @@ async fn commands_the_state_forbids_are_409_saying_why(pool: PgPool) {
         async move { json_of(app.post(&path, &body).await).await }
     };
     let (status, body) = post("refunds", json!({"reason": "x"})).await;
-    assert!(assert_error_body(status, &body, 409, "Conflict").contains("cannot refund an order that is PENDING"));
-    let (status, body) = post("confirm", json!({"paymentIntentId": "pi", "amountCents": 1})).await;
-    assert!(assert_error_body(status, &body, 409, "Conflict").contains("does not match the order total"));
+    assert!(assert_error_body(status, &body, 409, "Conflict")
+        .contains("cannot refund an order that is PENDING"));
+    let (status, body) = post(
+        "confirm",
+        json!({"paymentIntentId": "pi", "amountCents": 1}),
+    )
+    .await;
+    assert!(assert_error_body(status, &body, 409, "Conflict")
+        .contains("does not match the order total"));
     post("cancel", json!({"reason": "bye"})).await;
-    let (status, body) = post("confirm", json!({"paymentIntentId": "pi", "amountCents": 17870})).await;
-    assert!(assert_error_body(status, &body, 409, "Conflict").contains("cannot confirm an order that is CANCELLED"));
+    let (status, body) = post(
+        "confirm",
+        json!({"paymentIntentId": "pi", "amountCents": 17870}),
+    )
+    .await;
+    assert!(assert_error_body(status, &body, 409, "Conflict")
+        .contains("cannot confirm an order that is CANCELLED"));
     let (status, body) = post("reserve", json!({})).await;
     assert!(assert_error_body(status, &body, 409, "Conflict").contains("CANCELLED"));
 }
@@ -147,6 +260,10 @@ async fn unknown_routes_and_methods_answer_the_json_error_body(pool: PgPool) {
     let app = spawn_app(pool).await;
     let (status, body) = json_of(app.send(Method::GET, "/nope", Auth::None, &[], None).await).await;
     assert_error_body(status, &body, 404, "Not Found");
-    let (status, body) = json_of(app.send(Method::DELETE, "/health/live", Auth::None, &[], None).await).await;
+    let (status, body) = json_of(
+        app.send(Method::DELETE, "/health/live", Auth::None, &[], None)
+            .await,
+    )
+    .await;
     assert_error_body(status, &body, 405, "Method Not Allowed");
 }

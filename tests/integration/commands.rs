@@ -27,23 +27,45 @@ async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {
     assert_eq!(order["version"], 1);
     assert!(order["orderNumber"].as_str().unwrap().starts_with("ORD-"));
 
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({})).await).await;
-    assert_eq!((status, body["order"]["status"].clone()), (200, json!("RESERVED")));
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["order"]["status"].clone()),
+        (200, json!("RESERVED"))
+    );
 
     let confirm = json!({"paymentIntentId": "pi_1", "amountCents": 17870, "expectedVersion": 2});
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/confirm"), &confirm).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/confirm"), &confirm)
+            .await,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["order"]["status"], "PAID");
     assert_eq!(body["order"]["paymentIntentId"], "pi_1");
     assert!(body["order"]["paidAt"].is_string());
 
     let refund = json!({"amountCents": 5000, "reason": "customer request"});
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/refunds"), &refund).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/refunds"), &refund)
+            .await,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["order"]["status"], "PARTIALLY_REFUNDED");
     assert_eq!(body["order"]["refundedCents"], 5000);
 
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/refunds"), &json!({"reason": "rest"})).await).await;
+    let (status, body) = json_of(
+        app.post(
+            &format!("/api/v1/orders/{id}/refunds"),
+            &json!({"reason": "rest"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["order"]["status"], "REFUNDED");
     assert_eq!(body["order"]["refundedCents"], 17870);
@@ -66,7 +88,11 @@ async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {
 async fn the_event_history_lists_every_event_with_metadata(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
-    app.post(&format!("/api/v1/orders/{id}/cancel"), &json!({"reason": "changed my mind"})).await;
+    app.post(
+        &format!("/api/v1/orders/{id}/cancel"),
+        &json!({"reason": "changed my mind"}),
+    )
+    .await;
     let resp = app
         .send(
             Method::GET,
@@ -100,8 +126,14 @@ async fn an_idempotent_create_answers_the_first_answer_again(pool: PgPool) {
         let app = &app;
         async move {
             json_of(
-                app.send(Method::POST, "/api/v1/orders", Auth::v1("api-gateway"), &headers, Some(&body))
-                    .await,
+                app.send(
+                    Method::POST,
+                    "/api/v1/orders",
+                    Auth::v1("api-gateway"),
+                    &headers,
+                    Some(&body),
+                )
+                .await,
             )
             .await
         }
@@ -110,7 +142,8 @@ async fn an_idempotent_create_answers_the_first_answer_again(pool: PgPool) {
     assert_eq!(s1, 201, "{first}");
     let id = first["order"]["id"].as_str().unwrap().to_owned();
     // The order moves on; a repeat still gets the answer the first request got.
-    app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({})).await;
+    app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({}))
+        .await;
     let (s2, second) = send(order_body()).await;
     assert_eq!(s2, 201);
     assert_eq!(second, first);
@@ -125,12 +158,21 @@ async fn an_idempotent_create_answers_the_first_answer_again(pool: PgPool) {
     let restarted = spawn_app(pool.clone()).await;
     let (s4, again) = json_of(
         restarted
-            .send(Method::POST, "/api/v1/orders", Auth::v1("api-gateway"), &headers, Some(&order_body()))
+            .send(
+                Method::POST,
+                "/api/v1/orders",
+                Auth::v1("api-gateway"),
+                &headers,
+                Some(&order_body()),
+            )
             .await,
     )
     .await;
     assert_eq!((s4, again), (201, first));
-    assert_eq!(event_types(&pool, &id).await, ["OrderCreated", "OrderReserved"]);
+    assert_eq!(
+        event_types(&pool, &id).await,
+        ["OrderCreated", "OrderReserved"]
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -139,8 +181,17 @@ async fn concurrent_idempotent_creates_make_one_order(pool: PgPool) {
     let headers = [("x-tenant-id", "tenant-a"), ("idempotency-key", "race-key")];
     let body = order_body();
     let answers = join_all((0..10).map(|_| async {
-        json_of(app.send(Method::POST, "/api/v1/orders", Auth::v1("api-gateway"), &headers, Some(&body)).await)
-            .await
+        json_of(
+            app.send(
+                Method::POST,
+                "/api/v1/orders",
+                Auth::v1("api-gateway"),
+                &headers,
+                Some(&body),
+            )
+            .await,
+        )
+        .await
     }))
     .await;
     let first = &answers[0].1;
@@ -148,7 +199,10 @@ async fn concurrent_idempotent_creates_make_one_order(pool: PgPool) {
         assert_eq!(*status, 201, "{body}");
         assert_eq!(body, first);
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(count, 1);
 }
 
@@ -158,9 +212,13 @@ async fn fifty_concurrent_confirms_record_one_confirmation(pool: PgPool) {
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/orders/{id}/confirm");
     let body = json!({"paymentIntentId": "pi_same", "amountCents": 17870});
-    let answers = join_all((0..50).map(|_| async { json_of(app.post(&path, &body).await).await })).await;
+    let answers =
+        join_all((0..50).map(|_| async { json_of(app.post(&path, &body).await).await })).await;
     for (status, body) in &answers {
-        assert_eq!(*status, 200, "a retried confirm with the same intent is not an error: {body}");
+        assert_eq!(
+            *status, 200,
+            "a retried confirm with the same intent is not an error: {body}"
+        );
         assert_eq!(body["order"]["status"], "PAID");
         assert_eq!(body["order"]["version"], 2);
     }
@@ -196,11 +254,19 @@ async fn concurrent_confirms_with_different_intents_have_one_winner(pool: PgPool
 async fn a_stale_expected_version_is_a_conflict(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
-    app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({})).await;
+    app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({}))
+        .await;
     let body = json!({"paymentIntentId": "pi_1", "amountCents": 17870, "expectedVersion": 1});
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/confirm"), &body).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/confirm"), &body)
+            .await,
+    )
+    .await;
     assert_eq!(status, 409);
-    assert_eq!(body["message"], "expected version 1 but the order is at version 2");
+    assert_eq!(
+        body["message"],
+        "expected version 1 but the order is at version 2"
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -208,11 +274,21 @@ async fn another_tenant_cannot_see_or_change_an_order(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
     for (method, path, body) in [
-        (Method::POST, format!("/api/v1/orders/{id}/cancel"), Some(json!({"reason": "x"}))),
+        (
+            Method::POST,
+            format!("/api/v1/orders/{id}/cancel"),
+            Some(json!({"reason": "x"})),
+        ),
         (Method::GET, format!("/api/v1/orders/{id}/events"), None),
     ] {
         let resp = app
-            .send(method, &path, Auth::v1("api-gateway"), &[("x-tenant-id", "tenant-b")], body.as_ref())
+            .send(
+                method,
+                &path,
+                Auth::v1("api-gateway"),
+                &[("x-tenant-id", "tenant-b")],
+                body.as_ref(),
+            )
             .await;
         let (status, body) = json_of(resp).await;
         assert_eq!(status, 404, "{path}: {body}");
@@ -246,7 +322,11 @@ async fn a_stored_first_version_order_is_upcast_on_load(pool: PgPool) {
     .unwrap();
 
     // Loading it for a command goes through the upcaster...
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({})).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/reserve"), &json!({}))
+            .await,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["order"]["status"], "RESERVED");
     assert_eq!(body["order"]["tenantId"], "tenant-a");
@@ -255,7 +335,11 @@ async fn a_stored_first_version_order_is_upcast_on_load(pool: PgPool) {
     assert_eq!(body["order"]["totalCents"], 10250);
     assert_eq!(body["order"]["orderNumber"], "ORD-20260101-3F4A5B");
     // ...and so does the history, which reports the current version.
-    let (_, history) = json_of(app.get_as("api-gateway", &format!("/api/v1/orders/{id}/events")).await).await;
+    let (_, history) = json_of(
+        app.get_as("api-gateway", &format!("/api/v1/orders/{id}/events"))
+            .await,
+    )
+    .await;
     assert_eq!(history["events"][0]["version"], "2.0");
     assert_eq!(history["events"][0]["payload"]["subtotalCents"], 10000);
     // The stored row itself is never rewritten.
@@ -270,28 +354,61 @@ async fn a_stored_first_version_order_is_upcast_on_load(pool: PgPool) {
 async fn tickets_are_recorded_once_against_their_items(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = app.create_order().await["id"].as_str().unwrap().to_owned();
-    app.post(&format!("/api/v1/orders/{id}/confirm"), &json!({"paymentIntentId": "pi", "amountCents": 17870}))
-        .await;
-    let (_, history) = json_of(app.get_as("api-gateway", &format!("/api/v1/orders/{id}/events")).await).await;
-    let item = history["events"][0]["payload"]["items"][0]["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/orders/{id}/confirm"),
+        &json!({"paymentIntentId": "pi", "amountCents": 17870}),
+    )
+    .await;
+    let (_, history) = json_of(
+        app.get_as("api-gateway", &format!("/api/v1/orders/{id}/events"))
+            .await,
+    )
+    .await;
+    let item = history["events"][0]["payload"]["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let body = json!({"tickets": [{"itemId": item, "ticketId": "tkt_1"}, {"itemId": item, "ticketId": "tkt_2"}]});
-    let (status, first) = json_of(app.post(&format!("/api/v1/orders/{id}/tickets"), &body).await).await;
+    let (status, first) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/tickets"), &body)
+            .await,
+    )
+    .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["order"]["ticketCount"], 2);
-    let (status, again) = json_of(app.post(&format!("/api/v1/orders/{id}/tickets"), &body).await).await;
+    let (status, again) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/tickets"), &body)
+            .await,
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(again["order"]["version"], first["order"]["version"], "a redelivery changes nothing");
+    assert_eq!(
+        again["order"]["version"], first["order"]["version"],
+        "a redelivery changes nothing"
+    );
     let third = json!({"tickets": [{"itemId": item, "ticketId": "tkt_3"}]});
-    let (status, body) = json_of(app.post(&format!("/api/v1/orders/{id}/tickets"), &third).await).await;
+    let (status, body) = json_of(
+        app.post(&format!("/api/v1/orders/{id}/tickets"), &third)
+            .await,
+    )
+    .await;
     assert_eq!(status, 409, "the line has quantity 2: {body}");
 }
 
 #[sqlx::test(migrations = "../migrations")]
 async fn health_endpoints_need_no_signature(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (status, body) = json_of(app.send(Method::GET, "/health/live", Auth::None, &[], None).await).await;
+    let (status, body) = json_of(
+        app.send(Method::GET, "/health/live", Auth::None, &[], None)
+            .await,
+    )
+    .await;
     assert_eq!((status, body["status"].clone()), (200, json!("ok")));
-    let (status, body) = json_of(app.send(Method::GET, "/health/ready", Auth::None, &[], None).await).await;
+    let (status, body) = json_of(
+        app.send(Method::GET, "/health/ready", Auth::None, &[], None)
+            .await,
+    )
+    .await;
     assert_eq!(body["checks"]["postgres"]["status"], "ok", "{body}");
     assert!(status == 200 || status == 503, "{status}");
 }
