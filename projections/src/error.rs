@@ -17,9 +17,37 @@ pub enum ProjectionError {
         event_type: String,
         reason: String,
     },
+    /// A read-model row holds a value this code cannot represent (a status it does not know, a
+    /// negative count): a bug or a hand edit, answered as an internal error.
+    #[error("invalid read-model row: {0}")]
+    InvalidRow(String),
     /// A reader's handler refused a batch for a reason of its own.
     #[error("{0}")]
     Handler(String),
+    /// Replay: another session already rebuilds this projection (it holds the projection's
+    /// replay lock); two rebuilds would write the same shadow tables.
+    #[error("a rebuild of {projection} is already running{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    RebuildRunning {
+        projection: String,
+        /// The Postgres backend pid of the session holding the lock, when it can be found.
+        pid: Option<i32>,
+    },
+    /// Replay: no projection of that name is registered.
+    #[error("unknown projection '{name}' (known: {known})")]
+    UnknownProjection { name: String, known: String },
+    /// Replay: a rollback was asked for, but there are no previous tables to go back to.
+    #[error("{projection} has no previous tables ({tables}) to roll back to")]
+    NothingToRollBack { projection: String, tables: String },
+    /// Replay: the tables to swap no longer have the same shape (a migration ran during the
+    /// rebuild, or the previous tables predate one); swapping would change the schema.
+    #[error(
+        "{table} and {other} differ in shape ({detail}); run the rebuild again with --restart"
+    )]
+    SchemaDrift {
+        table: String,
+        other: String,
+        detail: String,
+    },
 }
 
 impl ProjectionError {
@@ -34,7 +62,14 @@ impl ProjectionError {
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::WorkerCrashed
             ),
-            Self::Undecodable { .. } | Self::Handler(_) => false,
+            Self::Undecodable { .. }
+            | Self::InvalidRow(_)
+            | Self::Handler(_)
+            | Self::UnknownProjection { .. }
+            | Self::NothingToRollBack { .. }
+            | Self::SchemaDrift { .. } => false,
+            // The other rebuild finishes or dies; trying again later can succeed.
+            Self::RebuildRunning { .. } => true,
         }
     }
 }

@@ -8,12 +8,22 @@
 use std::future::Future;
 use std::time::Duration;
 
+use order_domain::ORDER_AGGREGATE_TYPE;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::feed::{read_after, FeedEvent};
-use crate::checkpoint;
+
+/// How long [`ProjectionRunner::catch_up`] waits before looking at the feed again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(10);
+
+/// The advisory-lock key of a projector; also taken by resets, so they never interleave with a
+/// batch.
+pub(crate) fn lock_key(name: &str) -> String {
+    format!("projection:{name}")
+}
 
 /// Builds a read model from events. `apply` runs inside the batch's transaction and must be
 /// idempotent per event (guard updates by the row's last applied sequence), so that a replayed
@@ -78,10 +88,11 @@ impl<P: Projector> ProjectionRunner<P> {
     pub async fn run_once(&self) -> Result<RunOnce, ProjectionError> {
         let name = self.projector.name();
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("projection:{name}"))
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(lock_key(name))
+                .fetch_one(&mut *tx)
+                .await?;
         if !locked {
             return Ok(RunOnce::Standby);
         }
@@ -110,6 +121,56 @@ impl<P: Projector> ProjectionRunner<P> {
             total += n;
         }
         Ok(total)
+    }
+
+    /// Runs batches until every event committed before the call has been applied, by this
+    /// runner or by another replica. Unlike [`Self::drain`], it does not stop at
+    /// [`RunOnce::Standby`] or at an [`RunOnce::Idle`] caused by a transaction elsewhere that
+    /// holds the feed's fence back: it waits for those (the fence is cluster-wide, so any open
+    /// transaction on the server delays it). Meant for tests and rebuilds; it returns the
+    /// number of events this runner applied.
+    ///
+    /// # Errors
+    /// The first failing batch's error.
+    pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
+        let target: Option<i64> =
+            sqlx::query_scalar("SELECT max(global_position) FROM events WHERE aggregate_type = $1")
+                .bind(ORDER_AGGREGATE_TYPE)
+                .fetch_one(&self.pool)
+                .await?;
+        let Some(target) = target else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            if let RunOnce::Processed(n) = self.run_once().await? {
+                total += n;
+                continue;
+            }
+            if self.has_applied_up_to(target).await? {
+                return Ok(total);
+            }
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+        }
+    }
+
+    /// Whether no event at or below `position` is left after the checkpoint. Positions are
+    /// taken at insert, so every event committed when `position` was the largest is covered.
+    async fn has_applied_up_to(&self, position: i64) -> Result<bool, ProjectionError> {
+        let after = checkpoint::load(&self.pool, self.projector.name()).await?;
+        let done: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (
+                 SELECT 1 FROM events
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                    AND global_position <= $3 AND aggregate_type = $4)",
+        )
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(position)
+        .bind(ORDER_AGGREGATE_TYPE)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(done)
     }
 
     /// Polls until `stop` is cancelled: straight on while there is work, every `idle_poll`

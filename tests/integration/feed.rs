@@ -1,0 +1,203 @@
+//! The commit-safe feed under concurrency (DESIGN section 4, invariant 2): many writers commit
+//! out of position order while readers run alongside. The fenced feed reads every event exactly
+//! once and each order's events in sequence order; a naive `global_position > last` reader
+//! provably skips an event whose transaction commits late.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use order_projections::feed::read_after;
+use order_projections::FeedPosition;
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WRITERS: usize = 16;
+const ORDERS_PER_WRITER: usize = 8;
+/// Per order: sequences 1 and 2 in one transaction, then 3, then 4, each in its own.
+const EVENTS_PER_ORDER: usize = 4;
+/// Upper bound on any wait in this test; it normally finishes in a few seconds.
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn insert(conn: &mut sqlx::PgConnection, order: Uuid, sequence: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Order', $1, $2, 'ReminderSent', '1.0', $3, '{}')
+         RETURNING global_position",
+    )
+    .bind(order.to_string())
+    .bind(sequence)
+    .bind(json!({"ReminderSent": {"n": sequence}}))
+    .fetch_one(conn)
+    .await
+}
+
+/// One writer: for each of its orders, three transactions that each sleep a random while
+/// before COMMIT, so commits land out of position order across writers.
+async fn writer(pool: PgPool) -> Vec<(String, i64)> {
+    let mut written = Vec::new();
+    for _ in 0..ORDERS_PER_WRITER {
+        let order = Uuid::new_v4();
+        for sequences in [&[1_i64, 2][..], &[3], &[4]] {
+            let mut tx = pool.begin().await.expect("begin");
+            for &s in sequences {
+                insert(&mut tx, order, s).await.expect("insert");
+            }
+            let pause = rand::random::<u64>() % 15;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tx.commit().await.expect("commit");
+            written.extend(sequences.iter().map(|&s| (order.to_string(), s)));
+        }
+    }
+    written
+}
+
+/// Reads `global_position > last` with no fence, the way the feed must not work.
+async fn naive_reader(
+    pool: PgPool,
+    last_seen: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+) -> HashSet<(String, i64)> {
+    let mut seen = HashSet::new();
+    loop {
+        let finished = stop.load(Ordering::SeqCst);
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, sequence, global_position FROM events
+              WHERE global_position > $1 ORDER BY global_position LIMIT 200",
+        )
+        .bind(last_seen.load(Ordering::SeqCst))
+        .fetch_all(&pool)
+        .await
+        .expect("naive read");
+        if rows.is_empty() && finished {
+            return seen;
+        }
+        for (id, seq, pos) in rows {
+            seen.insert((id, seq));
+            last_seen.store(pos, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Reads through the fenced feed until it has `expected` events (or the bound passes).
+async fn fenced_reader(pool: PgPool, expected: Arc<AtomicI64>) -> Vec<(String, i64)> {
+    let mut read = Vec::new();
+    let mut after = FeedPosition::default();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let target = expected.load(Ordering::SeqCst);
+        if target >= 0 && read.len() as i64 >= target {
+            // One more read to catch anything beyond the target (there must be none).
+            let extra = read_after(&pool, after, 200).await.expect("feed read");
+            read.extend(extra.into_iter().map(|e| (e.aggregate_id, e.sequence)));
+            return read;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fenced reader timed out with {} events",
+            read.len()
+        );
+        let batch = read_after(&pool, after, 200).await.expect("feed read");
+        if let Some(last) = batch.last() {
+            assert!(last.position > after, "the feed moved backwards");
+            after = last.position;
+        }
+        read.extend(batch.into_iter().map(|e| (e.aggregate_id, e.sequence)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_fenced_feed_reads_every_event_once_in_order_and_a_naive_reader_misses_some(
+    _pool_opts: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // Its own pool: the writers need more connections than a test pool allows.
+    let pool = PgPoolOptions::new()
+        .max_connections(WRITERS as u32 + 4)
+        .connect_with(connect)
+        .await
+        .expect("pool");
+
+    // A transaction that takes the lowest position and then stays open while later ones
+    // commit: the case a naive reader gets wrong.
+    let late = Uuid::new_v4();
+    let mut holder = pool.begin().await.expect("begin");
+    let late_position = insert(&mut holder, late, 1).await.expect("insert");
+
+    let naive_last = Arc::new(AtomicI64::new(0));
+    let stop_naive = Arc::new(AtomicBool::new(false));
+    let expected = Arc::new(AtomicI64::new(-1));
+    let naive = tokio::spawn(naive_reader(
+        pool.clone(),
+        naive_last.clone(),
+        stop_naive.clone(),
+    ));
+    let fenced = tokio::spawn(fenced_reader(pool.clone(), expected.clone()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| tokio::spawn(writer(pool.clone())))
+        .collect();
+
+    // Commit the late transaction only once the naive reader has moved past its position.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while naive_last.load(Ordering::SeqCst) <= late_position {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no writer committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder.commit().await.expect("commit the late transaction");
+
+    let mut written = vec![(late.to_string(), 1_i64)];
+    for w in writers {
+        written.extend(w.await.expect("writer"));
+    }
+    assert_eq!(
+        written.len(),
+        1 + WRITERS * ORDERS_PER_WRITER * EVENTS_PER_ORDER
+    );
+    expected.store(written.len() as i64, Ordering::SeqCst);
+    stop_naive.store(true, Ordering::SeqCst);
+    let read = fenced.await.expect("fenced reader");
+    let naive_seen = naive.await.expect("naive reader");
+
+    // Exactly once.
+    let unique: HashSet<_> = read.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        read.len(),
+        "the fenced feed delivered an event twice"
+    );
+    let written_set: HashSet<_> = written.iter().cloned().collect();
+    assert_eq!(
+        unique, written_set,
+        "the fenced feed missed or invented events"
+    );
+
+    // Per order, in sequence order.
+    let mut per_order: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (id, seq) in &read {
+        per_order.entry(id.as_str()).or_default().push(*seq);
+    }
+    for (id, seqs) in per_order {
+        let expected_seqs: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected_seqs, "order {id} read out of sequence order");
+    }
+
+    // The naive reader skipped at least the late commit.
+    let missed = written_set.difference(&naive_seen).count();
+    assert!(
+        !naive_seen.contains(&(late.to_string(), 1)),
+        "the naive reader should have skipped the late commit"
+    );
+    assert!(
+        missed >= 1,
+        "the naive reader missed {missed} of {}",
+        written.len()
+    );
+}
