@@ -1,21 +1,40 @@
-//! Liveness and readiness (DESIGN section 5.3). Unauthenticated: load balancers call them.
+//! Liveness, readiness (DESIGN section 5.3) and the published event contract. Unauthenticated:
+//! load balancers and other teams' tooling call them.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use order_bus::relay::{self, RELAY_CONSUMER};
 use serde_json::{json, Value};
 
 use crate::startup::AppState;
 
 /// `GET /health/live`: the process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "The process is up", body = crate::openapi::LiveAnswer)),
+)]
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /health/ready`: Postgres answers and NATS is connected. 503 with the failing checks
-/// otherwise, so an orchestrator stops routing traffic here until they recover.
+/// `GET /health/ready`: Postgres answers, NATS is connected, and the outbox relay is not far
+/// behind (`RELAY_READY_MAX_BACKLOG`). 503 with the failing checks otherwise, so an orchestrator
+/// stops routing traffic here until they recover. The relay check reports the backlog either
+/// way, so an operator sees it grow while NATS is down.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Postgres, NATS and the relay are fine", body = crate::openapi::ReadyAnswer),
+        (status = 503, description = "At least one check fails; each failing check gives its reason", body = crate::openapi::ReadyAnswer),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = tokio::time::timeout(
         Duration::from_secs(2),
@@ -31,11 +50,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         },
         None => Err("not configured".to_owned()),
     };
+    let (relay_ok, relay) = relay_check(&state).await;
     let check = |r: &Result<(), String>| match r {
         Ok(()) => json!({ "status": "ok" }),
         Err(reason) => json!({ "status": "failing", "reason": reason }),
     };
-    let ok = postgres.is_ok() && nats.is_ok();
+    let ok = postgres.is_ok() && nats.is_ok() && relay_ok;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -45,7 +65,54 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         status,
         Json(json!({
             "status": if ok { "ready" } else { "not ready" },
-            "checks": { "postgres": check(&postgres), "nats": check(&nats) },
+            "checks": { "postgres": check(&postgres), "nats": check(&nats), "relay": relay },
         })),
     )
+}
+
+/// The relay's backlog against the configured limit.
+async fn relay_check(state: &AppState) -> (bool, Value) {
+    let max = state.settings.relay_ready_max_backlog;
+    let measured = tokio::time::timeout(
+        Duration::from_secs(2),
+        relay::lag(&state.pool, RELAY_CONSUMER),
+    )
+    .await;
+    match measured {
+        Ok(Ok(lag)) => {
+            let ok = lag.events_behind <= max;
+            let mut body = json!({
+                "status": if ok { "ok" } else { "failing" },
+                "backlog": lag.events_behind,
+                "secondsBehind": lag.seconds_behind,
+                "fenced": lag.events_fenced,
+                "maxBacklog": max,
+            });
+            if !ok {
+                body["reason"] = json!(format!(
+                    "{} events wait for the relay (limit {max})",
+                    lag.events_behind
+                ));
+            }
+            (ok, body)
+        }
+        Ok(Err(_)) => (
+            false,
+            json!({ "status": "failing", "reason": "backlog unmeasurable" }),
+        ),
+        Err(_) => (false, json!({ "status": "failing", "reason": "timed out" })),
+    }
+}
+
+/// `GET /asyncapi.json`: the AsyncAPI 3.0 document of every subject this service publishes,
+/// with the envelope and the JSON Schema of each payload (generated from the event types).
+#[utoipa::path(
+    get,
+    path = "/asyncapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The AsyncAPI 3.0 document of the published events", body = serde_json::Value)),
+)]
+pub async fn asyncapi(State(state): State<AppState>) -> Json<Value> {
+    let subjects = order_bus::Subjects::new(&state.settings.nats_subject_prefix);
+    Json(order_bus::asyncapi::document(&subjects))
 }

@@ -1,0 +1,209 @@
+//! Leader election on a Postgres session advisory lock, for work that must run on exactly one
+//! replica at a time (the relay; scheduled jobs reuse it under their own names).
+//!
+//! The lock lives on a dedicated connection detached from the pool: a session lock taken on a
+//! pooled connection would follow that connection back into the pool and be "held" by whatever
+//! borrows it next. Leadership is re-checked every round with a keepalive on that connection,
+//! and a dead connection means leadership is lost, because Postgres releases a session lock
+//! when its session ends, and another replica may already hold it. Work that must be fenced
+//! (the relay's checkpoint) is written *through* [`LeaderLock::connection`], so a replica that
+//! lost the lock cannot write after the fact.
+//!
+//! Do not run this through PgBouncer in transaction mode: session locks need a real session.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::error::BusError;
+
+/// How long a keepalive or lock attempt may take before the connection is presumed dead.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One named leadership, held or not.
+pub struct LeaderLock {
+    name: String,
+    pool: PgPool,
+    conn: Option<PgConnection>,
+    held: bool,
+}
+
+impl std::fmt::Debug for LeaderLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderLock")
+            .field("name", &self.name)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The text hashed into the advisory-lock key of leadership `name`.
+fn lock_key(name: &str) -> String {
+    format!("leader:{name}")
+}
+
+/// The backend pid currently holding leadership `name` on the pool's database, if any: for
+/// status pages ("who leads?") and for operators who need to end a stuck leader's session.
+///
+/// # Errors
+/// [`BusError::Database`] when the query fails.
+pub async fn holder(pool: &PgPool, name: &str) -> Result<Option<i32>, BusError> {
+    // A bigint advisory key shows in pg_locks split into classid (high half) and objid (low
+    // half), with objsubid = 1.
+    let pid = sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
+    )
+    .bind(lock_key(name))
+    .fetch_optional(pool)
+    .await?;
+    Ok(pid)
+}
+
+impl LeaderLock {
+    /// A lock named `name`; replicas using the same name (on the same database) elect one
+    /// leader. Nothing is taken until [`Self::ensure`].
+    pub fn new(pool: PgPool, name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            pool,
+            conn: None,
+            held: false,
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the last [`Self::ensure`] found this instance leading.
+    pub fn is_leader(&self) -> bool {
+        self.held
+    }
+
+    /// Confirms leadership (keepalive on the lock's connection) or tries to take it. Returns
+    /// whether this instance leads now. A failed keepalive drops the connection and reports
+    /// `false`: another replica may take over at once, so this one must stop.
+    ///
+    /// # Errors
+    /// [`BusError::Database`] when no connection can be opened or the lock query fails.
+    pub async fn ensure(&mut self) -> Result<bool, BusError> {
+        if self.pool.is_closed() {
+            // The application is shutting down (or a test is tearing its database down): the
+            // detached connection would otherwise outlive the pool and keep the database busy.
+            if self.conn.is_some() {
+                self.release().await?;
+            }
+            return Ok(false);
+        }
+        if self.held {
+            let alive = match self.conn.as_mut() {
+                Some(conn) => matches!(
+                    tokio::time::timeout(
+                        CHECK_TIMEOUT,
+                        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn)
+                    )
+                    .await,
+                    Ok(Ok(1))
+                ),
+                None => false,
+            };
+            if alive {
+                return Ok(true);
+            }
+            tracing::warn!(leader = %self.name, "lost the leader lock's connection; standing down");
+            self.lost();
+            return Ok(false);
+        }
+        let key = self.key();
+        let conn = match self.conn.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = self.pool.acquire().await?.detach();
+                sqlx::query("SELECT set_config('application_name', $1, false)")
+                    .bind(format!("leader:{}", self.name))
+                    .execute(&mut conn)
+                    .await?;
+                self.conn.insert(conn)
+            }
+        };
+        let attempt = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .fetch_one(&mut *conn),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(held)) => {
+                self.held = held;
+                if held {
+                    tracing::info!(leader = %self.name, "took the leader lock");
+                }
+                metrics::gauge!("leader_is_leader", "lock" => self.name.clone()).set(if held {
+                    1.0
+                } else {
+                    0.0
+                });
+                Ok(held)
+            }
+            Ok(Err(e)) => {
+                self.lost();
+                Err(e.into())
+            }
+            Err(_) => {
+                self.lost();
+                Err(BusError::Leader(format!(
+                    "lock attempt for {} took longer than {CHECK_TIMEOUT:?}",
+                    self.name
+                )))
+            }
+        }
+    }
+
+    /// The lock-holding connection, while leading: writes that must not happen after losing
+    /// leadership go through it.
+    pub fn connection(&mut self) -> Option<&mut PgConnection> {
+        if self.held {
+            self.conn.as_mut()
+        } else {
+            None
+        }
+    }
+
+    /// Gives up leadership and closes the connection, so a standby can take over at once
+    /// instead of after the session times out.
+    ///
+    /// # Errors
+    /// When the unlock or close fails; the lock is released with the session either way.
+    pub async fn release(&mut self) -> Result<(), BusError> {
+        let was_held = std::mem::take(&mut self.held);
+        if let Some(mut conn) = self.conn.take() {
+            if was_held {
+                sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                    .bind(self.key())
+                    .execute(&mut conn)
+                    .await?;
+                tracing::info!(leader = %self.name, "released the leader lock");
+            }
+            conn.close().await?;
+        }
+        metrics::gauge!("leader_is_leader", "lock" => self.name.clone()).set(0.0);
+        Ok(())
+    }
+
+    fn key(&self) -> String {
+        lock_key(&self.name)
+    }
+
+    fn lost(&mut self) {
+        self.held = false;
+        // Dropping the connection closes its socket; the server ends the session and with it
+        // any lock the session still had.
+        self.conn = None;
+        metrics::gauge!("leader_is_leader", "lock" => self.name.clone()).set(0.0);
+    }
+}

@@ -1,0 +1,490 @@
+//! The transactional outbox relay: committed events from the feed to JetStream, exactly once
+//! after deduplication, in sequence order per order (DESIGN section 4, invariants 3 and 4).
+//!
+//! One round ([`Relay::run_once`]):
+//! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;
+//! 2. read a batch from the commit-safe feed after the relay's checkpoint;
+//! 3. map each event to its envelope and validate the payload against its schema; the first
+//!    event that fails stops the batch there (the events before it still go out) and the round
+//!    ends with an error: it is never skipped;
+//! 4. publish the batch pipelined (every publish sent, then every ack awaited), each with
+//!    `Nats-Msg-Id` = the event id;
+//! 5. move the checkpoint past the longest run of acknowledged events from the start of the
+//!    batch, through the lock's own connection (so a relay that lost the lock cannot write).
+//!
+//! A crash anywhere before step 5 repeats the batch; JetStream drops the repeats inside its
+//! duplicate window. Commands never wait for any of this: they only write Postgres, so a NATS
+//! outage grows the backlog ([`lag`], `relay_backlog`) instead of failing requests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context;
+use order_domain::ORDER_AGGREGATE_TYPE;
+use order_projections::feed::{self, Lag};
+use order_projections::{checkpoint, FeedEvent};
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::Outgoing;
+use crate::error::BusError;
+use crate::leader::LeaderLock;
+use crate::schema;
+use crate::stream::{ensure_stream, StreamSpec, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM};
+use crate::subjects::Subjects;
+
+/// The relay's checkpoint name in `feed_checkpoints`, and its leader-lock name.
+pub const RELAY_CONSUMER: &str = "relay";
+
+/// Largest batch a round publishes. Every publish of a batch holds one of the JetStream
+/// context's in-flight ack permits (5,000 by default) until the acks are awaited, so a larger
+/// batch would wait for permits that only its own acks can free.
+pub const MAX_BATCH: i64 = 2_000;
+
+/// How the relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Checkpoint and leader-lock name; one relay per name is active per database.
+    pub consumer: String,
+    /// The stream publishes must land in (sent as `Nats-Expected-Stream`).
+    pub stream: StreamSpec,
+    /// Subject prefix (empty in production).
+    pub subjects: Subjects,
+    /// Create or update the stream before the first publish (and after it disappears).
+    pub ensure_stream: bool,
+    /// Events per round (capped at [`MAX_BATCH`]).
+    pub batch_size: i64,
+    /// Pause after a round that found nothing.
+    pub idle_poll: Duration,
+    /// Pause between leadership attempts while another replica leads.
+    pub standby_poll: Duration,
+    /// Longest pause between retries after errors.
+    pub max_backoff: Duration,
+    /// How often the backlog gauge is refreshed.
+    pub backlog_every: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults for stream `stream` and subject prefix `prefix`.
+    pub fn new(stream: &str, prefix: &str) -> Self {
+        let subjects = Subjects::new(prefix);
+        Self {
+            consumer: RELAY_CONSUMER.to_owned(),
+            stream: StreamSpec::events(stream, &subjects, DEFAULT_DUPLICATE_WINDOW),
+            subjects,
+            ensure_stream: true,
+            batch_size: 500,
+            idle_poll: Duration::from_millis(100),
+            standby_poll: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            backlog_every: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_STREAM, "")
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// This many events were acknowledged by JetStream and the checkpoint moved past them.
+    Published(usize),
+    /// Nothing new behind the feed's fence.
+    Idle,
+    /// Another replica holds the leader lock.
+    Standby,
+}
+
+/// A JetStream context whose publish acks time out after `publish_timeout`, so a dead broker
+/// turns into a retried round instead of a stuck one.
+pub fn jetstream_context(client: async_nats::Client, publish_timeout: Duration) -> Context {
+    ContextBuilder::new().timeout(publish_timeout).build(client)
+}
+
+/// The outbox relay. Cheap to share behind an `Arc`; rounds are serialized internally.
+pub struct Relay {
+    pool: PgPool,
+    jetstream: Context,
+    config: RelayConfig,
+    leader: Mutex<LeaderLock>,
+    stream_ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay over `pool`'s feed publishing through `jetstream`.
+    pub fn new(pool: PgPool, jetstream: Context, config: RelayConfig) -> Self {
+        let leader = LeaderLock::new(pool.clone(), config.consumer.clone());
+        Self {
+            pool,
+            jetstream,
+            leader: Mutex::new(leader),
+            stream_ready: AtomicBool::new(!config.ensure_stream),
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Whether this relay led in its last round.
+    pub async fn is_leader(&self) -> bool {
+        self.leader.lock().await.is_leader()
+    }
+
+    /// Runs one round (see the module doc).
+    ///
+    /// # Errors
+    /// [`BusError::SchemaViolation`] or [`BusError::Codec`] at an event that cannot be
+    /// published (after publishing the ones before it); [`BusError::Broker`] when JetStream
+    /// did not acknowledge (the checkpoint moved only past acknowledged events);
+    /// [`BusError::Database`]/[`BusError::Feed`] when Postgres failed.
+    #[tracing::instrument(name = "relay.round", level = "debug", skip_all, fields(relay = %self.config.consumer))]
+    pub async fn run_once(&self) -> Result<RelayOutcome, BusError> {
+        let mut leader = self.leader.lock().await;
+        let leading = leader.ensure().await?;
+        metrics::gauge!("relay_is_leader").set(if leading { 1.0 } else { 0.0 });
+        if !leading {
+            return Ok(RelayOutcome::Standby);
+        }
+        self.ensure_stream_once().await?;
+
+        let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
+        let limit = self.config.batch_size.clamp(1, MAX_BATCH);
+        let events = feed::read_after(&self.pool, after, limit).await?;
+        if events.is_empty() {
+            return Ok(RelayOutcome::Idle);
+        }
+        let started = Instant::now();
+        let tenants = order_tenants(&self.pool, &events).await?;
+        let (outgoing, refused) = self.prepare(&events, &tenants);
+        let (acked, publish_error) = self.publish(&outgoing).await;
+
+        if acked > 0 {
+            let conn = leader.connection().ok_or_else(|| {
+                BusError::Leader("lost leadership before saving the checkpoint".into())
+            })?;
+            checkpoint::save(
+                &mut *conn,
+                &self.config.consumer,
+                events[acked - 1].position,
+                acked as u64,
+            )
+            .await?;
+            metrics::counter!("relay_published_total").increment(acked as u64);
+            metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                outbox.batch_size = events.len(),
+                outbox.published = acked,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "relayed a batch"
+            );
+        }
+        if let Some(e) = publish_error.or(refused) {
+            return Err(e);
+        }
+        Ok(RelayOutcome::Published(acked))
+    }
+
+    /// Runs rounds until one finds nothing (or stands by); returns the events published.
+    ///
+    /// # Errors
+    /// The first failing round's error.
+    pub async fn drain(&self) -> Result<usize, BusError> {
+        let mut total = 0;
+        while let RelayOutcome::Published(n) = self.run_once().await? {
+            total += n;
+        }
+        Ok(total)
+    }
+
+    /// Runs until `stop` is cancelled: straight on while there is work, every idle poll when
+    /// caught up, and with exponential backoff plus jitter after errors (jitter keeps replicas
+    /// from hammering a recovering broker in step). Finishes the current round (acks
+    /// included) before returning, then releases the leader lock so a standby takes over at
+    /// once.
+    pub async fn run_until_stopped(&self, stop: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut backlog_at: Option<Instant> = None;
+        loop {
+            let wait = match self.run_once().await {
+                Ok(RelayOutcome::Published(_)) => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Ok(RelayOutcome::Idle) => {
+                    failures = 0;
+                    self.config.idle_poll
+                }
+                Ok(RelayOutcome::Standby) => {
+                    failures = 0;
+                    self.config.standby_poll
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = self.backoff(failures);
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, attempt = failures, retry_in_ms = wait.as_millis() as u64, "relay round failed; retrying");
+                    } else {
+                        tracing::error!(error = %e, attempt = failures, "relay is stopped at an event it cannot publish; fix the event or its schema");
+                    }
+                    metrics::counter!("relay_errors_total", "transient" => e.is_transient().to_string())
+                        .increment(1);
+                    wait
+                }
+            };
+            if backlog_at.is_none_or(|at| at.elapsed() >= self.config.backlog_every) {
+                backlog_at = Some(Instant::now());
+                match lag(&self.pool, &self.config.consumer).await {
+                    Ok(l) => {
+                        metrics::gauge!("relay_backlog").set(l.events_behind as f64);
+                        metrics::gauge!("relay_lag_seconds").set(l.seconds_behind);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "could not measure the relay backlog"),
+                }
+            }
+            if wait.is_zero() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Releases leadership (if held) so that a standby takes over without waiting.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.leader.lock().await.release().await {
+            tracing::warn!(error = %e, "could not release the relay's leader lock cleanly");
+        }
+        metrics::gauge!("relay_is_leader").set(0.0);
+    }
+
+    /// `min(max_backoff, poll × 2^(n-1))`, then a random point in its upper half.
+    fn backoff(&self, failures: u32) -> Duration {
+        let base = self.config.idle_poll.max(Duration::from_millis(100));
+        let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let capped = exp.min(self.config.max_backoff);
+        let half = capped / 2;
+        half + half.mul_f64(rand::thread_rng().gen::<f64>())
+    }
+
+    async fn ensure_stream_once(&self) -> Result<(), BusError> {
+        if !self.stream_ready.load(Ordering::Acquire) {
+            // Without a connection the stream requests would only wait out their timeout.
+            self.connected()?;
+            ensure_stream(&self.jetstream, &self.config.stream).await?;
+            self.stream_ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Envelopes for the batch up to (not including) the first event that cannot be published,
+    /// and the reason that one cannot.
+    fn prepare(
+        &self,
+        events: &[FeedEvent],
+        tenants: &HashMap<String, String>,
+    ) -> (Vec<Outgoing>, Option<BusError>) {
+        let mut outgoing = Vec::with_capacity(events.len());
+        for event in events {
+            let prepared = Outgoing::from_feed(
+                event,
+                &self.config.subjects,
+                tenants.get(&event.aggregate_id).map(String::as_str),
+            )
+            .and_then(|out| {
+                let e = &out.envelope;
+                schema::validate(&e.event_type, &e.version, &e.payload)
+                    .map_err(|reason| BusError::SchemaViolation {
+                        event_id: format!("{} ({}#{})", e.id, e.aggregate_id, e.sequence_number),
+                        event_type: format!("{} v{}", e.event_type, e.version),
+                        reason: reason.to_string(),
+                    })
+                    .map(|()| out)
+            });
+            match prepared {
+                Ok(out) => outgoing.push(out),
+                Err(e) => {
+                    metrics::counter!("relay_schema_violations_total").increment(1);
+                    return (outgoing, Some(e));
+                }
+            }
+        }
+        (outgoing, None)
+    }
+
+    /// Publishes pipelined; returns how many events from the start were acknowledged in an
+    /// unbroken run, and the first failure.
+    async fn publish(&self, batch: &[Outgoing]) -> (usize, Option<BusError>) {
+        if batch.is_empty() {
+            return (0, None);
+        }
+        // Publishing into a disconnected client would queue messages that go out after the
+        // reconnect, behind the ones lost with the old socket: fail the round instead.
+        if let Err(e) = self.connected() {
+            metrics::counter!("relay_publish_failures_total").increment(1);
+            return (0, Some(e));
+        }
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut send_failure = None;
+        for out in batch {
+            let message = match out.body() {
+                Ok(body) => PublishMessage::build()
+                    .payload(body)
+                    .headers(out.headers())
+                    .expected_stream(&self.config.stream.name),
+                Err(e) => {
+                    send_failure = Some(e);
+                    break;
+                }
+            };
+            match self
+                .jetstream
+                .send_publish(out.subject.clone(), message)
+                .await
+            {
+                Ok(ack) => pending.push(ack.into_future()),
+                Err(e) => {
+                    send_failure = Some(self.publish_error(out, &e));
+                    break;
+                }
+            }
+        }
+        let results = futures::future::join_all(pending).await;
+
+        // Only an unbroken run of acks from the start of the batch counts: the checkpoint is
+        // a single position, and the events after a gap are re-sent (and deduplicated) anyway.
+        let mut acked = 0;
+        let mut duplicates = 0u64;
+        let mut ack_failure = None;
+        let mut stream_seq: HashMap<&str, u64> = HashMap::new();
+        for (out, result) in batch.iter().zip(results) {
+            match result {
+                Ok(ack) => {
+                    acked += 1;
+                    duplicates += u64::from(ack.duplicate);
+                    let id = out.envelope.aggregate_id.as_str();
+                    if stream_seq.get(id).is_some_and(|&prev| ack.sequence < prev) {
+                        // Only possible if a connection died mid-batch and publishes queued
+                        // behind the dead socket overtook lost ones; consumers still have
+                        // sequenceNumber to restore the order.
+                        metrics::counter!("relay_order_violations_total").increment(1);
+                        tracing::error!(
+                            order.id = id,
+                            event.sequence = out.envelope.sequence_number,
+                            "an event landed in the stream before an earlier one of its order"
+                        );
+                    }
+                    stream_seq.insert(id, ack.sequence);
+                }
+                Err(e) => {
+                    ack_failure = Some(self.publish_error(out, &e));
+                    break;
+                }
+            }
+        }
+        metrics::counter!("relay_duplicates_total").increment(duplicates);
+        let failure = ack_failure.or(send_failure);
+        if failure.is_some() {
+            metrics::counter!("relay_publish_failures_total").increment(1);
+        }
+        (acked, failure)
+    }
+
+    /// Fails unless the NATS connection is up right now.
+    fn connected(&self) -> Result<(), BusError> {
+        match self.jetstream.client().connection_state() {
+            State::Connected => Ok(()),
+            other => Err(BusError::Broker(format!(
+                "NATS is {}",
+                format!("{other:?}").to_lowercase()
+            ))),
+        }
+    }
+
+    fn publish_error(
+        &self,
+        out: &Outgoing,
+        e: &async_nats::jetstream::context::PublishError,
+    ) -> BusError {
+        if e.kind() == PublishErrorKind::StreamNotFound {
+            // Re-create it next round if allowed (someone deleted it, or start-up raced NATS).
+            self.stream_ready
+                .store(!self.config.ensure_stream, Ordering::Release);
+        }
+        BusError::Broker(format!(
+            "publish of {} to {} failed: {e}",
+            out.envelope.id, out.subject
+        ))
+    }
+}
+
+/// How far the relay named `consumer` is behind the feed (for readiness and metrics).
+///
+/// # Errors
+/// [`BusError::Feed`] when Postgres fails.
+pub async fn lag(pool: &PgPool, consumer: &str) -> Result<Lag, BusError> {
+    Ok(feed::lag(pool, consumer).await?)
+}
+
+/// The tenant each order of the batch was created under, for events whose payload does not
+/// carry one: read once per batch from the orders' `OrderCreated` events.
+async fn order_tenants(
+    pool: &PgPool,
+    events: &[FeedEvent],
+) -> Result<HashMap<String, String>, BusError> {
+    let mut tenants = HashMap::new();
+    for e in events {
+        if let Some(t) = e.inner_payload().get("tenantId").and_then(|v| v.as_str()) {
+            tenants.insert(e.aggregate_id.clone(), t.to_owned());
+        }
+    }
+    let missing: Vec<String> = events
+        .iter()
+        .filter(|e| !tenants.contains_key(&e.aggregate_id))
+        .map(|e| e.aggregate_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok(tenants);
+    }
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT aggregate_id,
+                COALESCE(payload->'OrderCreated'->>'tenantId', metadata->>'tenantId')
+           FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND event_type = 'OrderCreated'",
+    )
+    .bind(ORDER_AGGREGATE_TYPE)
+    .bind(&missing)
+    .fetch_all(pool)
+    .await?;
+    tenants.extend(rows.into_iter().filter_map(|(id, t)| t.map(|t| (id, t))));
+    Ok(tenants)
+}
