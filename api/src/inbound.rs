@@ -1,0 +1,294 @@
+//! Inbound events turned into commands (DESIGN section 8): the application's
+//! [`InboundHandler`], and builders that wire the bus's subscribers and dead-letter stream from
+//! settings.
+//!
+//! | type | command |
+//! |---|---|
+//! | `payment.succeeded` | `ConfirmOrder` (amount and currency checked against the order) |
+//! | `payment.failed` | `RecordPaymentFailure` |
+//! | `dispute.created` | `OpenDispute` (locks refunds) |
+//! | `dispute.updated` | `UpdateDispute` |
+//! | `dispute.closed` | `CloseDispute` (won unlocks refunds, lost keeps them locked) |
+//! | `ticket.issued` | `RecordTickets` |
+//!
+//! Every command is idempotent by natural key, which is what makes a redelivery after a crash
+//! between the effect and the inbox record harmless. The message id becomes the events'
+//! correlation and causation id, and the NATS `traceparent` header their trace.
+//!
+//! Errors are classified once here: a refusal by the order (unknown order, a rule, a mismatch)
+//! is permanent and parks the message; an outage (database down, lost write races, a bug that
+//! may be environmental) is transient and retried.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::Context;
+use chrono::Utc;
+use order_bus::dlq::{DeadLetters, DlqConfig};
+use order_bus::inbound::{
+    Family, HandleError, InboundEvent, InboundHandler, InboundMessage, MessageContext, Subscriber,
+    SubscriberConfig,
+};
+use order_domain::commands::{
+    CloseDispute, ConfirmOrder, OpenDispute, RecordPaymentFailure, RecordTickets, UpdateDispute,
+};
+use order_domain::{Order, OrderCommand};
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::store::OrderStore;
+
+/// The actor recorded in the metadata of events caused by inbound messages.
+pub const ACTOR: &str = "order-service/inbound";
+
+/// Applies inbound messages to orders through the command path.
+#[derive(Debug, Clone)]
+pub struct OrderInboundHandler {
+    store: OrderStore,
+}
+
+impl OrderInboundHandler {
+    /// A handler writing through `store`.
+    pub fn new(store: OrderStore) -> Self {
+        Self { store }
+    }
+}
+
+impl InboundHandler for OrderInboundHandler {
+    #[tracing::instrument(skip_all, fields(msg.id = %msg.id, msg.type = msg.event_type(), order.id = %msg.order_id))]
+    async fn handle(&self, msg: &InboundMessage, ctx: &MessageContext) -> Result<(), HandleError> {
+        let metadata = metadata(msg, ctx);
+        let store = &self.store;
+        let id = msg.order_id;
+        let result = match &msg.event {
+            InboundEvent::PaymentSucceeded(p) => {
+                let check = |order: &Order| {
+                    exists(order)?;
+                    if order.total_cents != p.amount_cents {
+                        return Err(ApiError::Conflict(format!(
+                            "payment amount {} does not match the order total {}",
+                            p.amount_cents, order.total_cents
+                        )));
+                    }
+                    match (&p.currency, &order.currency) {
+                        (Some(paid), Some(owed)) if !paid.eq_ignore_ascii_case(owed.as_str()) => {
+                            Err(ApiError::Conflict(format!(
+                                "payment currency {paid} does not match the order currency {}",
+                                owed.as_str()
+                            )))
+                        }
+                        _ => Ok(()),
+                    }
+                };
+                store
+                    .execute(id, &metadata, check, || {
+                        OrderCommand::ConfirmOrder(ConfirmOrder {
+                            payment_intent_id: p.payment_intent_id.clone(),
+                            amount_cents: p.amount_cents,
+                            expected_version: None,
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+            InboundEvent::PaymentFailed(p) => {
+                store
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::RecordPaymentFailure(RecordPaymentFailure {
+                            payment_intent_id: p.payment_intent_id.clone(),
+                            reason: p
+                                .reason
+                                .clone()
+                                .unwrap_or_else(|| "payment failed".to_owned()),
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+            InboundEvent::DisputeCreated(d) => {
+                store
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::OpenDispute(OpenDispute {
+                            dispute_id: d.dispute_id.clone(),
+                            amount_cents: d.amount_cents,
+                            reason: d.reason.clone(),
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+            InboundEvent::DisputeUpdated(d) => {
+                store
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::UpdateDispute(UpdateDispute {
+                            dispute_id: d.dispute_id.clone(),
+                            status: d.status.clone(),
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+            InboundEvent::DisputeClosed(d) => {
+                store
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::CloseDispute(CloseDispute {
+                            dispute_id: d.dispute_id.clone(),
+                            outcome: d.outcome,
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+            InboundEvent::TicketIssued(t) => {
+                store
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::RecordTickets(RecordTickets {
+                            tickets: t.tickets.clone(),
+                            now: Utc::now(),
+                        })
+                    })
+                    .await
+            }
+        };
+        match result {
+            Ok(done) => {
+                tracing::debug!(events = done.events.len(), "inbound message applied");
+                Ok(())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+/// Refuses messages for orders this service does not know (a permanent failure).
+fn exists(order: &Order) -> Result<(), ApiError> {
+    if order.exists() {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("order not found".to_owned()))
+    }
+}
+
+/// Permanent: the order refuses the message as it is, and always will. Transient: the refusal
+/// came from the infrastructure.
+pub fn classify(e: ApiError) -> HandleError {
+    match e {
+        ApiError::BadRequest(m)
+        | ApiError::NotFound(m)
+        | ApiError::Conflict(m)
+        | ApiError::Unprocessable(m) => HandleError::Permanent(m),
+        ApiError::Unauthorized(m) => HandleError::Permanent(m.to_owned()),
+        ApiError::Forbidden => HandleError::Permanent("forbidden".to_owned()),
+        ApiError::ConcurrentWrite => HandleError::Transient(ApiError::ConcurrentWrite.to_string()),
+        ApiError::BadGateway(m) => HandleError::Transient(m),
+        ApiError::Unavailable { message, .. } => HandleError::Transient(message),
+        ApiError::Internal(e) => HandleError::Transient(format!("internal error: {e:#}")),
+    }
+}
+
+/// The metadata stored with the events a message causes.
+pub fn metadata(msg: &InboundMessage, ctx: &MessageContext) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("correlationId".to_owned(), msg.id.clone()),
+        ("causationId".to_owned(), msg.id.clone()),
+        ("messageId".to_owned(), msg.id.clone()),
+        ("messageType".to_owned(), msg.event_type().to_owned()),
+        ("subject".to_owned(), ctx.subject.clone()),
+        ("streamSequence".to_owned(), ctx.stream_sequence.to_string()),
+        ("actor".to_owned(), ACTOR.to_owned()),
+    ]);
+    if let Some(tp) = &ctx.traceparent {
+        m.insert("traceparent".to_owned(), tp.clone());
+        if let Some(trace_id) = tp.split('-').nth(1).filter(|t| t.len() == 32) {
+            m.insert("traceId".to_owned(), trace_id.to_owned());
+        }
+    }
+    m
+}
+
+/// The dead-letter stream as configured.
+pub fn dead_letters(settings: &Settings, jetstream: Context, pool: PgPool) -> DeadLetters {
+    DeadLetters::new(jetstream, pool, settings.dlq_config())
+}
+
+/// The subscriber of one family as configured, over `handler`.
+pub fn subscriber<H: InboundHandler>(
+    settings: &Settings,
+    family: Family,
+    jetstream: Context,
+    pool: PgPool,
+    handler: H,
+) -> Subscriber<H> {
+    let config: SubscriberConfig = settings.subscriber_config(family);
+    let dlq = dead_letters(settings, jetstream.clone(), pool.clone());
+    let subscriber = Subscriber::new(jetstream, pool, config, dlq, handler);
+    if settings.nats_create_stream {
+        // The same stream specification as the relay's, so neither undoes the other's update.
+        subscriber.with_events_stream(settings.relay_config().stream)
+    } else {
+        subscriber
+    }
+}
+
+/// The DLQ configuration's stream settings follow the events stream's.
+pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
+    let mut c = DlqConfig::new(
+        &settings.dlq_stream,
+        &settings.nats_subject_prefix,
+        &settings.nats_stream,
+    );
+    c.duplicate_window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
+    c.replicas = settings.nats_stream_replicas.max(1);
+    c.ensure_stream = settings.nats_create_stream;
+    c
+}
+
+/// How often the inbox is purged of ids older than the retention.
+const INBOX_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The worker of one inbound family: consumes until `stop`. Every replica runs it; replicas
+/// share the durable consumer, so each message goes to one of them.
+pub async fn consume(
+    state: crate::startup::AppState,
+    family: Family,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(client) = state.nats.clone() else {
+        tracing::error!(%family, "NATS is not configured; inbound messages are not consumed");
+        return;
+    };
+    let jetstream =
+        order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
+    let handler = OrderInboundHandler::new(state.store.clone());
+    subscriber(
+        &state.settings,
+        family,
+        jetstream,
+        state.pool.clone(),
+        handler,
+    )
+    .run_until_stopped(stop)
+    .await;
+}
+
+/// Keeps the inbox bounded: ids older than the retention are deleted (hourly).
+pub async fn purge_inbox(
+    state: crate::startup::AppState,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let inbox = order_bus::inbound::Inbox::new(state.pool.clone());
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(INBOX_PURGE_EVERY) => {}
+        }
+        match inbox
+            .purge_older_than(state.settings.inbox_retention())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "purged old inbox ids"),
+            Err(e) => tracing::warn!(error = %e, "inbox purge failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Per-order holds (table `dlq_holds`): while a message of an order is parked, the order's
+//! later messages are parked behind it, so that no effect is applied out of order; other
+//! orders keep flowing.
+//!
+//! One row per parked message that names an order; an order is held while it has rows. Rows
+//! are ordered by `position`, the message's place in the order's queue: a redriven message
+//! that is parked again takes its predecessor row's place. The state lives in Postgres, not in
+//! memory, so every replica and every restart sees the same holds.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::BusError;
+
+/// One parked message of a held order.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HoldRow {
+    /// The message's sequence in the dead-letter stream.
+    pub dlq_seq: i64,
+    pub order_id: Uuid,
+    pub position: i64,
+    /// Republished by a redrive and not handled yet.
+    pub redriving: bool,
+    pub error: String,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl HoldRow {
+    /// The DLQ sequence as the broker counts it.
+    pub fn seq(&self) -> u64 {
+        u64::try_from(self.dlq_seq).unwrap_or_default()
+    }
+}
+
+/// The holds of one dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct Holds {
+    pool: PgPool,
+    dlq_stream: String,
+}
+
+fn db_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl Holds {
+    /// Holds recorded for parked messages of `dlq_stream`.
+    pub fn new(pool: PgPool, dlq_stream: &str) -> Self {
+        Self {
+            pool,
+            dlq_stream: dlq_stream.to_owned(),
+        }
+    }
+
+    /// The pool the holds live in.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The order's queue of parked messages, head first; empty when the order is not held.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn queue(&self, order_id: Uuid) -> Result<Vec<HoldRow>, BusError> {
+        Ok(sqlx::query_as::<_, HoldRow>(
+            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
+              WHERE dlq_stream = $1 AND order_id = $2 ORDER BY position, dlq_seq",
+        )
+        .bind(&self.dlq_stream)
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every held order's queue, orders by the age of their head.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn all(&self) -> Result<Vec<HoldRow>, BusError> {
+        Ok(sqlx::query_as::<_, HoldRow>(
+            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds h
+              WHERE dlq_stream = $1
+              ORDER BY (SELECT min(position) FROM dlq_holds x
+                         WHERE x.dlq_stream = h.dlq_stream AND x.order_id = h.order_id),
+                       order_id, position, dlq_seq",
+        )
+        .bind(&self.dlq_stream)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The row of one parked message, if it holds an order.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn get(&self, dlq_seq: u64) -> Result<Option<HoldRow>, BusError> {
+        Ok(sqlx::query_as::<_, HoldRow>(
+            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
+              WHERE dlq_stream = $1 AND dlq_seq = $2",
+        )
+        .bind(&self.dlq_stream)
+        .bind(db_seq(dlq_seq))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Holds `order_id` behind parked message `dlq_seq`. With `replaces`, the new row takes the
+    /// replaced row's place in the queue (a redriven message parked again); otherwise it joins
+    /// the end. Repeating the call for the same `dlq_seq` changes nothing.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn hold(
+        &self,
+        dlq_seq: u64,
+        order_id: Uuid,
+        error: &str,
+        replaces: Option<u64>,
+    ) -> Result<(), BusError> {
+        let mut tx = self.pool.begin().await?;
+        let inherited: Option<i64> = match replaces {
+            Some(old) if old != dlq_seq => sqlx::query_scalar(
+                "DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2 RETURNING position",
+            )
+            .bind(&self.dlq_stream)
+            .bind(db_seq(old))
+            .fetch_optional(&mut *tx)
+            .await?,
+            _ => None,
+        };
+        sqlx::query(
+            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error)
+             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5)
+             ON CONFLICT (dlq_stream, dlq_seq)
+             DO UPDATE SET redriving = false, error = EXCLUDED.error",
+        )
+        .bind(&self.dlq_stream)
+        .bind(db_seq(dlq_seq))
+        .bind(order_id)
+        .bind(inherited)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Releases the row of a handled message, inside the caller's transaction.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn release(&self, conn: &mut PgConnection, dlq_seq: u64) -> Result<(), BusError> {
+        sqlx::query("DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2")
+            .bind(&self.dlq_stream)
+            .bind(db_seq(dlq_seq))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a row whose message no longer exists in the dead-letter stream.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn forget(&self, dlq_seq: u64) -> Result<(), BusError> {
+        sqlx::query("DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2")
+            .bind(&self.dlq_stream)
+            .bind(db_seq(dlq_seq))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every parked message of `order_id` as being redriven and returns the queue as it
+    /// was before (head first), so the caller can tell rows already in flight.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn start_redrive(&self, order_id: Uuid) -> Result<Vec<HoldRow>, BusError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_as::<_, HoldRow>(
+            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
+              WHERE dlq_stream = $1 AND order_id = $2 ORDER BY position, dlq_seq FOR UPDATE",
+        )
+        .bind(&self.dlq_stream)
+        .bind(order_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE dlq_holds SET redriving = true WHERE dlq_stream = $1 AND order_id = $2",
+        )
+        .bind(&self.dlq_stream)
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
