@@ -1,7 +1,8 @@
 //! The command path end to end: HTTP in, events in Postgres, the aggregate's state out.
 
 use futures::future::join_all;
-use order_tests::{json_of, order_body, spawn_app, Auth};
+use order_tests::peers::Peers;
+use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -16,7 +17,9 @@ async fn event_types(pool: &PgPool, order_id: &str) -> Vec<String> {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
+    // Refunds ask payment-, ticket- and event-service first; these answer "go ahead".
+    let peers = Peers::start().await;
+    let app = spawn_app_with(pool.clone(), |s| peers.configure(s)).await;
     let order = app.create_order().await;
     let id = order["id"].as_str().unwrap().to_owned();
     assert_eq!(order["status"], "PENDING");

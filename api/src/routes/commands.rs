@@ -23,6 +23,7 @@ use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, AppJson, OrderIdPath};
+use crate::saga::{RefundRequest, RefundSaga, Settled};
 use crate::startup::AppState;
 
 /// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
@@ -38,7 +39,7 @@ const DEFAULT_EXPIRY_SECS: i64 = 900;
 const MAX_EXPIRY_SECS: i64 = 86_400;
 
 /// `POST /api/v1/orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderBody {
     pub user_id: String,
@@ -54,7 +55,7 @@ pub struct CreateOrderBody {
 }
 
 /// One requested line.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateItemBody {
     pub ticket_type_id: Uuid,
@@ -63,14 +64,14 @@ pub struct CreateItemBody {
 }
 
 /// `POST .../reserve` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReserveBody {
     pub expires_in_seconds: Option<i64>,
 }
 
 /// `POST .../confirm` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfirmBody {
     pub payment_intent_id: String,
@@ -79,14 +80,14 @@ pub struct ConfirmBody {
 }
 
 /// `POST .../cancel` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelBody {
     pub reason: String,
 }
 
 /// `POST .../refunds` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefundBody {
     pub amount_cents: Option<i64>,
@@ -94,14 +95,14 @@ pub struct RefundBody {
 }
 
 /// `POST .../tickets` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketsBody {
     pub tickets: Vec<TicketBody>,
 }
 
 /// One issued ticket.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketBody {
     pub item_id: Uuid,
@@ -110,8 +111,9 @@ pub struct TicketBody {
 
 /// The answer of every command.
 fn order_answer(order: &Order) -> ApiResult<Json<Value>> {
-    let view = OrderView::from_aggregate(order)
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("command answered with an uncreated order")))?;
+    let view = OrderView::from_aggregate(order).ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("command answered with an uncreated order"))
+    })?;
     Ok(Json(json!({ "order": view })))
 }
 
@@ -168,7 +170,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
                 .map(str::trim)
                 .filter(|k| !k.is_empty() && k.len() <= 255)
                 .ok_or_else(|| {
-                    ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible characters".into())
+                    ApiError::BadRequest(
+                        "Idempotency-Key must be 1 to 255 visible characters".into(),
+                    )
                 })?;
             Ok(Some(key.to_owned()))
         }
@@ -179,6 +183,23 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// body answers the first answer again, and the same key with another body is 422. The order id
 /// is derived from the tenant and the key, so the event store's primary key makes the check
 /// atomic and it survives restarts with no extra table.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "commands",
+    params(
+        ("x-tenant-id" = String, Header, description = "The tenant the order belongs to (required)"),
+        ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
+    ),
+    request_body = CreateOrderBody,
+    responses(
+        (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
+        (status = 400, description = "Malformed body, or X-Tenant-ID missing", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_order(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -186,10 +207,9 @@ pub async fn create_order(
     headers: HeaderMap,
     AppJson(raw): AppJson<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let tenant = ctx
-        .tenant_id
-        .clone()
-        .ok_or_else(|| ApiError::BadRequest("X-Tenant-ID header is required to create an order".into()))?;
+    let tenant = ctx.tenant_id.clone().ok_or_else(|| {
+        ApiError::BadRequest("X-Tenant-ID header is required to create an order".into())
+    })?;
     let request_hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let body: CreateOrderBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
@@ -239,22 +259,27 @@ pub async fn create_order(
     );
     let result = state
         .store
-        .execute(order_id, &meta, |_| Ok(()), || {
-            OrderCommand::CreateOrder(CreateOrder {
-                order_id,
-                order_number: order_number.clone(),
-                tenant_id: tenant.clone(),
-                user_id: body.user_id.clone(),
-                event_id: body.event_id,
-                currency: currency.clone(),
-                items: items.clone(),
-                fees_cents: body.fees_cents,
-                tax_cents: body.tax_cents,
-                expires_at,
-                event_starts_at: body.event_starts_at,
-                now: Utc::now(),
-            })
-        })
+        .execute(
+            order_id,
+            &meta,
+            |_| Ok(()),
+            || {
+                OrderCommand::CreateOrder(CreateOrder {
+                    order_id,
+                    order_number: order_number.clone(),
+                    tenant_id: tenant.clone(),
+                    user_id: body.user_id.clone(),
+                    event_id: body.event_id,
+                    currency: currency.clone(),
+                    items: items.clone(),
+                    fees_cents: body.fees_cents,
+                    tax_cents: body.tax_cents,
+                    expires_at,
+                    event_starts_at: body.event_starts_at,
+                    now: Utc::now(),
+                })
+            },
+        )
         .await;
     match result {
         Ok(done) => Ok((StatusCode::CREATED, order_answer(&done.order)?)),
@@ -291,6 +316,23 @@ async fn replay_first_answer(
 }
 
 /// `POST /api/v1/orders/{id}/reserve`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/reserve",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+    ),
+    request_body = ReserveBody,
+    responses(
+        (status = 200, description = "Reserved (or already reserved)", body = crate::openapi::OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn reserve_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -312,6 +354,23 @@ pub async fn reserve_order(
 }
 
 /// `POST /api/v1/orders/{id}/confirm`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/confirm",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+    ),
+    request_body = ConfirmBody,
+    responses(
+        (status = 200, description = "Paid (a repeat with the same payment intent is a no-op)", body = crate::openapi::OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn confirm_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -339,6 +398,23 @@ pub async fn confirm_order(
 }
 
 /// `POST /api/v1/orders/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/cancel",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+    ),
+    request_body = CancelBody,
+    responses(
+        (status = 200, description = "Cancelled", body = crate::openapi::OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn cancel_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -359,11 +435,35 @@ pub async fn cancel_order(
     order_answer(&done.order)
 }
 
-/// `POST /api/v1/orders/{id}/refunds`: request a refund, then record its completion.
+/// `POST /api/v1/orders/{id}/refunds`: the refund saga (DESIGN section 7, [`crate::saga`]).
 ///
-/// The refund id is derived from `Idempotency-Key` when given, so a retried request is the same
-/// refund. The call to payment-service between the two steps belongs to the outgoing-clients
-/// work (DESIGN section 7); until it lands the refund is recorded as completed by this service.
+/// The order's own rules are checked before any call goes out (409 at once); then the peers'
+/// facts, then payment-service's `initiateRefund`. Answers 200 with the order once refunded,
+/// 202 while payment-service is still processing it, 409 when refused (nothing recorded), 502
+/// when payment-service refused it (recorded as failed) or failed, and 503 when it could not be
+/// asked; in those last two cases the refund stays requested and the retry loop finishes it.
+/// The refund id is derived from `Idempotency-Key` when given, so a retried request resumes
+/// the same refund instead of starting another.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/refunds",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
+    ),
+    request_body = RefundBody,
+    responses(
+        (status = 200, description = "Refunded", body = crate::openapi::RefundAnswer),
+        (status = 202, description = "Requested; payment-service is still processing it", body = crate::openapi::RefundAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 502, description = "payment-service refused (recorded as failed) or failed", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn refund_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -371,38 +471,59 @@ pub async fn refund_order(
     caller: Caller,
     headers: HeaderMap,
     AppJson(body): AppJson<RefundBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let reason = required_text("reason", &body.reason)?;
     let refund_id = match idempotency_key(&headers)? {
         Some(k) => Uuid::new_v5(&REFUND_NS, format!("{id}\n{k}").as_bytes()),
         None => Uuid::now_v7(),
     };
-    let meta = metadata(&ctx, &caller);
-    state
-        .store
-        .execute(id, &meta, tenant_guard(&ctx), || {
-            OrderCommand::RequestRefund(RequestRefund {
-                refund_id,
-                amount_cents: body.amount_cents,
-                reason: reason.clone(),
-                facts: RefundFacts::default(),
-                now: Utc::now(),
-            })
-        })
+    let request = RefundRequest {
+        refund_id,
+        amount_cents: body.amount_cents,
+        reason,
+    };
+    let saga = RefundSaga::new(state.store.clone(), state.clients.clone());
+    let settled = saga
+        .run(id, &request, &metadata(&ctx, &caller), tenant_guard(&ctx))
         .await?;
-    let done = state
-        .store
-        .execute(id, &meta, tenant_guard(&ctx), || {
-            OrderCommand::CompleteRefund(CompleteRefund {
-                refund_id,
-                now: Utc::now(),
-            })
-        })
-        .await?;
-    order_answer(&done.order)
+    let (status, refund_state) = match &settled {
+        Settled::Completed(_) => (StatusCode::OK, "completed"),
+        Settled::Pending(_) => (StatusCode::ACCEPTED, "requested"),
+        Settled::Failed { reason, .. } => {
+            return Err(ApiError::BadGateway(format!(
+                "payment-service did not refund: {reason}; refund {refund_id} is recorded as failed"
+            )))
+        }
+    };
+    let order = settled.order();
+    let amount = order
+        .refunds
+        .iter()
+        .find(|r| r.refund_id == refund_id)
+        .map(|r| r.amount_cents);
+    let Json(mut answer) = order_answer(order)?;
+    answer["refund"] = json!({ "id": refund_id, "status": refund_state, "amountCents": amount });
+    Ok((status, Json(answer)))
 }
 
 /// `POST /api/v1/orders/{id}/tickets`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/tickets",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+    ),
+    request_body = TicketsBody,
+    responses(
+        (status = 200, description = "Tickets recorded", body = crate::openapi::OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn record_tickets(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -438,6 +559,21 @@ pub async fn record_tickets(
 }
 
 /// `GET /api/v1/orders/{id}/events`: the order's history, upcast to current versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}/events",
+    tag = "commands",
+    params(
+        ("id" = Uuid, Path, description = "The order id (a UUID)"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+    ),
+    responses(
+        (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),
+        (status = 400, description = "Malformed order id", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn order_events(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
@@ -459,7 +595,9 @@ pub async fn order_events(
         .into_iter()
         .map(|e| {
             let payload = match e.payload {
-                Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or(Value::Null),
+                Value::Object(mut m) if m.len() == 1 => {
+                    m.remove(&e.event_type).unwrap_or(Value::Null)
+                }
                 other => other,
             };
             json!({

@@ -1,0 +1,193 @@
+//! The clients' errors, and the one place they become HTTP answers.
+//!
+//! [`ClientError`] says what went wrong with one call to a peer; `From<ClientError> for ApiError`
+//! maps it once: a peer that answered with an error is 502, a peer that could not be asked
+//! (unreachable, too slow, breaker open) is 503. Messages name the peer and the operation, never
+//! a URL, a header or the peer's own error text.
+
+use std::time::Duration;
+
+use crate::error::ApiError;
+
+/// Why a call to a peer service did not produce a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// 503: the connection could not be made (refused, DNS, TLS) or broke before an answer.
+    #[error("{service} is unreachable ({operation})")]
+    Unreachable {
+        service: &'static str,
+        operation: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// 503: no complete answer within the client's timeout.
+    #[error("{service} did not answer {operation} within {after:?}")]
+    Timeout {
+        service: &'static str,
+        operation: &'static str,
+        after: Duration,
+    },
+    /// 503: the operation's circuit breaker is open, so the call failed fast without being sent.
+    #[error(
+        "{service} is failing: {operation} is not attempted while its circuit breaker is open"
+    )]
+    BreakerOpen {
+        service: &'static str,
+        operation: &'static str,
+    },
+    /// 502: the peer answered with a non-success status.
+    #[error("{service} answered {status} to {operation}")]
+    Status {
+        service: &'static str,
+        operation: &'static str,
+        status: u16,
+        /// The peer's `Retry-After`, in seconds, when it sent one (429 and 503).
+        retry_after: Option<Duration>,
+    },
+    /// 502: the peer answered 2xx with a body that is not the contract's.
+    #[error("{service} sent an unreadable answer to {operation}: {reason}")]
+    InvalidResponse {
+        service: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
+    /// 500: the request could not be built (a bug: ids are encoded before use).
+    #[error("cannot build the {operation} request to {service}: {reason}")]
+    InvalidRequest {
+        service: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The peer service this error is about.
+    pub fn service(&self) -> &'static str {
+        match self {
+            Self::Unreachable { service, .. }
+            | Self::Timeout { service, .. }
+            | Self::BreakerOpen { service, .. }
+            | Self::Status { service, .. }
+            | Self::InvalidResponse { service, .. }
+            | Self::InvalidRequest { service, .. } => service,
+        }
+    }
+
+    /// The operation this error is about.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::Unreachable { operation, .. }
+            | Self::Timeout { operation, .. }
+            | Self::BreakerOpen { operation, .. }
+            | Self::Status { operation, .. }
+            | Self::InvalidResponse { operation, .. }
+            | Self::InvalidRequest { operation, .. } => operation,
+        }
+    }
+
+    /// The HTTP status the peer answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether another attempt may succeed: connect errors, timeouts, 429, 502, 503 and 504
+    /// (the only failures retried). Not an open breaker: that is the point of the breaker.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { source, .. } => source.is_connect(),
+            Self::Timeout { .. } => true,
+            Self::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            Self::BreakerOpen { .. }
+            | Self::InvalidResponse { .. }
+            | Self::InvalidRequest { .. } => false,
+        }
+    }
+
+    /// Whether the peer gave a definite "no" (a 4xx other than 408 and 429): asking again with
+    /// the same request will get the same answer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
+    }
+
+    /// The peer's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl ClientError {
+    /// What went wrong, safe to show a caller: the peer, the operation and the kind of failure,
+    /// never a URL, a header or the peer's own error text.
+    pub fn public_message(&self) -> String {
+        let (service, operation) = (self.service(), self.operation());
+        match self {
+            Self::Status { status, .. } => format!("{service} answered {status} to {operation}"),
+            Self::InvalidResponse { .. } => {
+                format!("{service} sent an unreadable answer to {operation}")
+            }
+            Self::Unreachable { .. } => format!("{service} is unreachable ({operation})"),
+            Self::Timeout { .. } => format!("{service} did not answer {operation} in time"),
+            Self::BreakerOpen { .. } => format!(
+                "{service} is failing and calls to {operation} are paused (circuit breaker open)"
+            ),
+            Self::InvalidRequest { .. } => {
+                format!("the {operation} request to {service} could not be built")
+            }
+        }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        let message = e.public_message();
+        match e {
+            ClientError::Status { .. } | ClientError::InvalidResponse { .. } => {
+                Self::BadGateway(message)
+            }
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => Self::Unavailable {
+                message: format!("{message}; retry shortly"),
+                retry_after: Some(1),
+            },
+            ClientError::BreakerOpen { .. } => Self::Unavailable {
+                message: format!("{message}; retry later"),
+                retry_after: Some(5),
+            },
+            e @ ClientError::InvalidRequest { .. } => Self::internal(e),
+        }
+    }
+}
+
+/// Settings the clients refuse at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    /// A peer URL that does not parse, or is not http(s).
+    #[error("{setting} is not a valid http(s) URL: {reason}")]
+    InvalidUrl {
+        setting: &'static str,
+        reason: String,
+    },
+    /// A plain-HTTP peer URL in production (DESIGN section 7: HTTPS only).
+    #[error("{setting} must use https:// when APP_ENV=production")]
+    InsecureUrl { setting: &'static str },
+    /// No key to sign calls to this peer with.
+    #[error("no signing key for {service}: set INTERNAL_SERVICE_SECRET or a key in SERVICE_KEYS")]
+    MissingKey { service: &'static str },
+    /// The key settings do not parse.
+    #[error("invalid key settings: {0}")]
+    Keys(#[source] crate::auth::AuthConfigError),
+    /// A zero timeout or breaker threshold, which would make every call fail.
+    #[error("{setting} must be greater than zero")]
+    Zero { setting: &'static str },
+    /// The HTTP client could not be built (no TLS provider, bad TLS settings).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+    /// The circuit breaker settings were refused.
+    #[error("invalid circuit breaker settings: {0}")]
+    Breaker(String),
+}
