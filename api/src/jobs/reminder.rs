@@ -1,0 +1,54 @@
+//! The reminder job: PENDING or RESERVED orders expiring within a configurable window
+//! (`JOB_REMINDER_WINDOW_SECS`) get `SendReminder`, which records `ReminderSent` once; the
+//! outbox relay publishes it as `order.reminder_sent`, for the notification service.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use order_domain::commands::SendReminder;
+use order_domain::OrderCommand;
+use order_projections::queries::{JobCandidate, JobScan};
+
+use super::sweep::{self, Outcome, Sweep};
+use super::{JobContext, JobError};
+use crate::store::OrderStore;
+
+/// The job's name and lock suffix.
+pub const NAME: &str = "reminder";
+
+/// Reminds buyers of orders about to expire.
+#[derive(Debug, Clone)]
+pub struct Reminder {
+    store: OrderStore,
+    window: TimeDelta,
+}
+
+impl Reminder {
+    /// Reminds about orders expiring within `window` of the run.
+    pub fn new(store: OrderStore, window: TimeDelta) -> Self {
+        Self { store, window }
+    }
+}
+
+#[async_trait]
+impl Sweep for Reminder {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn scan(&self, now: DateTime<Utc>) -> JobScan {
+        JobScan::ExpiringSoon {
+            now,
+            until: now
+                .checked_add_signed(self.window)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
+    }
+
+    async fn act(&self, ctx: &JobContext, order: &JobCandidate) -> Result<Outcome, JobError> {
+        let now = ctx.now;
+        sweep::command(&self.store, NAME, ctx, order, || {
+            OrderCommand::SendReminder(SendReminder { now })
+        })
+        .await
+    }
+}
