@@ -50,6 +50,30 @@ test *ARGS: services
         cargo test --workspace "$@"
     fi
 
+# Measure every speed goal as a ratio against this machine's own limits (`just bench quick`: ~2 min)
+bench *ARGS: services
+    cargo build --release -p order-api --bin order-service
+    cargo bench -p order-tests --bench order_bench -- "$@"
+
+# Validate the served /openapi.json with openapi-spec-validator (PyPI; installed on first use,
+# which needs the network once). Optional: `just test` never depends on it.
+openapi-check: services
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build -q -p order-api --bin order-service
+    target_dir="${CARGO_TARGET_DIR:-target}"
+    python3 -c 'import openapi_spec_validator' 2>/dev/null \
+        || python3 -m pip install --quiet openapi-spec-validator
+    HTTP_ADDR=127.0.0.1:18089 JOBS_ENABLED=false "$target_dir/debug/order-service" serve \
+        >"$target_dir/openapi-check.log" 2>&1 &
+    pid=$!
+    trap 'kill "$pid" 2>/dev/null || true' EXIT
+    for _ in $(seq 1 120); do
+        curl -sf http://127.0.0.1:18089/openapi.json -o "$target_dir/openapi.json" && break
+        sleep 0.5
+    done
+    python3 -m openapi_spec_validator "$target_dir/openapi.json"
+
 # Check formatting and lints (clippy warnings are errors)
 lint: _fmt-check _clippy
 

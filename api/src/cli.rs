@@ -141,3 +141,446 @@ fn summary(payload: &serde_json::Value) -> String {
     .collect::<Vec<_>>()
     .join(" ")
 }
+
+/// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
+async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(&settings.nats_url)
+        .await
+        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
+    let pool = crate::db::pool(&settings.database_url, 2)?;
+    Ok(crate::inbound::dead_letters(settings, jetstream, pool))
+}
+
+/// `order-service dlq list`: every parked message, as a table (or JSON lines), oldest first.
+/// Returns the text to print.
+///
+/// # Errors
+/// When NATS or the dead-letter stream cannot be reached.
+pub async fn dlq_list(settings: &Settings, json: bool) -> anyhow::Result<String> {
+    let dlq = dead_letters(settings).await?;
+    if !dlq.stream_exists().await? {
+        return Ok(format!(
+            "the dead-letter stream {} does not exist yet: nothing was ever parked\n",
+            settings.dlq_stream
+        ));
+    }
+    let parked = dlq
+        .list()
+        .await
+        .with_context(|| format!("cannot read the dead-letter stream {}", settings.dlq_stream))?;
+    let now = chrono::Utc::now();
+    if json {
+        let mut out = String::new();
+        for p in &parked {
+            let line = serde_json::json!({
+                "dlqSeq": p.dlq_seq, "subject": p.subject, "orderId": p.order_id,
+                "messageId": p.message_id, "error": p.error, "attempts": p.attempts,
+                "streamSequence": p.stream_sequence, "heldBehind": p.held_behind,
+                "parkedAt": p.parked_at, "bytes": p.payload.len(),
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        return Ok(out);
+    }
+    Ok(dlq_table(&parked, now))
+}
+
+/// The `dlq list` table. Errors are cut to one screen line; `--json` has them whole.
+pub fn dlq_table(
+    parked: &[order_bus::dlq::ParkedMessage],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use std::fmt::Write as _;
+    if parked.is_empty() {
+        return "no parked messages\n".to_owned();
+    }
+    let mut out = format!(
+        "{:>7}  {:<32} {:<36} {:>8} {:>6}  ERROR\n",
+        "DLQ SEQ", "SUBJECT", "ORDER", "ATTEMPTS", "AGE"
+    );
+    for p in parked {
+        let order = p.order_id.map_or_else(|| "-".to_owned(), |o| o.to_string());
+        let attempts = p.attempts.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let error: String = if p.error.chars().count() > 100 {
+            format!("{}…", p.error.chars().take(100).collect::<String>())
+        } else {
+            p.error.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:>7}  {:<32} {:<36} {:>8} {:>6}  {}",
+            p.dlq_seq,
+            p.subject,
+            order,
+            attempts,
+            age(now - p.parked_at),
+            error
+        );
+    }
+    let _ = writeln!(out, "{} parked", parked.len());
+    out
+}
+
+/// `3s`, `5m`, `2h`, `4d`.
+fn age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3_599 => format!("{}m", s / 60),
+        3_600..=86_399 => format!("{}h", s / 3_600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `order-service dlq redrive`: republishes parked messages to their original subjects. A
+/// message that holds an order brings the order's whole queue, in order.
+///
+/// # Errors
+/// When NATS or Postgres cannot be reached, or `--id` names no parked message.
+pub async fn dlq_redrive(
+    settings: &Settings,
+    target: order_bus::dlq::RedriveTarget,
+) -> anyhow::Result<order_bus::dlq::RedriveReport> {
+    let dlq = dead_letters(settings).await?;
+    let report = dlq
+        .redrive(target)
+        .await
+        .context("redrive stopped; running it again is safe")?;
+    Ok(report)
+}
+
+/// One line per redrive, for the terminal.
+pub fn redrive_summary(report: &order_bus::dlq::RedriveReport) -> String {
+    if report.republished.is_empty() {
+        return "nothing to redrive\n".to_owned();
+    }
+    let seqs: Vec<String> = report.republished.iter().map(u64::to_string).collect();
+    format!(
+        "republished {} message(s) (DLQ seq {}); {} order(s) are released as their messages are handled\n",
+        report.republished.len(),
+        seqs.join(", "),
+        report.orders.len()
+    )
+}
+
+/// `order-service dlq discard --id N`: deletes one parked message for good and releases its
+/// hold. Returns the text to print, which says whether the order still has messages parked.
+///
+/// # Errors
+/// When NATS or Postgres cannot be reached, or there is no such parked message.
+pub async fn dlq_discard(settings: &Settings, dlq_seq: u64) -> anyhow::Result<String> {
+    let dlq = dead_letters(settings).await?;
+    let parked = dlq.discard(dlq_seq).await?;
+    let mut out = format!(
+        "discarded DLQ seq {} ({}): {}\n",
+        parked.dlq_seq, parked.subject, parked.error
+    );
+    if let Some(order) = parked.order_id {
+        let left = dlq.holds().queue(order).await?.len();
+        if left > 0 {
+            out.push_str(&format!(
+                "order {order} still has {left} parked message(s); redrive them with `dlq redrive --order {order}`\n"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay
+
+/// Options of `order-service replay` (see [`replay`]).
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").args(["projection", "all"])))]
+pub struct ReplayArgs {
+    /// The projection to rebuild (known: orders).
+    #[arg(long, value_name = "NAME")]
+    pub projection: Option<String>,
+    /// Rebuild every projection.
+    #[arg(long)]
+    pub all: bool,
+    /// Rebuild one order's rows in place, in every projection unless --projection names one.
+    #[arg(long, value_name = "ID")]
+    pub order: Option<Uuid>,
+    /// Compare and print the differing rows, then stop: nothing is swapped or changed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Swap without asking (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Drop the shadow tables an interrupted rebuild left and start from the first event.
+    #[arg(long)]
+    pub restart: bool,
+    /// Events per transaction.
+    #[arg(long, value_name = "N", default_value_t = order_projections::replay::DEFAULT_BATCH_SIZE)]
+    pub batch_size: i64,
+    /// Differing rows to print per table.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub show: usize,
+}
+
+/// The projections a replay command names: `--projection NAME`, `--all`, or (when
+/// `default_all`) every one when neither is given.
+fn replay_targets(
+    projection: Option<&str>,
+    all: bool,
+    default_all: bool,
+) -> anyhow::Result<Vec<&'static dyn order_projections::replay::Rebuildable>> {
+    use order_projections::replay;
+    match projection {
+        Some(name) => Ok(vec![replay::find(name)?]),
+        None if all || default_all => Ok(replay::registry().to_vec()),
+        None => {
+            let known: Vec<&str> = replay::registry().iter().map(|p| p.name()).collect();
+            bail!(
+                "name the projection to rebuild with --projection NAME (one of: {}) or use --all",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+/// The build's progress bar on stderr: events done of the total, rate and ETA. Hidden when
+/// stderr is not a terminal, so logs and CI output stay clean.
+#[derive(Debug)]
+struct ReplayBar(indicatif::ProgressBar);
+
+impl ReplayBar {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let target = if std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), target);
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        Self(bar)
+    }
+}
+
+impl order_projections::replay::ReplayProgress for ReplayBar {
+    fn start(&self, projection: &str, total: u64) {
+        self.0.set_prefix(projection.to_owned());
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+
+    fn set_total(&self, total: u64) {
+        self.0.set_length(total);
+    }
+
+    fn advance(&self, events: u64) {
+        self.0.inc(events);
+    }
+}
+
+/// Asks on the terminal whether to swap; `false` unless the answer is yes.
+async fn confirm_swap(projection: &str, tables: &[&str]) -> anyhow::Result<bool> {
+    let question = format!(
+        "Swap the rebuilt {} into place for {projection}? The current tables are kept for `replay rollback`. [y/N] ",
+        tables.join(", ")
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        eprint!("{question}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("the confirmation prompt failed")??;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
+}
+
+/// `order-service replay`: rebuilds projections into shadow tables while the service keeps
+/// serving, compares them with the live tables, and swaps them in after confirmation (or with
+/// `--yes`); `--dry-run` stops after the comparison, and `--order` rebuilds one order in place.
+/// Ctrl-C stops between two batches; running the command again resumes.
+///
+/// # Errors
+/// When Postgres cannot be reached, another rebuild of the projection runs, confirmation is
+/// needed but stdin is not a terminal, the build is interrupted, or a step fails.
+pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
+    use order_projections::replay::{self, Built, RebuildOptions};
+    use std::io::IsTerminal;
+
+    let pool = crate::db::pool(&settings.database_url, 4)?;
+    if let Some(order) = args.order {
+        let targets = replay_targets(args.projection.as_deref(), args.all, true)?;
+        for spec in targets {
+            let done = replay::rebuild_aggregate(&pool, spec, &order.to_string(), args.dry_run)
+                .await
+                .with_context(|| format!("rebuilding order {order} in {} failed", spec.name()))?;
+            print!("{}", order_summary(spec.name(), order, &done));
+        }
+        return Ok(());
+    }
+    let targets = replay_targets(args.projection.as_deref(), args.all, false)?;
+    if !args.dry_run && !args.yes && !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to swap without confirmation: stdin is not a terminal. Pass --yes to swap \
+             the rebuilt tables in, or --dry-run to only compare"
+        );
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after the current batch; run the command again to resume");
+            on_ctrl_c.cancel();
+        }
+    });
+    let options = RebuildOptions {
+        batch_size: args.batch_size,
+        restart: args.restart,
+    };
+    for spec in targets {
+        let name = spec.name();
+        let mut rebuild = replay::Rebuild::start(&pool, spec, options).await?;
+        if let Some(done) = rebuild.resumed_from() {
+            eprintln!("{name}: resuming an interrupted rebuild ({done} events already applied; --restart starts over)");
+        }
+        let bar = ReplayBar::new();
+        let built = rebuild.build(&bar, &cancel).await;
+        bar.0.finish_and_clear();
+        if let Built::Interrupted { events } = built? {
+            rebuild.abandon().await?;
+            bail!("{name}: interrupted after {events} events; the shadow tables are kept, run the same command again to resume");
+        }
+        let comparison = rebuild.compare(args.show).await?;
+        print!("{}", comparison_report(&comparison));
+        if args.dry_run {
+            let summary = rebuild_summary(
+                name,
+                rebuild.events_applied(),
+                rebuild.elapsed(),
+                &comparison,
+            );
+            rebuild.abandon().await?;
+            println!("{summary}; dry run, nothing swapped (the shadow tables are kept, so the next run resumes)");
+            continue;
+        }
+        if !args.yes && !confirm_swap(name, spec.tables()).await? {
+            rebuild.abandon().await?;
+            println!("{name}: not swapped; the shadow tables are kept, so the next run resumes");
+            continue;
+        }
+        let elapsed = rebuild.elapsed();
+        let swapped = rebuild.swap().await?;
+        println!(
+            "{}; swapped in (previous tables kept as {}; undo with `order-service replay rollback --projection {name}`)",
+            rebuild_summary(name, swapped.events, elapsed, &comparison),
+            swapped.kept.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `order-service replay rollback`: swaps the tables the last swap kept back in.
+///
+/// # Errors
+/// When there is nothing to roll back, a rebuild runs, or Postgres fails.
+pub async fn replay_rollback(
+    settings: &Settings,
+    projection: Option<&str>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let pool = crate::db::pool(&settings.database_url, 2)?;
+    for spec in replay_targets(projection, all, false)? {
+        let rolled = order_projections::replay::rollback(
+            &pool,
+            spec,
+            order_projections::replay::DEFAULT_BATCH_SIZE,
+        )
+        .await?;
+        println!(
+            "{}: rolled back ({} events applied to catch the previous tables up); the replaced tables are kept as {}",
+            spec.name(),
+            rolled.caught_up,
+            rolled.kept.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The comparison, one block per table, with the differing rows listed.
+pub fn comparison_report(c: &order_projections::replay::Comparison) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in &c.tables {
+        let verdict = if t.is_identical() {
+            "identical".to_owned()
+        } else {
+            format!("{} differing rows", t.differing_rows)
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} live {:>9} rows  rebuilt {:>9} rows  {verdict}",
+            t.table, t.live_rows, t.rebuilt_rows
+        );
+        for d in &t.diffs {
+            let _ = writeln!(out, "  {d}");
+        }
+        let unlisted = t.differing_rows - t.diffs.len() as i64;
+        if unlisted > 0 {
+            let _ = writeln!(out, "  … and {unlisted} more (--show N lists more)");
+        }
+    }
+    out
+}
+
+/// The closing line: events, seconds, events/s, rows and differences.
+pub fn rebuild_summary(
+    projection: &str,
+    events: u64,
+    elapsed: std::time::Duration,
+    c: &order_projections::replay::Comparison,
+) -> String {
+    let seconds = elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        events as f64 / seconds
+    } else {
+        0.0
+    };
+    format!(
+        "{projection}: {events} events in {seconds:.1} s ({rate:.0} events/s), {} rows, {} differences",
+        c.rebuilt_rows(),
+        c.differences()
+    )
+}
+
+/// What `replay --order` did to one projection.
+fn order_summary(
+    projection: &str,
+    order: Uuid,
+    done: &order_projections::replay::AggregateRebuild,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let verb = if done.dry_run {
+        "would change"
+    } else {
+        "changed"
+    };
+    let _ = writeln!(
+        out,
+        "{projection}: order {order}: {} events re-applied, {} rows; {verb} {} rows{}",
+        done.events,
+        done.rows,
+        done.changes.len(),
+        if done.dry_run { " (dry run)" } else { "" }
+    );
+    for d in &done.changes {
+        let _ = writeln!(out, "  {d}");
+    }
+    out
+}

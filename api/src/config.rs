@@ -38,6 +38,52 @@ pub struct Settings {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// JetStream stream the outbox relay publishes into.
+    #[arg(long, env = "NATS_STREAM", default_value = "TICKETTOKEN_EVENTS")]
+    pub nats_stream: String,
+
+    /// Prefix of every published subject: empty in production; tests isolate subjects with it.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "")]
+    pub nats_subject_prefix: String,
+
+    /// Create the stream when missing (and add missing subjects when present) before the
+    /// relay's first publish.
+    #[arg(long, env = "NATS_CREATE_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub nats_create_stream: bool,
+
+    /// The stream's duplicate window, in seconds: re-sends of one event id inside it are
+    /// dropped by JetStream.
+    #[arg(long, env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    pub nats_duplicate_window_secs: u64,
+
+    /// Replicas of the stream when this service creates it (1 on a single server).
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
+    pub nats_stream_replicas: usize,
+
+    /// Run the outbox relay in this process; across replicas one leads and the rest stand by.
+    #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_enabled: bool,
+
+    /// Events the relay publishes per round (pipelined, then acked together).
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
+    pub relay_batch_size: i64,
+
+    /// Milliseconds between feed polls of a caught-up relay: the usual publish delay.
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 20)]
+    pub relay_poll_ms: u64,
+
+    /// Seconds to wait for JetStream's publish acks before a round counts as failed.
+    #[arg(long, env = "RELAY_PUBLISH_TIMEOUT_SECS", default_value_t = 5)]
+    pub relay_publish_timeout_secs: u64,
+
+    /// Longest pause, in seconds, between relay retries while NATS is unreachable.
+    #[arg(long, env = "RELAY_MAX_BACKOFF_SECS", default_value_t = 30)]
+    pub relay_max_backoff_secs: u64,
+
+    /// Readiness fails while more committed events than this wait for the relay.
+    #[arg(long, env = "RELAY_READY_MAX_BACKLOG", default_value_t = 10_000)]
+    pub relay_ready_max_backlog: i64,
+
     /// Address the HTTP server binds; port 0 picks a free port.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -98,6 +144,47 @@ pub struct Settings {
     )]
     pub event_service_url: String,
 
+    /// Milliseconds a call to payment-service may take, per attempt.
+    #[arg(long, env = "PAYMENT_SERVICE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub payment_service_timeout_ms: u64,
+
+    /// Milliseconds a call to ticket-service may take, per attempt.
+    #[arg(long, env = "TICKET_SERVICE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ticket_service_timeout_ms: u64,
+
+    /// Milliseconds a call to event-service may take, per attempt.
+    #[arg(long, env = "EVENT_SERVICE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub event_service_timeout_ms: u64,
+
+    /// Retries of a retryable outgoing call after its first attempt (0 disables retries).
+    #[arg(long, env = "CLIENT_RETRY_MAX_TIMES", default_value_t = 3)]
+    pub client_retry_max_times: usize,
+
+    /// First retry delay of outgoing calls, in ms; it doubles per retry, with 30 % jitter.
+    #[arg(long, env = "CLIENT_RETRY_MIN_DELAY_MS", default_value_t = 200)]
+    pub client_retry_min_delay_ms: u64,
+
+    /// Longest delay between two retries of an outgoing call, in ms.
+    #[arg(long, env = "CLIENT_RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
+    pub client_retry_max_delay_ms: u64,
+
+    /// Consecutive failures of one peer operation that open its circuit breaker.
+    #[arg(long, env = "CLIENT_BREAKER_FAILURES", default_value_t = 5)]
+    pub client_breaker_failures: usize,
+
+    /// Milliseconds an open breaker fails fast before it lets one probe call through.
+    #[arg(long, env = "CLIENT_BREAKER_OPEN_MS", default_value_t = 30_000)]
+    pub client_breaker_open_ms: u64,
+
+    /// Seconds between two passes of the refund retry loop.
+    #[arg(long, env = "REFUND_RETRY_EVERY_SECS", default_value_t = 15)]
+    pub refund_retry_every_secs: u64,
+
+    /// Seconds a requested refund is left to its own request before the retry loop takes it
+    /// over; longer than the request timeout, so the two rarely overlap.
+    #[arg(long, env = "REFUND_RETRY_GRACE_SECS", default_value_t = 60)]
+    pub refund_retry_grace_secs: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "REQUEST_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub request_body_limit: usize,
@@ -109,6 +196,118 @@ pub struct Settings {
     /// Seconds given to in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// Longest wait, in ms, of a query with `minVersion` for the read model to reach that
+    /// version before answering 503 with Retry-After.
+    #[arg(long, env = "READ_WAIT_MS", default_value_t = 2_000)]
+    pub read_wait_ms: u64,
+
+    /// Milliseconds between two polls of the feed by an idle projector: the usual lag of the
+    /// read models behind a command.
+    #[arg(long, env = "PROJECTION_POLL_MS", default_value_t = 50)]
+    pub projection_poll_ms: u64,
+
+    /// Events a projector applies per transaction.
+    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 500)]
+    pub projection_batch_size: i64,
+
+    /// Run the payment, dispute and ticket consumers in this process (replicas share each
+    /// durable consumer).
+    #[arg(long, env = "INBOUND_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inbound_enabled: bool,
+
+    /// Dead-letter stream of inbound messages that cannot be applied.
+    #[arg(long, env = "DLQ_STREAM", default_value = "ORDER_SERVICE_DLQ")]
+    pub dlq_stream: String,
+
+    /// Milliseconds an inbound delivery may stay unacknowledged before it is redelivered.
+    #[arg(long, env = "INBOUND_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub inbound_ack_wait_ms: u64,
+
+    /// Delays in ms before retry 1, 2, … of an inbound message after a transient failure
+    /// (comma-separated; the last one repeats).
+    #[arg(
+        long,
+        env = "INBOUND_BACKOFF_MS",
+        value_delimiter = ',',
+        default_value = "1000,5000,30000,120000,300000"
+    )]
+    pub inbound_backoff_ms: Vec<u64>,
+
+    /// Attempts at an inbound message before it is parked as "retries used up".
+    #[arg(long, env = "INBOUND_MAX_DELIVER", default_value_t = 10)]
+    pub inbound_max_deliver: i64,
+
+    /// Inbound messages fetched per round.
+    #[arg(long, env = "INBOUND_BATCH_SIZE", default_value_t = 50)]
+    pub inbound_batch_size: usize,
+
+    /// Largest inbound message body in bytes; bigger ones are parked unread.
+    #[arg(long, env = "INBOUND_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub inbound_max_payload_bytes: usize,
+
+    /// Milliseconds between polls of an idle inbound consumer.
+    #[arg(long, env = "INBOUND_POLL_MS", default_value_t = 250)]
+    pub inbound_poll_ms: u64,
+
+    /// Hours a handled message id stays in the inbox; far longer than the stream's duplicate
+    /// window, so a late re-publish of the same id is still recognised.
+    #[arg(long, env = "INBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub inbox_retention_hours: u64,
+
+    /// Run the scheduled jobs (DESIGN section 9) in this process. Every replica may run them:
+    /// each job has its own leader lock, so one replica at a time runs a given job.
+    #[arg(long, env = "JOBS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jobs_enabled: bool,
+
+    /// Orders one job run looks at, at most: a run's work is bounded, never "all rows".
+    #[arg(long, env = "JOB_BATCH_SIZE", default_value_t = 100)]
+    pub job_batch_size: i64,
+
+    /// Seconds between runs of the expiration job (open orders past their expiry).
+    #[arg(long, env = "JOB_EXPIRATION_INTERVAL_SECS", default_value_t = 30)]
+    pub job_expiration_interval_secs: u64,
+
+    /// Seconds between runs of the reminder job (open orders about to expire).
+    #[arg(long, env = "JOB_REMINDER_INTERVAL_SECS", default_value_t = 60)]
+    pub job_reminder_interval_secs: u64,
+
+    /// An open order expiring within this many seconds gets its one reminder.
+    #[arg(long, env = "JOB_REMINDER_WINDOW_SECS", default_value_t = 300)]
+    pub job_reminder_window_secs: u64,
+
+    /// Seconds between runs of the reconciliation job (tickets, refunds, relay lag).
+    #[arg(long, env = "JOB_RECONCILIATION_INTERVAL_SECS", default_value_t = 300)]
+    pub job_reconciliation_interval_secs: u64,
+
+    /// A paid order still without tickets this many minutes after payment is reconciled.
+    #[arg(long, env = "JOB_RECONCILIATION_AFTER_MINUTES", default_value_t = 10)]
+    pub job_reconciliation_after_minutes: u32,
+
+    /// Seconds between runs of the archiving job.
+    #[arg(long, env = "JOB_ARCHIVING_INTERVAL_SECS", default_value_t = 3600)]
+    pub job_archiving_interval_secs: u64,
+
+    /// A terminal order (cancelled, expired, failed, refunded) untouched for this many days
+    /// leaves the hot read model for the archive tables.
+    #[arg(long, env = "JOB_ARCHIVE_AFTER_DAYS", default_value_t = 30)]
+    pub job_archive_after_days: u32,
+
+    /// Seconds between runs of the event reminder job.
+    #[arg(long, env = "JOB_EVENT_REMINDER_INTERVAL_SECS", default_value_t = 600)]
+    pub job_event_reminder_interval_secs: u64,
+
+    /// A paid order whose event starts within this many hours gets its one event reminder.
+    #[arg(long, env = "JOB_EVENT_REMINDER_WINDOW_HOURS", default_value_t = 24)]
+    pub job_event_reminder_window_hours: u32,
+
+    /// Consecutive failed runs of one job that open its circuit breaker (runs are skipped).
+    #[arg(long, env = "JOB_BREAKER_FAILURES", default_value_t = 3)]
+    pub job_breaker_failures: u32,
+
+    /// Seconds an open job breaker skips runs before it lets one probe run through.
+    #[arg(long, env = "JOB_BREAKER_COOLDOWN_SECS", default_value_t = 300)]
+    pub job_breaker_cooldown_secs: u64,
 }
 
 impl Settings {
@@ -119,6 +318,59 @@ impl Settings {
             (None, AppEnv::Production) => String::new(),
             (None, _) => DEV_SECRET.to_owned(),
         }
+    }
+
+    /// The outbox relay's configuration.
+    pub fn relay_config(&self) -> order_bus::RelayConfig {
+        let mut config = order_bus::RelayConfig::new(&self.nats_stream, &self.nats_subject_prefix);
+        config.stream.duplicate_window =
+            Duration::from_secs(self.nats_duplicate_window_secs.max(1));
+        config.stream.replicas = self.nats_stream_replicas.max(1);
+        config.ensure_stream = self.nats_create_stream;
+        config.batch_size = self.relay_batch_size.max(1);
+        config.idle_poll = Duration::from_millis(self.relay_poll_ms.max(1));
+        config.max_backoff = Duration::from_secs(self.relay_max_backoff_secs.max(1));
+        config
+    }
+
+    /// How long the relay waits for publish acks.
+    pub fn relay_publish_timeout(&self) -> Duration {
+        Duration::from_secs(self.relay_publish_timeout_secs.max(1))
+    }
+
+    /// The subscriber configuration of one inbound family.
+    pub fn subscriber_config(
+        &self,
+        family: order_bus::inbound::Family,
+    ) -> order_bus::inbound::SubscriberConfig {
+        let mut c = order_bus::inbound::SubscriberConfig::new(
+            family,
+            &self.nats_stream,
+            &self.nats_subject_prefix,
+        );
+        c.ack_wait = Duration::from_millis(self.inbound_ack_wait_ms.max(1));
+        if !self.inbound_backoff_ms.is_empty() {
+            c.backoff = self
+                .inbound_backoff_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect();
+        }
+        c.max_deliver = self.inbound_max_deliver.max(1);
+        c.batch_size = self.inbound_batch_size.max(1);
+        c.max_payload_bytes = self.inbound_max_payload_bytes;
+        c.idle_poll = Duration::from_millis(self.inbound_poll_ms.max(1));
+        c
+    }
+
+    /// The dead-letter stream's configuration.
+    pub fn dlq_config(&self) -> order_bus::dlq::DlqConfig {
+        crate::inbound::dlq_config(self)
+    }
+
+    /// How long handled inbound ids are kept.
+    pub fn inbox_retention(&self) -> Duration {
+        Duration::from_secs(self.inbox_retention_hours.max(1).saturating_mul(3600))
     }
 
     /// The request timeout as a duration.
@@ -138,6 +390,12 @@ impl Settings {
         s.database_url = database_url.to_owned();
         s.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         s.app_env = AppEnv::Test;
+        // Inbound consumers share durable names; a test opts in with its own stream and prefix.
+        s.inbound_enabled = false;
+        // Tests drive the relay with `run_once`; an in-app relay would race them for the lock.
+        s.relay_enabled = false;
+        // Tests drive jobs with `run_once` or their own runners; in-app jobs would race them.
+        s.jobs_enabled = false;
         s
     }
 }
@@ -148,6 +406,9 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("database_url", &redact_url(&self.database_url))
             .field("nats_url", &self.nats_url)
+            .field("nats_stream", &self.nats_stream)
+            .field("nats_subject_prefix", &self.nats_subject_prefix)
+            .field("relay_enabled", &self.relay_enabled)
             .field("http_addr", &self.http_addr)
             .field("service_name", &self.service_name)
             .field("app_env", &self.app_env)

@@ -11,17 +11,29 @@
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
 //! - [`store`]: the command path over postgres-es.
 //! - [`routes`]: handlers, one module per resource.
+//! - [`clients`]: signed, retried, breaker-guarded calls to payment, ticket and event services.
+//! - [`saga`]: the refund saga and the loop that finishes refunds left half-way.
 //! - [`error`], [`extract`], [`context`]: the error body, extractors and per-request context.
 //! - [`db`]: pool, database creation and migrations.
+//! - [`inbound`]: payment, dispute and ticket messages turned into commands; DLQ wiring.
+//! - [`jobs`]: scheduled jobs, one leader per job, their breakers and status.
+//! - [`metrics`], [`openapi`]: the operations surface: Prometheus `/metrics` with HTTP RED
+//!   metrics, and the OpenAPI document at `/openapi.json` with Swagger UI at `/docs`.
 
 pub mod auth;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod inbound;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
 pub mod routes;
+pub mod saga;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -30,6 +30,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect and redrive the dead-letter stream of inbound messages.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Rebuild projections from the events without stopping the service: into shadow tables,
+    /// compared with the live ones, then swapped in (or one order in place with --order).
+    #[command(args_conflicts_with_subcommands = true)]
+    Replay {
+        #[command(subcommand)]
+        action: Option<ReplayAction>,
+        #[command(flatten)]
+        args: cli::ReplayArgs,
+    },
     /// Send one signed request to a running service and print the answer.
     Call {
         /// HTTP method, e.g. GET or POST.
@@ -51,6 +65,49 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ReplayAction {
+    /// Swap the tables kept by the last swap back in (a second rollback undoes the first).
+    #[command(group(clap::ArgGroup::new("which").args(["projection", "all"])))]
+    Rollback {
+        /// The projection to roll back.
+        #[arg(long, value_name = "NAME")]
+        projection: Option<String>,
+        /// Roll back every projection.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List parked messages: DLQ seq, subject, order, attempts, age and error.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish parked messages to their original subjects, in order.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "order", "all"])))]
+    Redrive {
+        /// One parked message by DLQ sequence (its order's whole queue when it holds one).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Every parked message of one order.
+        #[arg(long)]
+        order: Option<uuid::Uuid>,
+        /// Everything parked.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete one parked message for good (a poison message) and release its hold.
+    Discard {
+        /// The message's DLQ sequence.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -63,7 +120,34 @@ async fn main() -> anyhow::Result<()> {
                 .context("start-up failed")?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Dlq { action } => match action {
+            DlqAction::List { json } => {
+                print!("{}", cli::dlq_list(&cli.settings, json).await?);
+                Ok(())
+            }
+            DlqAction::Redrive { id, order, all } => {
+                use order_bus::dlq::RedriveTarget;
+                let target = match (id, order, all) {
+                    (Some(seq), _, _) => RedriveTarget::Message(seq),
+                    (None, Some(o), _) => RedriveTarget::Order(o),
+                    _ => RedriveTarget::All,
+                };
+                let report = cli::dlq_redrive(&cli.settings, target).await?;
+                print!("{}", cli::redrive_summary(&report));
+                Ok(())
+            }
+            DlqAction::Discard { id } => {
+                print!("{}", cli::dlq_discard(&cli.settings, id).await?);
+                Ok(())
+            }
+        },
         Command::Events { order_id, json } => cli::events(&cli.settings, &order_id, json).await,
+        Command::Replay { action, args } => match action {
+            Some(ReplayAction::Rollback { projection, all }) => {
+                cli::replay_rollback(&cli.settings, projection.as_deref(), all).await
+            }
+            None => cli::replay(&cli.settings, &args).await,
+        },
         Command::Call {
             method,
             path,

@@ -2,7 +2,7 @@
 //! [`Application::port`] tells tests where it listens, and
 //! [`Application::run_until_stopped`] serves until the shutdown future resolves.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +22,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{authenticate, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy};
+use crate::clients::ServiceClients;
 use crate::config::{AppEnv, Settings};
-use crate::routes::{commands, health};
+use crate::jobs::JobRegistry;
+use crate::routes::{commands, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
-use crate::{context, db, error, workers};
+use crate::{context, db, error, jobs, openapi, workers};
 
 /// Shared by every handler. Cheap to clone: everything inside is a handle.
 #[derive(Clone)]
@@ -36,6 +38,10 @@ pub struct AppState {
     pub auth: Authenticator,
     /// `None` only when NATS could not be configured at all; readiness reports it.
     pub nats: Option<async_nats::Client>,
+    /// Signed, retried, breaker-guarded clients of payment, ticket and event services.
+    pub clients: ServiceClients,
+    /// This replica's view of the scheduled jobs, served at `GET /internal/jobs`.
+    pub jobs: JobRegistry,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,7 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}/confirm", post(commands::confirm_order))
         .route("/api/v1/orders/{id}/cancel", post(commands::cancel_order))
         .route("/api/v1/orders/{id}/refunds", post(commands::refund_order))
-        .route("/api/v1/orders/{id}/tickets", post(commands::record_tickets))
+        .route(
+            "/api/v1/orders/{id}/tickets",
+            post(commands::record_tickets),
+        )
         .route("/api/v1/orders/{id}/events", get(commands::order_events))
         .route_layer(middleware::from_fn_with_state(
             state.auth.guard(RoutePolicy::OrdersCommands),
@@ -70,7 +79,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/asyncapi.json", get(health::asyncapi))
+        // Operations surface, unauthenticated like health: scraped and read from inside the
+        // cluster (crate::metrics and crate::openapi say why).
+        .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(openapi::swagger_ui())
         .merge(commands)
+        .merge(queries::router(&state))
+        .merge(jobs_route::router(&state))
         .with_state(state)
         // Layers run bottom-up on the way in: the last added is the outermost.
         .layer(TimeoutLayer::with_status_code(
@@ -80,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(settings.request_body_limit))
         .layer(middleware::from_fn(error::error_envelope))
         .layer(CatchPanicLayer::new())
+        // Outside the panic and error layers, so it counts the status the caller gets.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(middleware::from_fn(context::request_context))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
@@ -111,15 +130,23 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        // First: series emitted before the recorder exists are dropped.
+        crate::metrics::install();
         let auth = authenticator(&settings, pool.clone())?;
+        // Before anything connects: a plain-HTTP peer in production stops start-up here.
+        let clients = ServiceClients::from_settings(&settings)
+            .context("refusing to start with invalid service client settings")?;
         let nats = connect_nats(&settings.nats_url).await;
         let state = AppState {
             store: OrderStore::new(pool.clone()),
             auth,
             pool,
             nats,
+            clients,
             settings: Arc::new(settings),
+            jobs: JobRegistry::new(),
         };
+        jobs::register_all(&state);
         let listener = TcpListener::bind(state.settings.http_addr)
             .await
             .with_context(|| format!("cannot bind {}", state.settings.http_addr))?;
@@ -141,9 +168,16 @@ impl Application {
         &self.state
     }
 
-    /// Serves HTTP and runs the background workers until `shutdown` resolves. Then it stops
-    /// accepting connections, lets in-flight requests finish, stops the workers at their next
-    /// safe point, and waits for all of it up to the configured shutdown timeout.
+    /// Serves HTTP and runs the background workers and scheduled jobs until `shutdown`
+    /// resolves (SIGTERM or SIGINT in `main`). Then, within `SHUTDOWN_TIMEOUT_SECS` of it:
+    ///
+    /// 1. the listener stops accepting, idle connections close, and in-flight requests finish
+    ///    with complete responses;
+    /// 2. meanwhile, job runs stop at their next safe point (between two orders) and release
+    ///    their leader locks;
+    /// 3. once HTTP has drained, the other workers (relay, projector, consumers) stop at their
+    ///    next safe point, after the events of the last requests;
+    /// 4. the pool closes.
     ///
     /// # Errors
     /// When the server fails, or draining takes longer than the timeout.
@@ -152,19 +186,52 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
+        let jobs_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         workers::spawn_all(&self.state, &stop, &tracker);
+        if self.state.settings.jobs_enabled {
+            jobs::spawn(&self.state, &jobs_stop, &tracker);
+        }
         tracker.close();
+
+        let signalled = CancellationToken::new();
+        let signal = signalled.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal.cancel();
+        });
 
         let app = router(self.state.clone());
         tracing::info!(port = self.port, "order-service listening");
         let drain = Duration::from_secs(self.state.settings.shutdown_timeout_secs);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed");
+        let server = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signalled.clone().cancelled_owned())
+            .into_future();
+        let mut server = std::pin::pin!(server);
+        let (served, deadline) = tokio::select! {
+            result = &mut server => (
+                result.context("HTTP server failed"),
+                tokio::time::Instant::now() + drain,
+            ),
+            () = signalled.cancelled() => {
+                let deadline = tokio::time::Instant::now() + drain;
+                tracing::info!(timeout = ?drain, "shutting down: no new connections; draining HTTP and stopping jobs");
+                jobs_stop.cancel();
+                let result = match tokio::time::timeout_at(deadline, &mut server).await {
+                    Ok(result) => result.context("HTTP server failed"),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "in-flight HTTP requests did not finish within {drain:?}"
+                    )),
+                };
+                (result, deadline)
+            }
+        };
+        jobs_stop.cancel();
         stop.cancel();
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             anyhow::bail!("background workers did not stop within {drain:?}");
         }
         self.state.pool.close().await;

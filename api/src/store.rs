@@ -87,13 +87,33 @@ impl OrderStore {
     }
 
     /// Decides and appends a command. `command` is called once per attempt so that it can take
-    /// a fresh clock reading; `check` runs against the loaded order before deciding (tenant
+    /// a fresh clock reading (and once more up front, to name the command in metrics: it must
+    /// only build the command); `check` runs against the loaded order before deciding (tenant
     /// scoping, idempotency-key comparison) and may short-circuit with an error.
+    ///
+    /// Records `order_command_duration_seconds{command}` whatever the outcome, refusals and
+    /// retries included, since that is the latency callers see.
     ///
     /// # Errors
     /// Domain refusals map to 400/404/409 by kind; a race lost [`MAX_ATTEMPTS`] times is 409;
     /// an unreachable database is 503.
     pub async fn execute(
+        &self,
+        id: Uuid,
+        metadata: &HashMap<String, String>,
+        check: impl Fn(&Order) -> Result<(), ApiError>,
+        command: impl Fn() -> OrderCommand,
+    ) -> Result<Executed, ApiError> {
+        let started = std::time::Instant::now();
+        let name = command_name(&command());
+        let result = self.decide_and_append(id, metadata, check, command).await;
+        metrics::histogram!("order_command_duration_seconds", "command" => name)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// [`Self::execute`] without the timing: load, check, decide, append, retry on a lost race.
+    async fn decide_and_append(
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
@@ -194,6 +214,29 @@ impl From<OrderError> for ApiError {
             ErrorKind::NotFound => Self::NotFound(e.to_string()),
             ErrorKind::Conflict => Self::Conflict(e.to_string()),
         }
+    }
+}
+
+/// The command's metric label: one fixed value per variant, so labels stay bounded.
+fn command_name(command: &OrderCommand) -> &'static str {
+    match command {
+        OrderCommand::CreateOrder(_) => "create_order",
+        OrderCommand::ReserveOrder(_) => "reserve_order",
+        OrderCommand::ConfirmOrder(_) => "confirm_order",
+        OrderCommand::CancelOrder(_) => "cancel_order",
+        OrderCommand::ExpireOrder(_) => "expire_order",
+        OrderCommand::FailOrder(_) => "fail_order",
+        OrderCommand::RecordPaymentFailure(_) => "record_payment_failure",
+        OrderCommand::RequestRefund(_) => "request_refund",
+        OrderCommand::CompleteRefund(_) => "complete_refund",
+        OrderCommand::FailRefund(_) => "fail_refund",
+        OrderCommand::OpenDispute(_) => "open_dispute",
+        OrderCommand::UpdateDispute(_) => "update_dispute",
+        OrderCommand::CloseDispute(_) => "close_dispute",
+        OrderCommand::RecordTickets(_) => "record_tickets",
+        OrderCommand::SendReminder(_) => "send_reminder",
+        OrderCommand::SendEventReminder(_) => "send_event_reminder",
+        OrderCommand::ArchiveOrder(_) => "archive_order",
     }
 }
 

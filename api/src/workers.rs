@@ -7,17 +7,64 @@
 
 use std::time::Duration;
 
+use order_projections::{OrdersProjector, ProjectionRunner};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::saga::{RefundRetrier, RefundSaga};
 use crate::startup::AppState;
 
 /// How often expired nonces are purged from the shared replay store.
 const NONCE_PURGE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the feed lag gauges and the dead-letter count are refreshed: about the scrape
+/// interval, so each scrape sees a fresh value without loading the database.
+const BACKLOG_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
 /// Starts every background worker.
 pub fn spawn_all(state: &AppState, stop: &CancellationToken, tracker: &TaskTracker) {
     tracker.spawn(purge_nonces(state.clone(), stop.clone()));
+    if state.settings.relay_enabled {
+        tracker.spawn(relay_events(state.clone(), stop.clone()));
+    }
+    tracker.spawn(retry_refunds(state.clone(), stop.clone()));
+    if state.settings.inbound_enabled {
+        for family in order_bus::inbound::Family::ALL {
+            tracker.spawn(crate::inbound::consume(state.clone(), family, stop.clone()));
+        }
+        tracker.spawn(crate::inbound::purge_inbox(state.clone(), stop.clone()));
+    }
+    tracker.spawn(project_orders(state.clone(), stop.clone()));
+    tracker.spawn(measure_backlogs(state.clone(), stop.clone()));
+}
+
+/// Keeps the order read models in step with the feed. Every replica runs it; the runner's
+/// per-batch advisory lock makes one apply each batch while the others stand by.
+async fn project_orders(state: AppState, stop: CancellationToken) {
+    let runner = ProjectionRunner::new(
+        state.pool.clone(),
+        OrdersProjector,
+        state.settings.projection_batch_size,
+    );
+    let poll = Duration::from_millis(state.settings.projection_poll_ms.max(1));
+    runner.run_until_stopped(poll, stop).await;
+}
+
+/// Publishes committed events to JetStream (the transactional outbox). Every replica runs it;
+/// the relay's leader lock lets one publish while the others stand by. It creates the stream
+/// itself before its first publish when `NATS_CREATE_STREAM` allows, and keeps retrying with
+/// backoff while NATS is down: commands never wait for it.
+async fn relay_events(state: AppState, stop: CancellationToken) {
+    let Some(client) = state.nats.clone() else {
+        tracing::error!(
+            "NATS is not configured; the outbox relay does not run and the backlog grows"
+        );
+        return;
+    };
+    let jetstream =
+        order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
+    let relay = order_bus::Relay::new(state.pool.clone(), jetstream, state.settings.relay_config());
+    relay.run_until_stopped(stop).await;
 }
 
 /// Keeps the replay store bounded: rows older than the signature window can never match a
@@ -33,5 +80,72 @@ async fn purge_nonces(state: AppState, stop: CancellationToken) {
             Ok(n) => tracing::debug!(purged = n, "purged expired nonces"),
             Err(e) => tracing::warn!(error = %e, "nonce purge failed; will retry"),
         }
+    }
+}
+
+/// The refund retry loop for this state: finishes refunds left requested (DESIGN section 7).
+pub fn refund_retrier(state: &AppState) -> RefundRetrier {
+    RefundRetrier::new(
+        state.pool.clone(),
+        RefundSaga::new(state.store.clone(), state.clients.clone()),
+        Duration::from_secs(state.settings.refund_retry_grace_secs),
+    )
+}
+
+/// Finishes refunds stuck between `RefundRequested` and their outcome. Every replica runs it;
+/// each refund is claimed by one at a time.
+async fn retry_refunds(state: AppState, stop: CancellationToken) {
+    let every = Duration::from_secs(state.settings.refund_retry_every_secs.max(1));
+    refund_retrier(&state).run_until_stopped(every, stop).await;
+}
+
+/// Refreshes the backlog gauges every [`BACKLOG_GAUGES_EVERY`], starting at once:
+/// `feed_lag_events{consumer}` and `feed_lag_seconds{consumer}` for the `orders` projector and
+/// the `relay`, and `dlq_messages` (messages parked in the dead-letter stream) when inbound
+/// consumers run here. Every replica measures the same shared state, so any one's scrape will
+/// do. A measurement in progress is abandoned on shutdown; it changes nothing.
+async fn measure_backlogs(state: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = measure_backlogs_once(&state) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(BACKLOG_GAUGES_EVERY) => {}
+        }
+    }
+}
+
+/// One refresh of the backlog gauges. A failed measurement leaves the last value and is logged
+/// at debug: readiness reports outages.
+async fn measure_backlogs_once(state: &AppState) {
+    for consumer in [
+        order_projections::ORDERS_PROJECTION,
+        order_bus::relay::RELAY_CONSUMER,
+    ] {
+        match order_projections::feed::lag(&state.pool, consumer).await {
+            Ok(lag) => {
+                metrics::gauge!("feed_lag_events", "consumer" => consumer)
+                    .set(lag.events_behind as f64);
+                metrics::gauge!("feed_lag_seconds", "consumer" => consumer).set(lag.seconds_behind);
+            }
+            Err(e) => tracing::debug!(error = %e, consumer, "feed lag not measured"),
+        }
+    }
+    if !state.settings.inbound_enabled {
+        return;
+    }
+    let Some(client) = state.nats.clone() else {
+        return;
+    };
+    match async_nats::jetstream::new(client)
+        .get_stream(&state.settings.dlq_stream)
+        .await
+    {
+        Ok(stream) => {
+            metrics::gauge!("dlq_messages").set(stream.cached_info().state.messages as f64);
+        }
+        Err(e) => tracing::debug!(error = %e, "dead-letter count not measured"),
     }
 }

@@ -5,4 +5,13 @@
 
 mod auth_matrix;
 mod bad_input;
+mod clients;
 mod commands;
+mod feed;
+mod inbound;
+mod jobs;
+mod ops;
+mod read_side;
+mod refunds;
+mod relay;
+mod replay;

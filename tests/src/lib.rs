@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::PgPool;
 
+pub mod bench;
+pub mod peers;
+
 /// The development secret every service uses locally (and the vectors use).
 pub const SECRET: &str = "dev-internal-secret-change-me";
 
@@ -75,7 +78,14 @@ pub fn now_ms() -> i64 {
 }
 
 /// hmac-v1 signature over `service:timestamp:nonce:METHOD:url`.
-pub fn sign_v1(secret: &str, service: &str, ts: &str, nonce: &str, method: &str, url: &str) -> String {
+pub fn sign_v1(
+    secret: &str,
+    service: &str,
+    ts: &str,
+    nonce: &str,
+    method: &str,
+    url: &str,
+) -> String {
     hmac_hex(secret, &format!("{service}:{ts}:{nonce}:{method}:{url}"))
 }
 
@@ -99,8 +109,12 @@ pub fn nonce() -> String {
 /// How a test request authenticates.
 #[derive(Debug, Clone)]
 pub enum Auth {
-    V1 { service: String },
-    V2 { service: String },
+    V1 {
+        service: String,
+    },
+    V2 {
+        service: String,
+    },
     /// Raw headers, for attack cases.
     Raw(Vec<(String, String)>),
     None,
@@ -156,7 +170,9 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Response {
-        let mut req = self.client.request(method.clone(), format!("{}{path}", self.address));
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.address));
         let auth_headers = match auth {
             Auth::V1 { service } => v1_headers(&service, method.as_str(), path),
             Auth::V2 { service } => v2_headers(&service, path),
@@ -189,7 +205,8 @@ impl TestApp {
 
     /// A signed GET as `service`.
     pub async fn get_as(&self, service: &str, path: &str) -> Response {
-        self.send(Method::GET, path, Auth::v1(service), &[], None).await
+        self.send(Method::GET, path, Auth::v1(service), &[], None)
+            .await
     }
 
     /// Creates an order from [`order_body`] and returns its JSON `order` object.
@@ -220,6 +237,7 @@ pub fn order_body() -> Value {
 pub async fn json_of(resp: Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, value)
 }

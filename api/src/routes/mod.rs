@@ -3,3 +3,5 @@
 
 pub mod commands;
 pub mod health;
+pub mod jobs;
+pub mod queries;

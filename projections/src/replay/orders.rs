@@ -1,0 +1,716 @@
+//! The `orders` projection as replay drives it: the same rows as [`crate::orders`], written a
+//! batch at a time.
+//!
+//! The live projector runs one `UPDATE` per event, which is right for a trickle of new events
+//! but far too slow to replay millions. Here a batch's events are folded per order in memory,
+//! starting from the rows already in the target tables, and every touched row is written once
+//! with a multi-row upsert. The fold mirrors the live projector statement for statement (it
+//! uses the same [`crate::orders::change_of`] mapping, the same `last_sequence` guard, the same
+//! "first insert wins" for a repeated `OrderCreated`, the same move of an archived order's rows
+//! to the archive tables), so both paths give identical rows; the replay tests compare them row
+//! for row.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use order_domain::events::OrderCreated;
+use order_domain::{OrderEvent, OrderStatus};
+use serde::Deserialize as _;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::tables::TableSet;
+use super::{BoxFuture, Rebuildable};
+use crate::error::ProjectionError;
+use crate::feed::FeedEvent;
+use crate::orders::{change_of, ORDERS_PROJECTION};
+
+const ORDERS: &str = "order_read";
+const ITEMS: &str = "order_item_read";
+const ARCHIVED_ORDERS: &str = "order_read_archive";
+const ARCHIVED_ITEMS: &str = "order_item_read_archive";
+
+/// The live tables of the `orders` projection, parents first: the hot tables (migration 0101)
+/// and the archive tables archived orders move to (migration 0500).
+const TABLES: &[&str] = &[ORDERS, ITEMS, ARCHIVED_ORDERS, ARCHIVED_ITEMS];
+
+/// Replays the `orders` projection (`order_read`, `order_item_read` and their archives).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrdersRebuild;
+
+impl Rebuildable for OrdersRebuild {
+    fn name(&self) -> &'static str {
+        ORDERS_PROJECTION
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        TABLES
+    }
+
+    fn aggregate_column(&self) -> &'static str {
+        "order_id"
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        set: TableSet,
+        events: &'a [FeedEvent],
+    ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
+        Box::pin(apply_batch(conn, set, events))
+    }
+}
+
+/// One `order_read` row.
+#[derive(Debug, Clone, PartialEq)]
+struct OrderRow {
+    order_id: Uuid,
+    order_number: String,
+    tenant_id: String,
+    user_id: String,
+    event_id: Uuid,
+    status: String,
+    subtotal_cents: i64,
+    fees_cents: i64,
+    tax_cents: i64,
+    total_cents: i64,
+    currency: String,
+    payment_intent_id: Option<String>,
+    expires_at: DateTime<Utc>,
+    event_starts_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+    refunded_cents: i64,
+    refunds_locked: bool,
+    item_count: i32,
+    ticket_count: i32,
+    archived: bool,
+    last_sequence: i64,
+}
+
+/// One `order_item_read` row.
+#[derive(Debug, Clone, PartialEq)]
+struct ItemRow {
+    item_id: Uuid,
+    position: i32,
+    ticket_type_id: Uuid,
+    quantity: i32,
+    unit_price_cents: i64,
+    ticket_ids: Vec<String>,
+}
+
+/// An order as the batch folds it: its rows, and which of them need writing.
+#[derive(Debug, Clone)]
+struct OrderState {
+    row: OrderRow,
+    items: Vec<ItemRow>,
+    row_dirty: bool,
+    items_dirty: Vec<bool>,
+    /// `OrderArchived` was applied in this batch: the rows, as they were then, move to the
+    /// archive tables, and later events find no hot row to update.
+    archived_now: bool,
+}
+
+impl OrderState {
+    /// The rows the live projector inserts for `OrderCreated`.
+    fn created(e: &OrderCreated, sequence: i64) -> Self {
+        let mut items = Vec::with_capacity(e.items.len());
+        let mut seen = HashSet::with_capacity(e.items.len());
+        for (position, item) in e.items.iter().enumerate() {
+            // `ON CONFLICT (order_id, item_id) DO NOTHING`: the first of a repeated id wins,
+            // and positions count every listed item.
+            if seen.insert(item.id) {
+                items.push(ItemRow {
+                    item_id: item.id,
+                    position: i32::try_from(position).unwrap_or(i32::MAX),
+                    ticket_type_id: item.ticket_type_id,
+                    quantity: i32::try_from(item.quantity).unwrap_or(i32::MAX),
+                    unit_price_cents: item.unit_price_cents,
+                    ticket_ids: Vec::new(),
+                });
+            }
+        }
+        let items_dirty = vec![true; items.len()];
+        Self {
+            row: OrderRow {
+                order_id: e.order_id,
+                order_number: e.order_number.clone(),
+                tenant_id: e.tenant_id.clone(),
+                user_id: e.user_id.clone(),
+                event_id: e.event_id,
+                status: OrderStatus::Pending.as_str().to_owned(),
+                subtotal_cents: e.subtotal_cents,
+                fees_cents: e.fees_cents,
+                tax_cents: e.tax_cents,
+                total_cents: e.total_cents,
+                currency: e.currency.as_str().to_owned(),
+                payment_intent_id: None,
+                expires_at: e.expires_at,
+                event_starts_at: e.event_starts_at,
+                created_at: e.created_at,
+                updated_at: e.created_at,
+                paid_at: None,
+                refunded_cents: 0,
+                refunds_locked: false,
+                item_count: i32::try_from(e.items.len()).unwrap_or(i32::MAX),
+                ticket_count: 0,
+                archived: false,
+                last_sequence: sequence,
+            },
+            items,
+            row_dirty: true,
+            items_dirty,
+            archived_now: false,
+        }
+    }
+
+    /// The live projector's guarded `UPDATE`, then its ticket append or its move to the
+    /// archive.
+    fn apply(&mut self, sequence: i64, event: &OrderEvent) {
+        if self.archived_now || self.row.last_sequence >= sequence {
+            return;
+        }
+        let c = change_of(event);
+        let row = &mut self.row;
+        row.last_sequence = sequence;
+        row.updated_at = c.occurred_at;
+        if let Some(status) = c.status {
+            status.as_str().clone_into(&mut row.status);
+        }
+        if let Some(at) = c.expires_at {
+            row.expires_at = at;
+        }
+        if let Some(intent) = c.payment_intent_id {
+            row.payment_intent_id = Some(intent);
+        }
+        if let Some(at) = c.paid_at {
+            row.paid_at = Some(at);
+        }
+        if let Some(cents) = c.refunded_cents {
+            row.refunded_cents = cents;
+        }
+        if let Some(locked) = c.refunds_locked {
+            row.refunds_locked = locked;
+        }
+        row.ticket_count = row.ticket_count.saturating_add(c.tickets_added);
+        row.archived |= c.archived;
+        self.row_dirty = true;
+        if let OrderEvent::TicketsIssued(issued) = event {
+            for ticket in &issued.tickets {
+                if let Some(at) = self.items.iter().position(|i| i.item_id == ticket.item_id) {
+                    self.items[at].ticket_ids.push(ticket.ticket_id.clone());
+                    self.items_dirty[at] = true;
+                }
+            }
+        }
+        if let OrderEvent::OrderArchived(_) = event {
+            self.archived_now = true;
+        }
+    }
+}
+
+/// Folds `events` (feed order) into the tables of `set` and writes each touched row once.
+/// Returns the number of rows written.
+async fn apply_batch(
+    conn: &mut PgConnection,
+    set: TableSet,
+    events: &[FeedEvent],
+) -> Result<u64, ProjectionError> {
+    let mut decoded = Vec::with_capacity(events.len());
+    let mut ids = Vec::new();
+    let mut seen = HashSet::new();
+    for event in events {
+        let order_id = event.order_id().ok_or_else(|| {
+            ProjectionError::Handler(format!(
+                "order event {}#{} has an aggregate id that is not a UUID",
+                event.aggregate_id, event.sequence
+            ))
+        })?;
+        // An order whose first event here is its creation has no row yet: the target tables
+        // hold the rows of the events up to their checkpoint, and `OrderCreated` comes first
+        // in an order's history. Only the others are read back.
+        if seen.insert(order_id) && event.event_type != "OrderCreated" {
+            ids.push(order_id);
+        }
+        // Like `FeedEvent::decode`, but deserialized from the borrowed payload: no copy of
+        // the JSON tree per event.
+        let decoded_event =
+            OrderEvent::deserialize(&event.payload).map_err(|e| ProjectionError::Undecodable {
+                aggregate_id: event.aggregate_id.clone(),
+                sequence: event.sequence,
+                event_type: event.event_type.clone(),
+                reason: e.to_string(),
+            })?;
+        decoded.push((order_id, event.sequence, decoded_event));
+    }
+    let mut orders = load(conn, set, &ids).await?;
+    for (order_id, sequence, event) in &decoded {
+        match (orders.entry(*order_id), event) {
+            (Entry::Vacant(slot), OrderEvent::OrderCreated(created)) => {
+                slot.insert(OrderState::created(created, *sequence));
+            }
+            // `ON CONFLICT (order_id) DO NOTHING`. (After `OrderArchived` moved the row, the live
+            // insert would succeed; but `OrderCreated` is an order's first event, so it never
+            // follows its archiving.)
+            (Entry::Occupied(_), OrderEvent::OrderCreated(_)) => {}
+            (Entry::Occupied(mut state), other) => state.get_mut().apply(*sequence, other),
+            // An order whose creation this projection never saw: the live `UPDATE` matches no
+            // row either.
+            (Entry::Vacant(_), _) => {
+                tracing::debug!(order.id = %order_id, event.sequence = sequence, "event skipped: no row to update");
+            }
+        }
+    }
+    write(conn, set, orders.values()).await
+}
+
+const ORDER_COLUMNS: &str = "order_id, order_number, tenant_id, user_id, event_id, status, \
+    subtotal_cents, fees_cents, tax_cents, total_cents, currency, payment_intent_id, expires_at, \
+    event_starts_at, created_at, updated_at, paid_at, refunded_cents, refunds_locked, item_count, \
+    ticket_count, archived, last_sequence";
+
+/// The rows of `ids` already in the tables of `set`.
+async fn load(
+    conn: &mut PgConnection,
+    set: TableSet,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, OrderState>, ProjectionError> {
+    let mut orders = HashMap::with_capacity(ids.len());
+    let rows = sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM {} WHERE order_id = ANY($1)",
+        set.quoted(ORDERS)
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(orders);
+    }
+    for row in &rows {
+        let row = order_row(row)?;
+        orders.insert(
+            row.order_id,
+            OrderState {
+                row,
+                items: Vec::new(),
+                row_dirty: false,
+                items_dirty: Vec::new(),
+                archived_now: false,
+            },
+        );
+    }
+    let found: Vec<Uuid> = orders.keys().copied().collect();
+    let items = sqlx::query(&format!(
+        "SELECT order_id, item_id, position, ticket_type_id, quantity, unit_price_cents, ticket_ids
+           FROM {} WHERE order_id = ANY($1) ORDER BY order_id, position",
+        set.quoted(ITEMS)
+    ))
+    .bind(&found)
+    .fetch_all(&mut *conn)
+    .await?;
+    for item in &items {
+        let order_id: Uuid = item.try_get("order_id")?;
+        if let Some(state) = orders.get_mut(&order_id) {
+            state.items.push(ItemRow {
+                item_id: item.try_get("item_id")?,
+                position: item.try_get("position")?,
+                ticket_type_id: item.try_get("ticket_type_id")?,
+                quantity: item.try_get("quantity")?,
+                unit_price_cents: item.try_get("unit_price_cents")?,
+                ticket_ids: item.try_get("ticket_ids")?,
+            });
+            state.items_dirty.push(false);
+        }
+    }
+    Ok(orders)
+}
+
+fn order_row(r: &PgRow) -> Result<OrderRow, sqlx::Error> {
+    Ok(OrderRow {
+        order_id: r.try_get("order_id")?,
+        order_number: r.try_get("order_number")?,
+        tenant_id: r.try_get("tenant_id")?,
+        user_id: r.try_get("user_id")?,
+        event_id: r.try_get("event_id")?,
+        status: r.try_get("status")?,
+        subtotal_cents: r.try_get("subtotal_cents")?,
+        fees_cents: r.try_get("fees_cents")?,
+        tax_cents: r.try_get("tax_cents")?,
+        total_cents: r.try_get("total_cents")?,
+        currency: r.try_get("currency")?,
+        payment_intent_id: r.try_get("payment_intent_id")?,
+        expires_at: r.try_get("expires_at")?,
+        event_starts_at: r.try_get("event_starts_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        paid_at: r.try_get("paid_at")?,
+        refunded_cents: r.try_get("refunded_cents")?,
+        refunds_locked: r.try_get("refunds_locked")?,
+        item_count: r.try_get("item_count")?,
+        ticket_count: r.try_get("ticket_count")?,
+        archived: r.try_get("archived")?,
+        last_sequence: r.try_get("last_sequence")?,
+    })
+}
+
+/// Column arrays for one multi-row `order_read` upsert.
+#[derive(Debug, Default)]
+struct OrderColumns {
+    order_id: Vec<Uuid>,
+    order_number: Vec<String>,
+    tenant_id: Vec<String>,
+    user_id: Vec<String>,
+    event_id: Vec<Uuid>,
+    status: Vec<String>,
+    subtotal_cents: Vec<i64>,
+    fees_cents: Vec<i64>,
+    tax_cents: Vec<i64>,
+    total_cents: Vec<i64>,
+    currency: Vec<String>,
+    payment_intent_id: Vec<Option<String>>,
+    expires_at: Vec<DateTime<Utc>>,
+    event_starts_at: Vec<Option<DateTime<Utc>>>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    paid_at: Vec<Option<DateTime<Utc>>>,
+    refunded_cents: Vec<i64>,
+    refunds_locked: Vec<bool>,
+    item_count: Vec<i32>,
+    ticket_count: Vec<i32>,
+    archived: Vec<bool>,
+    last_sequence: Vec<i64>,
+}
+
+impl OrderColumns {
+    fn push(&mut self, r: &OrderRow) {
+        self.order_id.push(r.order_id);
+        self.order_number.push(r.order_number.clone());
+        self.tenant_id.push(r.tenant_id.clone());
+        self.user_id.push(r.user_id.clone());
+        self.event_id.push(r.event_id);
+        self.status.push(r.status.clone());
+        self.subtotal_cents.push(r.subtotal_cents);
+        self.fees_cents.push(r.fees_cents);
+        self.tax_cents.push(r.tax_cents);
+        self.total_cents.push(r.total_cents);
+        self.currency.push(r.currency.clone());
+        self.payment_intent_id.push(r.payment_intent_id.clone());
+        self.expires_at.push(r.expires_at);
+        self.event_starts_at.push(r.event_starts_at);
+        self.created_at.push(r.created_at);
+        self.updated_at.push(r.updated_at);
+        self.paid_at.push(r.paid_at);
+        self.refunded_cents.push(r.refunded_cents);
+        self.refunds_locked.push(r.refunds_locked);
+        self.item_count.push(r.item_count);
+        self.ticket_count.push(r.ticket_count);
+        self.archived.push(r.archived);
+        self.last_sequence.push(r.last_sequence);
+    }
+}
+
+/// Column arrays for one multi-row `order_item_read` upsert. Ticket ids travel flattened
+/// (`ticket_item[k]` is the index of the item row that `ticket_id[k]` belongs to), because a
+/// Postgres array of arrays must be rectangular.
+#[derive(Debug, Default)]
+struct ItemColumns {
+    order_id: Vec<Uuid>,
+    item_id: Vec<Uuid>,
+    position: Vec<i32>,
+    ticket_type_id: Vec<Uuid>,
+    quantity: Vec<i32>,
+    unit_price_cents: Vec<i64>,
+    ticket_item: Vec<i32>,
+    ticket_id: Vec<String>,
+}
+
+impl ItemColumns {
+    fn push(&mut self, order_id: Uuid, item: &ItemRow) {
+        let index = i32::try_from(self.order_id.len()).unwrap_or(i32::MAX);
+        self.order_id.push(order_id);
+        self.item_id.push(item.item_id);
+        self.position.push(item.position);
+        self.ticket_type_id.push(item.ticket_type_id);
+        self.quantity.push(item.quantity);
+        self.unit_price_cents.push(item.unit_price_cents);
+        for ticket in &item.ticket_ids {
+            self.ticket_item.push(index);
+            self.ticket_id.push(ticket.clone());
+        }
+    }
+}
+
+/// Writes the dirty rows, orders before their items (which reference them): the hot tables'
+/// rows as upserts; for orders archived in this batch, their rows as of `OrderArchived` into
+/// the archive tables (`ON CONFLICT DO NOTHING`, like the live move) and out of the hot ones.
+async fn write(
+    conn: &mut PgConnection,
+    set: TableSet,
+    orders: impl Iterator<Item = &OrderState>,
+) -> Result<u64, ProjectionError> {
+    let mut hot = OrderColumns::default();
+    let mut hot_items = ItemColumns::default();
+    let mut archived = OrderColumns::default();
+    let mut archived_items = ItemColumns::default();
+    for state in orders {
+        if state.archived_now {
+            archived.push(&state.row);
+            for item in &state.items {
+                archived_items.push(state.row.order_id, item);
+            }
+            continue;
+        }
+        if state.row_dirty {
+            hot.push(&state.row);
+        }
+        for (item, dirty) in state.items.iter().zip(&state.items_dirty) {
+            if *dirty {
+                hot_items.push(state.row.order_id, item);
+            }
+        }
+    }
+    let mut written = 0;
+    if !archived.order_id.is_empty() {
+        for table in [ITEMS, ORDERS] {
+            written += sqlx::query(&format!(
+                "DELETE FROM {} WHERE order_id = ANY($1)",
+                set.quoted(table)
+            ))
+            .bind(&archived.order_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        }
+    }
+    written += upsert_orders(conn, &set.quoted(ORDERS), hot, true).await?;
+    written += upsert_items(conn, &set.quoted(ITEMS), hot_items, true).await?;
+    written += upsert_orders(conn, &set.quoted(ARCHIVED_ORDERS), archived, false).await?;
+    written += upsert_items(conn, &set.quoted(ARCHIVED_ITEMS), archived_items, false).await?;
+    Ok(written)
+}
+
+/// One multi-row insert into an order table; on a conflict, every column is overwritten
+/// (`update`) or the existing row is kept.
+async fn upsert_orders(
+    conn: &mut PgConnection,
+    table: &str,
+    o: OrderColumns,
+    update: bool,
+) -> Result<u64, ProjectionError> {
+    if o.order_id.is_empty() {
+        return Ok(0);
+    }
+    let on_conflict = if update {
+        "DO UPDATE SET
+             order_number = EXCLUDED.order_number, tenant_id = EXCLUDED.tenant_id,
+             user_id = EXCLUDED.user_id, event_id = EXCLUDED.event_id,
+             status = EXCLUDED.status, subtotal_cents = EXCLUDED.subtotal_cents,
+             fees_cents = EXCLUDED.fees_cents, tax_cents = EXCLUDED.tax_cents,
+             total_cents = EXCLUDED.total_cents, currency = EXCLUDED.currency,
+             payment_intent_id = EXCLUDED.payment_intent_id, expires_at = EXCLUDED.expires_at,
+             event_starts_at = EXCLUDED.event_starts_at, created_at = EXCLUDED.created_at,
+             updated_at = EXCLUDED.updated_at, paid_at = EXCLUDED.paid_at,
+             refunded_cents = EXCLUDED.refunded_cents, refunds_locked = EXCLUDED.refunds_locked,
+             item_count = EXCLUDED.item_count, ticket_count = EXCLUDED.ticket_count,
+             archived = EXCLUDED.archived, last_sequence = EXCLUDED.last_sequence"
+    } else {
+        "DO NOTHING"
+    };
+    Ok(sqlx::query(&format!(
+        "INSERT INTO {table} ({ORDER_COLUMNS})
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],
+                $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[],
+                $12::text[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+                $16::timestamptz[], $17::timestamptz[], $18::int8[], $19::bool[], $20::int4[],
+                $21::int4[], $22::bool[], $23::int8[])
+         ON CONFLICT (order_id) {on_conflict}"
+    ))
+    .bind(o.order_id)
+    .bind(o.order_number)
+    .bind(o.tenant_id)
+    .bind(o.user_id)
+    .bind(o.event_id)
+    .bind(o.status)
+    .bind(o.subtotal_cents)
+    .bind(o.fees_cents)
+    .bind(o.tax_cents)
+    .bind(o.total_cents)
+    .bind(o.currency)
+    .bind(o.payment_intent_id)
+    .bind(o.expires_at)
+    .bind(o.event_starts_at)
+    .bind(o.created_at)
+    .bind(o.updated_at)
+    .bind(o.paid_at)
+    .bind(o.refunded_cents)
+    .bind(o.refunds_locked)
+    .bind(o.item_count)
+    .bind(o.ticket_count)
+    .bind(o.archived)
+    .bind(o.last_sequence)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// One multi-row insert into an item table, like [`upsert_orders`].
+async fn upsert_items(
+    conn: &mut PgConnection,
+    table: &str,
+    i: ItemColumns,
+    update: bool,
+) -> Result<u64, ProjectionError> {
+    if i.order_id.is_empty() {
+        return Ok(0);
+    }
+    let on_conflict = if update {
+        "DO UPDATE SET
+             position = EXCLUDED.position, ticket_type_id = EXCLUDED.ticket_type_id,
+             quantity = EXCLUDED.quantity, unit_price_cents = EXCLUDED.unit_price_cents,
+             ticket_ids = EXCLUDED.ticket_ids"
+    } else {
+        "DO NOTHING"
+    };
+    Ok(sqlx::query(&format!(
+        "INSERT INTO {table} (order_id, item_id, position, ticket_type_id, quantity,
+                              unit_price_cents, ticket_ids)
+         SELECT u.order_id, u.item_id, u.position, u.ticket_type_id, u.quantity,
+                u.unit_price_cents, COALESCE(t.ids, '{{}}')
+           FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::uuid[], $5::int4[], $6::int8[])
+                WITH ORDINALITY AS u(order_id, item_id, position, ticket_type_id, quantity,
+                                     unit_price_cents, ord)
+           LEFT JOIN (SELECT x.item, array_agg(x.ticket_id ORDER BY x.ord) AS ids
+                        FROM unnest($7::int4[], $8::text[]) WITH ORDINALITY AS x(item, ticket_id, ord)
+                       GROUP BY x.item) t ON t.item = u.ord - 1
+         ON CONFLICT (order_id, item_id) {on_conflict}"
+    ))
+    .bind(i.order_id)
+    .bind(i.item_id)
+    .bind(i.position)
+    .bind(i.ticket_type_id)
+    .bind(i.quantity)
+    .bind(i.unit_price_cents)
+    .bind(i.ticket_item)
+    .bind(i.ticket_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use order_domain::events::{OrderConfirmed, TicketsIssued};
+    use order_domain::values::{IssuedTicket, LineItem};
+    use order_domain::Currency;
+
+    fn at(min: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + min * 60, 0).unwrap_or_default()
+    }
+
+    fn created(items: &[Uuid]) -> OrderCreated {
+        OrderCreated {
+            order_id: Uuid::from_u128(1),
+            order_number: "ORD-1".into(),
+            tenant_id: "t".into(),
+            user_id: "u".into(),
+            event_id: Uuid::from_u128(2),
+            currency: Currency::parse("USD").expect("a known currency"),
+            items: items
+                .iter()
+                .map(|id| LineItem {
+                    id: *id,
+                    ticket_type_id: Uuid::from_u128(3),
+                    quantity: 2,
+                    unit_price_cents: 100,
+                })
+                .collect(),
+            subtotal_cents: 200,
+            fees_cents: 0,
+            tax_cents: 0,
+            total_cents: 200,
+            expires_at: at(15),
+            event_starts_at: None,
+            created_at: at(0),
+        }
+    }
+
+    #[test]
+    fn a_repeated_item_id_keeps_the_first_and_counts_every_position() {
+        let a = Uuid::from_u128(10);
+        let b = Uuid::from_u128(11);
+        let s = OrderState::created(&created(&[a, a, b]), 1);
+        let got: Vec<(Uuid, i32)> = s.items.iter().map(|i| (i.item_id, i.position)).collect();
+        assert_eq!(got, vec![(a, 0), (b, 2)]);
+        assert_eq!(s.row.item_count, 3);
+    }
+
+    #[test]
+    fn an_event_at_or_below_the_row_sequence_changes_nothing() {
+        let mut s = OrderState::created(&created(&[Uuid::from_u128(10)]), 1);
+        let confirm = OrderEvent::OrderConfirmed(OrderConfirmed {
+            payment_intent_id: "pi".into(),
+            amount_cents: 200,
+            occurred_at: at(2),
+        });
+        s.apply(2, &confirm);
+        let after = s.row.clone();
+        s.apply(2, &confirm);
+        s.apply(1, &confirm);
+        assert_eq!(s.row, after);
+        assert_eq!(s.row.status, "PAID");
+        assert_eq!(s.row.paid_at, Some(at(2)));
+    }
+
+    #[test]
+    fn an_archived_order_takes_no_later_event() {
+        let mut s = OrderState::created(&created(&[Uuid::from_u128(10)]), 1);
+        s.apply(
+            2,
+            &OrderEvent::OrderArchived(order_domain::events::OrderArchived {
+                final_status: OrderStatus::Cancelled,
+                occurred_at: at(5),
+            }),
+        );
+        assert!(s.archived_now);
+        assert!(s.row.archived);
+        let archived = s.row.clone();
+        s.apply(
+            3,
+            &OrderEvent::OrderConfirmed(OrderConfirmed {
+                payment_intent_id: "pi".into(),
+                amount_cents: 200,
+                occurred_at: at(6),
+            }),
+        );
+        assert_eq!(s.row, archived);
+    }
+
+    #[test]
+    fn tickets_for_unknown_items_count_but_attach_nowhere() {
+        let item = Uuid::from_u128(10);
+        let mut s = OrderState::created(&created(&[item]), 1);
+        s.apply(
+            2,
+            &OrderEvent::TicketsIssued(TicketsIssued {
+                tickets: vec![
+                    IssuedTicket {
+                        item_id: item,
+                        ticket_id: "t1".into(),
+                    },
+                    IssuedTicket {
+                        item_id: Uuid::from_u128(99),
+                        ticket_id: "t2".into(),
+                    },
+                ],
+                ticket_count: 2,
+                occurred_at: at(3),
+            }),
+        );
+        assert_eq!(s.row.ticket_count, 2);
+        assert_eq!(s.items[0].ticket_ids, vec!["t1".to_owned()]);
+    }
+}

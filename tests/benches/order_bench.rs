@@ -1,0 +1,428 @@
+//! `just bench [quick]`: every speed goal as a ratio against this machine's own limits,
+//! measured in the same run (issue 9). Prints a table and writes `bench-results/latest.json`.
+//!
+//! Each ratio is the median over A-B-A-B rounds (baseline, then service, alternating), and the
+//! table shows the rounds' spread. Everything runs on loopback and stops by itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use order_tests::bench::flow::{read_model_lag, subscriber_lag};
+use order_tests::bench::load::{closed_loop, open_loop, Target};
+use order_tests::bench::pgbench::{self, PgbenchRun};
+use order_tests::bench::relay::drain_round;
+use order_tests::bench::service::ServiceProcess;
+use order_tests::bench::stats::{median, spread};
+use order_tests::order_body;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+struct Plan {
+    seconds: u32,
+    rounds: usize,
+    clients: usize,
+    open_loop_rate: u32,
+    /// Backlog the relay drains per B6 round.
+    backlog: usize,
+}
+
+struct Row {
+    id: &'static str,
+    what: String,
+    ratios: Vec<f64>,
+    goal: &'static str,
+    pass: fn(f64) -> bool,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    order_tests::install_crypto();
+    let quick = std::env::args().any(|a| a == "quick");
+    let plan = if quick {
+        Plan {
+            seconds: 3,
+            rounds: 3,
+            clients: 32,
+            open_loop_rate: 50,
+            backlog: 20_000,
+        }
+    } else {
+        Plan {
+            seconds: 8,
+            rounds: 3,
+            clients: 32,
+            open_loop_rate: 50,
+            backlog: 100_000,
+        }
+    };
+    let base = std::env::var("BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db_url = format!("{base}/order_bench");
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let work = std::env::temp_dir().join(format!("order-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+
+    // A fresh database, migrated like production, plus the baseline's table.
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+    sqlx::query("DROP DATABASE IF EXISTS order_bench WITH (FORCE)")
+        .execute(&mut admin)
+        .await?;
+    order_api::db::create_and_migrate(&db_url).await?;
+    let pool = sqlx::PgPool::connect(&db_url).await?;
+    sqlx::raw_sql(pgbench::SETUP_SQL).execute(&pool).await?;
+
+    let binary = service_binary()?;
+    let stream = format!("BENCH_{}", std::process::id());
+    let prefix = format!("bench{}.", std::process::id());
+    let env = vec![
+        ("DATABASE_URL", db_url.clone()),
+        ("NATS_URL", nats_url.clone()),
+        ("NATS_STREAM", stream.clone()),
+        ("NATS_SUBJECT_PREFIX", prefix.clone()),
+        ("APP_ENV", "development".to_owned()),
+        // The bench has no peers publishing to it: no inbound consumers on the shared broker.
+        ("INBOUND_ENABLED", "false".to_owned()),
+    ];
+    let service = ServiceProcess::start(&binary, &env, &work.join("service.log")).await?;
+    let url = service.base_url.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, _) = service.rss_mib();
+
+    let d = Duration::from_secs(u64::from(plan.seconds));
+    let create: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(|_| Target {
+        method: Method::POST,
+        path: "/api/v1/orders".into(),
+        body: Some(order_body()),
+        signed_as: Some("api-gateway".into()),
+        tenant: Some("bench".into()),
+        v2: false,
+    });
+    let unsigned_live: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(|_| Target {
+        method: Method::GET,
+        path: "/health/live".into(),
+        body: None,
+        signed_as: None,
+        tenant: None,
+        v2: false,
+    });
+
+    let signed_jobs: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(|_| Target {
+        method: Method::GET,
+        path: "/internal/jobs".into(),
+        body: None,
+        signed_as: Some("api-gateway".into()),
+        tenant: None,
+        v2: false,
+    });
+
+    let mut b1 = vec![];
+    let mut b2_p50 = vec![];
+    let mut b2_p99 = vec![];
+    let mut b3 = vec![];
+    let mut b8_live = vec![];
+    let mut b8_read = vec![];
+    let mut b8_jobs = vec![];
+    let mut b5 = vec![];
+    let mut b7 = vec![];
+    let mut b7_rate = f64::NAN;
+    let mut command_p50 = f64::NAN;
+    let mut raw = vec![];
+    for round in 1..=plan.rounds {
+        eprintln!("round {round}/{}", plan.rounds);
+        // B1 and B3: create throughput at 32 and 1 clients against pgbench single-row inserts.
+        let pg32 = pgbench::run(
+            &db_url,
+            pgbench::INSERT,
+            plan.clients as u32,
+            plan.seconds,
+            &work,
+        )?;
+        let svc32 = closed_loop(&url, plan.clients, d, create.clone()).await;
+        let pg1 = pgbench::run(&db_url, pgbench::INSERT, 1, plan.seconds, &work)?;
+        let svc1 = closed_loop(&url, 1, d, create.clone()).await;
+        b1.push(svc32.per_second / pg32.tps);
+        b3.push((svc32.per_second / svc1.per_second) / (pg32.tps / pg1.tps));
+        // B2: latency at low fixed load (open loop) against pgbench's read-then-insert, 1 client.
+        let pg_lat: PgbenchRun =
+            pgbench::run(&db_url, pgbench::READ_THEN_INSERT, 1, plan.seconds, &work)?;
+        let svc_lat = open_loop(&url, plan.open_loop_rate, d, create.clone()).await;
+        b2_p50.push(svc_lat.latencies.ms(0.5) / pg_lat.latencies.ms(0.5));
+        b2_p99.push(svc_lat.latencies.ms(0.99) / pg_lat.latencies.ms(0.99));
+        command_p50 = svc_lat.latencies.ms(0.5);
+        // B8 (second half, unsigned side): the no-DB route, for the signed/unsigned ratio.
+        let live = closed_loop(&url, plan.clients, d, unsigned_live.clone()).await;
+        b8_live.push(live.per_second);
+        let jobs = closed_loop(&url, plan.clients, d, signed_jobs.clone()).await;
+        b8_jobs.push(jobs.per_second / live.per_second);
+        // B8 (first half): signed reads of orders created earlier in the run ÷ pgbench PK select.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT order_id::text FROM order_read ORDER BY order_id LIMIT 5000",
+        )
+        .fetch_all(&pool)
+        .await?;
+        anyhow::ensure!(!ids.is_empty(), "no orders in the read model to read back");
+        let ids = Arc::new(ids);
+        let read_by_id: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(move |i| Target {
+            method: Method::GET,
+            path: format!("/internal/orders/{}", ids[(i as usize) % ids.len()]),
+            body: None,
+            signed_as: Some("payment-service".into()),
+            tenant: Some("bench".into()),
+            v2: false,
+        });
+        let pg_pk = pgbench::run(
+            &db_url,
+            pgbench::PK_SELECT,
+            plan.clients as u32,
+            plan.seconds,
+            &work,
+        )?;
+        let reads = closed_loop(&url, plan.clients, d, read_by_id).await;
+        b8_read.push(reads.per_second / pg_pk.tps);
+        // B5: read-model lag after each create at low fixed load ÷ that run's command p50.
+        let lag = read_model_lag(
+            &url,
+            &db_url,
+            f64::from(plan.open_loop_rate),
+            d,
+            Duration::from_millis(1),
+        )
+        .await?;
+        b5.push(lag.lag.ms(0.99) / lag.commands.ms(0.5));
+        // B7: commit-to-subscriber latency at half this round's create rate ÷ low-load command p50.
+        b7_rate = (svc32.per_second / 2.0).clamp(10.0, 1_000.0);
+        let sub = subscriber_lag(&url, &nats_url, &stream, &prefix, b7_rate, d).await?;
+        b7.push(sub.lag.ms(0.99) / lag.commands.ms(0.5));
+        raw.push(json!({
+            "round": round,
+            "pgbench_insert_tps_32": pg32.tps, "service_create_per_s_32": svc32.per_second,
+            "service_errors_32": svc32.errors,
+            "pgbench_insert_tps_1": pg1.tps, "service_create_per_s_1": svc1.per_second,
+            "pgbench_read_insert_p50_ms": pg_lat.latencies.ms(0.5), "pgbench_read_insert_p99_ms": pg_lat.latencies.ms(0.99),
+            "service_open_loop_p50_ms": svc_lat.latencies.ms(0.5), "service_open_loop_p99_ms": svc_lat.latencies.ms(0.99),
+            "service_open_loop_errors": svc_lat.errors,
+            "unsigned_live_per_s": live.per_second,
+            "signed_jobs_per_s": jobs.per_second, "signed_jobs_errors": jobs.errors,
+            "pgbench_pk_select_tps_32": pg_pk.tps, "signed_order_reads_per_s_32": reads.per_second,
+            "signed_order_read_errors": reads.errors, "signed_order_read_p50_ms": reads.latencies.ms(0.5),
+            "b5_rate_per_s": plan.open_loop_rate, "b5_command_p50_ms": lag.commands.ms(0.5),
+            "b5_lag_p50_ms": lag.lag.ms(0.5), "b5_lag_p99_ms": lag.lag.ms(0.99), "b5_samples": lag.lag.count(),
+            "b5_missing": lag.missing, "b5_errors": lag.errors,
+            "b7_rate_per_s": b7_rate, "b7_command_p50_ms": sub.commands.ms(0.5),
+            "b7_lag_p50_ms": sub.lag.ms(0.5), "b7_lag_p99_ms": sub.lag.ms(0.99), "b7_samples": sub.lag.count(),
+            "b7_missing": sub.missing, "b7_early": sub.early, "b7_errors": sub.errors,
+        }));
+    }
+    let (_, peak_rss) = service.rss_mib();
+    drop(service);
+
+    // B6: the relay drains a backlog in-process (the service is stopped, so nothing competes).
+    let mut b6 = vec![];
+    let mut b6_raw = vec![];
+    for round in 1..=plan.rounds {
+        eprintln!(
+            "B6 round {round}/{}: relay drain of {} events",
+            plan.rounds, plan.backlog
+        );
+        let tag = format!("BENCH_{}_B6_{round}", std::process::id());
+        let r = drain_round(&pool, &nats_url, &tag, plan.backlog).await?;
+        b6.push(r.relay_per_second / r.raw_per_second);
+        b6_raw.push(json!({"round": round, "events": r.events, "relay_events_per_s": r.relay_per_second, "raw_publish_per_s": r.raw_per_second}));
+    }
+
+    let rows = vec![
+        Row {
+            id: "B1",
+            what: "creates/s (32 clients, hmac-v1) ÷ pgbench insert tps".into(),
+            ratios: b1,
+            goal: "≥ 0.5",
+            pass: |r| r >= 0.5,
+        },
+        Row {
+            id: "B2",
+            what: "command p50 (open loop) ÷ pgbench read-then-insert p50".into(),
+            ratios: b2_p50,
+            goal: "≤ 1.15",
+            pass: |r| r <= 1.15,
+        },
+        Row {
+            id: "B2",
+            what: "command p99 (open loop) ÷ pgbench read-then-insert p99".into(),
+            ratios: b2_p99,
+            goal: "≤ 2",
+            pass: |r| r <= 2.0,
+        },
+        Row {
+            id: "B3",
+            what: "(creates/s at 32 ÷ at 1) ÷ (pgbench at 32 ÷ at 1)".into(),
+            ratios: b3,
+            goal: "≥ 0.8",
+            pass: |r| r >= 0.8,
+        },
+        Row {
+            id: "B5",
+            what: format!(
+                "read-model lag p99 ÷ command p50 ({}/s creates)",
+                plan.open_loop_rate
+            ),
+            ratios: b5,
+            goal: "≤ 3",
+            pass: |r| r <= 3.0,
+        },
+        Row {
+            id: "B6",
+            what: format!(
+                "relay drain events/s ({} backlog) ÷ raw pipelined publish",
+                plan.backlog
+            ),
+            ratios: b6,
+            goal: "≥ 0.7",
+            pass: |r| r >= 0.7,
+        },
+        Row {
+            id: "B7",
+            what: format!("commit-to-subscriber p99 ({b7_rate:.0}/s) ÷ command p50"),
+            ratios: b7,
+            goal: "≤ 3",
+            pass: |r| r <= 3.0,
+        },
+        Row {
+            id: "B8",
+            what: "signed GET /internal/orders/{id} req/s ÷ pgbench PK select tps".into(),
+            ratios: b8_read,
+            goal: "≥ 0.6",
+            pass: |r| r >= 0.6,
+        },
+        Row {
+            id: "B8",
+            what: "signed GET /internal/jobs ÷ unsigned /health/live req/s".into(),
+            ratios: b8_jobs,
+            goal: "≥ 0.9",
+            pass: |r| r >= 0.9,
+        },
+    ];
+    let mut report = vec![];
+    println!(
+        "\n{:<4} {:<58} {:>8} {:>17} {:>7}",
+        "id", "measure", "median", "spread", "goal"
+    );
+    for row in &rows {
+        let m = median(&row.ratios);
+        let (lo, hi) = spread(&row.ratios);
+        let verdict = if (row.pass)(m) { "met" } else { "MISSED" };
+        println!(
+            "{:<4} {:<58} {:>8.3} {:>8.3}..{:<7.3} {:>7} {verdict}",
+            row.id, row.what, m, lo, hi, row.goal
+        );
+        report.push(json!({"id": row.id, "measure": row.what, "median": m, "rounds": row.ratios, "goal": row.goal, "met": (row.pass)(m)}));
+    }
+    println!(
+        "{:<4} {:<58} {:>8.1} MiB peak, {:.1} MiB idle {:>7} {}",
+        "B9",
+        "service RSS during B1",
+        peak_rss,
+        idle_rss,
+        "≤ 40/20",
+        if peak_rss <= 40.0 && idle_rss <= 20.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "command p50 at low load: {command_p50:.2} ms; unsigned /health/live: {:.0} req/s (median)",
+        median(&b8_live)
+    );
+
+    let env_info = environment(&pool).await;
+    let out = json!({
+        "mode": if quick { "quick" } else { "full" },
+        "seconds_per_measurement": plan.seconds,
+        "rounds": plan.rounds,
+        "environment": env_info,
+        "results": report,
+        "rss_mib": {"idle": idle_rss, "peak": peak_rss},
+        "raw": raw,
+        "b6_raw": b6_raw,
+    });
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&out)?)?;
+    println!("written: bench-results/latest.json");
+
+    pool.close().await;
+    sqlx::query("DROP DATABASE IF EXISTS order_bench WITH (FORCE)")
+        .execute(&mut admin)
+        .await?;
+    if let Ok(client) = async_nats::connect(&nats_url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&stream)
+            .await;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The release binary next to this benchmark's own executable (`target/release/`).
+fn service_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("no target directory")?;
+    let bin = dir.join("order-service");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p order-api` (just bench does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// What the figures were measured on.
+async fn environment(pool: &sqlx::PgPool) -> Value {
+    let sh = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut pg = serde_json::Map::new();
+    for setting in [
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "wal_level",
+        "max_connections",
+        "commit_delay",
+    ] {
+        let v: Option<String> = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+        pg.insert(setting.into(), json!(v));
+    }
+    let nats = ["nats-server", "/usr/sbin/nats-server"]
+        .iter()
+        .map(|b| sh(b, &["--version"]))
+        .find(|v| !v.is_empty())
+        .unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    json!({
+        "git_sha": sh("git", &["rev-parse", "--short", "HEAD"]),
+        "postgres": pg,
+        "nats_server": nats,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim),
+        "memory": meminfo.lines().next(),
+    })
+}
