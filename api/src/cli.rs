@@ -447,7 +447,9 @@ pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()
         let name = spec.name();
         let mut rebuild = replay::Rebuild::start(&pool, spec, options).await?;
         if let Some(done) = rebuild.resumed_from() {
-            eprintln!("{name}: resuming an interrupted rebuild ({done} events already applied; --restart starts over)");
+            eprintln!(
+                "{name}: resuming the shadow tables an earlier run left ({done} events already applied; --restart starts over)"
+            );
         }
         let bar = ReplayBar::new();
         let built = rebuild.build(&bar, &cancel).await;
@@ -508,6 +510,28 @@ pub async fn replay_rollback(
             rolled.caught_up,
             rolled.kept.join(", ")
         );
+    }
+    Ok(())
+}
+
+/// `order-service replay clean`: drops the shadow tables a dry run or an interrupted rebuild
+/// left, and the previous tables kept for a rollback.
+///
+/// # Errors
+/// When a rebuild runs or Postgres fails.
+pub async fn replay_clean(
+    settings: &Settings,
+    projection: Option<&str>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let pool = crate::db::pool(&settings.database_url, 2)?;
+    for spec in replay_targets(projection, all, false)? {
+        let dropped = order_projections::replay::clean(&pool, spec).await?;
+        if dropped.is_empty() {
+            println!("{}: nothing to drop", spec.name());
+        } else {
+            println!("{}: dropped {}", spec.name(), dropped.join(", "));
+        }
     }
     Ok(())
 }

@@ -77,6 +77,17 @@ enum ReplayAction {
         #[arg(long)]
         all: bool,
     },
+    /// Drop the shadow tables a dry run or an interrupted rebuild left, and the previous tables
+    /// (after which nothing can be rolled back).
+    #[command(group(clap::ArgGroup::new("which").args(["projection", "all"])))]
+    Clean {
+        /// The projection to clean up.
+        #[arg(long, value_name = "NAME")]
+        projection: Option<String>,
+        /// Clean up every projection.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay { action, args } => match action {
             Some(ReplayAction::Rollback { projection, all }) => {
                 cli::replay_rollback(&cli.settings, projection.as_deref(), all).await
+            }
+            Some(ReplayAction::Clean { projection, all }) => {
+                cli::replay_clean(&cli.settings, projection.as_deref(), all).await
             }
             None => cli::replay(&cli.settings, &args).await,
         },

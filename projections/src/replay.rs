@@ -21,8 +21,8 @@
 //!    tables to `…__old` (kept for [`rollback`]) and the shadow tables to the live names, and
 //!    moves the checkpoints. Queries see the old rows or the new ones, never a mix.
 //!
-//! [`rebuild_aggregate`] rebuilds one aggregate's rows in place instead, and [`rollback`] swaps
-//! the previous tables back.
+//! [`rebuild_aggregate`] rebuilds one aggregate's rows in place instead, [`rollback`] swaps
+//! the previous tables back, and [`clean`] drops the copies replay keeps.
 //!
 //! A rebuild reads events and writes read-model tables and their checkpoints, nothing else: it
 //! never moves the outbox relay's checkpoint or any job's, and it publishes and commands
@@ -881,6 +881,42 @@ pub async fn rollback(
         caught_up,
         kept: tables.iter().map(|t| TableSet::Old.table(t)).collect(),
     })
+}
+
+/// Drops the shadow tables a dry run or an interrupted rebuild left and the previous tables the
+/// last swap kept (so nothing can be rolled back afterwards), with their checkpoints. Returns
+/// the tables dropped.
+///
+/// # Errors
+/// [`ProjectionError::RebuildRunning`] while a rebuild of the projection runs;
+/// [`ProjectionError::Database`] when a statement fails (nothing is dropped then).
+#[tracing::instrument(skip_all, fields(projection = spec.name()), err)]
+pub async fn clean(
+    pool: &PgPool,
+    spec: &'static dyn Rebuildable,
+) -> Result<Vec<String>, ProjectionError> {
+    let lock = ReplayLock::acquire(pool, spec.name()).await?;
+    let tables = spec.tables();
+    let mut tx = pool.begin().await?;
+    let mut dropped = Vec::new();
+    for set in [TableSet::Shadow, TableSet::Old] {
+        for table in tables {
+            let name = set.table(table);
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass(quote_ident($1)) IS NOT NULL")
+                    .bind(&name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if exists {
+                dropped.push(name);
+            }
+        }
+        tables::drop_set(&mut tx, tables, set).await?;
+        checkpoint::reset(&mut *tx, &consumer(spec.name(), set)).await?;
+    }
+    tx.commit().await?;
+    lock.release().await?;
+    Ok(dropped)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -668,6 +668,8 @@ async fn a_rebuild_while_commands_keep_arriving_ends_consistent(pool: PgPool) {
                 .await;
         })
     };
+    // The live checkpoint is past the first batch before the rebuild starts chasing it.
+    project(&pool).await;
     let mut writer = Writer::start(s.clone());
     writer.wait_for_more(3).await;
 
@@ -1042,6 +1044,24 @@ async fn rollback_restores_the_previous_tables(pool: PgPool) {
         .await;
     project(&pool).await;
     assert!(fresh_comparison(&pool).await.is_identical());
+
+    // Cleaning up drops the copies replay keeps; then there is nothing to roll back.
+    let dropped = replay::clean(&pool, orders()).await.expect("clean");
+    assert_eq!(dropped.len(), 8, "{dropped:?}");
+    assert!(!table_exists(&pool, "order_read__old").await);
+    assert!(!table_exists(&pool, "order_read__shadow").await);
+    assert_eq!(
+        consumers(&pool).await,
+        BTreeSet::from(["orders".to_owned()])
+    );
+    assert!(matches!(
+        replay::rollback(&pool, orders(), 100).await,
+        Err(ProjectionError::NothingToRollBack { .. })
+    ));
+    assert!(replay::clean(&pool, orders())
+        .await
+        .expect("clean again")
+        .is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1292,7 +1312,9 @@ async fn generate(pool: &PgPool, orders: usize) -> u64 {
 /// against it at that size.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_rebuild_of_generated_events_reports_its_rate(pool: PgPool) {
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
     let wanted: usize = env("REPLAY_BENCH_EVENTS").unwrap_or(5_000);
     let batch_size: i64 = env("REPLAY_BENCH_BATCH").unwrap_or(1_000);
     let events = generate(&pool, wanted.div_ceil(5)).await;
