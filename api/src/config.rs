@@ -68,7 +68,8 @@ pub struct Settings {
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
     pub relay_batch_size: i64,
 
-    /// Milliseconds between feed polls of a caught-up relay: the usual publish delay.
+    /// Milliseconds between feed polls of a caught-up relay. Commits made by this replica wake
+    /// it at once; this bounds the publish delay of commits made by other replicas.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 20)]
     pub relay_poll_ms: u64,
 
@@ -202,8 +203,9 @@ pub struct Settings {
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2_000)]
     pub read_wait_ms: u64,
 
-    /// Milliseconds between two polls of the feed by an idle projector: the usual lag of the
-    /// read models behind a command.
+    /// Milliseconds between two polls of the feed by an idle projector. Commits made by this
+    /// replica wake it at once; this bounds the read-model lag of commits made by other
+    /// replicas.
     #[arg(long, env = "PROJECTION_POLL_MS", default_value_t = 50)]
     pub projection_poll_ms: u64,
 

@@ -45,7 +45,8 @@ async fn project_orders(state: AppState, stop: CancellationToken) {
         state.pool.clone(),
         OrdersProjector,
         state.settings.projection_batch_size,
-    );
+    )
+    .with_wake(state.store.commit_signal().clone());
     let poll = Duration::from_millis(state.settings.projection_poll_ms.max(1));
     runner.run_until_stopped(poll, stop).await;
 }
@@ -63,7 +64,8 @@ async fn relay_events(state: AppState, stop: CancellationToken) {
     };
     let jetstream =
         order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
-    let relay = order_bus::Relay::new(state.pool.clone(), jetstream, state.settings.relay_config());
+    let relay = order_bus::Relay::new(state.pool.clone(), jetstream, state.settings.relay_config())
+        .with_wake(state.store.commit_signal().clone());
     relay.run_until_stopped(stop).await;
 }
 

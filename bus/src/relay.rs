@@ -27,7 +27,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag};
-use order_projections::{checkpoint, FeedEvent};
+use order_projections::{checkpoint, CommitSignal, FeedEvent};
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -119,6 +119,7 @@ pub struct Relay {
     config: RelayConfig,
     leader: Mutex<LeaderLock>,
     stream_ready: AtomicBool,
+    wake: Option<CommitSignal>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -139,7 +140,16 @@ impl Relay {
             leader: Mutex::new(leader),
             stream_ready: AtomicBool::new(!config.ensure_stream),
             config,
+            wake: None,
         }
+    }
+
+    /// Wakes the relay when this process commits events, instead of at its next poll: the
+    /// usual commit-to-broker delay becomes a round trip rather than half a poll interval.
+    #[must_use]
+    pub fn with_wake(mut self, signal: CommitSignal) -> Self {
+        self.wake = Some(signal);
+        self
     }
 
     /// The configuration.
@@ -226,14 +236,23 @@ impl Relay {
     pub async fn run_until_stopped(&self, stop: CancellationToken) {
         let mut failures: u32 = 0;
         let mut backlog_at: Option<Instant> = None;
+        let mut wake = self.wake.as_ref().map(CommitSignal::subscribe);
         loop {
+            if let Some(w) = wake.as_mut() {
+                w.mark_seen();
+            }
+            let mut idle = false;
             let wait = match self.run_once().await {
                 Ok(RelayOutcome::Published(_)) => {
                     failures = 0;
+                    if let Some(w) = wake.as_mut() {
+                        w.worked();
+                    }
                     Duration::ZERO
                 }
                 Ok(RelayOutcome::Idle) => {
                     failures = 0;
+                    idle = true;
                     self.config.idle_poll
                 }
                 Ok(RelayOutcome::Standby) => {
@@ -269,9 +288,15 @@ impl Relay {
                 }
                 continue;
             }
+            let pause = async {
+                match wake.as_mut() {
+                    Some(w) if idle => w.idle_wait(wait).await,
+                    _ => tokio::time::sleep(wait).await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
+                () = pause => {}
             }
         }
         self.shutdown().await;

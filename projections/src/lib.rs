@@ -25,9 +25,11 @@ pub mod refund_saga;
 pub mod replay;
 pub mod runner;
 pub mod view;
+pub mod wake;
 
 pub use error::ProjectionError;
 pub use feed::{FeedEvent, FeedPosition};
 pub use orders::{OrdersProjector, ORDERS_PROJECTION};
 pub use runner::{ProjectionRunner, Projector, RunOnce};
 pub use view::OrderView;
+pub use wake::{CommitSignal, CommitWatch};

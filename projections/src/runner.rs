@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::feed::{read_after, FeedEvent};
+use crate::wake::{CommitSignal, CommitWatch};
 
 /// How long [`ProjectionRunner::catch_up`] waits before looking at the feed again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(10);
@@ -64,6 +65,7 @@ pub struct ProjectionRunner<P> {
     pool: PgPool,
     projector: P,
     batch_size: i64,
+    wake: Option<CommitSignal>,
 }
 
 impl<P: Projector> ProjectionRunner<P> {
@@ -73,7 +75,15 @@ impl<P: Projector> ProjectionRunner<P> {
             pool,
             projector,
             batch_size: batch_size.max(1),
+            wake: None,
         }
+    }
+
+    /// Wakes the runner when this process commits events, instead of at its next poll.
+    #[must_use]
+    pub fn with_wake(mut self, signal: CommitSignal) -> Self {
+        self.wake = Some(signal);
+        self
     }
 
     /// The projector this runner drives.
@@ -175,26 +185,46 @@ impl<P: Projector> ProjectionRunner<P> {
 
     /// Polls until `stop` is cancelled: straight on while there is work, every `idle_poll`
     /// otherwise, backing off up to 5 s after errors. A short poll on the feed index is cheap
-    /// and, unlike a NOTIFY per event, does not serialize the writers' commits.
+    /// and, unlike a NOTIFY per event, does not serialize the writers' commits. With a
+    /// [`CommitSignal`] (see [`Self::with_wake`]), a commit in this process wakes it at once.
     pub async fn run_until_stopped(&self, idle_poll: Duration, stop: CancellationToken) {
+        let mut wake = self.wake.as_ref().map(CommitSignal::subscribe);
         let mut backoff = idle_poll;
         loop {
+            if let Some(w) = wake.as_mut() {
+                w.mark_seen();
+            }
             let wait = match self.run_once().await {
                 Ok(RunOnce::Processed(_)) => {
                     backoff = idle_poll;
+                    if let Some(w) = wake.as_mut() {
+                        w.worked();
+                    }
                     continue;
                 }
                 Ok(RunOnce::Idle | RunOnce::Standby) => idle_poll,
                 Err(e) => {
                     tracing::warn!(projection = self.projector.name(), error = %e, "projection batch failed; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    backoff
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    continue;
                 }
             };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = idle_wait(wake.as_mut(), wait) => {}
             }
         }
+    }
+}
+
+/// An idle reader's pause: the commit watch's when there is one, else a plain poll.
+async fn idle_wait(wake: Option<&mut CommitWatch>, idle_poll: Duration) {
+    match wake {
+        Some(w) => w.idle_wait(idle_poll).await,
+        None => tokio::time::sleep(idle_poll).await,
     }
 }

@@ -904,6 +904,35 @@ async fn min_version_reads_wait_for_the_projector(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn a_commit_wakes_the_projector_long_before_its_poll(pool: PgPool) {
+    // The projector polls only once a minute, so a read that is answered within the 20 s wait
+    // proves it was woken by the commit itself.
+    let app = spawn_app_with(pool.clone(), |s| {
+        s.projection_poll_ms = 60_000;
+        s.read_wait_ms = 20_000;
+    })
+    .await;
+    for n in 1..=3 {
+        let created = app.create_order().await;
+        let id = created["id"].as_str().expect("id").to_owned();
+        let started = std::time::Instant::now();
+        let (status, body) = get(
+            &app,
+            "payment-service",
+            &format!("/internal/orders/{id}?minVersion=1"),
+        )
+        .await;
+        assert_eq!(status, 200, "order {n}: {body}");
+        assert_eq!(body["order"], created);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "order {n} was read only after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), |s| s.read_wait_ms = 100).await;
     let id = app.create_order().await["id"]

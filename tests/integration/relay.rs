@@ -817,6 +817,46 @@ async fn relay_worker_in_the_app_publishes_on_its_own(pool: PgPool) {
     assert_eq!(received[0].subject, format!("{}order.created", bus.prefix));
 }
 
+#[sqlx::test(migrations = "../migrations")]
+async fn relay_worker_is_woken_by_a_commit_not_its_poll(pool: PgPool) {
+    let bus = Bus::connect(&nats_url()).await;
+    let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
+    let app = spawn_app_with(pool.clone(), move |s| {
+        s.relay_enabled = true;
+        s.nats_stream = stream;
+        s.nats_subject_prefix = prefix;
+        // One poll a minute: only the commit signal can deliver within the deadline below.
+        s.relay_poll_ms = 60_000;
+    })
+    .await;
+    // The relay's first round creates the stream; once it exists, the relay is idle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bus.js.get_stream(&bus.stream).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never created its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 1..=3_u64 {
+        create_order(&app, &format!("req-wake-{n}")).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = bus.js.get_stream(&bus.stream).await.expect("stream");
+            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "event {n} was not relayed within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(bus.read_all().await.len(), 3);
+}
+
 /// Polls readiness until the relay backlog reads `n` (other tests' transactions can hold the
 /// feed's fence for a moment, so the count may trail the commits briefly).
 async fn wait_for_backlog(app: &TestApp, n: i64) -> Value {

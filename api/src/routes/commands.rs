@@ -25,6 +25,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, AppJson, OrderIdPath};
 use crate::saga::{RefundRequest, RefundSaga, Settled};
 use crate::startup::AppState;
+use crate::store::Created;
 
 /// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
 const IDEMPOTENT_ORDER_NS: Uuid = Uuid::from_u128(0x04de_0000_0000_0000_0000_0000_0000_0001);
@@ -246,9 +247,6 @@ pub async fn create_order(
     meta.insert("requestHash".to_owned(), request_hash.clone());
     if let Some(k) = &key {
         meta.insert("idempotencyKey".to_owned(), k.clone());
-        if let Some(answer) = replay_first_answer(&state, order_id, &request_hash).await? {
-            return Ok(answer);
-        }
     }
     let now = Utc::now();
     let expires_at = expiry(now, body.expires_in_seconds)?;
@@ -257,39 +255,43 @@ pub async fn create_order(
         now.format("%Y%m%d"),
         &order_id.simple().to_string().to_uppercase()[26..]
     );
-    let result = state
-        .store
-        .execute(
-            order_id,
-            &meta,
-            |_| Ok(()),
-            || {
-                OrderCommand::CreateOrder(CreateOrder {
-                    order_id,
-                    order_number: order_number.clone(),
-                    tenant_id: tenant.clone(),
-                    user_id: body.user_id.clone(),
-                    event_id: body.event_id,
-                    currency: currency.clone(),
-                    items: items.clone(),
-                    fees_cents: body.fees_cents,
-                    tax_cents: body.tax_cents,
-                    expires_at,
-                    event_starts_at: body.event_starts_at,
-                    now: Utc::now(),
-                })
-            },
-        )
-        .await;
-    match result {
-        Ok(done) => Ok((StatusCode::CREATED, order_answer(&done.order)?)),
-        // Two requests with one key raced; the loser answers like a repeat.
-        Err(ApiError::Conflict(_)) if key.is_some() => {
+    let command = OrderCommand::CreateOrder(CreateOrder {
+        order_id,
+        order_number,
+        tenant_id: tenant,
+        user_id: body.user_id,
+        event_id: body.event_id,
+        currency,
+        items,
+        fees_cents: body.fees_cents,
+        tax_cents: body.tax_cents,
+        expires_at,
+        event_starts_at: body.event_starts_at,
+        now,
+    });
+    // Append first, read only on a repeat: the primary key on (order id, sequence 1) makes
+    // "create unless it exists" atomic, so the common case is one round trip.
+    let created = match state.store.create(order_id, &meta, command).await {
+        Ok(created) => created,
+        // A repeat is answered like the first even if deciding it again today would fail
+        // (an event that has started since, say): the key promises the first answer.
+        Err(refused) if key.is_some() => {
+            return match replay_first_answer(&state, order_id, &request_hash).await? {
+                Some(first) => Ok(first),
+                None => Err(refused),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    match created {
+        Created::New(done) => Ok((StatusCode::CREATED, order_answer(&done.order)?)),
+        // A repeat of the key, or two requests with one key raced: answer like the first.
+        Created::AlreadyExists if key.is_some() => {
             replay_first_answer(&state, order_id, &request_hash)
                 .await?
                 .ok_or(ApiError::ConcurrentWrite)
         }
-        Err(e) => Err(e),
+        Created::AlreadyExists => Err(ApiError::ConcurrentWrite),
     }
 }
 
