@@ -50,7 +50,8 @@ test *ARGS: services
         cargo test --workspace "$@"
     fi
 
-# Measure every speed goal as a ratio against this machine's own limits (`just bench quick`: ~2 min)
+# Measure every speed goal as a ratio against this machine's own limits (`just bench quick`: ~2 min;
+# `just bench quick B6` measures only the named goals)
 bench *ARGS: services
     cargo build --release -p order-api --bin order-service
     cargo bench -p order-tests --bench order_bench -- "$@"

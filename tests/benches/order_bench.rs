@@ -1,5 +1,6 @@
-//! `just bench [quick]`: every speed goal as a ratio against this machine's own limits,
+//! `just bench [quick] [B6 ...]`: every speed goal as a ratio against this machine's own limits,
 //! measured in the same run (issue 9). Prints a table and writes `bench-results/latest.json`.
+//! Naming goals (`B6`, `B4`...) runs only the phases that measure them, for profiling one.
 //!
 //! Each ratio is the median over A-B-A-B rounds (baseline, then service, alternating), and the
 //! table shows the rounds' spread. Everything runs on loopback and stops by itself.
@@ -42,6 +43,12 @@ struct Row {
 async fn main() -> anyhow::Result<()> {
     order_tests::install_crypto();
     let quick = std::env::args().any(|a| a == "quick");
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.len() == 2 && a.starts_with('B'))
+        .collect();
+    let wants = |ids: &[&str]| only.is_empty() || ids.iter().any(|id| only.iter().any(|o| o == id));
+    let service_phase = wants(&["B1", "B2", "B3", "B5", "B7", "B8", "B9"]);
     let plan = if quick {
         Plan {
             seconds: 3,
@@ -132,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
     let mut command_p50 = f64::NAN;
     let mut raw = vec![];
     for round in 1..=plan.rounds {
+        if !service_phase {
+            break;
+        }
         eprintln!("round {round}/{}", plan.rounds);
         // B1 and B3: create throughput at 32 and 1 clients against pgbench single-row inserts.
         let pg32 = pgbench::run(
@@ -224,6 +234,9 @@ async fn main() -> anyhow::Result<()> {
     let mut b6 = vec![];
     let mut b6_raw = vec![];
     for round in 1..=plan.rounds {
+        if !wants(&["B6"]) {
+            break;
+        }
         eprintln!(
             "B6 round {round}/{}: relay drain of {} events",
             plan.rounds, plan.backlog
@@ -310,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
         "\n{:<4} {:<58} {:>8} {:>17} {:>7}",
         "id", "measure", "median", "spread", "goal"
     );
-    for row in &rows {
+    for row in rows.iter().filter(|r| !r.ratios.is_empty()) {
         let m = median(&row.ratios);
         let (lo, hi) = spread(&row.ratios);
         let verdict = if (row.pass)(m) { "met" } else { "MISSED" };
@@ -320,23 +333,25 @@ async fn main() -> anyhow::Result<()> {
         );
         report.push(json!({"id": row.id, "measure": row.what, "median": m, "rounds": row.ratios, "goal": row.goal, "met": (row.pass)(m)}));
     }
-    println!(
-        "{:<4} {:<58} {:>8.1} MiB peak, {:.1} MiB idle {:>7} {}",
-        "B9",
-        "service RSS during B1",
-        peak_rss,
-        idle_rss,
-        "≤ 40/20",
-        if peak_rss <= 40.0 && idle_rss <= 20.0 {
-            "met"
-        } else {
-            "MISSED"
-        }
-    );
-    println!(
-        "command p50 at low load: {command_p50:.2} ms; unsigned /health/live: {:.0} req/s (median)",
-        median(&b8_live)
-    );
+    if service_phase {
+        println!(
+            "{:<4} {:<58} {:>8.1} MiB peak, {:.1} MiB idle {:>7} {}",
+            "B9",
+            "service RSS during B1",
+            peak_rss,
+            idle_rss,
+            "≤ 40/20",
+            if peak_rss <= 40.0 && idle_rss <= 20.0 {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+        println!(
+            "command p50 at low load: {command_p50:.2} ms; unsigned /health/live: {:.0} req/s (median)",
+            median(&b8_live)
+        );
+    }
 
     let env_info = environment(&pool).await;
     let out = json!({
