@@ -194,11 +194,12 @@ impl Relay {
             let conn = leader.connection().ok_or_else(|| {
                 BusError::Leader("lost leadership before saving the checkpoint".into())
             })?;
-            checkpoint::save(
+            checkpoint::save_with(
                 &mut *conn,
                 &self.config.consumer,
                 events[acked - 1].position,
                 acked as u64,
+                checkpoint::Durability::Relaxed,
             )
             .await?;
             metrics::counter!("relay_published_total").increment(acked as u64);

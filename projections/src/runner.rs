@@ -114,7 +114,14 @@ impl<P: Projector> ProjectionRunner<P> {
         for event in &events {
             self.projector.apply(&mut tx, event).await?;
         }
-        checkpoint::save(&mut *tx, name, last, events.len() as u64).await?;
+        checkpoint::save_with(
+            &mut *tx,
+            name,
+            last,
+            events.len() as u64,
+            checkpoint::Durability::Relaxed,
+        )
+        .await?;
         tx.commit().await?;
         metrics::counter!("projection_events_total", "projection" => name.to_owned())
             .increment(events.len() as u64);
