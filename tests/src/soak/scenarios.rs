@@ -197,7 +197,7 @@ pub async fn r2(scale: Scale) -> anyhow::Result<()> {
 /// # Errors
 /// When a figure misses or the world cannot be set up.
 pub async fn r3(scale: Scale) -> anyhow::Result<()> {
-    let outage = scale.secs(3.0, 10.0);
+    let outage = scale.secs(7.0, 15.0);
     let mut pg = PrivatePostgres::start()?;
     let mut spec = ClusterSpec::new(2);
     spec.admin_url = Some(pg.url("postgres"));
