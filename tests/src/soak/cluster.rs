@@ -47,7 +47,7 @@ impl ClusterSpec {
 
     /// Adds one variable for every replica.
     #[must_use]
-    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+    pub fn with(mut self, key: &str, value: impl std::fmt::Display) -> Self {
         self.env.push((key.to_owned(), value.to_string()));
         self
     }
@@ -81,7 +81,9 @@ fn shared_admin_url() -> String {
 
 /// `url` with its database replaced by `db`.
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let (server, _) = base.rsplit_once('/').unwrap_or((base, ""));
     match query {
         Some(q) => format!("{server}/{db}?{q}"),

@@ -264,7 +264,7 @@ async fn worker(
         };
         acked.push(first);
         let id = first.order;
-        let last = if flow % 4 == 0 {
+        let last = if flow.is_multiple_of(4) {
             ("cancel", json!({"reason": "soak"}))
         } else {
             (

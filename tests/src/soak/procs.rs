@@ -120,16 +120,28 @@ impl Replica {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if !self.is_running() {
-                bail!("{} exited at start-up; see {}", self.name, self.log.display());
+                bail!(
+                    "{} exited at start-up; see {}",
+                    self.name,
+                    self.log.display()
+                );
             }
-            if let Ok(r) = client.get(format!("{}/health/live", self.url())).send().await {
+            if let Ok(r) = client
+                .get(format!("{}/health/live", self.url()))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("{} did not become live; see {}", self.name, self.log.display())
+        bail!(
+            "{} did not become live; see {}",
+            self.name,
+            self.log.display()
+        )
     }
 
     /// `kill -9`: no shutdown hook runs, no lock is released politely.
@@ -283,7 +295,14 @@ impl PrivatePostgres {
             .command("initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ])
             .output()?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -364,7 +383,10 @@ impl PrivatePostgres {
             .output()?;
         self.running = false;
         if !out.status.success() {
-            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }

@@ -70,7 +70,8 @@ async fn settle_and_check(
         .await
         .ok_or_else(|| anyhow::anyhow!("the relay did not catch up within 60 s"))?;
     let missing = verify::missing_acked(&cluster.pool, acked).await?;
-    let bus = verify::bus_check(&cluster.js, &cluster.stream, &cluster.prefix, &cluster.pool).await?;
+    let bus =
+        verify::bus_check(&cluster.js, &cluster.stream, &cluster.prefix, &cluster.pool).await?;
     Ok((missing, bus))
 }
 
@@ -120,7 +121,10 @@ pub async fn r1(scale: Scale) -> anyhow::Result<()> {
     ensure!(leader_kills > 0, "the relay leader was never found to kill");
     ensure!(missing == 0, "{missing} acknowledged commands lost");
     ensure!(bus.is_exact(), "the bus differs from the store: {bus:?}");
-    ensure!(differences == 0, "the read model differs from a replay by {differences} rows");
+    ensure!(
+        differences == 0,
+        "the read model differs from a replay by {differences} rows"
+    );
     Ok(())
 }
 
@@ -155,8 +159,7 @@ pub async fn r2(scale: Scale) -> anyhow::Result<()> {
             .await
             .ok()?;
         let since = restarted.elapsed();
-        (lag.events_behind == 0 || lag.seconds_behind < since.as_secs_f64())
-            .then_some(since)
+        (lag.events_behind == 0 || lag.seconds_behind < since.as_secs_f64()).then_some(since)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -218,9 +221,15 @@ pub async fn r3(scale: Scale) -> anyhow::Result<()> {
     let mut recovery = Duration::ZERO;
     for url in cluster.urls() {
         let took = poll_until(Duration::from_secs(30), || async {
-            load::post(&client, &probe, &url, "/api/v1/orders", &crate::order_body())
-                .await
-                .map(|_| restarted.elapsed())
+            load::post(
+                &client,
+                &probe,
+                &url,
+                "/api/v1/orders",
+                &crate::order_body(),
+            )
+            .await
+            .map(|_| restarted.elapsed())
         })
         .await;
         recovery = recovery.max(took.unwrap_or(Duration::MAX));
@@ -234,7 +243,7 @@ pub async fn r3(scale: Scale) -> anyhow::Result<()> {
         .filter(|&crashed| crashed)
         .count();
     let (missing, bus) = settle_and_check(&cluster, &result.acked).await?;
-    let recovery_s = (recovery != Duration::MAX).then(|| recovery.as_secs_f64());
+    let recovery_s = (recovery != Duration::MAX).then_some(recovery.as_secs_f64());
     let mut figures = vec![
         ("outage_s", json!(outage.as_secs_f64())),
         ("during_503_json", json!(during.unavailable)),
@@ -252,7 +261,10 @@ pub async fn r3(scale: Scale) -> anyhow::Result<()> {
     if during.internal + during.other_5xx > 0 {
         eprintln!("{}", cluster.replicas[0].log_tail(40));
     }
-    ensure!(during.unavailable > 0, "no 503 during the outage: {during:?}");
+    ensure!(
+        during.unavailable > 0,
+        "no 503 during the outage: {during:?}"
+    );
     ensure!(
         during.internal == 0 && during.other_5xx == 0 && during.transport == 0,
         "answers other than 503 during the outage: {during:?}"
@@ -315,11 +327,20 @@ pub async fn r6(scale: Scale) -> anyhow::Result<()> {
     let client = load::client();
     let counters = load::Counters::default();
     let create = || async {
-        let answer = load::post(&client, &counters, &urls[0], "/api/v1/orders", &crate::order_body())
-            .await
-            .ok_or_else(|| anyhow::anyhow!("create failed"))?;
+        let answer = load::post(
+            &client,
+            &counters,
+            &urls[0],
+            "/api/v1/orders",
+            &crate::order_body(),
+        )
+        .await
+        .ok_or_else(|| anyhow::anyhow!("create failed"))?;
         let id = Uuid::parse_str(answer["order"]["id"].as_str().unwrap_or_default())?;
-        anyhow::Ok((id, answer["order"]["totalCents"].as_i64().unwrap_or_default()))
+        anyhow::Ok((
+            id,
+            answer["order"]["totalCents"].as_i64().unwrap_or_default(),
+        ))
     };
     let (same, total) = create().await?;
     let (distinct, _) = create().await?;
@@ -329,7 +350,10 @@ pub async fn r6(scale: Scale) -> anyhow::Result<()> {
     let same_confirmed = verify::confirmed_events(&cluster.pool, same).await?;
     let distinct_confirmed = verify::confirmed_events(&cluster.pool, distinct).await?;
     let count = |s: &BTreeMap<u16, usize>, f: fn(u16) -> bool| {
-        s.iter().filter(|(k, _)| f(**k)).map(|(_, v)| v).sum::<usize>()
+        s.iter()
+            .filter(|(k, _)| f(**k))
+            .map(|(_, v)| v)
+            .sum::<usize>()
     };
     let statuses = |s: &BTreeMap<u16, usize>| {
         s.iter()
@@ -345,11 +369,20 @@ pub async fn r6(scale: Scale) -> anyhow::Result<()> {
             ("replicas", json!(urls.len())),
             ("same_intent_statuses", json!(statuses(&same_statuses))),
             ("same_intent_confirmed_events", json!(same_confirmed)),
-            ("distinct_intent_statuses", json!(statuses(&distinct_statuses))),
-            ("distinct_intent_confirmed_events", json!(distinct_confirmed)),
+            (
+                "distinct_intent_statuses",
+                json!(statuses(&distinct_statuses)),
+            ),
+            (
+                "distinct_intent_confirmed_events",
+                json!(distinct_confirmed),
+            ),
         ],
     );
-    ensure!(same_confirmed == 1, "{same_confirmed} OrderConfirmed (same intent)");
+    ensure!(
+        same_confirmed == 1,
+        "{same_confirmed} OrderConfirmed (same intent)"
+    );
     ensure!(
         distinct_confirmed == 1,
         "{distinct_confirmed} OrderConfirmed (distinct intents)"
@@ -393,9 +426,15 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
     let urls = cluster.urls();
     let mut created = Vec::new();
     for i in 0..orders {
-        let answer = load::post(&client, &counters, &urls[i % urls.len()], "/api/v1/orders", &crate::order_body())
-            .await
-            .ok_or_else(|| anyhow::anyhow!("create failed"))?;
+        let answer = load::post(
+            &client,
+            &counters,
+            &urls[i % urls.len()],
+            "/api/v1/orders",
+            &crate::order_body(),
+        )
+        .await
+        .ok_or_else(|| anyhow::anyhow!("create failed"))?;
         created.push((
             Uuid::parse_str(answer["order"]["id"].as_str().unwrap_or_default())?,
             answer["order"]["totalCents"].as_i64().unwrap_or_default(),
@@ -424,15 +463,25 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
     };
     for _ in 0..copies {
         for (order, total) in &created {
-            publish("payment.succeeded", paid(format!("msg-{order}"), *order, *total)).await?;
+            publish(
+                "payment.succeeded",
+                paid(format!("msg-{order}"), *order, *total),
+            )
+            .await?;
         }
     }
     // Poison: not JSON, no id, an amount that does not match, and an order that does not
     // exist yet (the redrive case).
     let mismatch_order = {
-        let answer = load::post(&client, &counters, &urls[0], "/api/v1/orders", &crate::order_body())
-            .await
-            .ok_or_else(|| anyhow::anyhow!("create failed"))?;
+        let answer = load::post(
+            &client,
+            &counters,
+            &urls[0],
+            "/api/v1/orders",
+            &crate::order_body(),
+        )
+        .await
+        .ok_or_else(|| anyhow::anyhow!("create failed"))?;
         Uuid::parse_str(answer["order"]["id"].as_str().unwrap_or_default())?
     };
     let later = Uuid::new_v4();
@@ -444,7 +493,11 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
             .into_bytes(),
     )
     .await?;
-    publish("payment.succeeded", paid("msg-mismatch".into(), mismatch_order, 1)).await?;
+    publish(
+        "payment.succeeded",
+        paid("msg-mismatch".into(), mismatch_order, 1),
+    )
+    .await?;
     publish("payment.succeeded", paid("msg-later".into(), later, 10_370)).await?;
     let poison = 4;
 
@@ -473,6 +526,18 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
     })
     .await
     .unwrap_or_default();
+    // Every delivery handled (acked or parked): only then can a double effect no longer
+    // appear.
+    let durable = order_bus::inbound::Family::Payment.durable_name();
+    let drained = poll_until(Duration::from_secs(60), || async {
+        let stream = cluster.js.get_stream(&cluster.stream).await.ok()?;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&durable).await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await
+    .is_some();
     let mut effects = 0;
     let mut doubled = 0;
     for (order, _) in &created {
@@ -510,14 +575,24 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
             ("parked_after_redrive", json!(parked_after.len())),
         ],
     );
-    ensure!(all_confirmed, "not every order was confirmed by its payment message");
-    ensure!(effects as usize == orders && doubled == 0, "{effects} effects for {orders} ids");
+    ensure!(drained, "the payment consumer did not drain");
+    ensure!(
+        all_confirmed,
+        "not every order was confirmed by its payment message"
+    );
+    ensure!(
+        effects as usize == orders && doubled == 0,
+        "{effects} effects for {orders} ids"
+    );
     ensure!(
         parked_now.len() == poison,
         "{} parked, {poison} poison sent: {parked_now:?}",
         parked_now.len()
     );
-    ensure!(mismatch_confirmed == 0, "a mismatched amount confirmed an order");
+    ensure!(
+        mismatch_confirmed == 0,
+        "a mismatched amount confirmed an order"
+    );
     ensure!(redriven, "the redriven message had no effect ({redrive})");
     ensure!(
         parked_after.len() == poison - 1,

@@ -181,7 +181,9 @@ pub async fn replay_differences(pool: &PgPool) -> anyhow::Result<i64> {
             restart: true,
         };
         let mut rebuild = Rebuild::start(pool, *spec, options).await?;
-        rebuild.build(&NoProgress, &CancellationToken::new()).await?;
+        rebuild
+            .build(&NoProgress, &CancellationToken::new())
+            .await?;
         let comparison = rebuild.compare(5).await?;
         if !comparison.is_identical() {
             eprintln!("{}: replay differs: {comparison:?}", spec.name());
