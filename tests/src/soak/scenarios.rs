@@ -136,7 +136,11 @@ pub async fn r1(scale: Scale) -> anyhow::Result<()> {
 pub async fn r2(scale: Scale) -> anyhow::Result<()> {
     let outage = scale.secs(4.0, 30.0);
     let mut nats = PrivateNats::start()?;
-    let mut spec = ClusterSpec::new(2).with("RELAY_MAX_BACKOFF_SECS", 2);
+    // The relay's longest retry pause bounds how soon it notices the broker is back: the
+    // default (30 s) would let a 30 s outage end in a 30 s wait, so the scenario runs with 2 s
+    // (`SOAK_RELAY_MAX_BACKOFF_SECS` overrides it, to measure another setting).
+    let backoff = std::env::var("SOAK_RELAY_MAX_BACKOFF_SECS").unwrap_or_else(|_| "2".into());
+    let mut spec = ClusterSpec::new(2).with("RELAY_MAX_BACKOFF_SECS", &backoff);
     spec.nats_url = Some(nats.url());
     let cluster = Cluster::start(spec).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -168,6 +172,7 @@ pub async fn r2(scale: Scale) -> anyhow::Result<()> {
     let drain_s = drain.map(|d| d.as_secs_f64());
     let mut figures = vec![
         ("outage_s", json!(outage.as_secs_f64())),
+        ("relay_max_backoff_s", json!(backoff)),
         ("ok_during_outage", json!(during.ok)),
         ("failed_during_outage", json!(during.failed())),
         ("backlog_at_restart", json!(backlog)),
