@@ -1,8 +1,8 @@
 //! The processes a scenario runs: `order-service serve` replicas, a private nats-server and a
 //! private Postgres. Each is killed on drop (SIGKILL through [`Child::kill`]), so a panicking
 //! scenario leaves nothing running, and each keeps its files in a [`ScratchDir`] that is removed
-//! on drop unless the thread is panicking (then the logs stay for the post-mortem and their path
-//! is printed).
+//! on drop unless the thread is panicking or `SOAK_KEEP=1` is set (then the logs stay for the
+//! post-mortem and their path is printed).
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
@@ -23,7 +23,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A temporary directory, removed on drop unless the thread panics.
+/// A temporary directory, removed on drop unless the thread panics or `SOAK_KEEP=1`.
 #[derive(Debug)]
 pub struct ScratchDir {
     pub path: PathBuf,
@@ -43,7 +43,7 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var("SOAK_KEEP").as_deref() == Ok("1") {
             eprintln!("soak: kept {} for the post-mortem", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
