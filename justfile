@@ -40,6 +40,8 @@ test *ARGS: services
     #!/usr/bin/env bash
     set -euo pipefail
     export DATABASE_URL="$TEST_DATABASE_URL"
+    # The soak scenarios run the real binary, which a library dependency does not build.
+    cargo build -p order-api --bin order-service
     if cargo nextest --version >/dev/null 2>&1; then
         # nextest skips doctests: run them first, so that nextest's summary closes the output.
         status=0
@@ -48,6 +50,20 @@ test *ARGS: services
         exit "$status"
     else
         cargo test --workspace "$@"
+    fi
+
+# The reliability suite (issue #10) at full scale: replicas killed, broker and database stopped,
+# concurrent confirms, poison messages, leader failover, the feed under 24 writers (~5 min)
+soak *ARGS: services
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export DATABASE_URL="$TEST_DATABASE_URL"
+    cargo build -p order-api --bin order-service
+    # One scenario at a time, output shown: each prints its figures (also in target/soak/).
+    if cargo nextest --version >/dev/null 2>&1; then
+        SOAK=full cargo nextest run -p order-tests --no-fail-fast --no-capture -E 'test(/soak_/)' "$@"
+    else
+        SOAK=full cargo test -p order-tests --test integration soak_ "$@" -- --nocapture --test-threads=1
     fi
 
 # Measure every speed goal as a ratio against this machine's own limits (`just bench quick`: ~2 min;

@@ -379,13 +379,10 @@ fn store_error(e: AggregateError<OrderError>) -> ApiError {
 
 /// Connection-level sqlx failures are an outage; anything else is a bug.
 pub fn sqlx_error(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => unavailable(&e.to_string()),
-        other => ApiError::internal(other),
+    if order_projections::error::is_outage(&e) {
+        unavailable(&e.to_string())
+    } else {
+        ApiError::internal(e)
     }
 }
 

@@ -54,14 +54,7 @@ impl ProjectionError {
     /// Whether retrying the same work later can succeed (an outage) or not (bad data, a bug).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Database(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            ),
+            Self::Database(e) => is_outage(e),
             Self::Undecodable { .. }
             | Self::InvalidRow(_)
             | Self::Handler(_)
@@ -71,5 +64,24 @@ impl ProjectionError {
             // The other rebuild finishes or dies; trying again later can succeed.
             Self::RebuildRunning { .. } => true,
         }
+    }
+}
+
+/// Whether a sqlx failure means the database is unreachable or going away (retry later, answer
+/// 503) rather than a bug. Besides the connection-level errors, that is the server telling a
+/// session it is shutting down or not accepting connections yet: SQLSTATE class 08
+/// (connection exception) and 57P01–57P03 (admin shutdown, crash shutdown, cannot connect now),
+/// which a restart of Postgres sends to every open session.
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }

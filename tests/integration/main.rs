@@ -15,3 +15,4 @@ mod read_side;
 mod refunds;
 mod relay;
 mod replay;
+mod soak;

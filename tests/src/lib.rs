@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 pub mod bench;
 pub mod peers;
+pub mod soak;
 
 /// The development secret every service uses locally (and the vectors use).
 pub const SECRET: &str = "dev-internal-secret-change-me";

@@ -63,6 +63,13 @@ impl Rejection {
         match self {
             Self::Expired => ApiError::Unauthorized(TIMESTAMP_EXPIRED),
             Self::NotAllowed => ApiError::Forbidden,
+            Self::Store(e) if order_projections::error::is_outage(&e) => {
+                tracing::warn!(error = %e, "database unavailable for the nonce check");
+                ApiError::Unavailable {
+                    message: "the database is unavailable; retry shortly".into(),
+                    retry_after: Some(1),
+                }
+            }
             Self::Store(e) => ApiError::Internal(
                 anyhow::Error::new(e).context("recording a request nonce failed"),
             ),

@@ -1,0 +1,49 @@
+//! The reliability scenarios of issue #10 (R1–R3, R6–R9) against real `order-service`
+//! processes; the harness and the scenarios are in `order_tests::soak`.
+//!
+//! Here they run in their short form, as part of `just test`. `just soak` runs the same tests
+//! with `SOAK=full`: the issue's durations and counts. Each needs the binary built first
+//! (`cargo build -p order-api --bin order-service`; both recipes do it).
+
+use order_tests::soak::{scenarios, Scale};
+
+async fn run(scenario: impl std::future::Future<Output = anyhow::Result<()>>) {
+    if let Err(e) = scenario.await {
+        panic!("{e:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r1_kill_9_under_load_loses_nothing() {
+    run(scenarios::r1(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r2_broker_outage_keeps_commands_and_drains() {
+    run(scenarios::r2(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r3_database_outage_answers_503_and_recovers() {
+    run(scenarios::r3(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r6_concurrent_confirms_confirm_once() {
+    run(scenarios::r6(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r7_inbound_duplicates_and_poison() {
+    run(scenarios::r7(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r8_leaders_fail_over_within_5_s() {
+    run(scenarios::r8(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r9_feed_under_24_writers() {
+    run(scenarios::r9(Scale::from_env())).await;
+}
