@@ -260,11 +260,17 @@ fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authentica
 }
 
 /// Connects to NATS without blocking start-up on it: the client keeps retrying in the
-/// background, and readiness reports the state meanwhile.
+/// background, and readiness reports the state meanwhile. Reconnect attempts back off to at
+/// most one a second (the client's default is 4 s), so that the relay, which resumes as soon as
+/// the client is connected again, drains a broker outage's backlog within seconds of its end.
 async fn connect_nats(url: &str) -> Option<async_nats::Client> {
     match async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(10);
+            Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(1))
+        })
         .connect(url)
         .await
     {

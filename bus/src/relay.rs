@@ -292,6 +292,7 @@ impl Relay {
             let pause = async {
                 match wake.as_mut() {
                     Some(w) if idle => w.idle_wait(wait).await,
+                    _ if failures > 0 => self.back_off(wait).await,
                     _ => tokio::time::sleep(wait).await,
                 }
             };
@@ -312,6 +313,26 @@ impl Relay {
     }
 
     /// `min(max_backoff, poll × 2^(n-1))`, then a random point in its upper half.
+    /// Sleeps `wait` after a failed round, but ends early once a lost broker connection is
+    /// back: the backoff is there not to hammer a broker that is down, and a reconnected
+    /// client is the broker saying it is up. Without this, a backlog waited out the rest of a
+    /// backoff of up to `max_backoff` after the outage ended.
+    async fn back_off(&self, wait: Duration) {
+        const CHECK_EVERY: Duration = Duration::from_millis(50);
+        if self.connected().is_ok() {
+            tokio::time::sleep(wait).await;
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(CHECK_EVERY.min(deadline - Instant::now())).await;
+            if self.connected().is_ok() {
+                tracing::info!("NATS is reachable again; the relay resumes");
+                return;
+            }
+        }
+    }
+
     fn backoff(&self, failures: u32) -> Duration {
         let base = self.config.idle_poll.max(Duration::from_millis(100));
         let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
