@@ -45,6 +45,8 @@ enum Expect {
     HeadRefused(&'static [u16]),
     /// The connection closed (or a 408) within this long of the first byte.
     CutOff(Duration),
+    /// A 200, then the idle keep-alive connection closed within this long of the first byte.
+    AnsweredThenClosed(Duration),
 }
 
 impl Expect {
@@ -55,6 +57,7 @@ impl Expect {
             Self::Accepted(s) => format!("{s} (control)"),
             Self::HeadRefused(s) => format!("{s:?} or reset"),
             Self::CutOff(d) => format!("closed ≤ {}ms", d.as_millis()),
+            Self::AnsweredThenClosed(d) => format!("200, closed ≤ {}ms", d.as_millis()),
         }
     }
 }
@@ -181,6 +184,11 @@ fn verdict(expect: &Expect, got: &Got, sent: &[String]) -> Result<(), String> {
             None if got.closed => {}
             _ => return Err(format!("neither {statuses:?} nor a reset")),
         },
+        Expect::AnsweredThenClosed(within) => {
+            if got.status != Some(200) || !got.closed || got.elapsed > within {
+                return Err("the idle connection stayed open".into());
+            }
+        }
         Expect::CutOff(within) => {
             if got.elapsed > within {
                 return Err(format!("kept open {}ms", got.elapsed.as_millis()));
@@ -817,6 +825,16 @@ async fn attack_matrix(pool: PgPool) {
     m.check("slowloris_headers", cut_off, &got, &[]);
     let got = raw(&a, b"", b"", Duration::from_secs(10)).await;
     m.check("slowloris_idle_connection", cut_off, &got, &[]);
+
+    // After one answer, a keep-alive connection waits for the next head under the same timer.
+    let keep_alive = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let got = raw(&a, keep_alive, b"", Duration::from_secs(10)).await;
+    m.check(
+        "idle_keep_alive_connection",
+        Expect::AnsweredThenClosed(HEADER_TIMEOUT + SLACK),
+        &got,
+        &[],
+    );
 
     let h = v1_signed("api-gateway", now_ms(), &nonce(), "POST", create);
     let slow_body = head(
