@@ -66,6 +66,42 @@ soak *ARGS: services
         SOAK=full cargo test -p order-tests --test integration soak_ "$@" -- --nocapture --test-threads=1
     fi
 
+# Target names after SECONDS run only those. Needs cargo-fuzz (installed on first use) and
+# libFuzzer's nightly flags, which RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain. Crashes
+# land in fuzz/artifacts/TARGET; the corpus grows in fuzz/corpus/TARGET (both git-ignored).
+# FUZZ_TARGET_DIR (default fuzz/target) and FUZZ_SANITIZER (default address) can be set.
+# Run each cargo-fuzz target in fuzz/ for SECONDS (default 60) and print its executions
+fuzz SECONDS="60" *TARGETS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    seconds="$1"; shift
+    cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz
+    export RUSTC_BOOTSTRAP=1
+    # Its own target dir: sanitizer flags would otherwise invalidate the main build's artifacts.
+    export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-fuzz/target}"
+    targets=("$@")
+    [ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+    # -a: debug assertions and overflow checks, so an arithmetic overflow is a finding too.
+    flags=(-a -s "${FUZZ_SANITIZER:-address}")
+    cargo fuzz build "${flags[@]}"
+    summary=()
+    for t in "${targets[@]}"; do
+        mkdir -p "fuzz/corpus/$t"
+        log="$CARGO_TARGET_DIR/fuzz-$t.log"
+        status=0
+        cargo fuzz run "${flags[@]}" "$t" -- -max_total_time="$seconds" -print_final_stats=1 \
+            >"$log" 2>&1 || status=$?
+        execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
+        if [ "$status" -ne 0 ]; then
+            tail -n 40 "$log"
+            summary+=("$t: FAILED after ${execs:-?} executions (exit $status; see $log and fuzz/artifacts/$t)")
+        else
+            summary+=("$t: ${execs:-?} executions in ${seconds} s, no crash")
+        fi
+    done
+    printf '%s\n' "${summary[@]}"
+    ! printf '%s\n' "${summary[@]}" | grep -q FAILED
+
 # Measure every speed goal as a ratio against this machine's own limits (`just bench quick`: ~2 min;
 # `just bench quick B6` measures only the named goals)
 bench *ARGS: services

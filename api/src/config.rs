@@ -190,9 +190,22 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub request_body_limit: usize,
 
-    /// Seconds a request may take before it is answered 408.
+    /// Seconds a request may take before it is answered 408. It runs from the end of the
+    /// headers, so it also cuts off a body that trickles in too slowly.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+
+    /// Seconds an HTTP/1 client has to send a request's complete headers (counted from the
+    /// first read, so an idle keep-alive connection is closed after it too). Without it a
+    /// client sending headers byte by byte (slowloris) holds a connection forever. 0 disables.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+
+    /// Largest request head (request line and headers) in bytes; a larger one is answered 431
+    /// and the connection closed. The default matches Node's, which the platform's other
+    /// services run on; values below 8192 are raised to 8192 (hyper's minimum buffer).
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
 
     /// Seconds given to in-flight work on SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -378,6 +391,12 @@ impl Settings {
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The HTTP/1 header read timeout, `None` when disabled with 0.
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_secs > 0)
+            .then(|| Duration::from_secs(self.header_read_timeout_secs))
     }
 
     /// Settings for tests and tools: every default, with the given database.

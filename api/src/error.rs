@@ -39,6 +39,11 @@ pub enum ApiError {
     /// 409: a concurrent command on the same order kept winning; safe to retry.
     #[error("the order was changed concurrently; retry the command")]
     ConcurrentWrite,
+    /// 413: the body is larger than `REQUEST_BODY_LIMIT`. Usually the body-limit layer answers
+    /// this from `Content-Length`; this variant covers a chunked body that only turns out too
+    /// large while it is read.
+    #[error("the request body is larger than the limit")]
+    PayloadTooLarge,
     /// 422: well-formed but contradicts an earlier request (an idempotency key reused).
     #[error("{0}")]
     Unprocessable(String),
@@ -68,6 +73,7 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::ConcurrentWrite => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +134,10 @@ impl From<JsonRejection> for ApiError {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 Self::BadRequest("expected a JSON body with content-type application/json".into())
+            }
+            // Over the limit while reading (a chunked body has no Content-Length to check).
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
             }
             JsonRejection::BytesRejection(_) => {
                 Self::BadRequest("the request body could not be read".into())

@@ -179,6 +179,7 @@ pub fn classify(e: ApiError) -> HandleError {
         | ApiError::Unprocessable(m) => HandleError::Permanent(m),
         ApiError::Unauthorized(m) => HandleError::Permanent(m.to_owned()),
         ApiError::Forbidden => HandleError::Permanent("forbidden".to_owned()),
+        ApiError::PayloadTooLarge => HandleError::Permanent(ApiError::PayloadTooLarge.to_string()),
         ApiError::ConcurrentWrite => HandleError::Transient(ApiError::ConcurrentWrite.to_string()),
         ApiError::BadGateway(m) => HandleError::Transient(m),
         ApiError::Unavailable { message, .. } => HandleError::Transient(message),

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`config`]: typed settings from the environment.
 //! - [`startup`]: the [`startup::Application`] seam: build, port, run until stopped.
+//! - [`server`]: the HTTP accept loop with header read timeout and head size limit.
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
 //! - [`store`]: the command path over postgres-es.
 //! - [`routes`]: handlers, one module per resource.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod saga;
+pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 //! [`Application::port`] tells tests where it listens, and
 //! [`Application::run_until_stopped`] serves until the shutdown future resolves.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,10 +50,14 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Headers whose values must never reach a log line.
-const SENSITIVE: [HeaderName; 3] = [
+/// Headers whose values must never reach a log line (tower-http marks them sensitive, so
+/// `Debug` and trace output show `Sensitive`): both schemes' signatures, and the hmac-v1 nonce,
+/// because a nonce next to its signature is, with the request line, a complete credential
+/// until the nonce is recorded.
+pub const SENSITIVE: [HeaderName; 4] = [
     HeaderName::from_static("x-internal-auth"),
     HeaderName::from_static("x-internal-signature"),
+    HeaderName::from_static("x-request-nonce"),
     HeaderName::from_static("authorization"),
 ];
 
@@ -204,21 +208,23 @@ impl Application {
         let app = router(self.state.clone());
         tracing::info!(port = self.port, "order-service listening");
         let drain = Duration::from_secs(self.state.settings.shutdown_timeout_secs);
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signalled.clone().cancelled_owned())
-            .into_future();
+        // Not axum::serve: it cannot set a header read timeout or a head size limit
+        // (crate::server says why both matter).
+        let server = crate::server::serve(
+            self.listener,
+            app,
+            crate::server::ConnectionLimits::from_settings(&self.state.settings),
+            signalled.clone().cancelled_owned(),
+        );
         let mut server = std::pin::pin!(server);
         let (served, deadline) = tokio::select! {
-            result = &mut server => (
-                result.context("HTTP server failed"),
-                tokio::time::Instant::now() + drain,
-            ),
+            () = &mut server => (Ok(()), tokio::time::Instant::now() + drain),
             () = signalled.cancelled() => {
                 let deadline = tokio::time::Instant::now() + drain;
                 tracing::info!(timeout = ?drain, "shutting down: no new connections; draining HTTP and stopping jobs");
                 jobs_stop.cancel();
                 let result = match tokio::time::timeout_at(deadline, &mut server).await {
-                    Ok(result) => result.context("HTTP server failed"),
+                    Ok(()) => Ok(()),
                     Err(_) => Err(anyhow::anyhow!(
                         "in-flight HTTP requests did not finish within {drain:?}"
                     )),
@@ -279,5 +285,46 @@ async fn connect_nats(url: &str) -> Option<async_nats::Client> {
             tracing::error!(error = %e, "invalid NATS configuration");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The layer as `router` mounts it marks every signature header sensitive, so no log line
+    /// that prints headers can show one.
+    #[tokio::test]
+    async fn signature_and_nonce_headers_are_marked_sensitive() {
+        async fn report(headers: HeaderMap) -> String {
+            let mut seen: Vec<String> = headers
+                .iter()
+                .map(|(name, value)| format!("{name}={}", value.is_sensitive()))
+                .collect();
+            seen.sort();
+            seen.join(",")
+        }
+        let app = Router::new()
+            .route("/", get(report))
+            .layer(SetSensitiveRequestHeadersLayer::new(SENSITIVE));
+        let request = Request::get("/")
+            .header("x-internal-auth", "a".repeat(64))
+            .header("x-internal-signature", "b".repeat(64))
+            .header("x-request-nonce", "c".repeat(32))
+            .header("x-service-name", "payment-service")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "x-internal-auth=true,x-internal-signature=true,x-request-nonce=true,x-service-name=false"
+        );
     }
 }

@@ -3,13 +3,16 @@
 //!
 //! Each module covers one area; add a `mod` line per new file.
 
+mod attacks;
 mod auth_matrix;
 mod bad_input;
 mod clients;
 mod commands;
 mod feed;
+mod fuzz;
 mod inbound;
 mod jobs;
+mod logs;
 mod ops;
 mod read_side;
 mod refunds;

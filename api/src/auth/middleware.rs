@@ -144,6 +144,46 @@ fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
     text.parse().map_err(|_| Rejection::Malformed)
 }
 
+/// Fuzzing and property-test entry point: the checks of [`Authenticator::verify`] that need no
+/// clock, caller policy or database — header parsing, timestamp syntax and the signature
+/// against `secret` — on untrusted headers. `Ok` carries the caller and the parsed timestamp;
+/// `Err` the rejection's class as logged (`malformed` or `bad_credentials`).
+///
+/// It runs the middleware's own private parsers rather than a copy, so what is fuzzed is what
+/// guards the routes.
+///
+/// # Errors
+/// The class of the first failed check.
+pub fn check_offline(
+    headers: &HeaderMap,
+    method: &Method,
+    target: &str,
+    secret: &[u8],
+) -> Result<(Caller, i64), &'static str> {
+    let p = presented(headers).map_err(|r| r.class())?;
+    let timestamp = parse_timestamp(p.timestamp).map_err(|r| r.class())?;
+    let valid = match p.nonce {
+        Some(nonce) => verify_v1(
+            secret,
+            p.service,
+            p.timestamp,
+            nonce,
+            method.as_str(),
+            target,
+            p.signature,
+        ),
+        None => verify_v2(secret, p.service, p.timestamp, target, p.signature),
+    };
+    if !valid {
+        return Err(Rejection::BadCredentials.class());
+    }
+    let caller = Caller {
+        service: p.service.to_owned(),
+        scheme: p.scheme,
+    };
+    Ok((caller, timestamp))
+}
+
 struct Inner {
     keys: KeyRing,
     callers: CallerPolicy,

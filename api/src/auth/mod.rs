@@ -25,8 +25,11 @@ pub use caller::{Caller, Scheme};
 pub use error::AuthConfigError;
 pub use keys::{KeyRing, MIN_SECRET_LEN};
 pub use middleware::{
-    authenticate, Authenticator, RouteGuard, DEFAULT_WINDOW, INVALID_CREDENTIALS, TIMESTAMP_EXPIRED,
+    authenticate, check_offline, Authenticator, RouteGuard, DEFAULT_WINDOW, INVALID_CREDENTIALS,
+    TIMESTAMP_EXPIRED,
 };
 pub use nonce::{NonceStore, MAX_NONCE_LEN};
 pub use policy::{CallerPolicy, RoutePolicy, DEFAULT_ALLOWED_SERVICES};
-pub use signing::{sign_v1, sign_v2, v1_headers, v2_headers, verify_v1, verify_v2};
+pub use signing::{
+    canonical_v1, canonical_v2, sign_v1, sign_v2, v1_headers, v2_headers, verify_v1, verify_v2,
+};

@@ -32,21 +32,44 @@ pub mod v2_header {
     pub const SIGNATURE: &str = "x-internal-signature";
 }
 
-fn mac_over(secret: &[u8], parts: &[&str]) -> HmacSha256 {
+/// The text hmac-v1 signs: `service:timestamp:nonce:METHOD:url`, the method upper-cased.
+///
+/// Public so that property tests and the fuzz targets check the very text the signer and the
+/// verifier use. It is unambiguous only because the middleware refuses a `:` in the service
+/// name, the timestamp and the nonce, and methods are tokens; the `url` is last, so it may hold
+/// `:`.
+pub fn canonical_v1(
+    service: &str,
+    timestamp_ms: &str,
+    nonce: &str,
+    method: &str,
+    url: &str,
+) -> String {
+    [
+        service,
+        timestamp_ms,
+        nonce,
+        &method.to_ascii_uppercase(),
+        url,
+    ]
+    .join(":")
+}
+
+/// The text hmac-v2 signs: `service:timestamp:url`.
+pub fn canonical_v2(service: &str, timestamp_ms: &str, url: &str) -> String {
+    [service, timestamp_ms, url].join(":")
+}
+
+fn mac_over(secret: &[u8], text: &str) -> HmacSha256 {
     // HMAC hashes long keys and pads short ones, so hmac 0.12's `new_from_slice` never fails
     // for it (the error type exists for fixed-length MACs sharing the trait).
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret)
         .expect("HMAC-SHA256 accepts keys of any length");
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            mac.update(b":");
-        }
-        mac.update(part.as_bytes());
-    }
+    mac.update(text.as_bytes());
     mac
 }
 
-fn verify(secret: &[u8], parts: &[&str], signature_hex: &str) -> bool {
+fn verify(secret: &[u8], text: &str, signature_hex: &str) -> bool {
     // A SHA-256 tag is 64 lowercase hex digits. Anything else is refused before decoding; in
     // particular upper case, which would decode to the same tag and so let an hmac-v2 signature
     // (its own replay key) be replayed under a different spelling.
@@ -60,7 +83,7 @@ fn verify(secret: &[u8], parts: &[&str], signature_hex: &str) -> bool {
     let Ok(tag) = hex::decode(signature_hex) else {
         return false;
     };
-    mac_over(secret, parts).verify_slice(&tag).is_ok()
+    mac_over(secret, text).verify_slice(&tag).is_ok()
 }
 
 /// hmac-v1 signature over `service:timestamp:nonce:METHOD:url`, lowercase hex, as the existing
@@ -73,18 +96,20 @@ pub fn sign_v1(
     method: &str,
     url: &str,
 ) -> String {
-    let method = method.to_ascii_uppercase();
     hex::encode(
-        mac_over(secret, &[service, timestamp_ms, nonce, &method, url])
-            .finalize()
-            .into_bytes(),
+        mac_over(
+            secret,
+            &canonical_v1(service, timestamp_ms, nonce, method, url),
+        )
+        .finalize()
+        .into_bytes(),
     )
 }
 
 /// hmac-v2 signature over `service:timestamp:url`, lowercase hex.
 pub fn sign_v2(secret: &[u8], service: &str, timestamp_ms: &str, url: &str) -> String {
     hex::encode(
-        mac_over(secret, &[service, timestamp_ms, url])
+        mac_over(secret, &canonical_v2(service, timestamp_ms, url))
             .finalize()
             .into_bytes(),
     )
@@ -101,10 +126,9 @@ pub fn verify_v1(
     url: &str,
     signature_hex: &str,
 ) -> bool {
-    let method = method.to_ascii_uppercase();
     verify(
         secret,
-        &[service, timestamp_ms, nonce, &method, url],
+        &canonical_v1(service, timestamp_ms, nonce, method, url),
         signature_hex,
     )
 }
@@ -117,7 +141,11 @@ pub fn verify_v2(
     url: &str,
     signature_hex: &str,
 ) -> bool {
-    verify(secret, &[service, timestamp_ms, url], signature_hex)
+    verify(
+        secret,
+        &canonical_v2(service, timestamp_ms, url),
+        signature_hex,
+    )
 }
 
 /// A fresh hmac-v1 nonce: 16 random bytes in hex, as the existing services send.
@@ -207,10 +235,7 @@ mod tests {
             let nonce = v.nonce.as_deref().unwrap();
             assert_eq!(
                 v.signed_payload,
-                format!(
-                    "{}:{}:{}:{}:{}",
-                    v.service_name, v.timestamp, nonce, v.method, v.url
-                )
+                canonical_v1(&v.service_name, &v.timestamp, nonce, &v.method, &v.url)
             );
             let sig = sign_v1(
                 v.secret.as_bytes(),
@@ -243,7 +268,7 @@ mod tests {
         for v in &vectors {
             assert_eq!(
                 v.signed_payload,
-                format!("{}:{}:{}", v.service_name, v.timestamp, v.url)
+                canonical_v2(&v.service_name, &v.timestamp, &v.url)
             );
             let sig = sign_v2(v.secret.as_bytes(), &v.service_name, &v.timestamp, &v.url);
             assert_eq!(sig, v.signature, "vector {}", v.signed_payload);

@@ -219,29 +219,7 @@ pub async fn create_order(
         Some(k) => Uuid::new_v5(&IDEMPOTENT_ORDER_NS, format!("{tenant}\n{k}").as_bytes()),
         None => Uuid::now_v7(),
     };
-    let currency = Currency::parse(&body.currency)?;
-    let items = body
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let quantity = u32::try_from(item.quantity)
-                .ok()
-                .filter(|q| QUANTITY_RANGE.contains(q))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "items[{i}].quantity must be between 1 and 50, got {}",
-                        item.quantity
-                    ))
-                })?;
-            Ok(NewLineItem {
-                id: Uuid::new_v5(&ITEM_NS, format!("{order_id}:{i}").as_bytes()),
-                ticket_type_id: item.ticket_type_id,
-                quantity,
-                unit_price_cents: item.unit_price_cents,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    let (currency, items) = create_lines(order_id, &body)?;
 
     let mut meta = metadata(&ctx, &caller);
     meta.insert("requestHash".to_owned(), request_hash.clone());
@@ -293,6 +271,35 @@ pub async fn create_order(
         }
         Created::AlreadyExists => Err(ApiError::ConcurrentWrite),
     }
+}
+
+/// The currency and line items of a create body, checked (400 on an unknown currency or a
+/// quantity outside 1..=50); item ids derive from the order id and the position.
+fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, Vec<NewLineItem>)> {
+    let currency = Currency::parse(&body.currency)?;
+    let items = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let quantity = u32::try_from(item.quantity)
+                .ok()
+                .filter(|q| QUANTITY_RANGE.contains(q))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "items[{i}].quantity must be between 1 and 50, got {}",
+                        item.quantity
+                    ))
+                })?;
+            Ok(NewLineItem {
+                id: Uuid::new_v5(&ITEM_NS, format!("{order_id}:{i}").as_bytes()),
+                ticket_type_id: item.ticket_type_id,
+                quantity,
+                unit_price_cents: item.unit_price_cents,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok((currency, items))
 }
 
 /// For an idempotent create: the first answer (the order right after `OrderCreated`) if the
@@ -380,11 +387,7 @@ pub async fn confirm_order(
     caller: Caller,
     AppJson(body): AppJson<ConfirmBody>,
 ) -> ApiResult<Json<Value>> {
-    if body.payment_intent_id.trim().is_empty() || body.payment_intent_id.len() > 255 {
-        return Err(ApiError::BadRequest(
-            "paymentIntentId must be 1 to 255 characters".into(),
-        ));
-    }
+    check_confirm(&body)?;
     let done = state
         .store
         .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
@@ -533,21 +536,7 @@ pub async fn record_tickets(
     caller: Caller,
     AppJson(body): AppJson<TicketsBody>,
 ) -> ApiResult<Json<Value>> {
-    if body.tickets.is_empty() || body.tickets.len() > 500 {
-        return Err(ApiError::BadRequest(
-            "tickets must hold between 1 and 500 entries".into(),
-        ));
-    }
-    let tickets: Vec<IssuedTicket> = body
-        .tickets
-        .into_iter()
-        .map(|t| {
-            Ok(IssuedTicket {
-                item_id: t.item_id,
-                ticket_id: required_text("ticketId", &t.ticket_id)?,
-            })
-        })
-        .collect::<ApiResult<_>>()?;
+    let tickets = issued_tickets(body)?;
     let done = state
         .store
         .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
@@ -613,6 +602,102 @@ pub async fn order_events(
         })
         .collect();
     Ok(Json(json!({ "orderId": id, "events": events })))
+}
+
+fn check_confirm(body: &ConfirmBody) -> ApiResult<()> {
+    if body.payment_intent_id.trim().is_empty() || body.payment_intent_id.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "paymentIntentId must be 1 to 255 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn issued_tickets(body: TicketsBody) -> ApiResult<Vec<IssuedTicket>> {
+    if body.tickets.is_empty() || body.tickets.len() > 500 {
+        return Err(ApiError::BadRequest(
+            "tickets must hold between 1 and 500 entries".into(),
+        ));
+    }
+    body.tickets
+        .into_iter()
+        .map(|t| {
+            Ok(IssuedTicket {
+                item_id: t.item_id,
+                ticket_id: required_text("ticketId", &t.ticket_id)?,
+            })
+        })
+        .collect()
+}
+
+/// The command bodies [`decode_body`] knows, one per body-carrying route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `POST /api/v1/orders`.
+    Create,
+    /// `POST .../reserve`.
+    Reserve,
+    /// `POST .../confirm`.
+    Confirm,
+    /// `POST .../cancel`.
+    Cancel,
+    /// `POST .../refunds`.
+    Refund,
+    /// `POST .../tickets`.
+    Tickets,
+}
+
+impl BodyKind {
+    /// Every kind, in route order.
+    pub const ALL: [Self; 6] = [
+        Self::Create,
+        Self::Reserve,
+        Self::Confirm,
+        Self::Cancel,
+        Self::Refund,
+        Self::Tickets,
+    ];
+}
+
+/// Fuzzing and property-test entry point: decodes `bytes` as the JSON body of `kind` the way its
+/// handler does (axum's `Json` extractor, then the handler's own checks that come before any
+/// I/O), and stops where the handler would reach the store.
+///
+/// It exists so that fuzzing exercises the production decoders instead of a copy; the
+/// invariant it lets tests state is DESIGN section 5's "malformed input is 4xx, never 500".
+///
+/// # Errors
+/// The [`ApiError`] the handler would answer with.
+pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> ApiResult<()> {
+    fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+        Ok(Json::<T>::from_bytes(bytes)?.0)
+    }
+    match kind {
+        BodyKind::Create => {
+            let raw: Value = json(bytes)?;
+            let body: CreateOrderBody = serde_json::from_value(raw)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            create_lines(Uuid::nil(), &body)?;
+            expiry(Utc::now(), body.expires_in_seconds)?;
+        }
+        BodyKind::Reserve => {
+            let body: ReserveBody = json(bytes)?;
+            expiry(Utc::now(), body.expires_in_seconds)?;
+        }
+        BodyKind::Confirm => check_confirm(&json(bytes)?)?,
+        BodyKind::Cancel => {
+            let body: CancelBody = json(bytes)?;
+            required_text("reason", &body.reason)?;
+        }
+        BodyKind::Refund => {
+            let body: RefundBody = json(bytes)?;
+            required_text("reason", &body.reason)?;
+        }
+        BodyKind::Tickets => {
+            issued_tickets(json(bytes)?)?;
+        }
+    }
+    Ok(())
 }
 
 fn required_text(field: &str, value: &str) -> ApiResult<String> {
