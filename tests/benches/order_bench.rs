@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
             "pgbench_read_insert_p50_ms": pg_lat.latencies.ms(0.5), "pgbench_read_insert_p99_ms": pg_lat.latencies.ms(0.99),
             "service_open_loop_p50_ms": svc_lat.latencies.ms(0.5), "service_open_loop_p99_ms": svc_lat.latencies.ms(0.99),
             "service_open_loop_errors": svc_lat.errors,
+            "open_loop_schedule_lag_p99_ms": svc_lat.schedule_lag.ms(0.99),
             "unsigned_live_per_s": live.per_second,
             "signed_jobs_per_s": jobs.per_second, "signed_jobs_errors": jobs.errors,
             "pgbench_pk_select_tps_32": pg_pk.tps, "signed_order_reads_per_s_32": reads.per_second,

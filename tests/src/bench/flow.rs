@@ -25,7 +25,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// What one lag run measured.
 #[derive(Debug, Clone, Default)]
 pub struct LagRun {
-    /// Command latencies from each request's scheduled start (open loop).
+    /// Command latencies from each request's send (open loop).
     pub commands: Latencies,
     /// Lag from each create's answer to its effect (read-model row, or subscriber receipt).
     pub lag: Latencies,
@@ -64,6 +64,8 @@ async fn create_at_rate(
         let url = format!("{base}/api/v1/orders");
         let tx = tx.clone();
         handles.push(tokio::spawn(async move {
+            // From the send, like `load::open_loop` (see there why not from `due`).
+            let sent = Instant::now();
             let mut req = client
                 .post(url)
                 .header("x-tenant-id", "bench")
@@ -77,7 +79,7 @@ async fn create_at_rate(
             }
             let body: Value = resp.json().await.ok()?;
             let answered = Instant::now();
-            let latency = due.elapsed();
+            let latency = answered - sent;
             let id = body["order"]["id"]
                 .as_str()
                 .and_then(|s| Uuid::parse_str(s).ok())?;
