@@ -22,12 +22,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
+use async_nats::jetstream::context::{
+    ContextBuilder, PublishAckFuture, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag};
-use order_projections::{checkpoint, CommitSignal, FeedEvent};
+use order_projections::{checkpoint, CommitSignal, FeedEvent, FeedPosition};
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -120,6 +123,19 @@ pub struct Relay {
     leader: Mutex<LeaderLock>,
     stream_ready: AtomicBool,
     wake: Option<CommitSignal>,
+    /// The next batch, read and prepared while the previous one's acks came in.
+    prefetched: Mutex<Option<Batch>>,
+}
+
+/// Events read from the feed and their envelopes, ready to send.
+struct Batch {
+    /// The position the events were read after.
+    after: FeedPosition,
+    events: Vec<FeedEvent>,
+    /// Envelopes for a prefix of `events`: all of them unless one is refused.
+    outgoing: Vec<Outgoing>,
+    /// Why the event after `outgoing` cannot be published.
+    refused: Option<BusError>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -141,6 +157,7 @@ impl Relay {
             stream_ready: AtomicBool::new(!config.ensure_stream),
             config,
             wake: None,
+            prefetched: Mutex::new(None),
         }
     }
 
@@ -181,14 +198,49 @@ impl Relay {
 
         let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
         let limit = self.config.batch_size.clamp(1, MAX_BATCH);
-        let events = feed::read_after(&self.pool, after, limit).await?;
-        if events.is_empty() {
+        let prefetched = self.prefetched.lock().await.take();
+        let batch = match prefetched {
+            // Read during the previous round's acks, from exactly where this round starts.
+            Some(b) if b.after == after => b,
+            _ => self.fetch(after, limit).await?,
+        };
+        if batch.events.is_empty() {
             return Ok(RelayOutcome::Idle);
         }
         let started = Instant::now();
-        let tenants = order_tenants(&self.pool, &events).await?;
-        let (outgoing, refused) = self.prepare(&events, &tenants);
-        let (acked, publish_error) = self.publish(&outgoing).await;
+        let Batch {
+            events,
+            outgoing,
+            refused,
+            ..
+        } = batch;
+        let (pending, send_failure) = self.send(&outgoing).await;
+        // While the broker acknowledges, read and prepare the next batch from where this one
+        // ends. Only after a full batch (a backlog): caught up, it would be a wasted read. It is
+        // used only if the next round starts exactly where this one ended, so a partial ack, a
+        // failure or another leader in between discards it.
+        let next_after = events[events.len() - 1].position;
+        let prefetch = async {
+            if refused.is_none() && send_failure.is_none() && events.len() as i64 == limit {
+                self.fetch(next_after, limit).await.ok()
+            } else {
+                None
+            }
+        };
+        let (acks, next) = tokio::join!(
+            futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)),
+            prefetch
+        );
+        let (acked, ack_failure) = self.count_acks(&outgoing, acks);
+        let publish_error = ack_failure.or(send_failure);
+        if publish_error.is_some() {
+            metrics::counter!("relay_publish_failures_total").increment(1);
+        }
+        if acked == events.len() {
+            if let Some(next) = next.filter(|n| !n.events.is_empty()) {
+                *self.prefetched.lock().await = Some(next);
+            }
+        }
 
         if acked > 0 {
             let conn = leader.connection().ok_or_else(|| {
@@ -215,6 +267,27 @@ impl Relay {
             return Err(e);
         }
         Ok(RelayOutcome::Published(acked))
+    }
+
+    /// Reads up to `limit` events after `after` and prepares their envelopes.
+    async fn fetch(&self, after: FeedPosition, limit: i64) -> Result<Batch, BusError> {
+        let events = feed::read_after(&self.pool, after, limit).await?;
+        if events.is_empty() {
+            return Ok(Batch {
+                after,
+                events,
+                outgoing: vec![],
+                refused: None,
+            });
+        }
+        let tenants = order_tenants(&self.pool, &events).await?;
+        let (outgoing, refused) = self.prepare(&events, &tenants);
+        Ok(Batch {
+            after,
+            events,
+            outgoing,
+            refused,
+        })
     }
 
     /// Runs rounds until one finds nothing (or stands by); returns the events published.
@@ -386,45 +459,45 @@ impl Relay {
         (outgoing, None)
     }
 
-    /// Publishes pipelined; returns how many events from the start were acknowledged in an
-    /// unbroken run, and the first failure.
-    async fn publish(&self, batch: &[Outgoing]) -> (usize, Option<BusError>) {
+    /// Sends the batch pipelined, stopping at the first message that cannot be sent; returns
+    /// the pending acks, in order, and that failure.
+    async fn send(&self, batch: &[Outgoing]) -> (Vec<PublishAckFuture>, Option<BusError>) {
         if batch.is_empty() {
-            return (0, None);
+            return (vec![], None);
         }
         // Publishing into a disconnected client would queue messages that go out after the
         // reconnect, behind the ones lost with the old socket: fail the round instead.
         if let Err(e) = self.connected() {
-            metrics::counter!("relay_publish_failures_total").increment(1);
-            return (0, Some(e));
+            return (vec![], Some(e));
         }
         let mut pending = Vec::with_capacity(batch.len());
-        let mut send_failure = None;
         for out in batch {
             let message = match out.body() {
                 Ok(body) => PublishMessage::build()
                     .payload(body)
                     .headers(out.headers())
                     .expected_stream(&self.config.stream.name),
-                Err(e) => {
-                    send_failure = Some(e);
-                    break;
-                }
+                Err(e) => return (pending, Some(e)),
             };
             match self
                 .jetstream
                 .send_publish(out.subject.clone(), message)
                 .await
             {
-                Ok(ack) => pending.push(ack.into_future()),
-                Err(e) => {
-                    send_failure = Some(self.publish_error(out, &e));
-                    break;
-                }
+                Ok(ack) => pending.push(ack),
+                Err(e) => return (pending, Some(self.publish_error(out, &e))),
             }
         }
-        let results = futures::future::join_all(pending).await;
+        (pending, None)
+    }
 
+    /// How many events from the start were acknowledged in an unbroken run, and the first
+    /// failure.
+    fn count_acks(
+        &self,
+        batch: &[Outgoing],
+        results: Vec<Result<PublishAck, PublishError>>,
+    ) -> (usize, Option<BusError>) {
         // Only an unbroken run of acks from the start of the batch counts: the checkpoint is
         // a single position, and the events after a gap are re-sent (and deduplicated) anyway.
         let mut acked = 0;
@@ -457,11 +530,7 @@ impl Relay {
             }
         }
         metrics::counter!("relay_duplicates_total").increment(duplicates);
-        let failure = ack_failure.or(send_failure);
-        if failure.is_some() {
-            metrics::counter!("relay_publish_failures_total").increment(1);
-        }
-        (acked, failure)
+        (acked, ack_failure)
     }
 
     /// Fails unless the NATS connection is up right now.
@@ -475,11 +544,7 @@ impl Relay {
         }
     }
 
-    fn publish_error(
-        &self,
-        out: &Outgoing,
-        e: &async_nats::jetstream::context::PublishError,
-    ) -> BusError {
+    fn publish_error(&self, out: &Outgoing, e: &PublishError) -> BusError {
         if e.kind() == PublishErrorKind::StreamNotFound {
             // Re-create it next round if allowed (someone deleted it, or start-up raced NATS).
             self.stream_ready

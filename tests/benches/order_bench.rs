@@ -228,6 +228,10 @@ async fn main() -> anyhow::Result<()> {
             "b7_missing": sub.missing, "b7_early": sub.early, "b7_errors": sub.errors,
         }));
     }
+    if !service_phase && wants(&["B6"]) {
+        // B6 copies a stored OrderCreated: make one when the service phase did not.
+        closed_loop(&url, 1, Duration::from_millis(200), create.clone()).await;
+    }
     let (_, peak_rss) = service.rss_mib();
     drop(service);
 
