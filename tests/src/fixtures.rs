@@ -14,12 +14,15 @@ use order_domain::ORDER_AGGREGATE_TYPE;
 use sqlx::PgPool;
 
 /// Orders per block: a block's creations come first, then all its reservations, and so on, so
-/// that each order's history spans several feed batches, as in production.
-const BLOCK: i64 = 2_000;
+/// that each order's history spans several feed batches, as in production. 5,000 orders are
+/// 25,000 events: at replay's default batch of 10,000 no batch holds whole histories, so most
+/// orders are written by three batches and read back by two (a block that fit one batch
+/// would measure only the easiest case).
+const BLOCK: i64 = 5_000;
 
-/// Orders per `INSERT` statement (and transaction): large enough that statement overhead
-/// vanishes, small enough that one statement's sort stays in memory.
-const CHUNK: i64 = 20_000;
+/// Orders per `INSERT` statement (and transaction), a whole number of blocks: large enough that
+/// statement overhead vanishes, small enough that one statement's sort stays in memory.
+const CHUNK: i64 = 5 * BLOCK;
 
 /// Events per generated order.
 pub const EVENTS_PER_ORDER: u64 = 5;
@@ -106,7 +109,7 @@ SELECT $4, id::text, wave, event_type, v.version, jsonb_build_object(event_type,
 "#;
 
 /// Appends `orders × 5` events straight into the store, in waves (all creations of a block of
-/// 2,000 orders, then all their reservations, …), so that each order's history spans batches:
+/// 5,000 orders, then all their reservations, …), so that each order's history spans batches:
 /// `OrderCreated` (two items), `OrderReserved`, `OrderConfirmed`, `TicketsIssued` (three
 /// tickets), then `OrderArchived` for one order in ten (its rows move to the archive tables) and
 /// `EventReminderSent` for the others. Returns the number of events written.
