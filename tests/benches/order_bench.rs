@@ -272,6 +272,13 @@ async fn main() -> anyhow::Result<()> {
                 plan.rounds, b4_events
             );
             let r = bench.round().await?;
+            eprintln!(
+                "B4 round {round}: SQL {:.0} events/s, replay {:.0} events/s (build {:.1} s, then {:.1} s to swap)",
+                r.baseline_per_second(),
+                r.rebuild_per_second(),
+                r.build_seconds,
+                r.rebuild_seconds - r.build_seconds
+            );
             b4.push(r.rebuild_per_second() / r.baseline_per_second());
             b4_rate.push(r.rebuild_per_second());
             b4_baseline_rate.push(r.baseline_per_second());
