@@ -15,6 +15,7 @@ use order_tests::bench::flow::{read_model_lag, subscriber_lag};
 use order_tests::bench::load::{closed_loop, open_loop, Target};
 use order_tests::bench::pgbench::{self, PgbenchRun};
 use order_tests::bench::relay::drain_round;
+use order_tests::bench::replay::ReplayBench;
 use order_tests::bench::service::ServiceProcess;
 use order_tests::bench::stats::{median, spread};
 use order_tests::order_body;
@@ -29,6 +30,8 @@ struct Plan {
     open_loop_rate: u32,
     /// Backlog the relay drains per B6 round.
     backlog: usize,
+    /// Events B4 rebuilds per round.
+    replay_events: u64,
 }
 
 struct Row {
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             clients: 32,
             open_loop_rate: 50,
             backlog: 20_000,
+            replay_events: 100_000,
         }
     } else {
         Plan {
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             clients: 32,
             open_loop_rate: 50,
             backlog: 100_000,
+            replay_events: 1_000_000,
         }
     };
     let base = std::env::var("BENCH_POSTGRES")
@@ -252,6 +257,46 @@ async fn main() -> anyhow::Result<()> {
         b6_raw.push(json!({"round": round, "events": r.events, "relay_events_per_s": r.relay_per_second, "raw_publish_per_s": r.raw_per_second}));
     }
 
+    // B4: replay rebuilds the orders projection in-process (the service is stopped, so nothing
+    // competes), against a set-based SQL rebuild of the same tables, in a database of its own.
+    let mut b4 = vec![];
+    let mut b4_rate = vec![];
+    let mut b4_baseline_rate = vec![];
+    let mut b4_raw = vec![];
+    let mut b4_events = plan.replay_events;
+    let mut b4_generate_seconds = f64::NAN;
+    if wants(&["B4"]) {
+        eprintln!("B4: generating {} events", plan.replay_events);
+        let (bench, generated) = ReplayBench::setup(&base, plan.replay_events).await?;
+        b4_events = bench.events();
+        b4_generate_seconds = generated;
+        eprintln!("B4: generated in {generated:.1} s");
+        for round in 1..=plan.rounds {
+            eprintln!(
+                "B4 round {round}/{}: SQL rebuild, then replay, of {} events",
+                plan.rounds, b4_events
+            );
+            let r = bench.round().await?;
+            eprintln!(
+                "B4 round {round}: SQL {:.0} events/s, replay {:.0} events/s (build {:.1} s, then {:.1} s to swap)",
+                r.baseline_per_second(),
+                r.rebuild_per_second(),
+                r.build_seconds,
+                r.rebuild_seconds - r.build_seconds
+            );
+            b4.push(r.rebuild_per_second() / r.baseline_per_second());
+            b4_rate.push(r.rebuild_per_second());
+            b4_baseline_rate.push(r.baseline_per_second());
+            b4_raw.push(json!({
+                "round": round, "events": r.events, "rows": r.rows,
+                "baseline_seconds": r.baseline_seconds, "baseline_events_per_s": r.baseline_per_second(),
+                "rebuild_seconds": r.rebuild_seconds, "rebuild_events_per_s": r.rebuild_per_second(),
+                "build_seconds": r.build_seconds, "build_events_per_s": r.build_per_second(),
+            }));
+        }
+        bench.teardown().await?;
+    }
+
     let rows = vec![
         Row {
             id: "B1",
@@ -280,6 +325,13 @@ async fn main() -> anyhow::Result<()> {
             ratios: b3,
             goal: "≥ 0.8",
             pass: |r| r >= 0.8,
+        },
+        Row {
+            id: "B4",
+            what: format!("replay rebuild events/s ({b4_events} events) ÷ set-based SQL rebuild"),
+            ratios: b4.clone(),
+            goal: "≥ 0.5",
+            pass: |r| r >= 0.5,
         },
         Row {
             id: "B5",
@@ -358,6 +410,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if !b4.is_empty() {
+        let rate = median(&b4_rate);
+        let (lo, hi) = spread(&b4_rate);
+        println!(
+            "B4 replay: {rate:.0} events/s (spread {lo:.0}..{hi:.0}), SQL rebuild {:.0} events/s; \
+             goal ≥ 50000 events/s {}",
+            median(&b4_baseline_rate),
+            if rate >= 50_000.0 { "met" } else { "MISSED" }
+        );
+    }
+
     let env_info = environment(&pool).await;
     let out = json!({
         "mode": if quick { "quick" } else { "full" },
@@ -368,6 +431,14 @@ async fn main() -> anyhow::Result<()> {
         "rss_mib": {"idle": idle_rss, "peak": peak_rss},
         "raw": raw,
         "b6_raw": b6_raw,
+        "b4": {
+            "events": b4_events,
+            "generate_seconds": b4_generate_seconds,
+            "rebuild_events_per_s": {"median": median(&b4_rate), "rounds": b4_rate},
+            "baseline_events_per_s": {"median": median(&b4_baseline_rate), "rounds": b4_baseline_rate},
+            "goal_events_per_s": 50_000,
+            "rounds": b4_raw,
+        },
     });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
     std::fs::create_dir_all(&dir)?;

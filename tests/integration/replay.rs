@@ -13,17 +13,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use order_api::store::OrderStore;
 use order_domain::commands::*;
-use order_domain::events::{
-    EventReminderSent, OrderArchived, OrderConfirmed, OrderCreated, OrderReserved, TicketsIssued,
-};
-use order_domain::values::{DisputeOutcome, IssuedTicket, LineItem, NewLineItem};
-use order_domain::{Currency, OrderCommand, OrderEvent, OrderStatus, ORDER_AGGREGATE_TYPE};
+use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
+use order_domain::{Currency, OrderCommand, OrderEvent};
 use order_projections::replay::{
     self, Built, DiffKind, NoProgress, RebuildOptions, ReplayLock, ReplayProgress, TableSet,
 };
 use order_projections::{
     checkpoint, OrdersProjector, ProjectionError, ProjectionRunner, ORDERS_PROJECTION,
 };
+use order_tests::fixtures::{generate_orders, EVENTS_PER_ORDER};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -1188,123 +1186,6 @@ async fn an_order_rebuild_fixes_one_order_and_leaves_the_others(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // throughput
 
-/// Appends `orders × 5` events straight into the store, in waves (all creations of a block of
-/// orders, then all their reservations, …), so that each order's history spans batches. One
-/// order in ten ends archived.
-async fn generate(pool: &PgPool, orders: usize) -> u64 {
-    const BLOCK: usize = 2_000;
-    let base = Utc::now() - TimeDelta::days(1);
-    let currency = Currency::parse("EUR").expect("currency");
-    let mut written = 0;
-    let mut start = 0;
-    while start < orders {
-        let ids: Vec<Uuid> = (start..(start + BLOCK).min(orders))
-            .map(|_| Uuid::new_v4())
-            .collect();
-        let items: Vec<[Uuid; 2]> = ids
-            .iter()
-            .map(|_| [Uuid::new_v4(), Uuid::new_v4()])
-            .collect();
-        for wave in 1..=5_i64 {
-            let mut agg = Vec::with_capacity(ids.len());
-            let mut seq = Vec::with_capacity(ids.len());
-            let mut types = Vec::with_capacity(ids.len());
-            let mut versions = Vec::with_capacity(ids.len());
-            let mut payloads = Vec::with_capacity(ids.len());
-            for (n, (id, item)) in ids.iter().zip(&items).enumerate() {
-                let at = base + TimeDelta::seconds(((start + n) as i64) * 10 + wave);
-                let event = match wave {
-                    1 => OrderEvent::OrderCreated(OrderCreated {
-                        order_id: *id,
-                        order_number: format!("ORD-G-{}", start + n),
-                        tenant_id: format!("tenant-{}", n % 7),
-                        user_id: format!("user-{}", n % 101),
-                        event_id: Uuid::from_u128(n as u128 % 13),
-                        currency: currency.clone(),
-                        items: item
-                            .iter()
-                            .enumerate()
-                            .map(|(k, item_id)| LineItem {
-                                id: *item_id,
-                                ticket_type_id: Uuid::from_u128(k as u128),
-                                quantity: 1 + k as u32,
-                                unit_price_cents: 1_250,
-                            })
-                            .collect(),
-                        subtotal_cents: 3_750,
-                        fees_cents: 100,
-                        tax_cents: 50,
-                        total_cents: 3_900,
-                        expires_at: at + TimeDelta::minutes(15),
-                        event_starts_at: Some(base + TimeDelta::days(30)),
-                        created_at: at,
-                    }),
-                    2 => OrderEvent::OrderReserved(OrderReserved {
-                        expires_at: at + TimeDelta::minutes(30),
-                        occurred_at: at,
-                    }),
-                    3 => OrderEvent::OrderConfirmed(OrderConfirmed {
-                        payment_intent_id: format!("pi_{n}"),
-                        amount_cents: 3_900,
-                        occurred_at: at,
-                    }),
-                    4 => OrderEvent::TicketsIssued(TicketsIssued {
-                        tickets: vec![
-                            IssuedTicket {
-                                item_id: item[0],
-                                ticket_id: format!("t-{n}-0"),
-                            },
-                            IssuedTicket {
-                                item_id: item[1],
-                                ticket_id: format!("t-{n}-1"),
-                            },
-                            IssuedTicket {
-                                item_id: item[1],
-                                ticket_id: format!("t-{n}-2"),
-                            },
-                        ],
-                        ticket_count: 3,
-                        occurred_at: at,
-                    }),
-                    // One order in ten is archived: its rows move to the archive tables.
-                    _ if n % 10 == 0 => OrderEvent::OrderArchived(OrderArchived {
-                        final_status: OrderStatus::Paid,
-                        occurred_at: at,
-                    }),
-                    _ => OrderEvent::EventReminderSent(EventReminderSent {
-                        event_starts_at: Some(base + TimeDelta::days(30)),
-                        occurred_at: at,
-                    }),
-                };
-                agg.push(id.to_string());
-                seq.push(wave);
-                types.push(event.event_type().to_owned());
-                versions.push(event.event_version().to_owned());
-                payloads.push(serde_json::to_value(&event).expect("json"));
-            }
-            written += sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                     event_version, payload, metadata)
-                 SELECT $1, a, s, t, v, p, '{}'::jsonb
-                   FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::jsonb[])
-                        AS u(a, s, t, v, p)",
-            )
-            .bind(ORDER_AGGREGATE_TYPE)
-            .bind(agg)
-            .bind(seq)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .execute(pool)
-            .await
-            .expect("insert events")
-            .rows_affected();
-        }
-        start += BLOCK;
-    }
-    written
-}
-
 /// Rebuilds generated events and reports events/s. `REPLAY_BENCH_EVENTS` and
 /// `REPLAY_BENCH_BATCH` set the size and the batch size (by default 5,000 events in batches of
 /// 1,000, so the suite stays quick and histories still span batches); the live projector
@@ -1315,9 +1196,11 @@ async fn a_rebuild_of_generated_events_reports_its_rate(pool: PgPool) {
     fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
         std::env::var(name).ok().and_then(|v| v.parse().ok())
     }
-    let wanted: usize = env("REPLAY_BENCH_EVENTS").unwrap_or(5_000);
+    let wanted: u64 = env("REPLAY_BENCH_EVENTS").unwrap_or(5_000);
     let batch_size: i64 = env("REPLAY_BENCH_BATCH").unwrap_or(1_000);
-    let events = generate(&pool, wanted.div_ceil(5)).await;
+    let events = generate_orders(&pool, wanted.div_ceil(EVENTS_PER_ORDER))
+        .await
+        .expect("generate events");
     // As autovacuum would after a load this size; without statistics the feed's query sorts the
     // whole table for every batch.
     sqlx::query("ANALYZE events")

@@ -16,6 +16,7 @@ use sha2::Sha256;
 use sqlx::PgPool;
 
 pub mod bench;
+pub mod fixtures;
 pub mod peers;
 pub mod soak;
 

@@ -8,5 +8,6 @@ pub mod flow;
 pub mod load;
 pub mod pgbench;
 pub mod relay;
+pub mod replay;
 pub mod service;
 pub mod stats;
