@@ -14,7 +14,7 @@
 //! The price is that one long transaction holds the fence back; [`lag`] names it.
 
 use chrono::{DateTime, Utc};
-use order_domain::{OrderEvent, ORDER_AGGREGATE_TYPE};
+use order_domain::OrderEvent;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
@@ -77,13 +77,15 @@ impl FeedEvent {
     }
 }
 
+/// Every event is an order event (`migrations/0502_events_order_only.sql` enforces it), so
+/// there is no `aggregate_type` filter: with one, a table without statistics was planned as a
+/// whole-table bitmap scan and sort; without it, the feed index is the only plan.
 const SELECT: &str = "
 SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, recorded_at
   FROM events
  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-   AND aggregate_type = $4
  ORDER BY transaction_id, global_position
  LIMIT $3";
 
@@ -100,7 +102,6 @@ pub async fn read_after<'e>(
         .bind(after.transaction_id.to_string())
         .bind(after.global_position)
         .bind(limit)
-        .bind(ORDER_AGGREGATE_TYPE)
         .fetch_all(executor)
         .await?;
     rows.iter().map(decode_row).collect()

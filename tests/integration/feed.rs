@@ -201,3 +201,52 @@ async fn the_fenced_feed_reads_every_event_once_in_order_and_a_naive_reader_miss
         written.len()
     );
 }
+
+/// The feed query has no aggregate-type filter because the table cannot hold another type; and
+/// without statistics (no ANALYZE, autovacuum off), it reads only the rows after the checkpoint
+/// through the feed index, instead of ANDing in the primary key's bitmap of the whole table.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_feed_plans_an_index_walk_without_statistics_and_the_table_holds_only_orders(
+    pool: PgPool,
+) {
+    let refused = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('Account', 'a-1', 1, 'AccountOpened', '1.0', '{}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .expect_err("a second aggregate type is refused");
+    assert!(
+        refused.to_string().contains("events_order_aggregate_only"),
+        "{refused}"
+    );
+
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+           FROM generate_series(1, 20000)",
+    )
+    .execute(&pool)
+    .await
+    .expect("backlog");
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT transaction_id::text AS txid, global_position, aggregate_type,
+                aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
+           FROM events
+          WHERE (transaction_id, global_position) > ('0'::xid8, 0)
+            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY transaction_id, global_position LIMIT 500",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    assert!(plan.contains("events_feed_idx"), "{plan}");
+    assert!(!plan.contains("events_pkey"), "{plan}");
+    let batch = read_after(&pool, FeedPosition::default(), 500)
+        .await
+        .expect("feed read");
+    assert_eq!(batch.len(), 500);
+}

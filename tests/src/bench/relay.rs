@@ -108,11 +108,6 @@ pub async fn drain_round(
         checkpoint_at_end(pool).await?;
         let start = checkpoint::load(pool, BENCH_RELAY).await?;
         insert_backlog(pool, n).await?;
-        // A real backlog of this size builds up over minutes, long enough for autovacuum to
-        // analyze the table; inserted in one statement, it has no statistics yet, and the
-        // planner would then sort the whole backlog for every batch (EXPLAIN: 24 ms per
-        // 500-event batch instead of 0.8 ms).
-        sqlx::query("ANALYZE events").execute(pool).await?;
 
         // The relay, as `serve` configures it by default, apart from its name and stream.
         let mut config = RelayConfig::new(&relay_stream, relay_subjects.prefix());
