@@ -48,8 +48,8 @@ impl NonceStore {
         // - a write request appends its events after this, and their synchronous commit flushes
         //   the WAL up to and past this row, so no acknowledged write can be replayed after a
         //   crash;
-        // - at worst a crash loses the last ~200 ms of nonces of read requests, whose replay
-        //   within the timestamp window returns data the caller was already sent.
+        // - at worst a crash loses the last few hundred ms of nonces of read requests, whose
+        //   replay within the timestamp window returns data the caller was already sent.
         // Waiting for the flush doubled the fsyncs per command and was most of a read's latency.
         let result = sqlx::query(
             "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
