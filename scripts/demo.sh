@@ -28,7 +28,7 @@ CALLER="${DEMO_CALLER:-api-gateway}"   # allowed on commands and the event histo
 # --- Environment of the demo service -------------------------------------------------------
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
-BIN="${ORDER_SERVICE_BIN:-$REPO_ROOT/target/debug/order-service}"  # set: use it, no build
+BIN="${ORDER_SERVICE_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/order-service}"  # set: use it, no build
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/order_service}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
