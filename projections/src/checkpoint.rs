@@ -48,24 +48,31 @@ pub enum Durability {
     Relaxed,
 }
 
-const SAVE_SQL: &str = "INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
-         VALUES ($1, $2::text::xid8, $3, $4, now())
-         ON CONFLICT (consumer) DO UPDATE
+/// The upsert after its first line, shared by both forms below so they cannot drift apart.
+macro_rules! save_tail {
+    () => {
+        " ON CONFLICT (consumer) DO UPDATE
             SET transaction_id = EXCLUDED.transaction_id,
                 global_position = EXCLUDED.global_position,
                 events_total = feed_checkpoints.events_total + EXCLUDED.events_total,
-                updated_at = now()";
+                updated_at = now()"
+    };
+}
+
+const SAVE_SQL: &str = concat!(
+    "INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
+     VALUES ($1, $2::text::xid8, $3, $4, now())",
+    save_tail!()
+);
 
 /// [`SAVE_SQL`] that also turns `synchronous_commit` off until the end of its transaction: a
 /// CTE, so that it costs no extra round trip.
-const SAVE_RELAXED_SQL: &str = "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
-         INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
-         SELECT $1, $2::text::xid8, $3, $4, now() FROM relaxed
-         ON CONFLICT (consumer) DO UPDATE
-            SET transaction_id = EXCLUDED.transaction_id,
-                global_position = EXCLUDED.global_position,
-                events_total = feed_checkpoints.events_total + EXCLUDED.events_total,
-                updated_at = now()";
+const SAVE_RELAXED_SQL: &str = concat!(
+    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+     INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
+     SELECT $1, $2::text::xid8, $3, $4, now() FROM relaxed",
+    save_tail!()
+);
 
 /// Moves a reader's checkpoint forward to `position`, counting `events` more done.
 ///
