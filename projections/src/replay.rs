@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint;
 use crate::error::ProjectionError;
-use crate::feed::{read_after, FeedEvent, FeedPosition};
+use crate::feed::{read_decoded_after, transaction_id, DecodedEvent, FeedPosition};
 use crate::runner::lock_key;
 
 mod compare;
@@ -66,6 +66,13 @@ const LOCK_TIMEOUT: &str = "10s";
 /// A boxed future, so that [`Rebuildable`] can be used as a trait object in the registry.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a projection keeps from one batch of a [`Rebuild::build`] to the next, opaque to replay
+/// (for `orders`: the rows the last batches wrote, so that a history spanning batches is not
+/// read back from the shadow). A build makes an empty one with [`Rebuildable::carry`] and drops
+/// it when it stops or fails, so it only ever describes committed rows of the one copy that
+/// build writes.
+pub type Carry = Box<dyn std::any::Any + Send>;
+
 /// A projection that replay can rebuild.
 ///
 /// Its rows must depend on its events alone, and [`Rebuildable::apply_batch`] must give exactly
@@ -80,13 +87,20 @@ pub trait Rebuildable: Send + Sync + fmt::Debug {
     /// The column that holds the aggregate id in every table, for per-aggregate rebuilds.
     fn aggregate_column(&self) -> &'static str;
 
+    /// An empty [`Carry`] for a build.
+    fn carry(&self) -> Carry;
+
     /// Applies `events` (in feed order) to the copy `set` of the tables, inside the caller's
     /// transaction; idempotent per event like the live projector. Returns rows written.
+    ///
+    /// `carry`, when given, is the build's [`Carry`]: its rows stand for the table's, and the
+    /// batch's own go into it. The caller must drop it if the transaction does not commit.
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         set: TableSet,
-        events: &'a [FeedEvent],
+        events: &'a [DecodedEvent],
+        carry: Option<&'a mut Carry>,
     ) -> BoxFuture<'a, Result<u64, ProjectionError>>;
 }
 
@@ -361,12 +375,22 @@ impl Rebuild {
                 Err(e) => return Err(e),
             }
         }
-        let resumed = if resumable {
-            let done: i64 =
+        let mut done: i64 = 0;
+        if resumable {
+            done =
                 sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
                     .bind(&shadow_consumer)
                     .fetch_one(&mut *tx)
                     .await?;
+            if tables::emptied_by_recovery(&mut tx, tables, done).await? {
+                tracing::warn!(
+                    events = done,
+                    "the shadow left by an earlier rebuild was emptied by a Postgres crash recovery (it is unlogged while building); starting over"
+                );
+                resumable = false;
+            }
+        }
+        let resumed = if resumable {
             tracing::info!(
                 events = done,
                 "resuming the rebuild from the shadow's checkpoint"
@@ -451,6 +475,8 @@ impl Rebuild {
             sender,
         ));
         let _stop_reader = AbortOnDrop(reader);
+        // Every way out of this loop, a failed batch included, drops it.
+        let mut carry = self.spec.carry();
         let mut done = 0;
         loop {
             let next = tokio::select! {
@@ -483,7 +509,7 @@ impl Rebuild {
                 .execute(&mut *tx)
                 .await?;
             self.spec
-                .apply_batch(&mut tx, TableSet::Shadow, &events)
+                .apply_batch(&mut tx, TableSet::Shadow, &events, Some(&mut carry))
                 .await?;
             checkpoint::save(&mut *tx, &shadow_consumer, last, n).await?;
             tx.commit().await?;
@@ -621,7 +647,7 @@ impl Rebuild {
 #[derive(Debug)]
 enum ReadAhead {
     /// The next events, in feed order.
-    Batch(Vec<FeedEvent>),
+    Batch(Vec<DecodedEvent>),
     /// The live checkpoint moved on: this many more events are due.
     MoreDue(u64),
     /// Every event up to the live checkpoint has been handed over.
@@ -699,11 +725,11 @@ async fn read_upto(
     after: FeedPosition,
     upto: FeedPosition,
     limit: i64,
-) -> Result<Vec<FeedEvent>, ProjectionError> {
+) -> Result<Vec<DecodedEvent>, ProjectionError> {
     if after >= upto {
         return Ok(Vec::new());
     }
-    let mut events = read_after(&mut *conn, after, limit).await?;
+    let mut events = read_decoded_after(&mut *conn, after, limit).await?;
     let keep = events.partition_point(|e| e.position <= upto);
     events.truncate(keep);
     Ok(events)
@@ -728,7 +754,7 @@ async fn catch_up_in(
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        spec.apply_batch(conn, set, &events).await?;
+        spec.apply_batch(conn, set, &events, None).await?;
         checkpoint::save(&mut *conn, &consumer, last, events.len() as u64).await?;
         applied += events.len() as u64;
         position = last;
@@ -847,7 +873,8 @@ pub async fn rollback(
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        spec.apply_batch(&mut tx, TableSet::Old, &events).await?;
+        spec.apply_batch(&mut tx, TableSet::Old, &events, None)
+            .await?;
         checkpoint::save(&mut *tx, &old_consumer, last, events.len() as u64).await?;
         tx.commit().await?;
         caught_up += events.len() as u64;
@@ -972,7 +999,8 @@ pub async fn rebuild_aggregate(
         .await?;
     }
     let events = aggregate_events(&mut tx, aggregate_id, upto).await?;
-    spec.apply_batch(&mut tx, TableSet::Live, &events).await?;
+    spec.apply_batch(&mut tx, TableSet::Live, &events, None)
+        .await?;
 
     let mut changes = Vec::new();
     let mut rows = 0;
@@ -1064,10 +1092,10 @@ async fn aggregate_events(
     conn: &mut PgConnection,
     aggregate_id: &str,
     upto: FeedPosition,
-) -> Result<Vec<FeedEvent>, ProjectionError> {
+) -> Result<Vec<DecodedEvent>, ProjectionError> {
     let rows = sqlx::query(
-        "SELECT transaction_id::text AS txid, global_position, aggregate_type, sequence,
-                event_type, event_version, payload, metadata, recorded_at
+        "SELECT transaction_id::text AS txid, global_position, sequence, event_type,
+                event_version, payload::text AS payload, metadata::text AS metadata
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2
             AND (transaction_id, global_position) <= ($3::text::xid8, $4)
@@ -1079,37 +1107,22 @@ async fn aggregate_events(
     .bind(upto.global_position)
     .fetch_all(&mut *conn)
     .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let txid: String = row.try_get("txid")?;
-        let event_type: String = row.try_get("event_type")?;
-        let stored_version: String = row.try_get("event_version")?;
-        let metadata: Value = row.try_get("metadata")?;
-        let (payload, event_version) = order_domain::upcast::upcast_payload(
-            &event_type,
-            &stored_version,
-            aggregate_id,
-            row.try_get("payload")?,
-            &metadata,
-        );
-        events.push(FeedEvent {
-            position: FeedPosition {
-                transaction_id: txid.parse().map_err(|_| {
-                    ProjectionError::Handler(format!("transaction id '{txid}' is not a number"))
-                })?,
-                global_position: row.try_get("global_position")?,
-            },
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: aggregate_id.to_owned(),
-            sequence: row.try_get("sequence")?,
-            event_type,
-            event_version,
-            payload,
-            metadata,
-            recorded_at: row.try_get("recorded_at")?,
-        });
-    }
-    Ok(events)
+    rows.iter()
+        .map(|row| {
+            DecodedEvent::decode(
+                FeedPosition {
+                    transaction_id: transaction_id(row.try_get("txid")?)?,
+                    global_position: row.try_get("global_position")?,
+                },
+                aggregate_id,
+                row.try_get("sequence")?,
+                row.try_get("event_type")?,
+                row.try_get("event_version")?,
+                row.try_get("payload")?,
+                row.try_get("metadata")?,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

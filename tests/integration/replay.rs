@@ -99,6 +99,15 @@ async fn table_exists(pool: &PgPool, name: &str) -> bool {
 }
 
 /// `table.index` for every index of the live tables.
+/// `pg_class.relpersistence` of a table: "p" (logged) or "u" (unlogged).
+async fn persistence(pool: &PgPool, table: &str) -> String {
+    sqlx::query_scalar("SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .expect("persistence")
+}
+
 async fn index_names(pool: &PgPool) -> Vec<String> {
     let tables: Vec<String> = orders().tables().iter().map(|t| (*t).to_owned()).collect();
     sqlx::query_scalar(
@@ -130,7 +139,17 @@ async fn rebuild_and_swap(pool: &PgPool, expect_differences: i64) -> replay::Swa
         .expect("build");
     let cmp = r.compare(20).await.expect("compare");
     assert_eq!(cmp.differences(), expect_differences, "{cmp:#?}");
-    r.swap().await.expect("swap")
+    let swapped = r.swap().await.expect("swap");
+    // Built unlogged, swapped in logged: a crash must not empty the live read model.
+    for table in [
+        "order_read",
+        "order_item_read",
+        "order_read_archive",
+        "order_item_read_archive",
+    ] {
+        assert_eq!(persistence(pool, table).await, "p", "{table}");
+    }
+    swapped
 }
 
 /// A from-scratch rebuild compared with the live tables; returns the comparison, keeps nothing.
@@ -793,6 +812,49 @@ async fn an_interrupted_rebuild_resumes_from_the_shadow_checkpoint(pool: PgPool)
         .await
         .expect("build");
     assert_eq!(built.events(), total);
+    r.abandon().await.expect("release");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_shadow_emptied_by_crash_recovery_is_rebuilt_not_resumed(pool: PgPool) {
+    let s = Script::new(&pool);
+    for _ in 0..3 {
+        s.paid_order().await;
+    }
+    project(&pool).await;
+    let mut r = replay::Rebuild::start(&pool, orders(), options(4))
+        .await
+        .expect("start");
+    let stop = StopAfter::new(2);
+    r.build(&stop, &stop.cancel).await.expect("build");
+    r.abandon().await.expect("release");
+    // The shadow is unlogged while it is built; crash recovery empties such tables and keeps
+    // the (logged) checkpoint, which is what this does.
+    for table in [
+        "order_read__shadow",
+        "order_item_read__shadow",
+        "order_read_archive__shadow",
+        "order_item_read_archive__shadow",
+    ] {
+        assert_eq!(persistence(&pool, table).await, "u", "{table}");
+    }
+    sqlx::query(
+        "TRUNCATE order_item_read__shadow, order_read__shadow, order_item_read_archive__shadow,
+                  order_read_archive__shadow",
+    )
+    .execute(&pool)
+    .await
+    .expect("truncate");
+
+    let mut r = replay::Rebuild::start(&pool, orders(), options(4))
+        .await
+        .expect("start again");
+    assert_eq!(r.resumed_from(), None, "resuming would miss the lost rows");
+    r.build(&NoProgress, &CancellationToken::new())
+        .await
+        .expect("build");
+    let cmp = r.compare(10).await.expect("compare");
+    assert!(cmp.is_identical(), "{cmp:#?}");
     r.abandon().await.expect("release");
 }
 

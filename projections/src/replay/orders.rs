@@ -16,15 +16,14 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use order_domain::events::OrderCreated;
 use order_domain::{OrderEvent, OrderStatus};
-use serde::Deserialize as _;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::tables::TableSet;
-use super::{BoxFuture, Rebuildable};
+use super::{BoxFuture, Carry, Rebuildable};
 use crate::error::ProjectionError;
-use crate::feed::FeedEvent;
+use crate::feed::DecodedEvent;
 use crate::orders::{change_of, ORDERS_PROJECTION};
 
 const ORDERS: &str = "order_read";
@@ -53,13 +52,55 @@ impl Rebuildable for OrdersRebuild {
         "order_id"
     }
 
+    fn carry(&self) -> Carry {
+        Box::new(RowCache::default())
+    }
+
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         set: TableSet,
-        events: &'a [FeedEvent],
+        events: &'a [DecodedEvent],
+        carry: Option<&'a mut Carry>,
     ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
-        Box::pin(apply_batch(conn, set, events))
+        let cache = carry.and_then(|c| c.downcast_mut::<RowCache>());
+        Box::pin(apply_batch(conn, set, events, cache))
+    }
+}
+
+/// Orders per generation of [`RowCache`]: it holds up to twice this many orders' rows (a few
+/// hundred bytes each), the orders of the last several batches.
+const CACHE_GENERATION: usize = 50_000;
+
+/// The rows the last batches of a build wrote, as they are now in the shadow: an order whose
+/// history spans batches (most do, as its events arrive minutes apart) is then folded on from
+/// memory instead of being read back. Two generations bound it: when the newer fills up, it
+/// becomes the older and the old older is dropped. Archived orders are not kept (they have no
+/// hot row; a miss reads the table and finds none, as before).
+#[derive(Debug, Default)]
+struct RowCache {
+    recent: HashMap<Uuid, Box<OrderState>>,
+    older: HashMap<Uuid, Box<OrderState>>,
+}
+
+impl RowCache {
+    fn take(&mut self, order_id: &Uuid) -> Option<Box<OrderState>> {
+        self.recent
+            .remove(order_id)
+            .or_else(|| self.older.remove(order_id))
+    }
+
+    /// Keeps `state` as written: nothing of it is dirty any more.
+    fn keep(&mut self, mut state: Box<OrderState>) {
+        if state.archived_now {
+            return;
+        }
+        if self.recent.len() >= CACHE_GENERATION {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        state.row_dirty = false;
+        state.items_dirty.iter_mut().for_each(|d| *d = false);
+        self.recent.insert(state.row.order_id, state);
     }
 }
 
@@ -214,44 +255,43 @@ impl OrderState {
 
 /// Folds `events` (feed order) into the tables of `set` and writes each touched row once.
 /// Returns the number of rows written.
+///
+/// With a `cache`, the orders it holds are taken from it rather than read back, and every order
+/// the batch touched goes into it afterwards.
 async fn apply_batch(
     conn: &mut PgConnection,
     set: TableSet,
-    events: &[FeedEvent],
+    events: &[DecodedEvent],
+    mut cache: Option<&mut RowCache>,
 ) -> Result<u64, ProjectionError> {
-    let mut decoded = Vec::with_capacity(events.len());
     let mut ids = Vec::new();
+    let mut cached = Vec::new();
     let mut seen = HashSet::new();
     for event in events {
-        let order_id = event.order_id().ok_or_else(|| {
-            ProjectionError::Handler(format!(
-                "order event {}#{} has an aggregate id that is not a UUID",
-                event.aggregate_id, event.sequence
-            ))
-        })?;
         // An order whose first event here is its creation has no row yet: the target tables
         // hold the rows of the events up to their checkpoint, and `OrderCreated` comes first
-        // in an order's history. Only the others are read back.
-        if seen.insert(order_id) && event.event_type != "OrderCreated" {
-            ids.push(order_id);
+        // in an order's history. Only the others are read back (or found in the cache).
+        if seen.insert(event.order_id) {
+            if let Some(state) = cache.as_deref_mut().and_then(|c| c.take(&event.order_id)) {
+                cached.push(state);
+            } else if !matches!(event.event, OrderEvent::OrderCreated(_)) {
+                ids.push(event.order_id);
+            }
         }
-        // Like `FeedEvent::decode`, but deserialized from the borrowed payload: no copy of
-        // the JSON tree per event.
-        let decoded_event =
-            OrderEvent::deserialize(&event.payload).map_err(|e| ProjectionError::Undecodable {
-                aggregate_id: event.aggregate_id.clone(),
-                sequence: event.sequence,
-                event_type: event.event_type.clone(),
-                reason: e.to_string(),
-            })?;
-        decoded.push((order_id, event.sequence, decoded_event));
     }
     let previous = plan_for_keyed_access(conn).await?;
     let mut orders = load(conn, set, &ids).await?;
-    for (order_id, sequence, event) in &decoded {
+    orders.extend(cached.into_iter().map(|state| (state.row.order_id, state)));
+    for DecodedEvent {
+        order_id,
+        sequence,
+        event,
+        ..
+    } in events
+    {
         match (orders.entry(*order_id), event) {
             (Entry::Vacant(slot), OrderEvent::OrderCreated(created)) => {
-                slot.insert(OrderState::created(created, *sequence));
+                slot.insert(Box::new(OrderState::created(created, *sequence)));
             }
             // `ON CONFLICT (order_id) DO NOTHING`. (After `OrderArchived` moved the row, the live
             // insert would succeed; but `OrderCreated` is an order's first event, so it never
@@ -265,8 +305,11 @@ async fn apply_batch(
             }
         }
     }
-    let written = write(conn, set, orders.values()).await?;
+    let written = write(conn, set, orders.values().map(AsRef::as_ref)).await?;
     restore_planner(conn, &previous).await?;
+    if let Some(cache) = cache {
+        orders.into_values().for_each(|state| cache.keep(state));
+    }
     Ok(written)
 }
 
@@ -330,7 +373,7 @@ async fn load(
     conn: &mut PgConnection,
     set: TableSet,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, OrderState>, ProjectionError> {
+) -> Result<HashMap<Uuid, Box<OrderState>>, ProjectionError> {
     let mut orders = HashMap::with_capacity(ids.len());
     let rows = sqlx::query(&format!(
         "SELECT {ORDER_COLUMNS} FROM {} WHERE order_id = ANY($1)",
@@ -346,13 +389,13 @@ async fn load(
         let row = order_row(row)?;
         orders.insert(
             row.order_id,
-            OrderState {
+            Box::new(OrderState {
                 row,
                 items: Vec::new(),
                 row_dirty: false,
                 items_dirty: Vec::new(),
                 archived_now: false,
-            },
+            }),
         );
     }
     let found: Vec<Uuid> = orders.keys().copied().collect();
@@ -689,6 +732,49 @@ mod tests {
             event_starts_at: None,
             created_at: at(0),
         }
+    }
+
+    fn state_of(id: u128) -> Box<OrderState> {
+        let mut e = created(&[Uuid::from_u128(10)]);
+        e.order_id = Uuid::from_u128(id);
+        Box::new(OrderState::created(&e, 1))
+    }
+
+    #[test]
+    fn the_row_cache_keeps_two_generations_clean_and_no_archived_order() {
+        let mut cache = RowCache::default();
+        cache.keep(state_of(1));
+        let mut archived = state_of(2);
+        archived.archived_now = true;
+        cache.keep(archived);
+        // A kept state was written: nothing of it is dirty any more.
+        let first = cache.take(&Uuid::from_u128(1)).expect("kept");
+        assert!(!first.row_dirty && first.items_dirty.iter().all(|d| !d));
+        assert!(cache.take(&Uuid::from_u128(1)).is_none(), "taken out");
+        assert!(
+            cache.take(&Uuid::from_u128(2)).is_none(),
+            "archived: no hot row"
+        );
+
+        // Filling one generation moves it to the older one; filling the next drops it.
+        let generation = CACHE_GENERATION as u128;
+        for id in 100..100 + generation {
+            cache.keep(state_of(id));
+        }
+        cache.keep(state_of(1));
+        assert!(
+            cache.take(&Uuid::from_u128(100)).is_some(),
+            "older still answers"
+        );
+        for id in 1_000_000..1_000_000 + generation {
+            cache.keep(state_of(id));
+        }
+        assert!(
+            cache.take(&Uuid::from_u128(101)).is_none(),
+            "two generations back"
+        );
+        assert!(cache.take(&Uuid::from_u128(1)).is_some());
+        assert!(cache.recent.len() + cache.older.len() <= 2 * CACHE_GENERATION);
     }
 
     #[test]

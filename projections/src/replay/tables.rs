@@ -120,7 +120,8 @@ pub(crate) async fn drop_set(
     Ok(())
 }
 
-/// Creates the shadow copies of the live tables (parents first), empty: the live columns,
+/// Creates the shadow copies of the live tables (parents first), empty and unlogged (until
+/// [`complete_shadow`]; see [`emptied_by_recovery`]): the live columns,
 /// defaults and checks, and the primary-key and unique constraints the upserts need, under
 /// `…__shadow` names. The other indexes and the foreign keys come with [`complete_shadow`]
 /// once the bulk of the rows is in: building an index once over a full table is several times
@@ -133,12 +134,28 @@ pub(crate) async fn create_shadow(
     for table in tables {
         let copy = checked_name(shadow.table(table))?;
         sqlx::query(&format!(
-            "CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)",
+            "CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)",
             ident(&copy),
             ident(table)
         ))
         .execute(&mut *conn)
         .await?;
+        // `LIKE` copies no storage parameters: the copy gets the live table's fillfactor.
+        let options: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass(quote_ident($1))",
+        )
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(options) = options.filter(|o| !o.is_empty()) {
+            sqlx::query(&format!(
+                "ALTER TABLE {} SET ({})",
+                ident(&copy),
+                options.join(", ")
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
         let keys = sqlx::query(
             "SELECT conname::text AS name, pg_get_constraintdef(oid) AS definition
                FROM pg_constraint
@@ -163,13 +180,26 @@ pub(crate) async fn create_shadow(
     Ok(())
 }
 
-/// Gives the shadow tables the live indexes and foreign keys they do not have yet (see
-/// [`create_shadow`]); a no-op once they have them all.
+/// Makes the shadow tables logged and gives them the live indexes and foreign keys they do not
+/// have yet (see [`create_shadow`]); a no-op once that is done.
+///
+/// `SET LOGGED` rewrites each table once, writing it to the WAL in one sequential pass, which
+/// costs far less than the WAL of every batch's inserts and updates (full-page images of pages
+/// touched again after each checkpoint) would have.
 pub(crate) async fn complete_shadow(
     conn: &mut PgConnection,
     tables: &[&str],
 ) -> Result<(), ProjectionError> {
     let shadow = TableSet::Shadow;
+    // Parents first: a logged table cannot reference an unlogged one (no foreign key does yet,
+    // but the order costs nothing).
+    for table in tables {
+        if is_unlogged(conn, &shadow.table(table)).await? {
+            sqlx::query(&format!("ALTER TABLE {} SET LOGGED", shadow.quoted(table)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     for table in tables {
         let copy = shadow.table(table);
         let existing: Vec<String> = indexes(conn, &copy)
@@ -217,6 +247,51 @@ pub(crate) async fn complete_shadow(
         }
     }
     Ok(())
+}
+
+/// Whether crash recovery emptied the shadow: it is unlogged while it is built, and Postgres
+/// truncates unlogged tables when it recovers from a crash, while the shadow's checkpoint
+/// (logged) survives. Every shadow table is then unlogged and empty although events were
+/// applied; a rebuild must start over rather than resume on missing rows. (A build whose events
+/// all wrote no row at all looks the same, and starting it over costs nothing.)
+pub(crate) async fn emptied_by_recovery(
+    conn: &mut PgConnection,
+    tables: &[&str],
+    events_applied: i64,
+) -> Result<bool, ProjectionError> {
+    if events_applied == 0 {
+        return Ok(false);
+    }
+    for table in tables {
+        let copy = TableSet::Shadow.table(table);
+        if !is_unlogged(conn, &copy).await? {
+            return Ok(false);
+        }
+        let empty: bool = sqlx::query_scalar(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {})",
+            TableSet::Shadow.quoted(table)
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+        if !empty {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `table` is unlogged (a shadow still being built).
+pub(crate) async fn is_unlogged(
+    conn: &mut PgConnection,
+    table: &str,
+) -> Result<bool, ProjectionError> {
+    Ok(sqlx::query_scalar(
+        "SELECT relpersistence = 'u' FROM pg_class WHERE oid = to_regclass(quote_ident($1))",
+    )
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or(false))
 }
 
 /// Renames every table of `from` to its name in `to`, and its indexes with it.
