@@ -81,6 +81,35 @@ impl Outgoing {
         subjects: &Subjects,
         order_tenant: Option<&str>,
     ) -> Result<Self, BusError> {
+        Self::with_payload(event, event.inner_payload().clone(), subjects, order_tenant)
+    }
+
+    /// [`Outgoing::from_feed`], moving the payload out of `event` (which keeps `null`) instead
+    /// of copying its JSON tree: for the relay, which needs only the event's position after.
+    ///
+    /// # Errors
+    /// As [`Outgoing::from_feed`].
+    pub fn from_feed_taking(
+        event: &mut FeedEvent,
+        subjects: &Subjects,
+        order_tenant: Option<&str>,
+    ) -> Result<Self, BusError> {
+        let payload = match &mut event.payload {
+            Value::Object(m) if m.len() == 1 => {
+                m.values_mut().next().map(Value::take).unwrap_or_default()
+            }
+            other => other.take(),
+        };
+        Self::with_payload(event, payload, subjects, order_tenant)
+    }
+
+    /// The envelope of `event` around `payload`, its inner payload.
+    fn with_payload(
+        event: &FeedEvent,
+        payload: Value,
+        subjects: &Subjects,
+        order_tenant: Option<&str>,
+    ) -> Result<Self, BusError> {
         let event_type = integration_type(&event.event_type).ok_or_else(|| {
             BusError::Codec(format!(
                 "event {}#{} has unknown type '{}'",
@@ -89,7 +118,6 @@ impl Outgoing {
         })?;
         let subject = subjects.prefixed(&event_type);
         let id = event_id(&event.aggregate_type, &event.aggregate_id, event.sequence);
-        let payload = event.inner_payload().clone();
         let tenant_id = payload
             .get("tenantId")
             .and_then(Value::as_str)

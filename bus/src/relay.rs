@@ -131,11 +131,21 @@ pub struct Relay {
 struct Batch {
     /// The position the events were read after.
     after: FeedPosition,
+    /// The events (their payloads moved into `outgoing`).
     events: Vec<FeedEvent>,
-    /// Envelopes for a prefix of `events`: all of them unless one is refused.
-    outgoing: Vec<Outgoing>,
+    /// Messages for a prefix of `events`: all of them unless one is refused.
+    outgoing: Vec<Ready>,
     /// Why the event after `outgoing` cannot be published.
     refused: Option<BusError>,
+}
+
+/// One event's message, serialized while the previous batch's acks came in, so that a round's
+/// sends do nothing but hand bytes to the client.
+struct Ready {
+    out: Outgoing,
+    subject: async_nats::Subject,
+    /// Taken by [`Relay::send`].
+    message: PublishMessage,
 }
 
 impl std::fmt::Debug for Relay {
@@ -210,11 +220,11 @@ impl Relay {
         let started = Instant::now();
         let Batch {
             events,
-            outgoing,
+            mut outgoing,
             refused,
             ..
         } = batch;
-        let (pending, send_failure) = self.send(&outgoing).await;
+        let (pending, send_failure) = self.send(&mut outgoing).await;
         // While the broker acknowledges, read and prepare the next batch from where this one
         // ends. Only after a full batch (a backlog): caught up, it would be a wasted read. It is
         // used only if the next round starts exactly where this one ended, so a partial ack, a
@@ -271,7 +281,7 @@ impl Relay {
 
     /// Reads up to `limit` events after `after` and prepares their envelopes.
     async fn fetch(&self, after: FeedPosition, limit: i64) -> Result<Batch, BusError> {
-        let events = feed::read_after(&self.pool, after, limit).await?;
+        let mut events = feed::read_after(&self.pool, after, limit).await?;
         if events.is_empty() {
             return Ok(Batch {
                 after,
@@ -281,7 +291,7 @@ impl Relay {
             });
         }
         let tenants = order_tenants(&self.pool, &events).await?;
-        let (outgoing, refused) = self.prepare(&events, &tenants);
+        let (outgoing, refused) = self.prepare(&mut events, &tenants);
         Ok(Batch {
             after,
             events,
@@ -424,30 +434,39 @@ impl Relay {
         Ok(())
     }
 
-    /// Envelopes for the batch up to (not including) the first event that cannot be published,
+    /// Messages for the batch up to (not including) the first event that cannot be published,
     /// and the reason that one cannot.
     fn prepare(
         &self,
-        events: &[FeedEvent],
+        events: &mut [FeedEvent],
         tenants: &HashMap<String, String>,
-    ) -> (Vec<Outgoing>, Option<BusError>) {
+    ) -> (Vec<Ready>, Option<BusError>) {
         let mut outgoing = Vec::with_capacity(events.len());
         for event in events {
-            let prepared = Outgoing::from_feed(
-                event,
-                &self.config.subjects,
-                tenants.get(&event.aggregate_id).map(String::as_str),
-            )
-            .and_then(|out| {
-                let e = &out.envelope;
-                schema::validate(&e.event_type, &e.version, &e.payload)
-                    .map_err(|reason| BusError::SchemaViolation {
-                        event_id: format!("{} ({}#{})", e.id, e.aggregate_id, e.sequence_number),
-                        event_type: format!("{} v{}", e.event_type, e.version),
-                        reason: reason.to_string(),
+            let tenant = tenants.get(&event.aggregate_id).map(String::as_str);
+            let prepared = Outgoing::from_feed_taking(event, &self.config.subjects, tenant)
+                .and_then(|out| {
+                    let e = &out.envelope;
+                    schema::validate(&e.event_type, &e.version, &e.payload).map_err(|reason| {
+                        BusError::SchemaViolation {
+                            event_id: format!(
+                                "{} ({}#{})",
+                                e.id, e.aggregate_id, e.sequence_number
+                            ),
+                            event_type: format!("{} v{}", e.event_type, e.version),
+                            reason: reason.to_string(),
+                        }
+                    })?;
+                    let message = PublishMessage::build()
+                        .payload(out.body()?)
+                        .headers(out.headers())
+                        .expected_stream(&self.config.stream.name);
+                    Ok(Ready {
+                        subject: out.subject.as_str().into(),
+                        out,
+                        message,
                     })
-                    .map(|()| out)
-            });
+                });
             match prepared {
                 Ok(out) => outgoing.push(out),
                 Err(e) => {
@@ -461,7 +480,7 @@ impl Relay {
 
     /// Sends the batch pipelined, stopping at the first message that cannot be sent; returns
     /// the pending acks, in order, and that failure.
-    async fn send(&self, batch: &[Outgoing]) -> (Vec<PublishAckFuture>, Option<BusError>) {
+    async fn send(&self, batch: &mut [Ready]) -> (Vec<PublishAckFuture>, Option<BusError>) {
         if batch.is_empty() {
             return (vec![], None);
         }
@@ -471,21 +490,15 @@ impl Relay {
             return (vec![], Some(e));
         }
         let mut pending = Vec::with_capacity(batch.len());
-        for out in batch {
-            let message = match out.body() {
-                Ok(body) => PublishMessage::build()
-                    .payload(body)
-                    .headers(out.headers())
-                    .expected_stream(&self.config.stream.name),
-                Err(e) => return (pending, Some(e)),
-            };
+        for ready in batch {
+            let message = std::mem::take(&mut ready.message);
             match self
                 .jetstream
-                .send_publish(out.subject.clone(), message)
+                .send_publish(ready.subject.clone(), message)
                 .await
             {
                 Ok(ack) => pending.push(ack),
-                Err(e) => return (pending, Some(self.publish_error(out, &e))),
+                Err(e) => return (pending, Some(self.publish_error(&ready.out, &e))),
             }
         }
         (pending, None)
@@ -495,7 +508,7 @@ impl Relay {
     /// failure.
     fn count_acks(
         &self,
-        batch: &[Outgoing],
+        batch: &[Ready],
         results: Vec<Result<PublishAck, PublishError>>,
     ) -> (usize, Option<BusError>) {
         // Only an unbroken run of acks from the start of the batch counts: the checkpoint is
@@ -504,7 +517,7 @@ impl Relay {
         let mut duplicates = 0u64;
         let mut ack_failure = None;
         let mut stream_seq: HashMap<&str, u64> = HashMap::new();
-        for (out, result) in batch.iter().zip(results) {
+        for (Ready { out, .. }, result) in batch.iter().zip(results) {
             match result {
                 Ok(ack) => {
                     acked += 1;

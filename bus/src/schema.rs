@@ -129,24 +129,27 @@ pub enum SchemaError {
     Broken(String, String),
 }
 
-/// Compiled validators keyed by (integration type, version).
+/// Compiled validators by integration type, then version: looked up per published event with
+/// borrowed keys, so without allocating.
 struct Registry {
-    validators: HashMap<(String, String), Result<jsonschema::Validator, String>>,
+    validators: HashMap<String, HashMap<String, Result<jsonschema::Validator, String>>>,
 }
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| Registry {
-        validators: payload_schemas()
-            .into_iter()
-            .map(|s| {
-                let validator = jsonschema::options()
-                    .should_validate_formats(true)
-                    .build(&s.schema)
-                    .map_err(|e| e.to_string());
-                ((s.integration_type, s.version.to_owned()), validator)
-            })
-            .collect(),
+    REGISTRY.get_or_init(|| {
+        let mut validators: HashMap<String, HashMap<_, _>> = HashMap::new();
+        for s in payload_schemas() {
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&s.schema)
+                .map_err(|e| e.to_string());
+            validators
+                .entry(s.integration_type)
+                .or_default()
+                .insert(s.version.to_owned(), validator);
+        }
+        Registry { validators }
     })
 }
 
@@ -159,17 +162,29 @@ const MAX_REPORTED: usize = 5;
 /// [`SchemaError::Unknown`] for a type/version with no schema, [`SchemaError::Invalid`] with the
 /// violations otherwise.
 pub fn validate(integration_type: &str, version: &str, payload: &Value) -> Result<(), SchemaError> {
-    let key = (integration_type.to_owned(), version.to_owned());
-    let validator = match registry().validators.get(&key) {
+    let found = registry()
+        .validators
+        .get(integration_type)
+        .and_then(|versions| versions.get(version));
+    let validator = match found {
         None => {
             return Err(SchemaError::Unknown {
-                integration_type: key.0,
-                version: key.1,
+                integration_type: integration_type.to_owned(),
+                version: version.to_owned(),
             })
         }
-        Some(Err(e)) => return Err(SchemaError::Broken(file_name(&key.0, &key.1), e.clone())),
+        Some(Err(e)) => {
+            return Err(SchemaError::Broken(
+                file_name(integration_type, version),
+                e.clone(),
+            ))
+        }
         Some(Ok(v)) => v,
     };
+    // The common case, without collecting (and formatting) errors.
+    if validator.is_valid(payload) {
+        return Ok(());
+    }
     let errors: Vec<String> = validator
         .iter_errors(payload)
         .map(|e| {
