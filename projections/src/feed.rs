@@ -77,17 +77,43 @@ impl FeedEvent {
     }
 }
 
+/// What every feed read selects from: the events after `$1`/`$2` and behind the fence, in feed
+/// order, at most `$3` (a macro, so that the queries are still `&'static str` constants).
+///
 /// Every event is an order event (`migrations/0502_events_order_only.sql` enforces it), so
 /// there is no `aggregate_type` filter: with one, a table without statistics was planned as a
 /// whole-table bitmap scan and sort; without it, the feed index is the only plan.
-const SELECT: &str = "
-SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata, recorded_at
+macro_rules! behind_the_fence {
+    () => {
+        "
   FROM events
  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY transaction_id, global_position
- LIMIT $3";
+ LIMIT $3"
+    };
+}
+
+const SELECT: &str = concat!(
+    "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
+            event_type, event_version, payload, metadata, recorded_at",
+    behind_the_fence!()
+);
+
+/// The rows of `select` (one of the queries above) after `after`, at most `limit`.
+async fn fetch_after<'e>(
+    executor: impl PgExecutor<'e>,
+    select: &'static str,
+    after: FeedPosition,
+    limit: i64,
+) -> Result<Vec<PgRow>, ProjectionError> {
+    Ok(sqlx::query(select)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?)
+}
 
 /// Reads up to `limit` order events after `after`, in feed order, upcast to current versions.
 ///
@@ -98,12 +124,7 @@ pub async fn read_after<'e>(
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, ProjectionError> {
-    let rows = sqlx::query(SELECT)
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(executor)
-        .await?;
+    let rows = fetch_after(executor, SELECT, after, limit).await?;
     rows.iter().map(decode_row).collect()
 }
 
@@ -195,17 +216,14 @@ impl DecodedEvent {
 }
 
 /// [`SELECT`]'s rows with the JSON columns as text, for [`read_decoded_after`].
-const SELECT_TEXT: &str = "
-SELECT transaction_id::text AS txid, global_position, aggregate_id, sequence,
-       event_type, event_version, payload::text AS payload, metadata::text AS metadata
-  FROM events
- WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY transaction_id, global_position
- LIMIT $3";
+const SELECT_TEXT: &str = concat!(
+    "SELECT transaction_id::text AS txid, global_position, aggregate_id, sequence, event_type,
+            event_version, payload::text AS payload, metadata::text AS metadata",
+    behind_the_fence!()
+);
 
 /// [`read_after`], decoded straight into domain events: the same events in the same order,
-/// at about half the client's cost per event.
+/// without a JSON tree per event.
 ///
 /// # Errors
 /// [`ProjectionError::Database`] when the query fails; [`ProjectionError::Undecodable`] at the
@@ -215,12 +233,7 @@ pub async fn read_decoded_after<'e>(
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<DecodedEvent>, ProjectionError> {
-    let rows = sqlx::query(SELECT_TEXT)
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(executor)
-        .await?;
+    let rows = fetch_after(executor, SELECT_TEXT, after, limit).await?;
     // Columns by index, in SELECT_TEXT's order: a name lookup per column and row shows in
     // replay's profile.
     rows.iter()
