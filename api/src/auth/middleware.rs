@@ -90,6 +90,25 @@ struct Presented<'a> {
     signature: &'a str,
 }
 
+impl Presented<'_> {
+    /// Whether the signature is right for `key`, in constant time, by the scheme presented
+    /// (hmac-v1 when a nonce came, hmac-v2 otherwise).
+    fn is_signed_with(&self, key: &[u8], method: &Method, target: &str) -> bool {
+        match self.nonce {
+            Some(nonce) => verify_v1(
+                key,
+                self.service,
+                self.timestamp,
+                nonce,
+                method.as_str(),
+                target,
+                self.signature,
+            ),
+            None => verify_v2(key, self.service, self.timestamp, target, self.signature),
+        }
+    }
+}
+
 /// The value of a header that must appear exactly once, as visible ASCII.
 fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Rejection> {
     let mut values = headers.get_all(name).iter();
@@ -162,19 +181,7 @@ pub fn check_offline(
 ) -> Result<(Caller, i64), &'static str> {
     let p = presented(headers).map_err(|r| r.class())?;
     let timestamp = parse_timestamp(p.timestamp).map_err(|r| r.class())?;
-    let valid = match p.nonce {
-        Some(nonce) => verify_v1(
-            secret,
-            p.service,
-            p.timestamp,
-            nonce,
-            method.as_str(),
-            target,
-            p.signature,
-        ),
-        None => verify_v2(secret, p.service, p.timestamp, target, p.signature),
-    };
-    if !valid {
+    if !p.is_signed_with(secret, method, target) {
         return Err(Rejection::BadCredentials.class());
     }
     let caller = Caller {
@@ -307,18 +314,7 @@ impl Authenticator {
             .inner
             .keys
             .candidates(p.service)
-            .any(|key| match p.nonce {
-                Some(nonce) => verify_v1(
-                    key,
-                    p.service,
-                    p.timestamp,
-                    nonce,
-                    method.as_str(),
-                    target,
-                    p.signature,
-                ),
-                None => verify_v2(key, p.service, p.timestamp, target, p.signature),
-            });
+            .any(|key| p.is_signed_with(key, method, target));
         if !valid {
             return Err(Rejection::BadCredentials);
         }
