@@ -3,7 +3,10 @@
 //!
 //! One round ([`Relay::run_once`]):
 //! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;
-//! 2. read a batch from the commit-safe feed after the relay's checkpoint;
+//! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
+//!    where it last saved it while step 1's keepalive and a fresh load of the checkpoint are in
+//!    flight, and uses the read only if both agree; the batch after a full one is read and
+//!    prepared by a task of its own while this one is sent);
 //! 3. map each event to its envelope and validate the payload against its schema; the first
 //!    event that fails stops the batch there (the events before it still go out) and the round
 //!    ends with an error: it is never skipped;
@@ -19,6 +22,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -32,6 +36,7 @@ use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag};
 use order_projections::{checkpoint, CommitSignal, FeedEvent, FeedPosition};
 use rand::Rng;
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -119,21 +124,32 @@ pub fn jetstream_context(client: async_nats::Client, publish_timeout: Duration) 
 pub struct Relay {
     pool: PgPool,
     jetstream: Context,
-    config: RelayConfig,
+    /// Shared with the task that reads and prepares the next batch.
+    config: Arc<RelayConfig>,
     leader: Mutex<LeaderLock>,
     stream_ready: AtomicBool,
     wake: Option<CommitSignal>,
-    /// The next batch, read and prepared while the previous one's acks came in.
-    prefetched: Mutex<Option<Batch>>,
+    /// What one round leaves the next.
+    round: Mutex<RoundState>,
+}
+
+/// What one round leaves the next (only ever touched under the leader lock's mutex).
+#[derive(Default)]
+struct RoundState {
+    /// The checkpoint as this leader last saved or loaded it; `None` when not leading, or when
+    /// a save's outcome is unknown.
+    position: Option<FeedPosition>,
+    /// The next batch, read and prepared while the previous one was sent and acknowledged.
+    prefetched: Option<Batch>,
 }
 
 /// Events read from the feed and their envelopes, ready to send.
 struct Batch {
     /// The position the events were read after.
     after: FeedPosition,
-    /// The events (their payloads moved into `outgoing`).
-    events: Vec<FeedEvent>,
-    /// Messages for a prefix of `events`: all of them unless one is refused.
+    /// Where each event read is in the feed (the events themselves are dropped once prepared).
+    positions: Vec<FeedPosition>,
+    /// Messages for a prefix of `positions`: all of them unless one is refused.
     outgoing: Vec<Ready>,
     /// Why the event after `outgoing` cannot be published.
     refused: Option<BusError>,
@@ -142,6 +158,7 @@ struct Batch {
 /// One event's message, serialized while the previous batch's acks came in, so that a round's
 /// sends do nothing but hand bytes to the client.
 struct Ready {
+    /// The envelope, for acks and errors; its payload is already dropped (it is in `message`).
     out: Outgoing,
     subject: async_nats::Subject,
     /// Taken by [`Relay::send`].
@@ -165,9 +182,9 @@ impl Relay {
             jetstream,
             leader: Mutex::new(leader),
             stream_ready: AtomicBool::new(!config.ensure_stream),
-            config,
+            config: Arc::new(config),
             wake: None,
-            prefetched: Mutex::new(None),
+            round: Mutex::new(RoundState::default()),
         }
     }
 
@@ -199,75 +216,111 @@ impl Relay {
     #[tracing::instrument(name = "relay.round", level = "debug", skip_all, fields(relay = %self.config.consumer))]
     pub async fn run_once(&self) -> Result<RelayOutcome, BusError> {
         let mut leader = self.leader.lock().await;
-        let leading = leader.ensure().await?;
+        let mut round = self.round.lock().await;
+        let limit = self.config.batch_size.clamp(1, MAX_BATCH);
+        // A leader knows where its checkpoint is (it wrote it), so it reads its next batch from
+        // there while the keepalive confirms it still leads and the checkpoint is loaded
+        // again, all at once instead of one round trip after the other. The read is used only
+        // if both agree: otherwise it is thrown away (a standby, or an operator who moved the
+        // checkpoint, wins).
+        let known = round.position.filter(|_| leader.is_leader());
+        let prefetched = round.prefetched.take();
+        let (leading, batch) = match known {
+            Some(after) => {
+                let read = async {
+                    match prefetched {
+                        // Read during the previous round, from exactly where this one starts.
+                        Some(b) if b.after == after => Ok(b),
+                        _ => fetch(&self.pool, &self.config, after, limit).await,
+                    }
+                };
+                let stored = checkpoint::load(&self.pool, &self.config.consumer);
+                let (leading, stored, batch) = tokio::join!(leader.ensure(), stored, read);
+                let batch = match stored {
+                    Ok(stored) if stored == after => Some(batch),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e.into())),
+                };
+                (leading, batch)
+            }
+            None => (leader.ensure().await, None),
+        };
+        let leading = leading.inspect_err(|_| round.position = None)?;
         metrics::gauge!("relay_is_leader").set(if leading { 1.0 } else { 0.0 });
         if !leading {
+            round.position = None;
             return Ok(RelayOutcome::Standby);
         }
         self.ensure_stream_once().await?;
-
-        let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
-        let limit = self.config.batch_size.clamp(1, MAX_BATCH);
-        let prefetched = self.prefetched.lock().await.take();
-        let batch = match prefetched {
-            // Read during the previous round's acks, from exactly where this round starts.
-            Some(b) if b.after == after => b,
-            _ => self.fetch(after, limit).await?,
+        let batch = match batch {
+            Some(batch) => batch?,
+            None => {
+                // Newly leading, after a failed save, or the checkpoint was moved: the stored
+                // checkpoint, read on its own.
+                let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
+                round.position = Some(after);
+                fetch(&self.pool, &self.config, after, limit).await?
+            }
         };
-        if batch.events.is_empty() {
+        let Some(&next_after) = batch.positions.last() else {
             return Ok(RelayOutcome::Idle);
-        }
+        };
         let started = Instant::now();
         let Batch {
-            events,
+            positions,
             mut outgoing,
             refused,
             ..
         } = batch;
+        // While this batch is sent and acknowledged, read and prepare the next one from where
+        // this one ends, in a task of its own: on another worker thread, decoding and
+        // serializing overlap with the sends instead of taking turns with them. Only after a
+        // full batch (a backlog): caught up, it would be a wasted read. It is used only if the
+        // next round starts exactly where this one ended, so a partial ack, a failure or
+        // another leader in between discards it.
+        let prefetch = (refused.is_none() && positions.len() as i64 == limit).then(|| {
+            let (pool, config) = (self.pool.clone(), Arc::clone(&self.config));
+            AbortOnDrop(tokio::spawn(async move {
+                fetch(&pool, &config, next_after, limit).await
+            }))
+        });
         let (pending, send_failure) = self.send(&mut outgoing).await;
-        // While the broker acknowledges, read and prepare the next batch from where this one
-        // ends. Only after a full batch (a backlog): caught up, it would be a wasted read. It is
-        // used only if the next round starts exactly where this one ended, so a partial ack, a
-        // failure or another leader in between discards it.
-        let next_after = events[events.len() - 1].position;
-        let prefetch = async {
-            if refused.is_none() && send_failure.is_none() && events.len() as i64 == limit {
-                self.fetch(next_after, limit).await.ok()
-            } else {
-                None
-            }
-        };
-        let (acks, next) = tokio::join!(
-            futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)),
-            prefetch
-        );
+        let acks =
+            futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await;
         let (acked, ack_failure) = self.count_acks(&outgoing, acks);
         let publish_error = ack_failure.or(send_failure);
         if publish_error.is_some() {
             metrics::counter!("relay_publish_failures_total").increment(1);
         }
-        if acked == events.len() {
-            if let Some(next) = next.filter(|n| !n.events.is_empty()) {
-                *self.prefetched.lock().await = Some(next);
+        let next = async {
+            match prefetch.filter(|_| acked == positions.len()) {
+                Some(mut prefetch) => (&mut prefetch.0).await.ok().and_then(Result::ok),
+                None => None,
             }
-        }
+        };
 
         if acked > 0 {
             let conn = leader.connection().ok_or_else(|| {
                 BusError::Leader("lost leadership before saving the checkpoint".into())
             })?;
-            checkpoint::save_with(
+            let moved_to = positions[acked - 1];
+            // Unknown until the save is known to have landed.
+            round.position = None;
+            let save = checkpoint::save_with(
                 &mut *conn,
                 &self.config.consumer,
-                events[acked - 1].position,
+                moved_to,
                 acked as u64,
                 checkpoint::Durability::Relaxed,
-            )
-            .await?;
+            );
+            let (saved, next) = tokio::join!(save, next);
+            saved?;
+            round.position = Some(moved_to);
+            round.prefetched = next.filter(|n| !n.positions.is_empty());
             metrics::counter!("relay_published_total").increment(acked as u64);
             metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
             tracing::debug!(
-                outbox.batch_size = events.len(),
+                outbox.batch_size = positions.len(),
                 outbox.published = acked,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "relayed a batch"
@@ -277,27 +330,6 @@ impl Relay {
             return Err(e);
         }
         Ok(RelayOutcome::Published(acked))
-    }
-
-    /// Reads up to `limit` events after `after` and prepares their envelopes.
-    async fn fetch(&self, after: FeedPosition, limit: i64) -> Result<Batch, BusError> {
-        let mut events = feed::read_after(&self.pool, after, limit).await?;
-        if events.is_empty() {
-            return Ok(Batch {
-                after,
-                events,
-                outgoing: vec![],
-                refused: None,
-            });
-        }
-        let tenants = order_tenants(&self.pool, &events).await?;
-        let (outgoing, refused) = self.prepare(&mut events, &tenants);
-        Ok(Batch {
-            after,
-            events,
-            outgoing,
-            refused,
-        })
     }
 
     /// Runs rounds until one finds nothing (or stands by); returns the events published.
@@ -434,50 +466,6 @@ impl Relay {
         Ok(())
     }
 
-    /// Messages for the batch up to (not including) the first event that cannot be published,
-    /// and the reason that one cannot.
-    fn prepare(
-        &self,
-        events: &mut [FeedEvent],
-        tenants: &HashMap<String, String>,
-    ) -> (Vec<Ready>, Option<BusError>) {
-        let mut outgoing = Vec::with_capacity(events.len());
-        for event in events {
-            let tenant = tenants.get(&event.aggregate_id).map(String::as_str);
-            let prepared = Outgoing::from_feed_taking(event, &self.config.subjects, tenant)
-                .and_then(|out| {
-                    let e = &out.envelope;
-                    schema::validate(&e.event_type, &e.version, &e.payload).map_err(|reason| {
-                        BusError::SchemaViolation {
-                            event_id: format!(
-                                "{} ({}#{})",
-                                e.id, e.aggregate_id, e.sequence_number
-                            ),
-                            event_type: format!("{} v{}", e.event_type, e.version),
-                            reason: reason.to_string(),
-                        }
-                    })?;
-                    let message = PublishMessage::build()
-                        .payload(out.body()?)
-                        .headers(out.headers())
-                        .expected_stream(&self.config.stream.name);
-                    Ok(Ready {
-                        subject: out.subject.as_str().into(),
-                        out,
-                        message,
-                    })
-                });
-            match prepared {
-                Ok(out) => outgoing.push(out),
-                Err(e) => {
-                    metrics::counter!("relay_schema_violations_total").increment(1);
-                    return (outgoing, Some(e));
-                }
-            }
-        }
-        (outgoing, None)
-    }
-
     /// Sends the batch pipelined, stopping at the first message that cannot be sent; returns
     /// the pending acks, in order, and that failure.
     async fn send(&self, batch: &mut [Ready]) -> (Vec<PublishAckFuture>, Option<BusError>) {
@@ -567,6 +555,85 @@ impl Relay {
             "publish of {} to {} failed: {e}",
             out.envelope.id, out.subject
         ))
+    }
+}
+
+/// Reads up to `limit` events after `after` and prepares their messages.
+async fn fetch(
+    pool: &PgPool,
+    config: &RelayConfig,
+    after: FeedPosition,
+    limit: i64,
+) -> Result<Batch, BusError> {
+    let mut events = feed::read_after(pool, after, limit).await?;
+    let positions = events.iter().map(|e| e.position).collect();
+    if events.is_empty() {
+        return Ok(Batch {
+            after,
+            positions,
+            outgoing: vec![],
+            refused: None,
+        });
+    }
+    let tenants = order_tenants(pool, &events).await?;
+    let (outgoing, refused) = prepare(config, &mut events, &tenants);
+    Ok(Batch {
+        after,
+        positions,
+        outgoing,
+        refused,
+    })
+}
+
+/// Messages for the batch up to (not including) the first event that cannot be published, and
+/// the reason that one cannot.
+fn prepare(
+    config: &RelayConfig,
+    events: &mut [FeedEvent],
+    tenants: &HashMap<String, String>,
+) -> (Vec<Ready>, Option<BusError>) {
+    let mut outgoing = Vec::with_capacity(events.len());
+    for event in events {
+        let tenant = tenants.get(&event.aggregate_id).map(String::as_str);
+        let prepared =
+            Outgoing::from_feed_taking(event, &config.subjects, tenant).and_then(|mut out| {
+                let e = &out.envelope;
+                schema::validate(&e.event_type, &e.version, &e.payload).map_err(|reason| {
+                    BusError::SchemaViolation {
+                        event_id: format!("{} ({}#{})", e.id, e.aggregate_id, e.sequence_number),
+                        event_type: format!("{} v{}", e.event_type, e.version),
+                        reason: reason.to_string(),
+                    }
+                })?;
+                let message = PublishMessage::build()
+                    .payload(out.body()?)
+                    .headers(out.headers())
+                    .expected_stream(&config.stream.name);
+                // The payload is in the body now; its tree is freed here, off the sending task.
+                out.envelope.payload = Value::Null;
+                Ok(Ready {
+                    subject: out.subject.as_str().into(),
+                    out,
+                    message,
+                })
+            });
+        match prepared {
+            Ok(out) => outgoing.push(out),
+            Err(e) => {
+                metrics::counter!("relay_schema_violations_total").increment(1);
+                return (outgoing, Some(e));
+            }
+        }
+    }
+    (outgoing, None)
+}
+
+/// Aborts a task when dropped, so a prefetch the round gives up on does not run on.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -503,6 +503,46 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
     restarted.shutdown().await;
 }
 
+/// A leader reads from the checkpoint it last saved while it loads the stored one again (see
+/// `Relay::run_once`); the stored one must still win, so that an operator who moves it back
+/// on a running relay gets the events re-sent.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&nats_url()).await;
+    let relay = bus.relay(&pool);
+
+    create_order(&app, "req-1").await;
+    drain(&relay, &pool).await;
+    let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
+    scripted_run(&app).await;
+    let second = drain(&relay, &pool).await;
+    assert!(second > 0);
+    let after = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
+    let count = bus.message_count().await;
+
+    // The same relay, still leading, after an operator moved its checkpoint back.
+    checkpoint::save(&pool, RELAY_CONSUMER, before, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&relay, &pool).await,
+        second,
+        "the relay re-sends from the stored checkpoint, not from the one it remembered"
+    );
+    assert_eq!(
+        checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap(),
+        after
+    );
+    assert_eq!(
+        bus.message_count().await,
+        count,
+        "the broker dropped the re-sends"
+    );
+    assert_exactly_once_in_order(&bus, &pool).await;
+    relay.shutdown().await;
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let mut server = NatsServer::start();
