@@ -5,8 +5,11 @@
 //! Every signed request records one nonce, so under load this is one write transaction per
 //! request. Concurrent records are therefore batched: a background task takes whatever records
 //! are waiting and inserts them in one statement (`unnest` … `ON CONFLICT DO NOTHING RETURNING`),
-//! one statement at a time ([`MAX_IN_FLIGHT`]); while it runs, the next records queue up and
-//! become the next batch. Alone, a record is still one statement, so nothing waits for a batch
+//! one statement at a time; while it runs, the next records queue up and become the next batch.
+//! (More statements in flight measured slower: with `just bench quick B8` on 2 cores, signed
+//! no-database requests/s with 1, 2, 4 and 16 in flight were 12.6k, 11.4k, 9.4k and 6.7k, as
+//! each statement in flight holds a pool connection that the requests' own reads then wait
+//! for, while one statement of up to [`MAX_BATCH`] rows takes about 0.35 ms.) Alone, a record is still one statement, so nothing waits for a batch
 //! to fill. Postgres stays the arbiter: a key is first use only if this statement's
 //! insert returned it, and a key that appears twice in one batch is first use at most once.
 
@@ -16,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
@@ -28,13 +31,6 @@ const PURGE_BATCH: i64 = 5_000;
 
 /// Most records inserted by one statement.
 const MAX_BATCH: usize = 256;
-
-/// Batch statements running at once. One: a batch of up to [`MAX_BATCH`] rows takes about
-/// 0.35 ms in Postgres, far more than signed requests need, and every statement in flight holds
-/// a pool connection that the requests' own queries then wait for. Measured with
-/// `just bench quick B8` on 2 cores, signed no-database requests/s with 1, 2, 4 and 16 in
-/// flight: 12.6k, 11.4k, 9.4k and 6.7k (signed order reads: 6.8k, 6.2k, 5.4k, 4.4k).
-pub const MAX_IN_FLIGHT: usize = 1;
 
 /// Records waiting for the batcher; a full queue makes callers wait (backpressure).
 const QUEUE: usize = 4_096;
@@ -136,15 +132,10 @@ impl NonceStore {
 }
 
 /// The batcher: waits for a record, takes every other one already waiting (up to
-/// [`MAX_BATCH`]) and inserts them in one statement on a task of its own, at most
-/// [`MAX_IN_FLIGHT`] at a time. Ends when every [`NonceStore`] clone is gone.
+/// [`MAX_BATCH`]) and inserts them in one statement, then does it again: the records that
+/// arrive during a statement make the next batch. Ends when every [`NonceStore`] clone is gone.
 async fn run_batcher(pool: PgPool, mut queue: mpsc::Receiver<Pending>, statements: Arc<AtomicU64>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
-        // Waiting for a free slot is what lets the next batch grow.
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -152,12 +143,8 @@ async fn run_batcher(pool: PgPool, mut queue: mpsc::Receiver<Pending>, statement
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
         statements.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            record_batch(&pool, batch).await;
-            drop(permit);
-        });
+        record_batch(&pool, batch).await;
     }
 }
 
