@@ -39,6 +39,24 @@ pub trait Projector: Send + Sync {
         conn: &mut PgConnection,
         event: &FeedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Applies a batch, in feed order; [`ProjectionRunner::run_once`] calls this. The default
+    /// applies each event in turn. A projector may write the batch in fewer statements instead,
+    /// and should when batches can be large: the batch's transaction holds the feed's fence
+    /// back from its first write to its commit, so every reader of the feed (the relay
+    /// included) waits for events committed meanwhile.
+    fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async move {
+            for event in events {
+                self.apply(&mut *conn, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// What one call to [`ProjectionRunner::run_once`] did.
@@ -111,9 +129,7 @@ impl<P: Projector> ProjectionRunner<P> {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(RunOnce::Idle);
         };
-        for event in &events {
-            self.projector.apply(&mut tx, event).await?;
-        }
+        self.projector.apply_batch(&mut tx, &events).await?;
         checkpoint::save_with(
             &mut *tx,
             name,

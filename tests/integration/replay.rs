@@ -19,7 +19,7 @@ use order_projections::replay::{
     self, Built, DiffKind, NoProgress, RebuildOptions, ReplayLock, ReplayProgress, TableSet,
 };
 use order_projections::{
-    checkpoint, OrdersProjector, ProjectionError, ProjectionRunner, ORDERS_PROJECTION,
+    checkpoint, OrdersProjector, ProjectionError, ProjectionRunner, Projector, ORDERS_PROJECTION,
 };
 use order_tests::fixtures::{generate_orders, EVENTS_PER_ORDER};
 use serde_json::Value;
@@ -42,9 +42,28 @@ fn options(batch_size: i64) -> RebuildOptions {
     }
 }
 
-/// Applies every committed event to the live read model, as the service's projector does.
+/// The live projector one event at a time ([`Projector::apply`]), where the service's writes a
+/// batch at a time as replay does: the live tables the replay tests compare rebuilds with are
+/// then built by the other path, so each comparison checks one path against the other.
+struct PerEvent;
+
+impl Projector for PerEvent {
+    fn name(&self) -> &str {
+        ORDERS_PROJECTION
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &order_projections::FeedEvent,
+    ) -> Result<(), ProjectionError> {
+        OrdersProjector.apply(conn, event).await
+    }
+}
+
+/// Applies every committed event to the live read model, one event at a time.
 async fn project(pool: &PgPool) {
-    let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, 500);
+    let runner = ProjectionRunner::new(pool.clone(), PerEvent, 500);
     tokio::time::timeout(Duration::from_secs(60), runner.catch_up())
         .await
         .expect("the projector caught up in time")

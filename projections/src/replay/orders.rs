@@ -279,7 +279,15 @@ async fn apply_batch(
             }
         }
     }
-    let previous = plan_for_keyed_access(conn).await?;
+    // A batch of creations only (the usual live batch) reads and deletes nothing by key.
+    let keyed = events
+        .iter()
+        .any(|e| !matches!(e.event, OrderEvent::OrderCreated(_)));
+    let previous = if keyed {
+        Some(plan_for_keyed_access(conn).await?)
+    } else {
+        None
+    };
     let mut orders = load(conn, set, &ids).await?;
     orders.extend(cached.into_iter().map(|state| (state.row.order_id, state)));
     for DecodedEvent {
@@ -306,7 +314,9 @@ async fn apply_batch(
         }
     }
     let written = write(conn, set, orders.values().map(AsRef::as_ref)).await?;
-    restore_planner(conn, &previous).await?;
+    if let Some(previous) = previous {
+        restore_planner(conn, &previous).await?;
+    }
     if let Some(cache) = cache {
         orders.into_values().for_each(|state| cache.keep(state));
     }
@@ -375,6 +385,9 @@ async fn load(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Box<OrderState>>, ProjectionError> {
     let mut orders = HashMap::with_capacity(ids.len());
+    if ids.is_empty() {
+        return Ok(orders);
+    }
     let rows = sqlx::query(&format!(
         "SELECT {ORDER_COLUMNS} FROM {} WHERE order_id = ANY($1)",
         set.quoted(ORDERS)
