@@ -1,8 +1,9 @@
 //! The `orders` projection as replay drives it: the same rows as [`crate::orders`], written a
 //! batch at a time.
 //!
-//! The live projector runs one `UPDATE` per event, which is right for a trickle of new events
-//! but far too slow to replay millions. Here a batch's events are folded per order in memory,
+//! [`crate::orders::OrdersProjector::apply`] runs one statement per event, which is far too
+//! slow to replay millions (and holds the feed's fence too long for the live projector, which
+//! writes its batches through here as well). Here a batch's events are folded per order in memory,
 //! starting from the rows already in the target tables, and every touched row is written once
 //! with a multi-row upsert. The fold mirrors the live projector statement for statement (it
 //! uses the same [`crate::orders::change_of`] mapping, the same `last_sequence` guard, the same
