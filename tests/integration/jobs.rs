@@ -329,7 +329,14 @@ async fn racing_runs_without_any_lock_still_act_once_per_order(pool: PgPool) {
         let (rx, ry) = tokio::join!(x.run_once(&ctx), y.run_once(&ctx));
         let (rx, ry) = (rx.expect("run x"), ry.expect("run y"));
         assert_eq!(rx.acted + ry.acted, expected, "{name}: {rx:?} {ry:?}");
-        assert_eq!(rx.examined, expected, "{name}");
+        // Each run examines what the read model lists when it looks, which can be fewer: the
+        // app's own projector may already have applied the other run's first commands.
+        for r in [&rx, &ry] {
+            assert!(
+                r.acted <= r.examined && r.examined <= expected,
+                "{name}: {rx:?} {ry:?}"
+            );
+        }
         assert_eq!(
             o.count(event).await,
             i64::try_from(expected).unwrap_or(0),
