@@ -40,6 +40,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::envelope::Outgoing;
 use crate::error::BusError;
@@ -280,7 +281,7 @@ impl Relay {
         // another leader in between discards it.
         let prefetch = (refused.is_none() && positions.len() as i64 == limit).then(|| {
             let (pool, config) = (self.pool.clone(), Arc::clone(&self.config));
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 fetch(&pool, &config, next_after, limit).await
             }))
         });
@@ -294,7 +295,7 @@ impl Relay {
         }
         let next = async {
             match prefetch.filter(|_| acked == positions.len()) {
-                Some(mut prefetch) => (&mut prefetch.0).await.ok().and_then(Result::ok),
+                Some(prefetch) => prefetch.await.ok().and_then(Result::ok),
                 None => None,
             }
         };
@@ -626,15 +627,6 @@ fn prepare(
         }
     }
     (outgoing, None)
-}
-
-/// Aborts a task when dropped, so a prefetch the round gives up on does not run on.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// How far the relay named `consumer` is behind the feed (for readiness and metrics).

@@ -39,6 +39,7 @@ use order_domain::ORDER_AGGREGATE_TYPE;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::checkpoint;
 use crate::error::ProjectionError;
@@ -480,7 +481,7 @@ impl Rebuild {
             self.options.batch_size,
             sender,
         ));
-        let _stop_reader = AbortOnDrop(reader);
+        let _stop_reader = AbortOnDropHandle::new(reader);
         // Every way out of this loop, a failed batch included, drops it.
         let mut carry = self.spec.carry();
         let mut done = 0;
@@ -659,16 +660,6 @@ enum ReadAhead {
     /// Every event up to the live checkpoint has been handed over.
     CaughtUp,
     Failed(ProjectionError),
-}
-
-/// Aborts a task when dropped, so a build that returns early leaves no reader behind.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Reads batches after `from` for [`Rebuild::build`], up to the live checkpoint and following
