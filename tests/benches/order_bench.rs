@@ -141,6 +141,9 @@ async fn main() -> anyhow::Result<()> {
     let mut b5 = vec![];
     let mut b7 = vec![];
     let mut b7_rate = f64::NAN;
+    // Per round: lag p99, its part up to JetStream, its part after, and the command p99 at
+    // that rate (what the lag's tail is compared with in the README).
+    let mut b7_parts: [Vec<f64>; 4] = Default::default();
     let mut command_p50 = f64::NAN;
     let mut raw = vec![];
     for round in 1..=plan.rounds {
@@ -209,9 +212,21 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         b5.push(lag.lag.ms(0.99) / lag.commands.ms(0.5));
         // B7: commit-to-subscriber latency at half this round's create rate ÷ low-load command p50.
-        b7_rate = (svc32.per_second / 2.0).clamp(10.0, 1_000.0);
+        // BENCH_B7_RATE fixes the rate instead, so that two builds are compared at equal load.
+        b7_rate = std::env::var("BENCH_B7_RATE")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or((svc32.per_second / 2.0).clamp(10.0, 1_000.0));
         let sub = subscriber_lag(&url, &nats_url, &stream, &prefix, b7_rate, d).await?;
         b7.push(sub.lag.ms(0.99) / lag.commands.ms(0.5));
+        for (part, value) in b7_parts.iter_mut().zip([
+            sub.lag.ms(0.99),
+            sub.to_stream.ms(0.99),
+            sub.from_stream.ms(0.99),
+            sub.commands.ms(0.99),
+        ]) {
+            part.push(value);
+        }
         raw.push(json!({
             "round": round,
             "pgbench_insert_tps_32": pg32.tps, "service_create_per_s_32": svc32.per_second,
@@ -229,8 +244,11 @@ async fn main() -> anyhow::Result<()> {
             "b5_lag_p50_ms": lag.lag.ms(0.5), "b5_lag_p99_ms": lag.lag.ms(0.99), "b5_samples": lag.lag.count(),
             "b5_missing": lag.missing, "b5_errors": lag.errors,
             "b7_rate_per_s": b7_rate, "b7_command_p50_ms": sub.commands.ms(0.5),
+            "b7_command_p99_ms": sub.commands.ms(0.99),
             "b7_lag_p50_ms": sub.lag.ms(0.5), "b7_lag_p99_ms": sub.lag.ms(0.99), "b7_samples": sub.lag.count(),
             "b7_missing": sub.missing, "b7_early": sub.early, "b7_errors": sub.errors,
+            "b7_to_stream_p50_ms": sub.to_stream.ms(0.5), "b7_to_stream_p99_ms": sub.to_stream.ms(0.99),
+            "b7_from_stream_p50_ms": sub.from_stream.ms(0.5), "b7_from_stream_p99_ms": sub.from_stream.ms(0.99),
         }));
     }
     if !service_phase && wants(&["B6"]) {
@@ -408,6 +426,11 @@ async fn main() -> anyhow::Result<()> {
             "command p50 at low load: {command_p50:.2} ms; unsigned /health/live: {:.0} req/s (median)",
             median(&b8_live)
         );
+        let [lag, to_stream, from_stream, commands] = b7_parts.each_ref().map(|v| median(v));
+        println!(
+            "B7 p99s (median of rounds): lag {lag:.1} ms; its part up to the stream {to_stream:.1} \
+             ms, after it {from_stream:.1} ms; command p99 at the same rate {commands:.1} ms"
+        );
     }
 
     if !b4.is_empty() {
@@ -458,8 +481,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release binary next to this benchmark's own executable (`target/release/`).
+/// The release binary next to this benchmark's own executable (`target/release/`), or the one
+/// `BENCH_SERVICE_BINARY` names (to compare two builds A-B in one session).
 fn service_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("BENCH_SERVICE_BINARY") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

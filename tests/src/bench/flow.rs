@@ -35,6 +35,33 @@ pub struct LagRun {
     pub missing: u64,
     /// Effects seen before the create's answer arrived (recorded as ~0).
     pub early: u64,
+    /// B7 only, the lag in two parts, by the stream's own timestamp of each message: from the
+    /// create's answer to JetStream storing the event (the relay's part), and from there to
+    /// the subscriber's receipt (the broker's delivery and the subscriber's own wake-up). Wall
+    /// clock on both sides of one machine.
+    pub to_stream: Latencies,
+    pub from_stream: Latencies,
+}
+
+/// Nanoseconds since the Unix epoch, to compare with JetStream's message timestamps.
+fn wall_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// A nonnegative span of nanoseconds (a clock read on the other side may come out ahead).
+fn span(from_ns: i128, to_ns: i128) -> Duration {
+    Duration::from_nanos(u64::try_from(to_ns - from_ns).unwrap_or(0))
+}
+
+/// When the subscriber got an order's event, and when JetStream stored it.
+#[derive(Debug, Clone, Copy)]
+struct Receipt {
+    at: Instant,
+    at_ns: i128,
+    /// 0 when the message carried no JetStream metadata.
+    stored_ns: i128,
 }
 
 /// One create that succeeded: its order id and when its answer arrived.
@@ -180,45 +207,89 @@ pub async fn subscriber_lag(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<LagRun> {
-    let client = async_nats::connect(nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let consumer = js
-        .get_stream(stream)
-        .await?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{prefix}order.created"),
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    // The subscriber runs on a thread of its own, with its own runtime and NATS connection,
+    // as a subscribing service would run in a process of its own: on the bench's runtime, its
+    // receipts queued behind the create tasks of the load it measures, which added several ms
+    // to the tail of a lag that is the service's to answer for.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let subscriber = tokio::spawn(async move {
-        let mut received: HashMap<Uuid, Instant> = HashMap::new();
-        let hard_stop = Instant::now() + duration + SETTLE + Duration::from_secs(5);
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                () = tokio::time::sleep_until(hard_stop.into()) => break,
-                next = messages.next() => {
-                    let message = match next {
-                        Some(Ok(message)) => message,
-                        // The ordered consumer recreates itself after a hiccup: keep reading.
-                        Some(Err(_)) => continue,
-                        None => break,
-                    };
-                    let at = Instant::now();
-                    let id = serde_json::from_slice::<Value>(&message.payload)
-                        .ok()
-                        .and_then(|v| v["aggregateId"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
-                    if let Some(id) = id {
-                        received.entry(id).or_insert(at);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (nats, stream_name, filter) = (
+        nats_url.to_owned(),
+        stream.to_owned(),
+        format!("{prefix}order.created"),
+    );
+    std::thread::Builder::new()
+        .name("bench-subscriber".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let subscribed = async {
+                    let client = async_nats::connect(&nats).await?;
+                    let consumer = async_nats::jetstream::new(client)
+                        .get_stream(&stream_name)
+                        .await?
+                        .create_consumer(pull::OrderedConfig {
+                            filter_subject: filter,
+                            deliver_policy: DeliverPolicy::New,
+                            ..Default::default()
+                        })
+                        .await?;
+                    anyhow::Ok(consumer.messages().await?)
+                };
+                let mut messages = match subscribed.await {
+                    Ok(messages) => {
+                        let _ = ready_tx.send(Ok(()));
+                        messages
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut received: HashMap<Uuid, Receipt> = HashMap::new();
+                let hard_stop = Instant::now() + duration + SETTLE + Duration::from_secs(5);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        () = tokio::time::sleep_until(hard_stop.into()) => break,
+                        next = messages.next() => {
+                            let message = match next {
+                                Some(Ok(message)) => message,
+                                // The ordered consumer recreates itself after a hiccup: keep reading.
+                                Some(Err(_)) => continue,
+                                None => break,
+                            };
+                            let receipt = Receipt {
+                                at: Instant::now(),
+                                at_ns: wall_ns(),
+                                stored_ns: message
+                                    .info()
+                                    .map_or(0, |i| i.published.unix_timestamp_nanos()),
+                            };
+                            let id = serde_json::from_slice::<Value>(&message.payload)
+                                .ok()
+                                .and_then(|v| v["aggregateId"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
+                            if let Some(id) = id {
+                                received.entry(id).or_insert(receipt);
+                            }
+                        }
                     }
                 }
-            }
-        }
-        received
-    });
+                let _ = done_tx.send(received);
+            });
+        })?;
+    ready_rx.await??;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Created>();
     let (commands, errors) = create_at_rate(base, rate, duration, tx).await;
@@ -229,7 +300,7 @@ pub async fn subscriber_lag(
     // Give the relay time to publish the last ones, then stop listening.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(());
-    let mut received = subscriber.await?;
+    let mut received = done_rx.await?;
     if created.iter().any(|(id, _)| !received.contains_key(id)) {
         // Stragglers: listen once more, bounded.
         received = straggle(&js, stream, prefix, received, &created).await;
@@ -240,14 +311,24 @@ pub async fn subscriber_lag(
         errors,
         ..LagRun::default()
     };
+    // The answers' instants on the wall clock, for the two parts of the lag.
+    let (now, now_ns) = (Instant::now(), wall_ns());
     for (id, answered) in &created {
-        match received.get(id) {
-            Some(at) if at < answered => {
-                run.early += 1;
-                run.lag.record(Duration::ZERO);
-            }
-            Some(at) => run.lag.record(at.duration_since(*answered)),
-            None => run.missing += 1,
+        let Some(receipt) = received.get(id) else {
+            run.missing += 1;
+            continue;
+        };
+        if receipt.at < *answered {
+            run.early += 1;
+            run.lag.record(Duration::ZERO);
+        } else {
+            run.lag.record(receipt.at.duration_since(*answered));
+        }
+        if receipt.stored_ns > 0 {
+            let answered_ns = now_ns - now.duration_since(*answered).as_nanos() as i128;
+            run.to_stream.record(span(answered_ns, receipt.stored_ns));
+            run.from_stream
+                .record(span(receipt.stored_ns, receipt.at_ns));
         }
     }
     Ok(run)
@@ -259,9 +340,9 @@ async fn straggle(
     js: &async_nats::jetstream::Context,
     stream: &str,
     prefix: &str,
-    mut received: HashMap<Uuid, Instant>,
+    mut received: HashMap<Uuid, Receipt>,
     created: &[Created],
-) -> HashMap<Uuid, Instant> {
+) -> HashMap<Uuid, Receipt> {
     let Ok(s) = js.get_stream(stream).await else {
         return received;
     };
@@ -288,7 +369,13 @@ async fn straggle(
     while left > 0 {
         let next = tokio::time::timeout_at(deadline.into(), messages.next()).await;
         let Ok(Some(Ok(message))) = next else { break };
-        let at = Instant::now();
+        let receipt = Receipt {
+            at: Instant::now(),
+            at_ns: wall_ns(),
+            stored_ns: message
+                .info()
+                .map_or(0, |i| i.published.unix_timestamp_nanos()),
+        };
         let id = serde_json::from_slice::<Value>(&message.payload)
             .ok()
             .and_then(|v| {
@@ -297,7 +384,7 @@ async fn straggle(
                     .and_then(|s| Uuid::parse_str(s).ok())
             });
         if let Some(id) = id.filter(|id| wanted.contains(id)) {
-            if received.insert(id, at).is_none() {
+            if received.insert(id, receipt).is_none() {
                 left -= 1;
             }
         }
