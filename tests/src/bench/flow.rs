@@ -64,6 +64,23 @@ struct Receipt {
     stored_ns: i128,
 }
 
+impl Receipt {
+    /// The receipt of `message`, now, with the order id of its envelope (`None` if it has
+    /// none).
+    fn of(message: &async_nats::jetstream::Message) -> Option<(Uuid, Self)> {
+        let receipt = Self {
+            at: Instant::now(),
+            at_ns: wall_ns(),
+            stored_ns: message
+                .info()
+                .map_or(0, |i| i.published.unix_timestamp_nanos()),
+        };
+        let envelope = serde_json::from_slice::<Value>(&message.payload).ok()?;
+        let id = Uuid::parse_str(envelope["aggregateId"].as_str()?).ok()?;
+        Some((id, receipt))
+    }
+}
+
 /// One create that succeeded: its order id and when its answer arrived.
 type Created = (Uuid, Instant);
 
@@ -269,17 +286,7 @@ pub async fn subscriber_lag(
                                 Some(Err(_)) => continue,
                                 None => break,
                             };
-                            let receipt = Receipt {
-                                at: Instant::now(),
-                                at_ns: wall_ns(),
-                                stored_ns: message
-                                    .info()
-                                    .map_or(0, |i| i.published.unix_timestamp_nanos()),
-                            };
-                            let id = serde_json::from_slice::<Value>(&message.payload)
-                                .ok()
-                                .and_then(|v| v["aggregateId"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
-                            if let Some(id) = id {
+                            if let Some((id, receipt)) = Receipt::of(&message) {
                                 received.entry(id).or_insert(receipt);
                             }
                         }
@@ -369,24 +376,11 @@ async fn straggle(
     while left > 0 {
         let next = tokio::time::timeout_at(deadline.into(), messages.next()).await;
         let Ok(Some(Ok(message))) = next else { break };
-        let receipt = Receipt {
-            at: Instant::now(),
-            at_ns: wall_ns(),
-            stored_ns: message
-                .info()
-                .map_or(0, |i| i.published.unix_timestamp_nanos()),
+        let Some((id, receipt)) = Receipt::of(&message) else {
+            continue;
         };
-        let id = serde_json::from_slice::<Value>(&message.payload)
-            .ok()
-            .and_then(|v| {
-                v["aggregateId"]
-                    .as_str()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-            });
-        if let Some(id) = id.filter(|id| wanted.contains(id)) {
-            if received.insert(id, receipt).is_none() {
-                left -= 1;
-            }
+        if wanted.contains(&id) && received.insert(id, receipt).is_none() {
+            left -= 1;
         }
     }
     received
