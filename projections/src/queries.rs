@@ -119,27 +119,38 @@ fn order_of(row: &PgRow) -> Result<OrderView, ProjectionError> {
 
 /// One order, or `None` when it does not exist (or belongs to another tenant than `tenant`).
 ///
+/// The hot table first, and the archive only when the hot table has no such order: a live
+/// order, what callers ask for nearly always, costs one index lookup. (The statement over
+/// both tables, as [`order_detail`] reads them, measured 9.5–9.9k tps in pgbench at 32
+/// clients, against 12.4–12.8k on the hot table alone and 14.5–16.1k for pgbench's own
+/// primary-key select.) An order only ever moves from the hot table to the archive, so one
+/// moved between the two lookups is found by the second, and one in both (a rebuild that left
+/// the archive behind) answers from the hot table, as `ORDERS_WITH_ARCHIVE` has it.
+///
 /// # Errors
 /// [`ProjectionError::Database`] when the query fails; [`ProjectionError::InvalidRow`] for a
 /// row this code cannot represent.
 #[tracing::instrument(name = "query.order", skip_all, fields(order.id = %id))]
 pub async fn order<'e>(
-    executor: impl PgExecutor<'e>,
+    executor: impl PgExecutor<'e> + Copy,
     id: Uuid,
     tenant: Option<&str>,
 ) -> Result<Option<OrderView>, ProjectionError> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM {ORDERS_WITH_ARCHIVE} o
-          WHERE o.order_id = $1 AND ($2::text IS NULL OR o.tenant_id = $2)"
-    );
-    sqlx::query(&sql)
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(executor)
-        .await?
-        .as_ref()
-        .map(order_of)
-        .transpose()
+    for table in ["order_read", "order_read_archive"] {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM {table} o
+              WHERE o.order_id = $1 AND ($2::text IS NULL OR o.tenant_id = $2)"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(executor)
+            .await?;
+        if let Some(row) = row {
+            return order_of(&row).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// `order_item_read` columns as the join returns them (all null when the order has no items).

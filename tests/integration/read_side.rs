@@ -14,7 +14,7 @@ use order_api::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::events::OrderCreated;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
-use order_domain::{Currency, Order, OrderCommand, OrderEvent};
+use order_domain::{Currency, Order, OrderCommand, OrderEvent, OrderStatus};
 use order_projections::{
     checkpoint, orders, queries, FeedEvent, OrderView, OrdersProjector, ProjectionError,
     ProjectionRunner, Projector, RunOnce, ORDERS_PROJECTION,
@@ -763,6 +763,54 @@ async fn another_tenants_order_is_not_found_on_every_route(pool: PgPool) {
         let (status, _) = get(&app, service, &path).await;
         assert_eq!(status, 200, "{path} without a tenant");
     }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let id: Uuid = app.create_order().await["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    project(&pool).await;
+    let status_of = |order: Option<OrderView>| order.map(|o| o.status);
+
+    // In both tables (a rebuild that left the archive behind): the hot row answers.
+    sqlx::query("INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("archive copy");
+    sqlx::query("UPDATE order_read_archive SET status = 'CANCELLED' WHERE order_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("archive status");
+    let order = queries::order(&pool, id, Some("tenant-a"))
+        .await
+        .expect("query");
+    assert_eq!(status_of(order), Some(OrderStatus::Pending));
+
+    // Only in the archive: the archive answers, to its own tenant only.
+    sqlx::query("DELETE FROM order_read WHERE order_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("hot row gone");
+    let order = queries::order(&pool, id, Some("tenant-a"))
+        .await
+        .expect("query");
+    assert_eq!(status_of(order), Some(OrderStatus::Cancelled));
+    let order = queries::order(&pool, id, None).await.expect("query");
+    assert_eq!(status_of(order), Some(OrderStatus::Cancelled));
+    assert!(queries::order(&pool, id, Some("tenant-b"))
+        .await
+        .expect("query")
+        .is_none());
+    assert!(queries::order(&pool, Uuid::new_v4(), None)
+        .await
+        .expect("query")
+        .is_none());
 }
 
 #[sqlx::test(migrations = "../migrations")]
