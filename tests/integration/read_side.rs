@@ -774,27 +774,22 @@ async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: 
         .expect("id");
     project(&pool).await;
     let status_of = |order: Option<OrderView>| order.map(|o| o.status);
+    let on_this_order = |sql: &'static str| sqlx::query(sql).bind(id).execute(&pool);
 
     // In both tables (a rebuild that left the archive behind): the hot row answers.
-    sqlx::query("INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await
-        .expect("archive copy");
-    sqlx::query("UPDATE order_read_archive SET status = 'CANCELLED' WHERE order_id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await
-        .expect("archive status");
+    for sql in [
+        "INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1",
+        "UPDATE order_read_archive SET status = 'CANCELLED' WHERE order_id = $1",
+    ] {
+        on_this_order(sql).await.expect(sql);
+    }
     let order = queries::order(&pool, id, Some("tenant-a"))
         .await
         .expect("query");
     assert_eq!(status_of(order), Some(OrderStatus::Pending));
 
     // Only in the archive: the archive answers, to its own tenant only.
-    sqlx::query("DELETE FROM order_read WHERE order_id = $1")
-        .bind(id)
-        .execute(&pool)
+    on_this_order("DELETE FROM order_read WHERE order_id = $1")
         .await
         .expect("hot row gone");
     let order = queries::order(&pool, id, Some("tenant-a"))
