@@ -268,24 +268,49 @@ impl Authenticator {
         headers: &HeaderMap,
         now: DateTime<Utc>,
     ) -> Result<Caller, ApiError> {
-        let mut service = None;
-        let result = self
-            .check(policy, method, target, headers, now, &mut service)
-            .await;
-        result.map_err(|rejection| {
-            let class = rejection.class();
-            tracing::debug!(
-                auth.service = service.unwrap_or("-"),
-                auth.route = policy.name(),
-                auth.reason = class,
-                "service request rejected"
-            );
-            metrics::counter!("order_auth_rejections_total", "reason" => class).increment(1);
-            rejection.into_api_error()
-        })
+        let admission = self.admit(policy, method, target, headers, now)?;
+        self.record(policy, &admission).await?;
+        Ok(admission.caller)
     }
 
-    async fn check<'h>(
+    /// Checks (a) to (c), which need no database: what is left is recording the replay key.
+    ///
+    /// # Errors
+    /// As [`Self::verify`], apart from the nonce store's.
+    pub fn admit(
+        &self,
+        policy: RoutePolicy,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, ApiError> {
+        let mut service = None;
+        let result = self.check(policy, method, target, headers, now, &mut service);
+        result.map_err(|rejection| reject(policy, service, rejection))
+    }
+
+    /// Check (d): the first use of the admitted request's nonce (hmac-v1) or signature
+    /// (hmac-v2), recorded atomically in the store all replicas share.
+    ///
+    /// # Errors
+    /// 401 on a replay; [`ApiError::Internal`] or 503 when the nonce store fails.
+    pub async fn record(&self, policy: RoutePolicy, admission: &Admission) -> Result<(), ApiError> {
+        let service = admission.caller.service.as_str();
+        let first_use = self
+            .inner
+            .nonces
+            .record(service, &admission.replay_key, admission.expires_at)
+            .await
+            .map_err(Rejection::Store);
+        match first_use {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(reject(policy, Some(service), Rejection::Replayed)),
+            Err(rejection) => Err(reject(policy, Some(service), rejection)),
+        }
+    }
+
+    fn check<'h>(
         &self,
         policy: RoutePolicy,
         method: &Method,
@@ -293,7 +318,7 @@ impl Authenticator {
         headers: &'h HeaderMap,
         now: DateTime<Utc>,
         service_seen: &mut Option<&'h str>,
-    ) -> Result<Caller, Rejection> {
+    ) -> Result<Admission, Rejection> {
         let p = presented(headers)?;
         *service_seen = Some(p.service);
 
@@ -319,8 +344,8 @@ impl Authenticator {
             return Err(Rejection::BadCredentials);
         }
 
-        // (d) First use of the nonce (v1) or of the signature itself (v2), for as long as the
-        // timestamp could pass (a).
+        // (d), left to `record`: the nonce (v1) or the signature itself (v2) is kept for as
+        // long as the timestamp could pass (a).
         let expires_at = DateTime::from_timestamp_millis(timestamp)
             .zip(chrono::Duration::from_std(self.window).ok())
             .and_then(|(at, window)| at.checked_add_signed(window))
@@ -329,21 +354,38 @@ impl Authenticator {
             Some(nonce) => nonce.to_owned(),
             None => format!("{V2_REPLAY_PREFIX}{}", p.signature),
         };
-        let first_use = self
-            .inner
-            .nonces
-            .record(p.service, &replay_key, expires_at)
-            .await
-            .map_err(Rejection::Store)?;
-        if !first_use {
-            return Err(Rejection::Replayed);
-        }
-
-        Ok(Caller {
-            service: p.service.to_owned(),
-            scheme: p.scheme,
+        Ok(Admission {
+            caller: Caller {
+                service: p.service.to_owned(),
+                scheme: p.scheme,
+            },
+            replay_key,
+            expires_at,
         })
     }
+}
+
+/// Logs and counts a refusal by its class only, and turns it into the API's answer.
+fn reject(policy: RoutePolicy, service: Option<&str>, rejection: Rejection) -> ApiError {
+    let class = rejection.class();
+    tracing::debug!(
+        auth.service = service.unwrap_or("-"),
+        auth.route = policy.name(),
+        auth.reason = class,
+        "service request rejected"
+    );
+    metrics::counter!("order_auth_rejections_total", "reason" => class).increment(1);
+    rejection.into_api_error()
+}
+
+/// A request whose timestamp, caller and signature passed: it is authenticated once its replay
+/// key is recorded as first used ([`Authenticator::record`]).
+#[derive(Debug)]
+pub struct Admission {
+    /// Who signed it.
+    pub caller: Caller,
+    replay_key: String,
+    expires_at: DateTime<Utc>,
 }
 
 /// The middleware's state: the authenticator and the route group it guards.
@@ -369,28 +411,48 @@ fn signed_target(request: &Request) -> String {
 /// Axum middleware authenticating a service-to-service request; on success the [`Caller`] is
 /// in the request's extensions. Mount with
 /// `route_layer(middleware::from_fn_with_state(auth.guard(policy), authenticate))`.
+///
+/// A read (`GET`, `HEAD`) runs its handler while its nonce is being recorded, instead of one
+/// round trip after the other, and its answer is released only once the record says first use:
+/// a replay still gets its 401 and nothing else, and it changed nothing, as reads change
+/// nothing. Any other method runs its handler only after the record.
 pub async fn authenticate(
     State(guard): State<RouteGuard>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let target = signed_target(&request);
-    let verified = guard
-        .auth
-        .verify(
-            guard.policy,
-            request.method(),
-            &target,
-            request.headers(),
-            Utc::now(),
-        )
-        .await;
-    match verified {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(e) => e.into_response(),
+    let admitted = guard.auth.admit(
+        guard.policy,
+        request.method(),
+        &target,
+        request.headers(),
+        Utc::now(),
+    );
+    let admission = match admitted {
+        Ok(admission) => admission,
+        Err(e) => return e.into_response(),
+    };
+    request.extensions_mut().insert(admission.caller.clone());
+    let record = guard.auth.record(guard.policy, &admission);
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return match record.await {
+            Ok(()) => next.run(request).await,
+            Err(e) => e.into_response(),
+        };
+    }
+    let handler = next.run(request);
+    tokio::pin!(record, handler);
+    tokio::select! {
+        biased;
+        recorded = &mut record => match recorded {
+            Ok(()) => handler.await,
+            Err(e) => e.into_response(),
+        },
+        response = &mut handler => match record.await {
+            Ok(()) => response,
+            Err(e) => e.into_response(),
+        },
     }
 }
 
@@ -411,6 +473,7 @@ mod tests {
     const OLD_SECRET: &str = "test-previous-secret-0123456789abcdef";
     const ORDER: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
     const ITEMS: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/items";
+    const CANCEL: &str = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/cancel";
 
     type Headers = Vec<(&'static str, String)>;
 
@@ -797,6 +860,56 @@ mod tests {
         );
         let (status, body) = send(&app, "GET", ITEMS, &h).await;
         assert_generic_401(status, &body);
+    }
+
+    /// A read runs its handler alongside the nonce record, a command only after it: a replayed
+    /// command never reaches its handler, and a replayed read gets its 401 and not the
+    /// handler's answer.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn only_reads_run_alongside_the_nonce_record(pool: PgPool) {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = {
+            let runs = Arc::clone(&runs);
+            move || {
+                let runs = Arc::clone(&runs);
+                async move {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Json(json!({"ran": true}))
+                }
+            }
+        };
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool),
+        );
+        let app = Router::new()
+            .route(ORDER, get(counted.clone()))
+            .route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersRead),
+                authenticate,
+            ))
+            .merge(Router::new().route(CANCEL, post(counted)).route_layer(
+                middleware::from_fn_with_state(
+                    auth.guard(RoutePolicy::OrdersCommands),
+                    authenticate,
+                ),
+            ));
+        let runs = || runs.load(std::sync::atomic::Ordering::SeqCst);
+
+        let h = v1("ticket-service", "POST", CANCEL);
+        assert_eq!(send(&app, "POST", CANCEL, &h).await.0, StatusCode::OK);
+        assert_eq!(runs(), 1);
+        let (status, body) = send(&app, "POST", CANCEL, &h).await;
+        assert_generic_401(status, &body);
+        assert_eq!(runs(), 1, "a replayed command reached its handler");
+
+        let h = v1("payment-service", "GET", ORDER);
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_eq!((status, &body["ran"]), (StatusCode::OK, &json!(true)));
+        let (status, body) = send(&app, "GET", ORDER, &h).await;
+        assert_generic_401(status, &body);
+        assert_eq!(body.get("ran"), None, "a replayed read leaked its answer");
     }
 
     #[sqlx::test(migrations = "../migrations")]

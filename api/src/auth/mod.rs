@@ -25,8 +25,8 @@ pub use caller::{Caller, Scheme};
 pub use error::AuthConfigError;
 pub use keys::{KeyRing, MIN_SECRET_LEN};
 pub use middleware::{
-    authenticate, check_offline, Authenticator, RouteGuard, DEFAULT_WINDOW, INVALID_CREDENTIALS,
-    TIMESTAMP_EXPIRED,
+    authenticate, check_offline, Admission, Authenticator, RouteGuard, DEFAULT_WINDOW,
+    INVALID_CREDENTIALS, TIMESTAMP_EXPIRED,
 };
 pub use nonce::{NonceStore, MAX_NONCE_LEN};
 pub use policy::{CallerPolicy, RoutePolicy, DEFAULT_ALLOWED_SERVICES};
