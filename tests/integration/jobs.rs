@@ -990,6 +990,7 @@ async fn shutdown_under_http_load_completes_every_answered_request_and_releases_
         pool: pool.clone(),
         state: state.clone(),
         client: reqwest::Client::new(),
+        stop_on_drop: None,
     };
     let known = app.create_order().await;
     let id = known["id"].as_str().expect("id").to_owned();

@@ -40,6 +40,12 @@ pub struct TestApp {
     pub pool: PgPool,
     pub state: AppState,
     pub client: reqwest::Client,
+    /// Dropped with the `TestApp` (at the end of the test), it starts the application's
+    /// graceful shutdown: its workers release their leader locks, whose connections are not
+    /// the pool's, before `#[sqlx::test]` drops the database (which fails while any session is
+    /// still connected, leaving the database behind). `None` where the test stops the
+    /// application itself.
+    pub stop_on_drop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Starts the application on a free port over `pool` (a fresh, migrated database from
@@ -61,12 +67,17 @@ pub async fn spawn_app_with(pool: PgPool, adjust: impl FnOnce(&mut Settings)) ->
         .expect("application builds");
     let port = app.port();
     let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        // An error here is the sender dropped: the test is over.
+        let _ = stopped.await;
+    }));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         pool,
         state,
+        stop_on_drop: Some(stop),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
