@@ -163,7 +163,7 @@ fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
     text.parse().map_err(|_| Rejection::Malformed)
 }
 
-/// Fuzzing and property-test entry point: the checks of [`Authenticator::verify`] that need no
+/// Fuzzing and property-test entry point: the checks of [`Authenticator::admit`] that need no
 /// clock, caller policy or database — header parsing, timestamp syntax and the signature
 /// against `secret` — on untrusted headers. `Ok` carries the caller and the parsed timestamp;
 /// `Err` the rejection's class as logged (`malformed` or `bad_credentials`).
@@ -254,29 +254,13 @@ impl Authenticator {
         &self.inner.nonces
     }
 
-    /// Authenticates one request for `policy`: `target` is the request target as on the
-    /// request line (path and query, undecoded) and `now` the server's clock.
+    /// Checks (a) to (c) for `policy`, which need no database: `target` is the request target
+    /// as on the request line (path and query, undecoded) and `now` the server's clock. What is
+    /// left is recording the replay key ([`Self::record`]).
     ///
     /// # Errors
-    /// 401 [`ApiError::Unauthorized`] (generic, or [`TIMESTAMP_EXPIRED`]), 403
-    /// [`ApiError::Forbidden`], or [`ApiError::Internal`] when the nonce store fails.
-    pub async fn verify(
-        &self,
-        policy: RoutePolicy,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        now: DateTime<Utc>,
-    ) -> Result<Caller, ApiError> {
-        let admission = self.admit(policy, method, target, headers, now)?;
-        self.record(policy, &admission).await?;
-        Ok(admission.caller)
-    }
-
-    /// Checks (a) to (c), which need no database: what is left is recording the replay key.
-    ///
-    /// # Errors
-    /// As [`Self::verify`], apart from the nonce store's.
+    /// 401 [`ApiError::Unauthorized`] (generic, or [`TIMESTAMP_EXPIRED`]) or 403
+    /// [`ApiError::Forbidden`].
     pub fn admit(
         &self,
         policy: RoutePolicy,
