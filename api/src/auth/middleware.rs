@@ -458,6 +458,8 @@ mod tests {
     const ORDER: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
     const ITEMS: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/items";
     const CANCEL: &str = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/cancel";
+    /// The old services' bypass value outside production (DESIGN section 6): never accepted.
+    const REJECTED_BYPASS: &str = "temp-signature";
 
     type Headers = Vec<(&'static str, String)>;
 
@@ -627,7 +629,7 @@ mod tests {
             tampered.as_str(),
             &sig[..32],
             &format!("{sig}00"),
-            "temp-signature",
+            REJECTED_BYPASS,
             "",
         ] {
             let (status, body) = send(
@@ -640,7 +642,7 @@ mod tests {
             assert_generic_401(status, &body);
         }
         let h2 = v2("payment-service", ORDER);
-        for bad in ["temp-signature", &tampered] {
+        for bad in [REJECTED_BYPASS, &tampered] {
             let (status, body) = send(
                 &app,
                 "GET",
@@ -728,7 +730,7 @@ mod tests {
         let h = with(
             v1("unknown-service", "GET", ORDER),
             v1_header::SIGNATURE,
-            "temp-signature",
+            REJECTED_BYPASS,
         );
         let (status, body) = send(&app, "GET", ORDER, &h).await;
         assert_forbidden(status, &body);
