@@ -286,6 +286,9 @@ mod tests {
         }
     }
 
+    /// The old services' bypass value outside production (DESIGN section 6): never accepted.
+    const REJECTED_BYPASS: &str = "temp-signature";
+
     #[test]
     fn malformed_signatures_fail() {
         let (secret, svc, ts, url) = (b"k".as_slice(), "payment-service", "1", "/x");
@@ -293,7 +296,7 @@ mod tests {
         assert!(verify_v2(secret, svc, ts, url, &good));
         for bad in [
             "",
-            "temp-signature",
+            REJECTED_BYPASS,
             &good[..62],
             &format!("{good}00"),
             &format!("{}zz", &good[..62]),
