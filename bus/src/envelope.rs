@@ -4,11 +4,14 @@
 //! the same event twice yields byte-identical messages with the same `Nats-Msg-Id`: that is what
 //! lets JetStream's duplicate window absorb the relay's re-sends after a crash.
 
+use std::borrow::Cow;
+
 use async_nats::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use order_projections::FeedEvent;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -33,10 +36,13 @@ pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid
     )
 }
 
+// `P` is the payload's representation: a JSON tree (the default, and what subscribers parse),
+// or the stored text copied through (`&RawValue`, the relay's: see `crate::encode`). Both
+// serialize to the same JSON. (A plain comment: the doc comment is published in the schema.)
 /// The integration envelope every subscriber of `order.*` parses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Envelope {
+pub struct Envelope<P = Value> {
     /// UUID v5 of (aggregate type, aggregate id, sequence); also the `Nats-Msg-Id`.
     pub id: Uuid,
     /// The subject without prefix, e.g. `order.created`.
@@ -57,17 +63,115 @@ pub struct Envelope {
     pub correlation_id: String,
     pub causation_id: String,
     /// The event's own fields (camelCase), without the type tag.
-    pub payload: Value,
+    pub payload: P,
 }
 
 /// One event ready to publish: where it goes, what it says, and its trace context.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outgoing {
+pub struct Outgoing<P = Value> {
     /// The full (prefixed) NATS subject.
     pub subject: String,
-    pub envelope: Envelope,
+    pub envelope: Envelope<P>,
     /// The W3C `traceparent` header value.
     pub traceparent: String,
+}
+
+/// What the envelope takes from an event's metadata, borrowed from it where it can be (so the
+/// relay builds no tree for the metadata). A key that is absent or not a string counts as
+/// absent, and metadata that is not an object names nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Meta<'a> {
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub correlation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub request_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub causation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    pub trace_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> Meta<'a> {
+    /// From stored metadata text.
+    pub fn parse(json: &'a str) -> Self {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+
+    /// From a metadata tree.
+    pub fn of(metadata: &'a Value) -> Self {
+        Self::deserialize(metadata).unwrap_or_default()
+    }
+}
+
+/// A string, or `None` for any other JSON value (which it skips).
+fn lenient_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct LenientStr;
+    impl<'de> Visitor<'de> for LenientStr {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(LenientStr)
+}
+
+/// What an envelope is built from, however the event was read.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    /// The stored (domain) event type, e.g. `OrderCreated`.
+    pub event_type: &'a str,
+    /// The payload's version after upcasting.
+    pub version: &'a str,
+    /// The event's own fields (the tenant and the time are read from them).
+    pub payload: &'a Value,
+    pub meta: &'a Meta<'a>,
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl Outgoing {
@@ -81,87 +185,80 @@ impl Outgoing {
         subjects: &Subjects,
         order_tenant: Option<&str>,
     ) -> Result<Self, BusError> {
-        Self::with_payload(event, event.inner_payload().clone(), subjects, order_tenant)
+        let payload = event.inner_payload();
+        let meta = Meta::of(&event.metadata);
+        let source = Source {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            version: &event.event_version,
+            payload,
+            meta: &meta,
+            recorded_at: event.recorded_at,
+        };
+        Self::build(&source, payload.clone(), subjects, order_tenant)
     }
+}
 
-    /// [`Outgoing::from_feed`], moving the payload out of `event` (which keeps `null`) instead
-    /// of copying its JSON tree: for the relay, which needs only the event's position after.
+impl<P> Outgoing<P> {
+    /// The envelope of `source` around `payload`, the same fields as `source.payload` in the
+    /// representation the caller wants to send.
     ///
     /// # Errors
-    /// As [`Outgoing::from_feed`].
-    pub fn from_feed_taking(
-        event: &mut FeedEvent,
+    /// [`BusError::Codec`] for an event type that has no subject.
+    pub fn build(
+        source: &Source<'_>,
+        payload: P,
         subjects: &Subjects,
         order_tenant: Option<&str>,
     ) -> Result<Self, BusError> {
-        let payload = match &mut event.payload {
-            Value::Object(m) if m.len() == 1 => {
-                m.values_mut().next().map(Value::take).unwrap_or_default()
-            }
-            other => other.take(),
-        };
-        Self::with_payload(event, payload, subjects, order_tenant)
-    }
-
-    /// The envelope of `event` around `payload`, its inner payload.
-    fn with_payload(
-        event: &FeedEvent,
-        payload: Value,
-        subjects: &Subjects,
-        order_tenant: Option<&str>,
-    ) -> Result<Self, BusError> {
-        let event_type = integration_type(&event.event_type).ok_or_else(|| {
+        let event_type = integration_type(source.event_type).ok_or_else(|| {
             BusError::Codec(format!(
                 "event {}#{} has unknown type '{}'",
-                event.aggregate_id, event.sequence, event.event_type
+                source.aggregate_id, source.sequence, source.event_type
             ))
         })?;
         let subject = subjects.prefixed(&event_type);
-        let id = event_id(&event.aggregate_type, &event.aggregate_id, event.sequence);
-        let tenant_id = payload
+        let id = event_id(source.aggregate_type, source.aggregate_id, source.sequence);
+        let meta = source.meta;
+        let tenant_id = source
+            .payload
             .get("tenantId")
             .and_then(Value::as_str)
             .or(order_tenant)
-            .or_else(|| event.meta("tenantId"))
+            .or(meta.tenant_id.as_deref())
             .unwrap_or(DEFAULT_TENANT)
             .to_owned();
-        let correlation_id = event
-            .meta("correlationId")
-            .or_else(|| event.meta("requestId"))
+        let correlation_id = meta
+            .correlation_id
+            .as_deref()
+            .or(meta.request_id.as_deref())
             .map_or_else(|| id.to_string(), str::to_owned);
-        let causation_id = event
-            .meta("causationId")
+        let causation_id = meta
+            .causation_id
+            .as_deref()
             .map_or_else(|| id.to_string(), str::to_owned);
         let envelope = Envelope {
             id,
-            idempotency_key: format!("{event_type}:{}:{}", event.aggregate_id, event.sequence),
+            idempotency_key: format!("{event_type}:{}:{}", source.aggregate_id, source.sequence),
             event_type,
-            version: event.event_version.clone(),
-            sequence_number: event.sequence,
-            aggregate_id: event.aggregate_id.clone(),
-            aggregate_type: event.aggregate_type.clone(),
+            version: source.version.to_owned(),
+            sequence_number: source.sequence,
+            aggregate_id: source.aggregate_id.to_owned(),
+            aggregate_type: source.aggregate_type.to_owned(),
             tenant_id,
-            timestamp: format_timestamp(occurred_at(&payload).unwrap_or(event.recorded_at)),
+            timestamp: format_timestamp(occurred_at(source.payload).unwrap_or(source.recorded_at)),
             correlation_id,
             causation_id,
             payload,
         };
-        let traceparent = traceparent(&event.metadata, id);
+        let traceparent = traceparent(meta, id);
         Ok(Self {
             subject,
             envelope,
             traceparent,
         })
-    }
-
-    /// The message body: the envelope as JSON.
-    ///
-    /// # Errors
-    /// [`BusError::Codec`] if serialization fails (it cannot for these types).
-    pub fn body(&self) -> Result<bytes::Bytes, BusError> {
-        serde_json::to_vec(&self.envelope)
-            .map(bytes::Bytes::from)
-            .map_err(|e| BusError::Codec(e.to_string()))
     }
 
     /// The NATS headers: `Nats-Msg-Id` (= envelope id, for the duplicate window),
@@ -175,6 +272,18 @@ impl Outgoing {
         headers.insert("traceparent", self.traceparent.as_str());
         headers.insert("content-type", CONTENT_TYPE);
         headers
+    }
+}
+
+impl<P: Serialize> Outgoing<P> {
+    /// The message body: the envelope as JSON.
+    ///
+    /// # Errors
+    /// [`BusError::Codec`] if serialization fails (it cannot for these types).
+    pub fn body(&self) -> Result<bytes::Bytes, BusError> {
+        serde_json::to_vec(&self.envelope)
+            .map(bytes::Bytes::from)
+            .map_err(|e| BusError::Codec(e.to_string()))
     }
 }
 
@@ -195,18 +304,14 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
 /// The W3C trace context to publish with: the one the command ran under when it was recorded,
 /// else a child of the recorded trace id, else a trace rooted at the event id. Derived
 /// ids come from the event id, so a re-send carries the same header as the first send.
-pub fn traceparent(metadata: &Value, event_id: Uuid) -> String {
-    if let Some(tp) = metadata
-        .get("traceparent")
-        .and_then(Value::as_str)
-        .filter(|tp| is_traceparent(tp))
-    {
+pub fn traceparent(meta: &Meta<'_>, event_id: Uuid) -> String {
+    if let Some(tp) = meta.traceparent.as_deref().filter(|tp| is_traceparent(tp)) {
         return tp.to_owned();
     }
     let id_hex = event_id.simple().to_string();
-    let trace_id = metadata
-        .get("traceId")
-        .and_then(Value::as_str)
+    let trace_id = meta
+        .trace_id
+        .as_deref()
         .filter(|t| is_id(t, 32))
         .map_or_else(|| id_hex.clone(), str::to_ascii_lowercase);
     format!("00-{trace_id}-{}-01", &id_hex[..16])
@@ -364,7 +469,7 @@ mod tests {
             json!({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}),
             json!({}),
         ] {
-            let tp = traceparent(&meta, id);
+            let tp = traceparent(&Meta::of(&meta), id);
             assert!(is_traceparent(&tp), "{tp}");
         }
     }

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`subjects`]: event type → `order.<snake_case>` subject, with a test prefix.
 //! - [`envelope`]: the published envelope (DESIGN section 8) and its headers.
+//! - [`encode`]: stored events to messages for the relay, copying the stored payload text.
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
@@ -20,6 +21,7 @@
 
 pub mod asyncapi;
 pub mod dlq;
+pub mod encode;
 pub mod envelope;
 pub mod error;
 pub mod inbound;

@@ -33,19 +33,18 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
-use order_projections::feed::{self, Lag};
-use order_projections::{checkpoint, CommitSignal, FeedEvent, FeedPosition};
+use order_projections::feed::{self, Lag, RawEvent};
+use order_projections::{checkpoint, CommitSignal, FeedPosition};
 use rand::Rng;
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
 
-use crate::envelope::Outgoing;
+use crate::encode::{self, Inspected};
 use crate::error::BusError;
 use crate::leader::LeaderLock;
-use crate::schema;
 use crate::stream::{ensure_stream, StreamSpec, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM};
 use crate::subjects::Subjects;
 
@@ -159,8 +158,10 @@ struct Batch {
 /// One event's message, serialized while the previous batch's acks came in, so that a round's
 /// sends do nothing but hand bytes to the client.
 struct Ready {
-    /// The envelope, for acks and errors; its payload is already dropped (it is in `message`).
-    out: Outgoing,
+    /// The envelope's id, order and sequence, for acks and errors.
+    id: Uuid,
+    aggregate_id: String,
+    sequence: i64,
     subject: async_nats::Subject,
     /// Taken by [`Relay::send`].
     message: PublishMessage,
@@ -487,7 +488,7 @@ impl Relay {
                 .await
             {
                 Ok(ack) => pending.push(ack),
-                Err(e) => return (pending, Some(self.publish_error(&ready.out, &e))),
+                Err(e) => return (pending, Some(self.publish_error(ready, &e))),
             }
         }
         (pending, None)
@@ -506,12 +507,12 @@ impl Relay {
         let mut duplicates = 0u64;
         let mut ack_failure = None;
         let mut stream_seq: HashMap<&str, u64> = HashMap::new();
-        for (Ready { out, .. }, result) in batch.iter().zip(results) {
+        for (ready, result) in batch.iter().zip(results) {
             match result {
                 Ok(ack) => {
                     acked += 1;
                     duplicates += u64::from(ack.duplicate);
-                    let id = out.envelope.aggregate_id.as_str();
+                    let id = ready.aggregate_id.as_str();
                     if stream_seq.get(id).is_some_and(|&prev| ack.sequence < prev) {
                         // Only possible if a connection died mid-batch and publishes queued
                         // behind the dead socket overtook lost ones; consumers still have
@@ -519,14 +520,14 @@ impl Relay {
                         metrics::counter!("relay_order_violations_total").increment(1);
                         tracing::error!(
                             order.id = id,
-                            event.sequence = out.envelope.sequence_number,
+                            event.sequence = ready.sequence,
                             "an event landed in the stream before an earlier one of its order"
                         );
                     }
                     stream_seq.insert(id, ack.sequence);
                 }
                 Err(e) => {
-                    ack_failure = Some(self.publish_error(out, &e));
+                    ack_failure = Some(self.publish_error(ready, &e));
                     break;
                 }
             }
@@ -546,7 +547,7 @@ impl Relay {
         }
     }
 
-    fn publish_error(&self, out: &Outgoing, e: &PublishError) -> BusError {
+    fn publish_error(&self, ready: &Ready, e: &PublishError) -> BusError {
         if e.kind() == PublishErrorKind::StreamNotFound {
             // Re-create it next round if allowed (someone deleted it, or start-up raced NATS).
             self.stream_ready
@@ -554,7 +555,7 @@ impl Relay {
         }
         BusError::Broker(format!(
             "publish of {} to {} failed: {e}",
-            out.envelope.id, out.subject
+            ready.id, ready.subject
         ))
     }
 }
@@ -566,18 +567,10 @@ async fn fetch(
     after: FeedPosition,
     limit: i64,
 ) -> Result<Batch, BusError> {
-    let mut events = feed::read_after(pool, after, limit).await?;
+    let rows = feed::read_raw_after(pool, after, limit).await?;
+    let events = rows.events().collect::<Result<Vec<_>, _>>()?;
     let positions = events.iter().map(|e| e.position).collect();
-    if events.is_empty() {
-        return Ok(Batch {
-            after,
-            positions,
-            outgoing: vec![],
-            refused: None,
-        });
-    }
-    let tenants = order_tenants(pool, &events).await?;
-    let (outgoing, refused) = prepare(config, &mut events, &tenants);
+    let (outgoing, refused) = prepare(pool, config, events).await?;
     Ok(Batch {
         after,
         positions,
@@ -586,47 +579,82 @@ async fn fetch(
     })
 }
 
-/// Messages for the batch up to (not including) the first event that cannot be published, and
+/// Messages for `events` up to (not including) the first one that cannot be published, and
 /// the reason that one cannot.
-fn prepare(
+async fn prepare(
+    pool: &PgPool,
     config: &RelayConfig,
-    events: &mut [FeedEvent],
-    tenants: &HashMap<String, String>,
-) -> (Vec<Ready>, Option<BusError>) {
-    let mut outgoing = Vec::with_capacity(events.len());
+    events: Vec<RawEvent<'_>>,
+) -> Result<(Vec<Ready>, Option<BusError>), BusError> {
+    let mut inspected = Vec::with_capacity(events.len());
+    let mut refused = None;
     for event in events {
-        let tenant = tenants.get(&event.aggregate_id).map(String::as_str);
-        let prepared =
-            Outgoing::from_feed_taking(event, &config.subjects, tenant).and_then(|mut out| {
-                let e = &out.envelope;
-                schema::validate(&e.event_type, &e.version, &e.payload).map_err(|reason| {
-                    BusError::SchemaViolation {
-                        event_id: format!("{} ({}#{})", e.id, e.aggregate_id, e.sequence_number),
-                        event_type: format!("{} v{}", e.event_type, e.version),
-                        reason: reason.to_string(),
-                    }
-                })?;
-                let message = PublishMessage::build()
-                    .payload(out.body()?)
-                    .headers(out.headers())
-                    .expected_stream(&config.stream.name);
-                // The payload is in the body now; its tree is freed here, off the sending task.
-                out.envelope.payload = Value::Null;
-                Ok(Ready {
-                    subject: out.subject.as_str().into(),
-                    out,
-                    message,
-                })
-            });
-        match prepared {
-            Ok(out) => outgoing.push(out),
+        match encode::inspect(event) {
+            Ok(i) => inspected.push(i),
             Err(e) => {
-                metrics::counter!("relay_schema_violations_total").increment(1);
-                return (outgoing, Some(e));
+                refused = Some(e);
+                break;
             }
         }
     }
-    (outgoing, None)
+    let tenants = order_tenants(pool, &inspected).await?;
+    let mut outgoing = Vec::with_capacity(inspected.len());
+    for event in &inspected {
+        let tenant = tenants.get(event.aggregate_id()).map(String::as_str);
+        let ready = event.encode(&config.subjects, tenant).and_then(|out| {
+            let message = PublishMessage::build()
+                .payload(out.body()?)
+                .headers(out.headers())
+                .expected_stream(&config.stream.name);
+            Ok(Ready {
+                id: out.envelope.id,
+                aggregate_id: out.envelope.aggregate_id,
+                sequence: out.envelope.sequence_number,
+                subject: out.subject.into(),
+                message,
+            })
+        });
+        match ready {
+            Ok(ready) => outgoing.push(ready),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    if refused.is_some() {
+        metrics::counter!("relay_schema_violations_total").increment(1);
+    }
+    Ok((outgoing, refused))
+}
+
+/// The messages the relay sends for up to `limit` events after `after` (subject, headers and
+/// body, to `config`'s stream and subjects), stopping before the first it would refuse, and
+/// where the read ended. For comparisons that must publish exactly the relay's bytes, such as
+/// the benchmark's raw-publish baseline.
+///
+/// # Errors
+/// As [`Relay::run_once`] for Postgres.
+pub async fn messages_after(
+    pool: &PgPool,
+    config: &RelayConfig,
+    after: FeedPosition,
+    limit: i64,
+) -> Result<
+    (
+        Vec<(async_nats::Subject, PublishMessage)>,
+        Option<FeedPosition>,
+    ),
+    BusError,
+> {
+    let batch = fetch(pool, config, after, limit).await?;
+    let end = batch.positions.last().copied();
+    let messages = batch
+        .outgoing
+        .into_iter()
+        .map(|r| (r.subject, r.message))
+        .collect();
+    Ok((messages, end))
 }
 
 /// How far the relay named `consumer` is behind the feed (for readiness and metrics).
@@ -641,18 +669,18 @@ pub async fn lag(pool: &PgPool, consumer: &str) -> Result<Lag, BusError> {
 /// carry one: read once per batch from the orders' `OrderCreated` events.
 async fn order_tenants(
     pool: &PgPool,
-    events: &[FeedEvent],
+    events: &[Inspected<'_>],
 ) -> Result<HashMap<String, String>, BusError> {
     let mut tenants = HashMap::new();
     for e in events {
-        if let Some(t) = e.inner_payload().get("tenantId").and_then(|v| v.as_str()) {
-            tenants.insert(e.aggregate_id.clone(), t.to_owned());
+        if let Some(t) = e.payload_tenant() {
+            tenants.insert(e.aggregate_id().to_owned(), t.to_owned());
         }
     }
-    let missing: Vec<String> = events
+    let missing: Vec<&str> = events
         .iter()
-        .filter(|e| !tenants.contains_key(&e.aggregate_id))
-        .map(|e| e.aggregate_id.clone())
+        .map(Inspected::aggregate_id)
+        .filter(|id| !tenants.contains_key(*id))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

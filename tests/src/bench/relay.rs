@@ -4,18 +4,18 @@
 //! The relay runs in-process ([`order_bus::Relay`], the code `serve` runs) with its own
 //! checkpoint, against a backlog of valid `OrderCreated` events inserted by SQL: copies of a
 //! real stored event with fresh order ids, so they pass the relay's schema validation. The
-//! baseline publishes the very envelopes the relay built (same subjects under another prefix,
-//! same headers and `Nats-Msg-Id`) into a second stream, every publish sent before its ack is
-//! awaited. Both streams are fresh per round and deleted afterwards.
+//! baseline publishes the very messages the relay builds (same bodies and headers, `Nats-Msg-Id`
+//! included, on the same subjects under another prefix) into a second stream, every publish
+//! sent before its ack is awaited. Both streams are fresh per round and deleted afterwards.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
-use order_bus::relay::jetstream_context;
+use order_bus::relay::{self, jetstream_context};
 use order_bus::stream::DEFAULT_DUPLICATE_WINDOW;
-use order_bus::{ensure_stream, Outgoing, Relay, RelayConfig, StreamSpec, Subjects};
+use order_bus::{ensure_stream, Relay, RelayConfig, StreamSpec, Subjects};
 use order_projections::{checkpoint, feed};
 use sqlx::PgPool;
 
@@ -125,9 +125,9 @@ pub async fn drain_round(
             "the relay published {drained} events of a backlog of {n}"
         );
 
-        // The same envelopes, built untimed, for the baseline.
-        let outgoing = envelopes(pool, start, n, &raw_subjects).await?;
-        let raw_secs = publish_pipelined(&js, &raw_stream, &outgoing).await?;
+        // The same messages, built untimed, for the baseline.
+        let messages = messages(pool, start, n, &raw_stream, &raw_subjects).await?;
+        let raw_secs = publish_pipelined(&js, messages).await?;
         Ok(DrainRun {
             events: n,
             relay_per_second: n as f64 / relay_secs,
@@ -141,22 +141,22 @@ pub async fn drain_round(
     result
 }
 
-/// The envelopes of the `n` events after `start`, with subjects under `subjects`' prefix.
-async fn envelopes(
+/// The messages the relay sends for the `n` events after `start`, to `stream` under
+/// `subjects`' prefix: the very bytes and headers it published.
+async fn messages(
     pool: &PgPool,
     mut after: feed::FeedPosition,
     n: usize,
+    stream: &str,
     subjects: &Subjects,
-) -> anyhow::Result<Vec<Outgoing>> {
+) -> anyhow::Result<Vec<(async_nats::Subject, PublishMessage)>> {
+    let config = RelayConfig::new(stream, subjects.prefix());
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let events = feed::read_after(pool, after, 2_000).await?;
-        let Some(last) = events.last() else { break };
-        after = last.position;
-        for e in &events {
-            let tenant = e.inner_payload().get("tenantId").and_then(|v| v.as_str());
-            out.push(Outgoing::from_feed(e, subjects, tenant)?);
-        }
+        let (batch, end) = relay::messages_after(pool, &config, after, 2_000).await?;
+        let Some(end) = end else { break };
+        after = end;
+        out.extend(batch);
     }
     out.truncate(n);
     ensure!(
@@ -167,17 +167,13 @@ async fn envelopes(
     Ok(out)
 }
 
-/// Publishes every envelope without waiting (acks are awaited by a second task as they come,
+/// Publishes every message without waiting (acks are awaited by a second task as they come,
 /// which frees the context's in-flight permits), then waits for the last ack; returns seconds.
 async fn publish_pipelined(
     js: &Context,
-    stream: &str,
-    outgoing: &[Outgoing],
+    messages: Vec<(async_nats::Subject, PublishMessage)>,
 ) -> anyhow::Result<f64> {
-    let bodies: Vec<_> = outgoing
-        .iter()
-        .map(|o| Ok((o.subject.clone(), o.body()?, o.headers())))
-        .collect::<Result<_, order_bus::BusError>>()?;
+    let n = messages.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let acks = tokio::spawn(async move {
         let mut ok = 0usize;
@@ -190,11 +186,7 @@ async fn publish_pipelined(
         ok
     });
     let t0 = Instant::now();
-    for (subject, body, headers) in bodies {
-        let message = PublishMessage::build()
-            .payload(body)
-            .headers(headers)
-            .expected_stream(stream);
+    for (subject, message) in messages {
         let ack = js
             .send_publish(subject, message)
             .await
@@ -204,10 +196,6 @@ async fn publish_pipelined(
     drop(tx);
     let ok = acks.await?;
     let secs = t0.elapsed().as_secs_f64();
-    ensure!(
-        ok == outgoing.len(),
-        "{ok} of {} raw publishes acknowledged",
-        outgoing.len()
-    );
+    ensure!(ok == n, "{ok} of {n} raw publishes acknowledged");
     Ok(secs)
 }
