@@ -128,7 +128,7 @@ openapi-check: services
     python3 -m openapi_spec_validator "$target_dir/openapi.json"
 
 # Check formatting and lints (clippy warnings are errors)
-lint: _fmt-check _clippy
+lint: _fmt-check _clippy _doc-check
 
 # Format all code
 fmt:
@@ -148,3 +148,7 @@ _fmt-check:
 # clippy on every target, warnings denied
 _clippy:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# rustdoc on every crate, warnings denied (broken or private intra-doc links)
+_doc-check:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

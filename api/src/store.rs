@@ -122,7 +122,7 @@ impl OrderStore {
     /// retries included, since that is the latency callers see.
     ///
     /// # Errors
-    /// Domain refusals map to 400/404/409 by kind; a race lost [`MAX_ATTEMPTS`] times is 409;
+    /// Domain refusals map to 400/404/409 by kind; a race lost `MAX_ATTEMPTS` times is 409;
     /// an unreachable database is 503.
     pub async fn execute(
         &self,

@@ -9,7 +9,7 @@
 //! (More statements in flight measured slower: with `just bench quick B8` on 2 cores, signed
 //! no-database requests/s with 1, 2, 4 and 16 in flight were 12.6k, 11.4k, 9.4k and 6.7k, as
 //! each statement in flight holds a pool connection that the requests' own reads then wait
-//! for, while one statement of up to [`MAX_BATCH`] rows takes about 0.35 ms.) Alone, a record is still one statement, so nothing waits for a batch
+//! for, while one statement of up to `MAX_BATCH` rows takes about 0.35 ms.) Alone, a record is still one statement, so nothing waits for a batch
 //! to fill. Postgres stays the arbiter: a key is first use only if this statement's
 //! insert returned it, and a key that appears twice in one batch is first use at most once.
 

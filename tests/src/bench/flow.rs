@@ -31,7 +31,7 @@ pub struct LagRun {
     pub lag: Latencies,
     /// Creates that failed.
     pub errors: u64,
-    /// Orders created whose effect was not seen within [`SETTLE`] after the run.
+    /// Orders created whose effect was not seen within `SETTLE` after the run.
     pub missing: u64,
     /// Effects seen before the create's answer arrived (recorded as ~0).
     pub early: u64,
