@@ -130,14 +130,8 @@ impl<P: Projector> ProjectionRunner<P> {
             return Ok(RunOnce::Idle);
         };
         self.projector.apply_batch(&mut tx, &events).await?;
-        checkpoint::save_with(
-            &mut *tx,
-            name,
-            last,
-            events.len() as u64,
-            checkpoint::Durability::Relaxed,
-        )
-        .await?;
+        // Commits the batch with its checkpoint; what `tx` commits after is empty.
+        checkpoint::save_and_commit(&mut tx, name, last, events.len() as u64).await?;
         tx.commit().await?;
         metrics::counter!("projection_events_total", "projection" => name.to_owned())
             .increment(events.len() as u64);

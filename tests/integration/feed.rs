@@ -250,3 +250,81 @@ async fn the_feed_plans_an_index_walk_without_statistics_and_the_table_holds_onl
         .expect("feed read");
     assert_eq!(batch.len(), 500);
 }
+
+/// A projector's checkpoint commits with the batch in one round trip: another connection sees
+/// the checkpoint and the batch's writes before the caller's own `commit`, and the fence moves
+/// past the transaction at once. A failing checkpoint statement commits nothing.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
+    use order_projections::checkpoint;
+
+    let order = Uuid::now_v7();
+    let position = FeedPosition {
+        transaction_id: 42,
+        global_position: 7,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    insert(&mut tx, order, 1).await.unwrap();
+    checkpoint::save_and_commit(&mut tx, "projector_a", position, 3)
+        .await
+        .unwrap();
+    // Before `tx.commit()`: both are visible elsewhere, and no transaction of ours holds an id.
+    assert_eq!(
+        checkpoint::load(&pool, "projector_a").await.unwrap(),
+        position
+    );
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(order.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND backend_xid IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "the batch's transaction is over");
+    tx.commit().await.unwrap();
+    let total: i64 =
+        sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
+            .bind("projector_a")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(total, 3);
+
+    // A name that cannot be a literal is bound instead, and commits with `tx`.
+    let odd = "it's odd";
+    let mut tx = pool.begin().await.unwrap();
+    checkpoint::save_and_commit(&mut tx, odd, position, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoint::load(&pool, odd).await.unwrap(),
+        FeedPosition::default(),
+        "not committed before tx is"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(checkpoint::load(&pool, odd).await.unwrap(), position);
+
+    // A checkpoint that cannot be written (its running total would overflow `bigint`) commits
+    // neither itself nor the batch.
+    checkpoint::save(&pool, "projector_b", position, i64::MAX as u64)
+        .await
+        .unwrap();
+    let other = Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    insert(&mut tx, other, 1).await.unwrap();
+    let refused = checkpoint::save_and_commit(&mut tx, "projector_b", position, 1).await;
+    assert!(refused.is_err(), "the overflow is reported");
+    drop(tx);
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(other.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "the batch rolled back with its checkpoint");
+}
