@@ -59,6 +59,14 @@ macro_rules! save_tail {
     };
 }
 
+/// The relaxed upsert's first lines, up to its values (see [`SAVE_RELAXED_SQL`]).
+macro_rules! relaxed_head {
+    () => {
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+     INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)"
+    };
+}
+
 const SAVE_SQL: &str = concat!(
     "INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
      VALUES ($1, $2::text::xid8, $3, $4, now())",
@@ -68,9 +76,8 @@ const SAVE_SQL: &str = concat!(
 /// [`SAVE_SQL`] that also turns `synchronous_commit` off until the end of its transaction: a
 /// CTE, so that it costs no extra round trip.
 const SAVE_RELAXED_SQL: &str = concat!(
-    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
-     INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
-     SELECT $1, $2::text::xid8, $3, $4, now() FROM relaxed",
+    relaxed_head!(),
+    " SELECT $1, $2::text::xid8, $3, $4, now() FROM relaxed",
     save_tail!()
 );
 
@@ -143,15 +150,16 @@ pub async fn save_and_commit(
         return save_with(&mut *tx, consumer, position, events, Durability::Relaxed).await;
     }
     let sql = format!(
-        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
-         INSERT INTO feed_checkpoints (consumer, transaction_id, global_position, events_total, updated_at)
-         SELECT '{consumer}', '{}'::xid8, {}, {}, now() FROM relaxed{};
-         COMMIT;
-         BEGIN",
+        concat!(
+            relaxed_head!(),
+            " SELECT '{}', '{}'::xid8, {}, {}, now() FROM relaxed",
+            save_tail!(),
+            "; COMMIT; BEGIN"
+        ),
+        consumer,
         position.transaction_id,
         position.global_position,
         i64::try_from(events).unwrap_or(i64::MAX),
-        save_tail!()
     );
     // A query without arguments goes as one simple query, several statements included.
     sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;

@@ -94,12 +94,6 @@ macro_rules! behind_the_fence {
     };
 }
 
-const SELECT: &str = concat!(
-    "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
-            event_type, event_version, payload, metadata, recorded_at",
-    behind_the_fence!()
-);
-
 /// The rows of `select` (one of the queries above) after `after`, at most `limit`.
 async fn fetch_after<'e>(
     executor: impl PgExecutor<'e>,
@@ -118,45 +112,21 @@ async fn fetch_after<'e>(
 /// Reads up to `limit` order events after `after`, in feed order, upcast to current versions.
 ///
 /// # Errors
-/// [`ProjectionError::Database`] when the query fails.
+/// [`ProjectionError::Database`] when the query fails; [`ProjectionError::Undecodable`] when a
+/// stored payload or metadata is not JSON.
 pub async fn read_after<'e>(
     executor: impl PgExecutor<'e>,
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, ProjectionError> {
-    let rows = fetch_after(executor, SELECT, after, limit).await?;
-    rows.iter().map(decode_row).collect()
+    read_raw_after(executor, after, limit)
+        .await?
+        .events()
+        .map(|event| event?.to_feed_event())
+        .collect()
 }
 
-fn decode_row(row: &PgRow) -> Result<FeedEvent, ProjectionError> {
-    let aggregate_id: String = row.try_get("aggregate_id")?;
-    let event_type: String = row.try_get("event_type")?;
-    let stored_version: String = row.try_get("event_version")?;
-    let metadata: Value = row.try_get("metadata")?;
-    let (payload, event_version) = order_domain::upcast::upcast_payload(
-        &event_type,
-        &stored_version,
-        &aggregate_id,
-        row.try_get("payload")?,
-        &metadata,
-    );
-    Ok(FeedEvent {
-        position: FeedPosition {
-            transaction_id: transaction_id(row.try_get("txid")?)?,
-            global_position: row.try_get("global_position")?,
-        },
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id,
-        sequence: row.try_get("sequence")?,
-        event_type,
-        event_version,
-        payload,
-        metadata,
-        recorded_at: row.try_get("recorded_at")?,
-    })
-}
-
-/// [`SELECT`]'s columns with the JSON as text, read by index: see [`RawBatch`].
+/// The feed's columns, the JSON as text, read by index: see [`RawBatch`].
 const SELECT_RAW: &str = concat!(
     "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
             event_type, event_version, payload::text AS payload, metadata::text AS metadata,
@@ -336,7 +306,7 @@ impl DecodedEvent {
     }
 }
 
-/// [`SELECT`]'s rows with the JSON columns as text, for [`read_decoded_after`].
+/// [`SELECT_RAW`]'s columns that [`read_decoded_after`] needs.
 const SELECT_TEXT: &str = concat!(
     "SELECT transaction_id::text AS txid, global_position, aggregate_id, sequence, event_type,
             event_version, payload::text AS payload, metadata::text AS metadata",
