@@ -128,10 +128,9 @@ pub async fn save_with<'e>(
 /// committed meanwhile. Sampling `pg_stat_activity` under `just bench`'s create load showed the
 /// projector's transaction as the fence's holder, "idle in transaction" after its checkpoint
 /// statement for 11 ms at the median and 37 ms at p90: the wait for the service to send
-/// `COMMIT`. Sent with the checkpoint as one simple query, the commit follows the checkpoint
-/// at once. The values go into the statement as literals, so only plain consumer names (ASCII
-/// letters, digits, `_`, `-`, `.`, `:`) take this path; any other name is saved with a bound
-/// parameter and commits with `tx` as before.
+/// `COMMIT`. Sent with the checkpoint as one simple query ([`save_and_commit_sql`]), the
+/// commit follows the checkpoint at once. A name that cannot go into that query is saved
+/// with a bound parameter and commits with `tx` as before.
 ///
 /// # Errors
 /// [`ProjectionError::Database`] when the statement fails (the transaction is then aborted,
@@ -142,28 +141,38 @@ pub async fn save_and_commit(
     position: FeedPosition,
     events: u64,
 ) -> Result<(), ProjectionError> {
+    let Some(sql) = save_and_commit_sql(consumer, position, events) else {
+        return save_with(&mut *tx, consumer, position, events, Durability::Relaxed).await;
+    };
+    // A query without arguments goes as one simple query, several statements included.
+    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+    Ok(())
+}
+
+/// The statements [`save_and_commit`] sends: the relaxed checkpoint, `COMMIT`, `BEGIN`, for a
+/// projector to send right after its own writes in the same simple query (see
+/// [`crate::Projector::apply_batch_and_commit`]). The values go into the text as literals, so
+/// only plain consumer names (ASCII letters, digits, `_`, `-`, `.`, `:`) have one; `None` for
+/// any other.
+pub fn save_and_commit_sql(consumer: &str, position: FeedPosition, events: u64) -> Option<String> {
     let plain = !consumer.is_empty()
         && consumer
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
-    if !plain {
-        return save_with(&mut *tx, consumer, position, events, Durability::Relaxed).await;
-    }
-    let sql = format!(
-        concat!(
-            relaxed_head!(),
-            " SELECT '{}', '{}'::xid8, {}, {}, now() FROM relaxed",
-            save_tail!(),
-            "; COMMIT; BEGIN"
-        ),
-        consumer,
-        position.transaction_id,
-        position.global_position,
-        i64::try_from(events).unwrap_or(i64::MAX),
-    );
-    // A query without arguments goes as one simple query, several statements included.
-    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
-    Ok(())
+    plain.then(|| {
+        format!(
+            concat!(
+                relaxed_head!(),
+                " SELECT '{}', '{}'::xid8, {}, {}, now() FROM relaxed",
+                save_tail!(),
+                "; COMMIT; BEGIN"
+            ),
+            consumer,
+            position.transaction_id,
+            position.global_position,
+            i64::try_from(events).unwrap_or(i64::MAX),
+        )
+    })
 }
 
 /// Removes a reader's checkpoint, so it starts again from the beginning of the feed.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::feed::{DecodedEvent, FeedEvent};
-use crate::replay::{OrdersRebuild, Rebuildable, TableSet};
+use crate::replay::{apply_live_batch_and_commit, OrdersRebuild, Rebuildable, TableSet};
 use crate::runner::{lock_key, ProjectionRunner, Projector};
 
 /// The projection's name: its checkpoint and its advisory-lock key.
@@ -40,27 +40,21 @@ impl Projector for OrdersProjector {
         conn: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), ProjectionError> {
-        let decoded = events
-            .iter()
-            .map(|event| {
-                let order_id = event.order_id().ok_or_else(|| {
-                    ProjectionError::Handler(format!(
-                        "order event {}#{} has an aggregate id that is not a UUID",
-                        event.aggregate_id, event.sequence
-                    ))
-                })?;
-                Ok(DecodedEvent {
-                    position: event.position,
-                    order_id,
-                    sequence: event.sequence,
-                    event: event.decode()?,
-                })
-            })
-            .collect::<Result<Vec<_>, ProjectionError>>()?;
         OrdersRebuild
-            .apply_batch(conn, TableSet::Live, &decoded, None)
+            .apply_batch(conn, TableSet::Live, &decode_batch(events)?, None)
             .await?;
         Ok(())
+    }
+
+    /// [`Self::apply_batch`] with the checkpoint and the commit in the same simple query, the
+    /// rows written in as literals (`crate::replay`'s `params`).
+    async fn apply_batch_and_commit(
+        &self,
+        conn: &mut PgConnection,
+        events: &[FeedEvent],
+        commit: &str,
+    ) -> Result<bool, ProjectionError> {
+        apply_live_batch_and_commit(conn, &decode_batch(events)?, commit).await
     }
 
     async fn apply(
@@ -95,6 +89,27 @@ impl Projector for OrdersProjector {
             }
         }
     }
+}
+
+/// The batch's events decoded for the batched writer.
+fn decode_batch(events: &[FeedEvent]) -> Result<Vec<DecodedEvent>, ProjectionError> {
+    events
+        .iter()
+        .map(|event| {
+            let order_id = event.order_id().ok_or_else(|| {
+                ProjectionError::Handler(format!(
+                    "order event {}#{} has an aggregate id that is not a UUID",
+                    event.aggregate_id, event.sequence
+                ))
+            })?;
+            Ok(DecodedEvent {
+                position: event.position,
+                order_id,
+                sequence: event.sequence,
+                event: event.decode()?,
+            })
+        })
+        .collect()
 }
 
 /// What one event (other than `OrderCreated`) changes on the order row; `None` keeps the value.

@@ -57,6 +57,25 @@ pub trait Projector: Send + Sync {
             Ok(())
         }
     }
+
+    /// Applies a batch like [`Self::apply_batch`], then runs `commit` (the checkpoint,
+    /// `COMMIT` and a new `BEGIN`, from [`checkpoint::save_and_commit_sql`]) in the same simple
+    /// query as its last writes, and returns whether it did; if not, the runner saves the
+    /// checkpoint and commits. A projector that can should: its transaction then holds the
+    /// feed's fence only while Postgres executes the batch, never while the service, busy with
+    /// other work, has yet to send its next statement. The default runs nothing.
+    fn apply_batch_and_commit(
+        &self,
+        conn: &mut PgConnection,
+        events: &[FeedEvent],
+        commit: &str,
+    ) -> impl Future<Output = Result<bool, ProjectionError>> + Send {
+        let _ = commit;
+        async move {
+            self.apply_batch(conn, events).await?;
+            Ok(false)
+        }
+    }
 }
 
 /// What one call to [`ProjectionRunner::run_once`] did.
@@ -129,9 +148,23 @@ impl<P: Projector> ProjectionRunner<P> {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(RunOnce::Idle);
         };
-        self.projector.apply_batch(&mut tx, &events).await?;
-        // Commits the batch with its checkpoint; what `tx` commits after is empty.
-        checkpoint::save_and_commit(&mut tx, name, last, events.len() as u64).await?;
+        let count = events.len() as u64;
+        let committed = match checkpoint::save_and_commit_sql(name, last, count) {
+            Some(commit) => {
+                self.projector
+                    .apply_batch_and_commit(&mut tx, &events, &commit)
+                    .await?
+            }
+            None => {
+                self.projector.apply_batch(&mut tx, &events).await?;
+                false
+            }
+        };
+        if !committed {
+            // Commits the batch with its checkpoint.
+            checkpoint::save_and_commit(&mut tx, name, last, count).await?;
+        }
+        // What `tx` commits now is empty.
         tx.commit().await?;
         metrics::counter!("projection_events_total", "projection" => name.to_owned())
             .increment(events.len() as u64);

@@ -684,6 +684,161 @@ async fn a_rebuild_equals_the_live_read_model_row_for_row(pool: PgPool) {
     assert!(fresh_comparison(&pool).await.is_identical());
 }
 
+/// The strings and clocks a row written in as SQL literals must carry exactly.
+const ODD: &[&str] = &[
+    "it's",
+    "a \"quoted\" {braced}, listed one",
+    "back\\slash \\\" and \\'",
+    "$$ and $q$ dollars",
+    "NULL",
+    " spaced ",
+    "é ✓ 🎟",
+];
+
+#[sqlx::test(migrations = "../migrations")]
+async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPool) {
+    let s = Script::new(&pool);
+    every_event_type(&s).await;
+    // Clocks with nanoseconds, after 2000 (the script's `Utc::now()`) and before it, where the
+    // cut to microseconds goes the other way.
+    let before_2000 = Script {
+        store: s.store.clone(),
+        base: DateTime::from_timestamp(900_000_000, 999_999_999).expect("a valid instant"),
+    };
+    for (k, odd) in ODD.iter().enumerate() {
+        let script = if k % 2 == 0 { &s } else { &before_2000 };
+        let id = Uuid::new_v4();
+        let item = Uuid::new_v4();
+        script
+            .run(
+                id,
+                OrderCommand::CreateOrder(CreateOrder {
+                    order_id: id,
+                    order_number: format!("{odd}#{k}"),
+                    tenant_id: (*odd).into(),
+                    user_id: format!("user {odd}"),
+                    event_id: Uuid::new_v4(),
+                    currency: Currency::parse("USD").expect("currency"),
+                    items: vec![NewLineItem {
+                        id: item,
+                        ticket_type_id: Uuid::new_v4(),
+                        quantity: 2,
+                        unit_price_cents: 1_000,
+                    }],
+                    fees_cents: 0,
+                    tax_cents: 0,
+                    expires_at: script.at(15),
+                    event_starts_at: (k % 3 != 0).then(|| script.at(60)),
+                    now: script.at(0),
+                }),
+            )
+            .await;
+        script
+            .run(
+                id,
+                OrderCommand::ConfirmOrder(ConfirmOrder {
+                    payment_intent_id: format!("pi {odd}"),
+                    amount_cents: 2_000,
+                    expected_version: None,
+                    now: script.at(1),
+                }),
+            )
+            .await;
+        script
+            .run(
+                id,
+                OrderCommand::RecordTickets(RecordTickets {
+                    tickets: vec![
+                        IssuedTicket {
+                            item_id: item,
+                            ticket_id: (*odd).into(),
+                        },
+                        IssuedTicket {
+                            item_id: item,
+                            ticket_id: format!("{odd},2"),
+                        },
+                    ],
+                    now: script.at(2),
+                }),
+            )
+            .await;
+    }
+    project(&pool).await;
+    let per_event = rows(&pool, TableSet::Live).await;
+    let position = checkpoint::load(&pool, ORDERS_PROJECTION)
+        .await
+        .expect("per-event position");
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM order_read WHERE order_number LIKE '%#%'")
+            .fetch_all(&pool)
+            .await
+            .expect("tenants");
+    assert_eq!(
+        tenants.iter().collect::<BTreeSet<_>>(),
+        ODD.iter()
+            .map(|o| (*o).to_owned())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect()
+    );
+
+    // The service's projector, whose batches go with their checkpoint and commit.
+    for batch_size in [1, 7, 500] {
+        order_projections::orders::reset(&pool)
+            .await
+            .expect("reset");
+        let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, batch_size);
+        runner.catch_up().await.expect("projection succeeds");
+        assert_eq!(
+            rows(&pool, TableSet::Live).await,
+            per_event,
+            "batch size {batch_size}"
+        );
+        assert_eq!(
+            checkpoint::load(&pool, ORDERS_PROJECTION)
+                .await
+                .expect("position"),
+            position
+        );
+    }
+
+    // One batch by hand: the projector ran the commit itself, so its rows and checkpoint are
+    // visible to others before the caller's transaction ends, and that transaction is a new
+    // one that holds no transaction id (no fence).
+    order_projections::orders::reset(&pool)
+        .await
+        .expect("reset");
+    let mut tx = pool.begin().await.expect("begin");
+    let events = order_projections::feed::read_after(
+        &mut *tx,
+        order_projections::FeedPosition::default(),
+        10_000,
+    )
+    .await
+    .expect("read");
+    let last = events.last().expect("events").position;
+    let commit = checkpoint::save_and_commit_sql(ORDERS_PROJECTION, last, events.len() as u64)
+        .expect("a plain name");
+    let committed = OrdersProjector
+        .apply_batch_and_commit(&mut tx, &events, &commit)
+        .await
+        .expect("batch");
+    assert!(committed, "the orders projector sends its commit");
+    assert_eq!(rows(&pool, TableSet::Live).await, per_event);
+    assert_eq!(
+        checkpoint::load(&pool, ORDERS_PROJECTION)
+            .await
+            .expect("position"),
+        position
+    );
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("xid");
+    assert_eq!(xid, None);
+    tx.commit().await.expect("empty commit");
+}
+
 // ---------------------------------------------------------------------------------------------
 // online
 

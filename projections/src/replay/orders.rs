@@ -17,10 +17,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use order_domain::events::OrderCreated;
 use order_domain::{OrderEvent, OrderStatus};
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Arguments, PgConnection, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::params::{Params, Unbindable};
 use super::tables::TableSet;
 use super::{BoxFuture, Carry, Rebuildable};
 use crate::error::ProjectionError;
@@ -65,8 +66,24 @@ impl Rebuildable for OrdersRebuild {
         carry: Option<&'a mut Carry>,
     ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
         let cache = carry.and_then(|c| c.downcast_mut::<RowCache>());
-        Box::pin(apply_batch(conn, set, events, cache))
+        Box::pin(async move {
+            let written = apply_batch(conn, set, events, cache, None).await?;
+            Ok(written.rows)
+        })
     }
+}
+
+/// The live projector's batch ([`crate::orders::OrdersProjector`]), with `commit` (the
+/// checkpoint, `COMMIT` and `BEGIN`) sent in the same simple query as its writes, so that the
+/// batch's transaction holds the feed's fence only while Postgres executes them (see
+/// [`write`]). Returns whether `commit` ran; if not, the caller must save and commit itself.
+pub(crate) async fn apply_live_batch_and_commit(
+    conn: &mut PgConnection,
+    events: &[DecodedEvent],
+    commit: &str,
+) -> Result<bool, ProjectionError> {
+    let written = apply_batch(conn, TableSet::Live, events, None, Some(commit)).await?;
+    Ok(written.committed)
 }
 
 /// Orders per generation of [`RowCache`]: it holds up to twice this many orders' rows (a few
@@ -254,8 +271,8 @@ impl OrderState {
     }
 }
 
-/// Folds `events` (feed order) into the tables of `set` and writes each touched row once.
-/// Returns the number of rows written.
+/// Folds `events` (feed order) into the tables of `set` and writes each touched row once,
+/// then `commit` if given (see [`write`]).
 ///
 /// With a `cache`, the orders it holds are taken from it rather than read back, and every order
 /// the batch touched goes into it afterwards.
@@ -264,7 +281,8 @@ async fn apply_batch(
     set: TableSet,
     events: &[DecodedEvent],
     mut cache: Option<&mut RowCache>,
-) -> Result<u64, ProjectionError> {
+    commit: Option<&str>,
+) -> Result<Written, ProjectionError> {
     let mut ids = Vec::new();
     let mut cached = Vec::new();
     let mut seen = HashSet::new();
@@ -314,8 +332,9 @@ async fn apply_batch(
             }
         }
     }
-    let written = write(conn, set, orders.values().map(AsRef::as_ref)).await?;
-    if let Some(previous) = previous {
+    let written = write(conn, set, orders.values().map(AsRef::as_ref), commit).await?;
+    // A commit ended the settings' scope already.
+    if let (Some(previous), false) = (previous, written.committed) {
         restore_planner(conn, &previous).await?;
     }
     if let Some(cache) = cache {
@@ -553,73 +572,148 @@ impl ItemColumns {
     }
 }
 
+/// What [`write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    rows: u64,
+    /// It also ran the caller's `commit`.
+    committed: bool,
+}
+
 /// Writes the dirty rows, orders before their items (which reference them): the hot tables'
 /// rows as upserts; for orders archived in this batch, their rows as of `OrderArchived` into
 /// the archive tables (`ON CONFLICT DO NOTHING`, like the live move) and out of the hot ones.
+///
+/// With `commit` (the live projector's checkpoint, `COMMIT` and `BEGIN`), the statements and
+/// then `commit` go as one simple query, their arrays written in as literals
+/// ([`Params::Inline`]), so the transaction holds the feed's fence only while Postgres runs
+/// them. Should a value have no exact literal, the statements are bound and sent one by one,
+/// as without `commit`, and the caller runs `commit` itself (`committed` is false).
 async fn write(
     conn: &mut PgConnection,
     set: TableSet,
     orders: impl Iterator<Item = &OrderState>,
-) -> Result<u64, ProjectionError> {
-    let mut hot = OrderColumns::default();
-    let mut hot_items = ItemColumns::default();
-    let mut archived = OrderColumns::default();
-    let mut archived_items = ItemColumns::default();
-    for state in orders {
-        if state.archived_now {
-            archived.push(&state.row);
-            for item in &state.items {
-                archived_items.push(state.row.order_id, item);
+    commit: Option<&str>,
+) -> Result<Written, ProjectionError> {
+    let dirty = Dirty::collect(orders);
+    if let Some(commit) = commit {
+        match dirty.statements(set, true) {
+            Ok(statements) => {
+                let mut sql = String::new();
+                for (statement, _) in statements {
+                    sql.push_str(&statement);
+                    sql.push_str(";\n");
+                }
+                sql.push_str(commit);
+                // Without arguments, one simple query: every statement, then the commit.
+                let counts = sqlx::Executor::fetch_all(&mut *conn, sql.as_str()).await?;
+                let mut rows = 0;
+                for count in &counts {
+                    rows += count.try_get::<i64, _>(0)?;
+                }
+                return Ok(Written {
+                    rows: u64::try_from(rows).unwrap_or_default(),
+                    committed: true,
+                });
             }
-            continue;
-        }
-        if state.row_dirty {
-            hot.push(&state.row);
-        }
-        for (item, dirty) in state.items.iter().zip(&state.items_dirty) {
-            if *dirty {
-                hot_items.push(state.row.order_id, item);
+            Err(Unbindable::NotInlinable(_)) => {
+                tracing::debug!("a value has no exact SQL literal; the batch is written bound");
             }
+            Err(Unbindable::Bind(e)) => return Err(e),
         }
     }
-    let mut written = 0;
-    if !archived.order_id.is_empty() {
-        for table in [ITEMS, ORDERS] {
-            written += sqlx::query(&format!(
-                "DELETE FROM {} WHERE order_id = ANY($1)",
-                set.quoted(table)
-            ))
-            .bind(&archived.order_id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        }
+    let mut rows = 0;
+    for (sql, params) in dirty.statements(set, false)? {
+        let written: i64 = sqlx::query_scalar_with(&sql, params.into_args())
+            .fetch_one(&mut *conn)
+            .await?;
+        rows += written;
     }
-    written += upsert_orders_and_items(
-        conn,
-        (&set.quoted(ORDERS), &set.quoted(ITEMS)),
-        hot,
-        hot_items,
-        true,
-    )
-    .await?;
-    written += upsert_orders_and_items(
-        conn,
-        (&set.quoted(ARCHIVED_ORDERS), &set.quoted(ARCHIVED_ITEMS)),
-        archived,
-        archived_items,
-        false,
-    )
-    .await?;
-    Ok(written)
+    Ok(Written {
+        rows: u64::try_from(rows).unwrap_or_default(),
+        committed: false,
+    })
 }
 
-/// Parameters an order upsert takes ([`orders_sql`]).
-const ORDER_PARAMS: usize = 23;
+/// A batch's rows to write, by table.
+#[derive(Debug, Default)]
+struct Dirty {
+    hot: OrderColumns,
+    hot_items: ItemColumns,
+    archived: OrderColumns,
+    archived_items: ItemColumns,
+}
 
-/// One multi-row insert into an order table, its arrays from `$first` on; on a conflict, every
-/// column is overwritten (`update`) or the existing row is kept.
-fn orders_sql(table: &str, first: usize, update: bool) -> String {
+impl Dirty {
+    fn collect<'s>(orders: impl Iterator<Item = &'s OrderState>) -> Self {
+        let mut d = Self::default();
+        for state in orders {
+            if state.archived_now {
+                d.archived.push(&state.row);
+                for item in &state.items {
+                    d.archived_items.push(state.row.order_id, item);
+                }
+                continue;
+            }
+            if state.row_dirty {
+                d.hot.push(&state.row);
+            }
+            for (item, dirty) in state.items.iter().zip(&state.items_dirty) {
+                if *dirty {
+                    d.hot_items.push(state.row.order_id, item);
+                }
+            }
+        }
+        d
+    }
+
+    /// The statements, in order, each answering one row: the number of rows it wrote. Their
+    /// arrays are literals (`inline`) or their statement's bound parameters.
+    fn statements(&self, set: TableSet, inline: bool) -> Result<Vec<(String, Params)>, Unbindable> {
+        let params = || {
+            if inline {
+                Params::Inline
+            } else {
+                Params::bound()
+            }
+        };
+        let mut out = Vec::new();
+        if !self.archived.order_id.is_empty() {
+            for table in [ITEMS, ORDERS] {
+                let mut p = params();
+                let ids = p.array(&self.archived.order_id, "uuid")?;
+                let sql = format!(
+                    "WITH d AS (DELETE FROM {} WHERE order_id = ANY({ids}) RETURNING 1)
+                     SELECT count(*) FROM d",
+                    set.quoted(table)
+                );
+                out.push((sql, p));
+            }
+        }
+        let upserts = [
+            (ORDERS, ITEMS, &self.hot, &self.hot_items, true),
+            (
+                ARCHIVED_ORDERS,
+                ARCHIVED_ITEMS,
+                &self.archived,
+                &self.archived_items,
+                false,
+            ),
+        ];
+        for (orders, items, o, i, update) in upserts {
+            let mut p = params();
+            let tables = (set.quoted(orders), set.quoted(items));
+            if let Some(sql) = upsert_sql((&tables.0, &tables.1), o, i, update, &mut p)? {
+                out.push((sql, p));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One multi-row insert into an order table from `arrays` ([`OrderColumns::arrays`]); on a
+/// conflict, every column is overwritten (`update`) or the existing row is kept.
+fn orders_sql(table: &str, arrays: &[String], update: bool) -> String {
     let on_conflict = if update {
         "DO UPDATE SET
              order_number = EXCLUDED.order_number, tenant_id = EXCLUDED.tenant_id,
@@ -636,36 +730,6 @@ fn orders_sql(table: &str, first: usize, update: bool) -> String {
     } else {
         "DO NOTHING"
     };
-    let types = [
-        "uuid",
-        "text",
-        "text",
-        "text",
-        "uuid",
-        "text",
-        "int8",
-        "int8",
-        "int8",
-        "int8",
-        "text",
-        "text",
-        "timestamptz",
-        "timestamptz",
-        "timestamptz",
-        "timestamptz",
-        "timestamptz",
-        "int8",
-        "bool",
-        "int4",
-        "int4",
-        "bool",
-        "int8",
-    ];
-    let arrays: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(k, t)| format!("${}::{t}[]", first + k))
-        .collect();
     format!(
         "INSERT INTO {table} ({ORDER_COLUMNS})
          SELECT * FROM unnest({})
@@ -674,36 +738,40 @@ fn orders_sql(table: &str, first: usize, update: bool) -> String {
     )
 }
 
-fn bind_orders(args: &mut PgArguments, o: OrderColumns) -> Result<(), ProjectionError> {
-    let bind_error = |e| ProjectionError::Handler(format!("cannot bind an order column: {e}"));
-    args.add(o.order_id).map_err(bind_error)?;
-    args.add(o.order_number).map_err(bind_error)?;
-    args.add(o.tenant_id).map_err(bind_error)?;
-    args.add(o.user_id).map_err(bind_error)?;
-    args.add(o.event_id).map_err(bind_error)?;
-    args.add(o.status).map_err(bind_error)?;
-    args.add(o.subtotal_cents).map_err(bind_error)?;
-    args.add(o.fees_cents).map_err(bind_error)?;
-    args.add(o.tax_cents).map_err(bind_error)?;
-    args.add(o.total_cents).map_err(bind_error)?;
-    args.add(o.currency).map_err(bind_error)?;
-    args.add(o.payment_intent_id).map_err(bind_error)?;
-    args.add(o.expires_at).map_err(bind_error)?;
-    args.add(o.event_starts_at).map_err(bind_error)?;
-    args.add(o.created_at).map_err(bind_error)?;
-    args.add(o.updated_at).map_err(bind_error)?;
-    args.add(o.paid_at).map_err(bind_error)?;
-    args.add(o.refunded_cents).map_err(bind_error)?;
-    args.add(o.refunds_locked).map_err(bind_error)?;
-    args.add(o.item_count).map_err(bind_error)?;
-    args.add(o.ticket_count).map_err(bind_error)?;
-    args.add(o.archived).map_err(bind_error)?;
-    args.add(o.last_sequence).map_err(bind_error)?;
-    Ok(())
+impl OrderColumns {
+    /// The columns as SQL array expressions, in [`ORDER_COLUMNS`]' order.
+    fn arrays(&self, p: &mut Params) -> Result<Vec<String>, Unbindable> {
+        Ok(vec![
+            p.array(&self.order_id, "uuid")?,
+            p.array(&self.order_number, "text")?,
+            p.array(&self.tenant_id, "text")?,
+            p.array(&self.user_id, "text")?,
+            p.array(&self.event_id, "uuid")?,
+            p.array(&self.status, "text")?,
+            p.array(&self.subtotal_cents, "int8")?,
+            p.array(&self.fees_cents, "int8")?,
+            p.array(&self.tax_cents, "int8")?,
+            p.array(&self.total_cents, "int8")?,
+            p.array(&self.currency, "text")?,
+            p.array(&self.payment_intent_id, "text")?,
+            p.array(&self.expires_at, "timestamptz")?,
+            p.array(&self.event_starts_at, "timestamptz")?,
+            p.array(&self.created_at, "timestamptz")?,
+            p.array(&self.updated_at, "timestamptz")?,
+            p.array(&self.paid_at, "timestamptz")?,
+            p.array(&self.refunded_cents, "int8")?,
+            p.array(&self.refunds_locked, "bool")?,
+            p.array(&self.item_count, "int4")?,
+            p.array(&self.ticket_count, "int4")?,
+            p.array(&self.archived, "bool")?,
+            p.array(&self.last_sequence, "int8")?,
+        ])
+    }
 }
 
-/// One multi-row insert into an item table, its arrays from `$first` on, like [`orders_sql`].
-fn items_sql(table: &str, first: usize, update: bool) -> String {
+/// One multi-row insert into an item table from `a` ([`ItemColumns::arrays`]), like
+/// [`orders_sql`].
+fn items_sql(table: &str, a: &[String], update: bool) -> String {
     let on_conflict = if update {
         "DO UPDATE SET
              position = EXCLUDED.position, ticket_type_id = EXCLUDED.ticket_type_id,
@@ -712,87 +780,72 @@ fn items_sql(table: &str, first: usize, update: bool) -> String {
     } else {
         "DO NOTHING"
     };
-    let p = |k: usize| format!("${}", first + k);
     format!(
         "INSERT INTO {table} (order_id, item_id, position, ticket_type_id, quantity,
                               unit_price_cents, ticket_ids)
          SELECT u.order_id, u.item_id, u.position, u.ticket_type_id, u.quantity,
                 u.unit_price_cents, COALESCE(t.ids, '{{}}')
-           FROM unnest({}::uuid[], {}::uuid[], {}::int4[], {}::uuid[], {}::int4[], {}::int8[])
+           FROM unnest({}, {}, {}, {}, {}, {})
                 WITH ORDINALITY AS u(order_id, item_id, position, ticket_type_id, quantity,
                                      unit_price_cents, ord)
            LEFT JOIN (SELECT x.item, array_agg(x.ticket_id ORDER BY x.ord) AS ids
-                        FROM unnest({}::int4[], {}::text[]) WITH ORDINALITY AS x(item, ticket_id, ord)
+                        FROM unnest({}, {}) WITH ORDINALITY AS x(item, ticket_id, ord)
                        GROUP BY x.item) t ON t.item = u.ord - 1
          ON CONFLICT (order_id, item_id) {on_conflict}",
-        p(0),
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(5),
-        p(6),
-        p(7)
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
     )
 }
 
-fn bind_items(args: &mut PgArguments, i: ItemColumns) -> Result<(), ProjectionError> {
-    let bind_error = |e| ProjectionError::Handler(format!("cannot bind an item column: {e}"));
-    args.add(i.order_id).map_err(bind_error)?;
-    args.add(i.item_id).map_err(bind_error)?;
-    args.add(i.position).map_err(bind_error)?;
-    args.add(i.ticket_type_id).map_err(bind_error)?;
-    args.add(i.quantity).map_err(bind_error)?;
-    args.add(i.unit_price_cents).map_err(bind_error)?;
-    args.add(i.ticket_item).map_err(bind_error)?;
-    args.add(i.ticket_id).map_err(bind_error)?;
-    Ok(())
+impl ItemColumns {
+    /// The columns as SQL array expressions, in [`items_sql`]' order.
+    fn arrays(&self, p: &mut Params) -> Result<Vec<String>, Unbindable> {
+        Ok(vec![
+            p.array(&self.order_id, "uuid")?,
+            p.array(&self.item_id, "uuid")?,
+            p.array(&self.position, "int4")?,
+            p.array(&self.ticket_type_id, "uuid")?,
+            p.array(&self.quantity, "int4")?,
+            p.array(&self.unit_price_cents, "int8")?,
+            p.array(&self.ticket_item, "int4")?,
+            p.array(&self.ticket_id, "text")?,
+        ])
+    }
 }
 
-/// Upserts `o` into the order table and `i` into its item table. When both have rows, in one
-/// statement (two data-modifying CTEs; the items' foreign keys are checked at its end, when
-/// their orders are in): one round trip fewer inside the batch's transaction, which holds the
-/// feed's fence from its first write to its commit. Returns the rows written.
-async fn upsert_orders_and_items(
-    conn: &mut PgConnection,
+/// One statement that upserts `o` into the order table and `i` into its item table (two
+/// data-modifying CTEs when both have rows; the items' foreign keys are checked at its end,
+/// when their orders are in) and answers the number of rows written; `None` when neither has
+/// rows.
+fn upsert_sql(
     tables: (&str, &str),
-    o: OrderColumns,
-    i: ItemColumns,
+    o: &OrderColumns,
+    i: &ItemColumns,
     update: bool,
-) -> Result<u64, ProjectionError> {
-    let (orders_table, items_table) = tables;
-    let mut args = PgArguments::default();
-    let sql = match (o.order_id.is_empty(), i.order_id.is_empty()) {
-        (true, true) => return Ok(0),
-        (false, true) => {
-            bind_orders(&mut args, o)?;
-            orders_sql(orders_table, 1, update)
-        }
-        (true, false) => {
-            bind_items(&mut args, i)?;
-            items_sql(items_table, 1, update)
-        }
-        (false, false) => {
-            bind_orders(&mut args, o)?;
-            bind_items(&mut args, i)?;
-            let written: i64 = sqlx::query_scalar_with(
-                &format!(
-                    "WITH o AS ({} RETURNING 1), i AS ({} RETURNING 1)
-                     SELECT (SELECT count(*) FROM o) + (SELECT count(*) FROM i)",
-                    orders_sql(orders_table, 1, update),
-                    items_sql(items_table, 1 + ORDER_PARAMS, update)
-                ),
-                args,
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            return Ok(u64::try_from(written).unwrap_or_default());
-        }
-    };
-    Ok(sqlx::query_with(&sql, args)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected())
+    p: &mut Params,
+) -> Result<Option<String>, Unbindable> {
+    let mut parts = Vec::new();
+    if !o.order_id.is_empty() {
+        parts.push(("o", orders_sql(tables.0, &o.arrays(p)?, update)));
+    }
+    if !i.order_id.is_empty() {
+        parts.push(("i", items_sql(tables.1, &i.arrays(p)?, update)));
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let ctes: Vec<String> = parts
+        .iter()
+        .map(|(name, sql)| format!("{name} AS ({sql} RETURNING 1)"))
+        .collect();
+    let counts: Vec<String> = parts
+        .iter()
+        .map(|(name, _)| format!("(SELECT count(*) FROM {name})"))
+        .collect();
+    Ok(Some(format!(
+        "WITH {} SELECT {}",
+        ctes.join(", "),
+        counts.join(" + ")
+    )))
 }
 
 #[cfg(test)]
