@@ -5,8 +5,9 @@
 //! fence from its first write to its commit, so the projector sends its writes, its checkpoint
 //! and `COMMIT` as one simple query, and the fence is then held only while Postgres executes
 //! them, never while the service is busy elsewhere. A simple query takes no parameters, hence
-//! the literals. They must store exactly what binding stores, which the unit tests below and
-//! the replay tests (live rows against rebuilt rows) check.
+//! the literals. They must store exactly what binding stores: the tests below check the
+//! quoting and have Postgres compare generated literals with the bound values, and the replay
+//! tests compare the live projector's batches with the per-event rows.
 
 use std::fmt::Write as _;
 
