@@ -839,6 +839,68 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
     tx.commit().await.expect("empty commit");
 }
 
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps_neither(
+    pool: PgPool,
+) {
+    let s = Script::new(&pool);
+    s.paid_order().await;
+    let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, 500);
+    runner.catch_up().await.expect("first orders");
+    let before = rows(&pool, TableSet::Live).await;
+    let position = checkpoint::load(&pool, ORDERS_PROJECTION)
+        .await
+        .expect("position");
+
+    // The checkpoint statement fails: it runs after the batch's upserts succeeded, in the
+    // same simple query, and before its COMMIT.
+    sqlx::query(
+        "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected checkpoint failure'; END $$",
+    )
+    .execute(&pool)
+    .await
+    .expect("function");
+    sqlx::query(
+        "CREATE TRIGGER refuse_checkpoint BEFORE INSERT OR UPDATE ON feed_checkpoints
+         FOR EACH ROW WHEN (NEW.consumer = 'orders') EXECUTE FUNCTION refuse_checkpoint()",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+    let later = s.paid_order().await;
+    let failed = runner.run_once().await;
+    assert!(
+        matches!(&failed, Err(e) if format!("{e:?}").contains("injected checkpoint failure")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        rows(&pool, TableSet::Live).await,
+        before,
+        "no row of the batch"
+    );
+    assert_eq!(
+        checkpoint::load(&pool, ORDERS_PROJECTION)
+            .await
+            .expect("position"),
+        position
+    );
+
+    // Without the failure, the same events apply once, as the per-event path applies them.
+    sqlx::query("DROP TRIGGER refuse_checkpoint ON feed_checkpoints")
+        .execute(&pool)
+        .await
+        .expect("drop");
+    runner.catch_up().await.expect("the rest");
+    assert_eq!(order_row(&pool, later).await["last_sequence"], 6);
+    let batched = rows(&pool, TableSet::Live).await;
+    order_projections::orders::reset(&pool)
+        .await
+        .expect("reset");
+    project(&pool).await;
+    assert_eq!(rows(&pool, TableSet::Live).await, batched);
+}
+
 // ---------------------------------------------------------------------------------------------
 // online
 
