@@ -808,14 +808,29 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
     order_projections::orders::reset(&pool)
         .await
         .expect("reset");
-    let mut tx = pool.begin().await.expect("begin");
-    let events = order_projections::feed::read_after(
-        &mut *tx,
-        order_projections::FeedPosition::default(),
-        10_000,
-    )
-    .await
-    .expect("read");
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    // Read until every event is behind the fence, which a parallel test's open transaction
+    // may hold back for a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut tx, events) = loop {
+        let mut tx = pool.begin().await.expect("begin");
+        let events = order_projections::feed::read_after(
+            &mut *tx,
+            order_projections::FeedPosition::default(),
+            10_000,
+        )
+        .await
+        .expect("read");
+        if events.len() as i64 == total || Instant::now() >= deadline {
+            break (tx, events);
+        }
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(events.len() as i64, total, "every event behind the fence");
     let last = events.last().expect("events").position;
     let commit = checkpoint::save_and_commit_sql(ORDERS_PROJECTION, last, events.len() as u64)
         .expect("a plain name");
@@ -869,7 +884,17 @@ async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps
     .await
     .expect("trigger");
     let later = s.paid_order().await;
-    let failed = runner.run_once().await;
+    // The fence is cluster-wide: a parallel test's open transaction may hide the new events
+    // for a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        match runner.run_once().await {
+            Ok(order_projections::RunOnce::Idle) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other,
+        }
+    };
     assert!(
         matches!(&failed, Err(e) if format!("{e:?}").contains("injected checkpoint failure")),
         "{failed:?}"
