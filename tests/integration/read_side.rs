@@ -776,10 +776,25 @@ async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: 
     let status_of = |order: Option<OrderView>| order.map(|o| o.status);
     let on_this_order = |sql: &'static str| sqlx::query(sql).bind(id).execute(&pool);
 
-    // In both tables (a rebuild that left the archive behind): the hot row answers.
+    let quantities = |detail: Option<queries::OrderDetail>| {
+        detail.map(|d| {
+            (
+                d.order.status,
+                d.items.iter().map(|i| i.quantity).collect::<Vec<_>>(),
+            )
+        })
+    };
+    let hot = queries::order_detail(&pool, id, None).await.expect("query");
+    let (_, hot_quantities) = quantities(hot).expect("the order");
+    assert!(!hot_quantities.is_empty());
+    let archived_quantities: Vec<u32> = hot_quantities.iter().map(|q| q + 10).collect();
+
+    // In both tables (a rebuild that left the archive behind): the hot rows answer.
     for sql in [
         "INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1",
         "UPDATE order_read_archive SET status = 'CANCELLED' WHERE order_id = $1",
+        "INSERT INTO order_item_read_archive SELECT * FROM order_item_read WHERE order_id = $1",
+        "UPDATE order_item_read_archive SET quantity = quantity + 10 WHERE order_id = $1",
     ] {
         on_this_order(sql).await.expect(sql);
     }
@@ -787,6 +802,13 @@ async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: 
         .await
         .expect("query");
     assert_eq!(status_of(order), Some(OrderStatus::Pending));
+    let detail = queries::order_detail(&pool, id, Some("tenant-a"))
+        .await
+        .expect("query");
+    assert_eq!(
+        quantities(detail),
+        Some((OrderStatus::Pending, hot_quantities))
+    );
 
     // Only in the archive: the archive answers, to its own tenant only.
     on_this_order("DELETE FROM order_read WHERE order_id = $1")
@@ -799,6 +821,22 @@ async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: 
     let order = queries::order(&pool, id, None).await.expect("query");
     assert_eq!(status_of(order), Some(OrderStatus::Cancelled));
     assert!(queries::order(&pool, id, Some("tenant-b"))
+        .await
+        .expect("query")
+        .is_none());
+    // The detail likewise, with the archive's items.
+    let detail = queries::order_detail(&pool, id, Some("tenant-a"))
+        .await
+        .expect("query");
+    assert_eq!(
+        quantities(detail),
+        Some((OrderStatus::Cancelled, archived_quantities))
+    );
+    assert!(queries::order_detail(&pool, id, Some("tenant-b"))
+        .await
+        .expect("query")
+        .is_none());
+    assert!(queries::order_detail(&pool, Uuid::new_v4(), None)
         .await
         .expect("query")
         .is_none());
