@@ -62,12 +62,7 @@ impl Projector for OrdersProjector {
         conn: &mut PgConnection,
         event: &FeedEvent,
     ) -> Result<(), ProjectionError> {
-        let order_id = event.order_id().ok_or_else(|| {
-            ProjectionError::Handler(format!(
-                "order event {}#{} has an aggregate id that is not a UUID",
-                event.aggregate_id, event.sequence
-            ))
-        })?;
+        let order_id = order_id_of(event)?;
         match event.decode()? {
             OrderEvent::OrderCreated(created) => insert_order(conn, &created, event.sequence).await,
             other => {
@@ -91,20 +86,24 @@ impl Projector for OrdersProjector {
     }
 }
 
+/// The order an event belongs to; a handler error for an aggregate id that is not a UUID.
+fn order_id_of(event: &FeedEvent) -> Result<Uuid, ProjectionError> {
+    event.order_id().ok_or_else(|| {
+        ProjectionError::Handler(format!(
+            "order event {}#{} has an aggregate id that is not a UUID",
+            event.aggregate_id, event.sequence
+        ))
+    })
+}
+
 /// The batch's events decoded for the batched writer.
 fn decode_batch(events: &[FeedEvent]) -> Result<Vec<DecodedEvent>, ProjectionError> {
     events
         .iter()
         .map(|event| {
-            let order_id = event.order_id().ok_or_else(|| {
-                ProjectionError::Handler(format!(
-                    "order event {}#{} has an aggregate id that is not a UUID",
-                    event.aggregate_id, event.sequence
-                ))
-            })?;
             Ok(DecodedEvent {
                 position: event.position,
-                order_id,
+                order_id: order_id_of(event)?,
                 sequence: event.sequence,
                 event: event.decode()?,
             })

@@ -167,7 +167,7 @@ impl<P: Projector> ProjectionRunner<P> {
         // What `tx` commits now is empty.
         tx.commit().await?;
         metrics::counter!("projection_events_total", "projection" => name.to_owned())
-            .increment(events.len() as u64);
+            .increment(count);
         Ok(RunOnce::Processed(events.len()))
     }
 
