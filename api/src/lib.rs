@@ -10,6 +10,7 @@
 //! - [`startup`]: the [`startup::Application`] seam: build, port, run until stopped.
 //! - [`server`]: the HTTP accept loop with header read timeout and head size limit.
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
+//! - [`batch`]: concurrent requests coalesced into one statement per batch (nonces, reads).
 //! - [`store`]: the command path over postgres-es.
 //! - [`routes`]: handlers, one module per resource.
 //! - [`clients`]: signed, retried, breaker-guarded calls to payment, ticket and event services.
@@ -22,6 +23,7 @@
 //!   metrics, and the OpenAPI document at `/openapi.json` with Swagger UI at `/docs`.
 
 pub mod auth;
+pub mod batch;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -3,9 +3,9 @@
 //! the same request at once cannot both accept it.
 //!
 //! Every signed request records one nonce, so under load this is one write transaction per
-//! request. Concurrent records are therefore batched: a background task takes whatever records
-//! are waiting and inserts them in one statement (`unnest` … `ON CONFLICT DO NOTHING RETURNING`),
-//! one statement at a time; while it runs, the next records queue up and become the next batch.
+//! request. Concurrent records are therefore batched ([`crate::batch`]): whatever records are
+//! waiting go in one statement (`unnest` … `ON CONFLICT DO NOTHING RETURNING`), one statement
+//! at a time; while it runs, the next records queue up and become the next batch.
 //! (More statements in flight measured slower: with `just bench quick B8` on 2 cores, signed
 //! no-database requests/s with 1, 2, 4 and 16 in flight were 12.6k, 11.4k, 9.4k and 6.7k, as
 //! each statement in flight holds a pool connection that the requests' own reads then wait
@@ -14,12 +14,12 @@
 //! insert returned it, and a key that appears twice in one batch is first use at most once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{BatchFuture, Batcher};
+use crate::db::HeldConnection;
 
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
@@ -32,16 +32,12 @@ const PURGE_BATCH: i64 = 5_000;
 /// Most records inserted by one statement.
 const MAX_BATCH: usize = 256;
 
-/// Records waiting for the batcher; a full queue makes callers wait (backpressure).
-const QUEUE: usize = 4_096;
-
-/// One record waiting for its batch.
+/// One record for a batch.
 #[derive(Debug)]
-struct Pending {
+struct Record {
     service: String,
     nonce: String,
     expires_at: DateTime<Utc>,
-    reply: oneshot::Sender<Result<bool, sqlx::Error>>,
 }
 
 /// The nonces (hmac-v1) and signatures (hmac-v2) already accepted, per service, until they
@@ -49,20 +45,19 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct NonceStore {
     pool: PgPool,
-    /// Started by the first record, inside the runtime that serves requests.
-    batcher: Arc<OnceLock<mpsc::Sender<Pending>>>,
-    /// Batch statements sent so far (for the tests that check batching happens).
-    statements: Arc<AtomicU64>,
+    batcher: Batcher<Record, Result<bool, sqlx::Error>>,
 }
 
 impl NonceStore {
     /// A store over the service's pool; the table comes from the migrations.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            batcher: Arc::new(OnceLock::new()),
-            statements: Arc::new(AtomicU64::new(0)),
-        }
+        let (batch_pool, held) = (pool.clone(), HeldConnection::new(pool.clone()));
+        let (idle, release) = held.idle_hook();
+        let batcher = Batcher::new(MAX_BATCH, "auth_nonce_batch_size", move |records| {
+            Box::pin(record_batch(batch_pool.clone(), held.clone(), records)) as BatchFuture<_>
+        })
+        .on_idle(idle, release);
+        Self { pool, batcher }
     }
 
     /// Records `nonce` for `service` until `expires_at`. `Ok(true)` means first use;
@@ -81,29 +76,16 @@ impl NonceStore {
         if nonce.is_empty() || nonce.chars().count() > MAX_NONCE_LEN {
             return Ok(false);
         }
-        let batcher = self.batcher.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(QUEUE);
-            tokio::spawn(run_batcher(
-                self.pool.clone(),
-                receiver,
-                Arc::clone(&self.statements),
-            ));
-            sender
-        });
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
+        let record = Record {
             service: service.to_owned(),
             nonce: nonce.to_owned(),
             expires_at,
-            reply,
         };
-        if batcher.send(pending).await.is_ok() {
-            if let Ok(answer) = answer.await {
-                return answer;
-            }
+        match self.batcher.submit(record).await {
+            Some(answer) => answer,
+            // The batcher is gone (its runtime shut down): check on our own.
+            None => record_one(&self.pool, service, nonce, expires_at).await,
         }
-        // The batcher is gone (its runtime shut down): check on our own.
-        record_one(&self.pool, service, nonce, expires_at).await
     }
 
     /// Deletes expired rows in batches and returns how many went. Meant for a periodic job; the
@@ -131,33 +113,47 @@ impl NonceStore {
     }
 }
 
-/// The batcher: waits for a record, takes every other one already waiting (up to
-/// [`MAX_BATCH`]) and inserts them in one statement, then does it again: the records that
-/// arrive during a statement make the next batch. Ends when every [`NonceStore`] clone is gone.
-async fn run_batcher(pool: PgPool, mut queue: mpsc::Receiver<Pending>, statements: Arc<AtomicU64>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+/// One statement for the whole batch, on the batcher's own connection, then each record's
+/// answer. If the statement fails, each record is checked on its own, on the pool, so every
+/// caller gets its own outcome and its own error (an outage still reads as one: 503, not 500).
+async fn record_batch(
+    pool: PgPool,
+    held: HeldConnection,
+    batch: Vec<Record>,
+) -> Vec<Result<bool, sqlx::Error>> {
+    let inserted = insert_batch(&held, &batch).await;
+    match inserted {
+        Ok(rows) => {
+            let mut first_use: HashSet<(String, String)> = rows.into_iter().collect();
+            batch
+                .into_iter()
+                // `remove`: a key listed twice in the batch is first use for one caller only.
+                .map(|r| Ok(first_use.remove(&(r.service, r.nonce))))
+                .collect()
         }
-        statements.fetch_add(1, Ordering::Relaxed);
-        record_batch(&pool, batch).await;
+        Err(e) => {
+            tracing::debug!(error = %e, records = batch.len(), "batched nonce insert failed; checking each record on its own");
+            futures::future::join_all(
+                batch
+                    .iter()
+                    .map(|r| record_one(&pool, &r.service, &r.nonce, r.expires_at)),
+            )
+            .await
+        }
     }
 }
 
-/// One statement for the whole batch, then each caller's answer. If the statement fails, each
-/// record is checked on its own, so every caller gets its own outcome and its own error (an
-/// outage still reads as one: 503, not 500).
-async fn record_batch(pool: &PgPool, batch: Vec<Pending>) {
-    metrics::histogram!("auth_nonce_batch_size").record(batch.len() as f64);
-    let services: Vec<&str> = batch.iter().map(|p| p.service.as_str()).collect();
-    let nonces: Vec<&str> = batch.iter().map(|p| p.nonce.as_str()).collect();
-    let expiries: Vec<DateTime<Utc>> = batch.iter().map(|p| p.expires_at).collect();
+/// The batch's statement: the keys it inserted, which are the first uses.
+async fn insert_batch(
+    held: &HeldConnection,
+    batch: &[Record],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let services: Vec<&str> = batch.iter().map(|r| r.service.as_str()).collect();
+    let nonces: Vec<&str> = batch.iter().map(|r| r.nonce.as_str()).collect();
+    let expiries: Vec<DateTime<Utc>> = batch.iter().map(|r| r.expires_at).collect();
+    let mut conn = held.lock().await?;
     // `synchronous_commit` off for this statement's own transaction: see `record_one`.
-    let inserted: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+    let inserted = sqlx::query_as(
         "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
          INSERT INTO auth_nonces (service, nonce, expires_at)
          SELECT u.service, u.nonce, u.expires_at
@@ -169,26 +165,12 @@ async fn record_batch(pool: &PgPool, batch: Vec<Pending>) {
     .bind(&services)
     .bind(&nonces)
     .bind(&expiries)
-    .fetch_all(pool)
+    .fetch_all(conn.conn())
     .await;
-    match inserted {
-        Ok(rows) => {
-            let mut first_use: HashSet<(String, String)> = rows.into_iter().collect();
-            for p in batch {
-                // `remove`: a key listed twice in the batch is first use for one caller only.
-                let fresh = first_use.remove(&(p.service, p.nonce));
-                let _ = p.reply.send(Ok(fresh));
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, records = batch.len(), "batched nonce insert failed; checking each record on its own");
-            futures::future::join_all(batch.into_iter().map(|p| async move {
-                let answer = record_one(pool, &p.service, &p.nonce, p.expires_at).await;
-                let _ = p.reply.send(answer);
-            }))
-            .await;
-        }
+    if inserted.is_err() {
+        conn.release();
     }
+    inserted
 }
 
 /// One record, one statement: the batch's fallback.
@@ -248,7 +230,7 @@ mod tests {
         let later = Utc::now() + Duration::minutes(5);
         // Already used before the burst: a replay however it is batched.
         assert!(store.record("payment-service", "n-0", later).await.unwrap());
-        let before = store.statements.load(Ordering::Relaxed);
+        let before = store.batcher.batches();
         // 300 keys, each sent twice at once (and one service's nonce reused by another).
         let keys: Vec<(String, String)> = (0..300)
             .flat_map(|i| {
@@ -284,11 +266,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows as usize, distinct.len());
-        let statements = store.statements.load(Ordering::Relaxed) - before;
+        let statements = store.batcher.batches() - before;
         assert!(
             statements < 100,
             "600 concurrent records took {statements} statements: they were not batched"
         );
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_batch_on_a_broken_held_connection_falls_back_and_the_next_takes_a_new_one(
+        pool: PgPool,
+    ) {
+        let store = NonceStore::new(pool.clone());
+        let later = Utc::now() + Duration::minutes(5);
+        assert!(store
+            .record("payment-service", "before", later)
+            .await
+            .unwrap());
+        // Every other session of this database goes, the batcher's held connection included.
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(killed >= 1, "the held connection was open");
+        // Its batch fails; the record is checked on its own, on the pool, and is still right.
+        assert!(store
+            .record("payment-service", "after", later)
+            .await
+            .unwrap());
+        assert!(!store
+            .record("payment-service", "before", later)
+            .await
+            .unwrap());
+        let batches = store.batcher.batches();
+        assert!(store
+            .record("payment-service", "again", later)
+            .await
+            .unwrap());
+        assert_eq!(store.batcher.batches(), batches + 1);
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn an_idle_store_gives_its_connection_back_so_the_pool_can_close(pool: PgPool) {
+        let store = NonceStore::new(pool.clone());
+        let later = Utc::now() + Duration::minutes(5);
+        assert!(store.record("payment-service", "n", later).await.unwrap());
+        // The store is alive but idle: its held connection goes back within the idle time.
+        tokio::time::timeout(std::time::Duration::from_secs(5), pool.close())
+            .await
+            .expect("the pool closed while the store was idle");
+        assert!(store.record("payment-service", "m", later).await.is_err());
     }
 
     #[sqlx::test(migrations = "../migrations")]
