@@ -11,6 +11,7 @@
 //! - [`server`]: the HTTP accept loop with header read timeout and head size limit.
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
 //! - [`batch`]: concurrent requests coalesced into one statement per batch (nonces, reads).
+//! - [`lookup`]: by-id order reads, batched.
 //! - [`store`]: the command path over postgres-es.
 //! - [`routes`]: handlers, one module per resource.
 //! - [`clients`]: signed, retried, breaker-guarded calls to payment, ticket and event services.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod extract;
 pub mod inbound;
 pub mod jobs;
+pub mod lookup;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -25,6 +25,7 @@ use crate::auth::{authenticate, Authenticator, CallerPolicy, KeyRing, NonceStore
 use crate::clients::ServiceClients;
 use crate::config::{AppEnv, Settings};
 use crate::jobs::JobRegistry;
+use crate::lookup::OrderLookup;
 use crate::routes::{commands, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
 use crate::{context, db, error, jobs, openapi, workers};
@@ -42,6 +43,8 @@ pub struct AppState {
     pub clients: ServiceClients,
     /// This replica's view of the scheduled jobs, served at `GET /internal/jobs`.
     pub jobs: JobRegistry,
+    /// By-id order reads, batched across concurrent requests.
+    pub orders: OrderLookup,
 }
 
 impl std::fmt::Debug for AppState {
@@ -143,6 +146,7 @@ impl Application {
         let nats = connect_nats(&settings.nats_url).await;
         let state = AppState {
             store: OrderStore::new(pool.clone()),
+            orders: OrderLookup::new(pool.clone()),
             auth,
             pool,
             nats,

@@ -152,6 +152,24 @@ pub async fn order<'e>(
     Ok(None)
 }
 
+/// The orders among `ids` that the hot table holds, whatever their tenant, in no particular
+/// order: [`order`]'s first lookup for many ids in one statement, for callers that batch
+/// concurrent reads. An id it does not return, or one whose tenant the caller must not see,
+/// still needs [`order`] (the archive, and the tenant rule).
+///
+/// # Errors
+/// As for [`order`].
+#[tracing::instrument(name = "query.hot_orders", skip_all, fields(orders = ids.len()))]
+pub async fn hot_orders<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<Vec<OrderView>, ProjectionError> {
+    let (orders, _) = HOT_THEN_ARCHIVE[0];
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM {orders} o WHERE o.order_id = ANY($1)");
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(executor).await?;
+    rows.iter().map(order_of).collect()
+}
+
 /// `order_item_read` columns as the join returns them (all null when the order has no items).
 #[derive(Debug, FromRow)]
 struct ItemRow {

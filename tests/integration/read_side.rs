@@ -847,6 +847,78 @@ async fn a_lookup_by_id_prefers_the_hot_row_and_falls_back_to_the_archive(pool: 
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn concurrent_lookups_by_id_are_batched_and_answer_as_the_unbatched_lookup(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let order = app.create_order().await;
+        ids.push(
+            order["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    project(&pool).await;
+    // One order only in the archive, one stale archive copy behind a hot row, one unknown id.
+    for (sql, id) in [
+        (
+            "INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1",
+            ids[0],
+        ),
+        ("DELETE FROM order_read WHERE order_id = $1", ids[0]),
+        (
+            "INSERT INTO order_read_archive SELECT * FROM order_read WHERE order_id = $1",
+            ids[1],
+        ),
+        (
+            "UPDATE order_read_archive SET status = 'CANCELLED' WHERE order_id = $1",
+            ids[1],
+        ),
+    ] {
+        sqlx::query(sql).bind(id).execute(&pool).await.expect(sql);
+    }
+    ids.push(Uuid::new_v4());
+
+    let lookup = order_api::lookup::OrderLookup::new(pool.clone());
+    // Every id for every tenant view, three times over, all at once.
+    let asks: Vec<(Uuid, Option<&str>)> = (0..3)
+        .flat_map(|_| ids.iter())
+        .flat_map(|id| [None, Some("tenant-a"), Some("tenant-b")].map(|t| (*id, t)))
+        .collect();
+    let batched = futures::future::join_all(asks.iter().map(|(id, t)| lookup.order(*id, *t))).await;
+    let mut found = 0;
+    for ((id, tenant), answer) in asks.iter().zip(batched) {
+        let answer = answer.expect("batched lookup");
+        let alone = queries::order(&pool, *id, *tenant).await.expect("lookup");
+        assert_eq!(answer, alone, "order {id} for tenant {tenant:?}");
+        found += usize::from(answer.is_some());
+    }
+    // Six orders, each visible without a tenant and to tenant-a, three times.
+    assert_eq!(found, 6 * 2 * 3);
+    let statements = lookup.batches();
+    assert!(
+        statements < asks.len() as u64 / 4,
+        "{} concurrent lookups took {statements} batch statements",
+        asks.len()
+    );
+
+    // A batch whose statement cannot run: each caller gets its own error, none a wrong answer.
+    let closed = PgPool::connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("second pool");
+    closed.close().await;
+    let lookup = order_api::lookup::OrderLookup::new(closed);
+    let answers = futures::future::join_all(ids.iter().map(|id| lookup.order(*id, None))).await;
+    for answer in answers {
+        assert!(
+            matches!(answer, Err(ProjectionError::Database(_))),
+            "{answer:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn each_route_refuses_callers_outside_its_policy(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let id = app.create_order().await["id"]

@@ -36,7 +36,8 @@ use axum::{middleware, Json, Router};
 use chrono::Utc;
 use order_domain::OrderStatus;
 use order_projections::queries::{self, ForPayment, WithoutTickets};
-use order_projections::ProjectionError;
+use order_projections::{OrderView, ProjectionError};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -112,17 +113,24 @@ pub async fn order(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     Params(params): Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderBody>> {
     let min_version = number(&params, "minVersion")?;
     let tenant = ctx.tenant_id.as_deref();
     let order = read_at_least(
         &state,
         min_version,
-        || queries::order(&state.pool, id, tenant),
+        || state.orders.order(id, tenant),
         |o| o.version,
     )
     .await?;
-    Ok(Json(json!({ "order": order })))
+    Ok(Json(OrderBody { order }))
+}
+
+/// The answer of `GET /internal/orders/{orderId}`, serialized straight to the response: the
+/// route payment-service calls most, so no intermediate `Value` tree.
+#[derive(Debug, Serialize)]
+pub struct OrderBody {
+    order: OrderView,
 }
 
 /// `GET /internal/orders/{orderId}/items`: line items with their ticket ids.
