@@ -9,8 +9,8 @@
 //! batch. Alone, a request is still sent at once, so nothing waits for a batch to fill, and one
 //! batch in flight at a time keeps a single pool connection busy, not one per request.
 //!
-//! Depends on tokio only: what a batch does (and how it falls back when its statement fails)
-//! belongs to its user.
+//! Depends on tokio and the metrics facade only: what a batch does (and how it falls back when
+//! its statement fails) belongs to its user.
 
 use std::future::Future;
 use std::pin::Pin;
