@@ -18,9 +18,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::auth::{authenticate, RoutePolicy};
+use crate::jobs::JobStatusView;
 use crate::startup::AppState;
 
 /// The route behind the `jobs` policy.
@@ -42,6 +43,15 @@ pub fn router(state: &AppState) -> Router<AppState> {
         (status = 200, description = "This replica's view of every scheduled job", body = crate::openapi::JobsAnswer),
     ),
 )]
-pub async fn list_jobs(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "jobs": state.jobs.snapshot(Utc::now()) }))
+pub async fn list_jobs(State(state): State<AppState>) -> Json<JobsBody> {
+    Json(JobsBody {
+        jobs: state.jobs.snapshot(Utc::now()),
+    })
+}
+
+/// The answer, serialized straight to the response: building a `serde_json::Value` tree first
+/// was a quarter of this route's CPU under load.
+#[derive(Debug, Serialize)]
+pub struct JobsBody {
+    jobs: Vec<JobStatusView>,
 }
