@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::BusError;
@@ -162,6 +163,36 @@ impl LeaderLock {
                 )))
             }
         }
+    }
+
+    /// What [`LeaderLock::ensure`] does for a leader, with `query` in place of its `SELECT 1`:
+    /// any statement that succeeds on the lock's own connection proves the session, and with
+    /// it the lock, is still there. A leader that needs a statement each round anyway (the
+    /// relay loads its checkpoint) saves a round trip this way.
+    ///
+    /// `Some` with the query's result while leading. `None` when this replica does not lead,
+    /// and, as with the keepalive, when the query fails or times out: leadership is given up
+    /// (the connection is dropped with its session) and the next [`LeaderLock::ensure`] tries
+    /// again from scratch.
+    pub async fn confirm_with<T, E: std::fmt::Display>(
+        &mut self,
+        query: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
+    ) -> Option<T> {
+        if !self.held || self.pool.is_closed() {
+            return None;
+        }
+        let conn = self.conn.as_mut()?;
+        match tokio::time::timeout(CHECK_TIMEOUT, query(conn)).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(e)) => {
+                tracing::warn!(leader = %self.name, error = %e, "the leader lock's connection failed; standing down")
+            }
+            Err(_) => {
+                tracing::warn!(leader = %self.name, "the leader lock's connection did not answer in {CHECK_TIMEOUT:?}; standing down")
+            }
+        }
+        self.lost();
+        None
     }
 
     /// The lock-holding connection, while leading: writes that must not happen after losing

@@ -4,9 +4,10 @@
 //! One round ([`Relay::run_once`]):
 //! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;
 //! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
-//!    where it last saved it while step 1's keepalive and a fresh load of the checkpoint are in
-//!    flight, and uses the read only if both agree; the batch after a full one is read and
-//!    prepared by a task of its own while this one is sent);
+//!    where it last saved it while a fresh load of the checkpoint, on the lock's own connection,
+//!    confirms step 1, and uses the read only if the two agree; the batch after a full one is
+//!    read and prepared by a task of its own while this one is sent). Reads go through one
+//!    connection the relay keeps while it has work (see `Reader`);
 //! 3. map each event to its envelope and validate the payload against its schema; the first
 //!    event that fails stops the batch there (the events before it still go out) and the round
 //!    ends with an error: it is never skipped;
@@ -36,7 +37,8 @@ use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
 use order_projections::{checkpoint, CommitSignal, FeedPosition};
 use rand::Rng;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -123,6 +125,8 @@ pub fn jetstream_context(client: async_nats::Client, publish_timeout: Duration) 
 /// The outbox relay. Cheap to share behind an `Arc`; rounds are serialized internally.
 pub struct Relay {
     pool: PgPool,
+    /// The connection feed reads go through, shared with the read-ahead task.
+    reader: Reader,
     jetstream: Context,
     /// Shared with the task that reads and prepares the next batch.
     config: Arc<RelayConfig>,
@@ -141,6 +145,58 @@ struct RoundState {
     position: Option<FeedPosition>,
     /// The next batch, read and prepared while the previous one was sent and acknowledged.
     prefetched: Option<Batch>,
+    /// Whether the last round found nothing.
+    was_idle: bool,
+}
+
+/// The one connection the relay reads the feed through while it has work.
+///
+/// sqlx checks every connection it takes back into the pool with a round trip (`Sync`, then
+/// waiting for `ReadyForQuery`), so a read per pool checkout cost each round two round trips
+/// where one does. The connection goes back after a failed or cancelled read (the pool's check
+/// decides whether it is still good), when the relay stands by or stops, and after a second
+/// round in a row that found nothing: whoever closes the pool (shutdown, a test's teardown) is
+/// not kept waiting by a relay that is caught up.
+#[derive(Clone)]
+struct Reader {
+    pool: PgPool,
+    held: Arc<Mutex<Option<PoolConnection<Postgres>>>>,
+}
+
+impl Reader {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            held: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// [`fetch`] on the held connection, taking one from the pool first if none is held.
+    async fn fetch(
+        &self,
+        config: &RelayConfig,
+        after: FeedPosition,
+        limit: i64,
+    ) -> Result<Batch, BusError> {
+        let mut slot = self.held.lock().await;
+        // Out of the slot while in use: a read cut short (the read-ahead task is aborted when
+        // its batch is discarded) drops the connection, whose return to the pool then checks
+        // it, instead of leaving it half-way through a query for the next read.
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let batch = fetch(&mut conn, config, after, limit).await;
+        if batch.is_ok() {
+            *slot = Some(conn);
+        }
+        batch
+    }
+
+    /// Gives the connection back to the pool.
+    async fn release(&self) {
+        self.held.lock().await.take();
+    }
 }
 
 /// Events read from the feed and their envelopes, ready to send.
@@ -180,6 +236,7 @@ impl Relay {
     pub fn new(pool: PgPool, jetstream: Context, config: RelayConfig) -> Self {
         let leader = LeaderLock::new(pool.clone(), config.consumer.clone());
         Self {
+            reader: Reader::new(pool.clone()),
             pool,
             jetstream,
             leader: Mutex::new(leader),
@@ -217,14 +274,29 @@ impl Relay {
     /// [`BusError::Database`]/[`BusError::Feed`] when Postgres failed.
     #[tracing::instrument(name = "relay.round", level = "debug", skip_all, fields(relay = %self.config.consumer))]
     pub async fn run_once(&self) -> Result<RelayOutcome, BusError> {
-        let mut leader = self.leader.lock().await;
         let mut round = self.round.lock().await;
+        let outcome = self.round(&mut round).await;
+        let idle = matches!(outcome, Ok(RelayOutcome::Idle));
+        let keep = match outcome {
+            Ok(RelayOutcome::Published(_)) => true,
+            Ok(RelayOutcome::Idle) => !round.was_idle,
+            Ok(RelayOutcome::Standby) | Err(_) => false,
+        };
+        round.was_idle = idle;
+        if !keep {
+            self.reader.release().await;
+        }
+        outcome
+    }
+
+    async fn round(&self, round: &mut RoundState) -> Result<RelayOutcome, BusError> {
+        let mut leader = self.leader.lock().await;
         let limit = self.config.batch_size.clamp(1, MAX_BATCH);
         // A leader knows where its checkpoint is (it wrote it), so it reads its next batch from
-        // there while the keepalive confirms it still leads and the checkpoint is loaded
-        // again, all at once instead of one round trip after the other. The read is used only
-        // if both agree: otherwise it is thrown away (a standby, or an operator who moved the
-        // checkpoint, wins).
+        // there while the checkpoint is loaded again on the lock's own connection, which also
+        // confirms it still leads: both at once instead of one round trip after the other. The
+        // read is used only if the two agree: otherwise it is thrown away (a standby, or an
+        // operator who moved the checkpoint, wins).
         let known = round.position.filter(|_| leader.is_leader());
         let prefetched = round.prefetched.take();
         let (leading, batch) = match known {
@@ -233,17 +305,17 @@ impl Relay {
                     match prefetched {
                         // Read during the previous round, from exactly where this one starts.
                         Some(b) if b.after == after => Ok(b),
-                        _ => fetch(&self.pool, &self.config, after, limit).await,
+                        _ => self.reader.fetch(&self.config, after, limit).await,
                     }
                 };
-                let stored = checkpoint::load(&self.pool, &self.config.consumer);
-                let (leading, stored, batch) = tokio::join!(leader.ensure(), stored, read);
-                let batch = match stored {
-                    Ok(stored) if stored == after => Some(batch),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e.into())),
-                };
-                (leading, batch)
+                let consumer = self.config.consumer.clone();
+                let confirm = leader.confirm_with(move |conn: &mut PgConnection| {
+                    Box::pin(async move { checkpoint::load(conn, &consumer).await })
+                });
+                match tokio::join!(confirm, read) {
+                    (Some(stored), batch) => (Ok(true), (stored == after).then_some(batch)),
+                    (None, _) => (Ok(false), None),
+                }
             }
             None => (leader.ensure().await, None),
         };
@@ -261,7 +333,7 @@ impl Relay {
                 // checkpoint, read on its own.
                 let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
                 round.position = Some(after);
-                fetch(&self.pool, &self.config, after, limit).await?
+                self.reader.fetch(&self.config, after, limit).await?
             }
         };
         let Some(&next_after) = batch.positions.last() else {
@@ -281,9 +353,9 @@ impl Relay {
         // next round starts exactly where this one ended, so a partial ack, a failure or
         // another leader in between discards it.
         let prefetch = (refused.is_none() && positions.len() as i64 == limit).then(|| {
-            let (pool, config) = (self.pool.clone(), Arc::clone(&self.config));
+            let (reader, config) = (self.reader.clone(), Arc::clone(&self.config));
             AbortOnDropHandle::new(tokio::spawn(async move {
-                fetch(&pool, &config, next_after, limit).await
+                reader.fetch(&config, next_after, limit).await
             }))
         });
         let (pending, send_failure) = self.send(&mut outgoing).await;
@@ -423,6 +495,7 @@ impl Relay {
 
     /// Releases leadership (if held) so that a standby takes over without waiting.
     pub async fn shutdown(&self) {
+        self.reader.release().await;
         if let Err(e) = self.leader.lock().await.release().await {
             tracing::warn!(error = %e, "could not release the relay's leader lock cleanly");
         }
@@ -562,15 +635,15 @@ impl Relay {
 
 /// Reads up to `limit` events after `after` and prepares their messages.
 async fn fetch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     config: &RelayConfig,
     after: FeedPosition,
     limit: i64,
 ) -> Result<Batch, BusError> {
-    let rows = feed::read_raw_after(pool, after, limit).await?;
+    let rows = feed::read_raw_after(&mut *conn, after, limit).await?;
     let events = rows.events().collect::<Result<Vec<_>, _>>()?;
     let positions = events.iter().map(|e| e.position).collect();
-    let (outgoing, refused) = prepare(pool, config, events).await?;
+    let (outgoing, refused) = prepare(conn, config, events).await?;
     Ok(Batch {
         after,
         positions,
@@ -582,7 +655,7 @@ async fn fetch(
 /// Messages for `events` up to (not including) the first one that cannot be published, and
 /// the reason that one cannot.
 async fn prepare(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     config: &RelayConfig,
     events: Vec<RawEvent<'_>>,
 ) -> Result<(Vec<Ready>, Option<BusError>), BusError> {
@@ -597,7 +670,7 @@ async fn prepare(
             }
         }
     }
-    let tenants = order_tenants(pool, &inspected).await?;
+    let tenants = order_tenants(conn, &inspected).await?;
     let mut outgoing = Vec::with_capacity(inspected.len());
     for event in &inspected {
         let tenant = tenants.get(event.aggregate_id()).map(String::as_str);
@@ -647,7 +720,7 @@ pub async fn messages_after(
     ),
     BusError,
 > {
-    let batch = fetch(pool, config, after, limit).await?;
+    let batch = fetch(&mut *pool.acquire().await?, config, after, limit).await?;
     let end = batch.positions.last().copied();
     let messages = batch
         .outgoing
@@ -668,7 +741,7 @@ pub async fn lag(pool: &PgPool, consumer: &str) -> Result<Lag, BusError> {
 /// The tenant each order of the batch was created under, for events whose payload does not
 /// carry one: read once per batch from the orders' `OrderCreated` events.
 async fn order_tenants(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     events: &[Inspected<'_>],
 ) -> Result<HashMap<String, String>, BusError> {
     let mut tenants = HashMap::new();
@@ -695,7 +768,7 @@ async fn order_tenants(
     )
     .bind(ORDER_AGGREGATE_TYPE)
     .bind(&missing)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     tenants.extend(rows.into_iter().filter_map(|(id, t)| t.map(|t| (id, t))));
     Ok(tenants)

@@ -543,6 +543,67 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     relay.shutdown().await;
 }
 
+/// The relay reads through one connection it keeps between rounds while there is work (a
+/// connection back in the pool costs sqlx a round trip each time), and gives it back once it
+/// has found nothing twice in a row, so that closing the pool is not kept waiting.
+#[sqlx::test(migrations = "../migrations")]
+async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caught_up(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&nats_url()).await;
+    // A pool of the relay's own, so that the app's connections do not count.
+    let relay_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .expect("second pool");
+    let relay = bus.relay(&relay_pool);
+    let in_use = || relay_pool.size() - relay_pool.num_idle() as u32;
+
+    create_order(&app, "req-1").await;
+    wait_visible(&pool).await;
+    assert!(matches!(
+        relay.run_once().await.unwrap(),
+        RelayOutcome::Published(1)
+    ));
+    assert_eq!(
+        in_use(),
+        1,
+        "the read connection is kept after a round with work"
+    );
+    create_order(&app, "req-2").await;
+    wait_visible(&pool).await;
+    assert!(matches!(
+        relay.run_once().await.unwrap(),
+        RelayOutcome::Published(1)
+    ));
+    assert_eq!(in_use(), 1, "and reused, not a second one taken");
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
+    assert_eq!(in_use(), 1, "one idle round can be a pause in a burst");
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
+    // The return to the pool (with sqlx's check of the connection) runs on a task of its own.
+    wait_until("the read connection is back in the pool", || in_use() == 0).await;
+
+    // Still leading, still relaying: the next round takes a connection again.
+    create_order(&app, "req-3").await;
+    wait_visible(&pool).await;
+    assert!(matches!(
+        relay.run_once().await.unwrap(),
+        RelayOutcome::Published(1)
+    ));
+    assert_eq!(in_use(), 1);
+    // A pool closed while the relay is between rounds: closing waits for the held read
+    // connection, which the relay gives back after two idle rounds.
+    // `join!` polls `close` first, which marks the pool closed before the round starts.
+    let (_, round) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(relay_pool.close(), relay.run_once())
+    })
+    .await
+    .expect("the pool closes once the relay has let go of its connection");
+    assert_eq!(round.unwrap(), RelayOutcome::Standby);
+    assert_eq!(bus.message_count().await, 3);
+    relay.shutdown().await;
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let mut server = NatsServer::start();
