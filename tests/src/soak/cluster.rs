@@ -29,6 +29,9 @@ pub struct ClusterSpec {
     pub admin_url: Option<String>,
     /// Default: the shared NATS from `NATS_URL`.
     pub nats_url: Option<String>,
+    /// Names the database (`soak_<tag>`) and the streams; default: a random one. Lets a test
+    /// find what a scenario made.
+    pub tag: Option<String>,
 }
 
 impl ClusterSpec {
@@ -42,6 +45,7 @@ impl ClusterSpec {
             env: Vec::new(),
             admin_url: None,
             nats_url: None,
+            tag: None,
         }
     }
 
@@ -98,10 +102,20 @@ impl Cluster {
     /// When a service is unreachable or a replica does not start.
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Self> {
         crate::install_crypto();
-        let t = tag();
+        // First: a missing binary panics here, before anything exists that would be left behind.
+        let binary = service_binary();
+        let t = spec.tag.clone().unwrap_or_else(tag);
         let admin_url = spec.admin_url.clone().unwrap_or_else(shared_admin_url);
         let db_name = format!("soak_{t}");
         let db_url = with_database(&admin_url, &db_name);
+        let nats_url = spec
+            .nats_url
+            .clone()
+            .or_else(|| std::env::var("NATS_URL").ok())
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+        let stream = format!("SOAK_{}", t.to_uppercase());
+        let prefix = format!("s{t}.");
+        let dlq = format!("SOAK_DLQ_{}", t.to_uppercase());
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .context("Postgres answers")?;
@@ -109,14 +123,17 @@ impl Cluster {
             .execute(&mut admin)
             .await?;
         admin.close().await?;
+        // Until the cluster exists (its own drop cleans up), a failed start-up removes what it made.
+        let leftovers = Leftovers {
+            admin_url: admin_url.clone(),
+            db_name: db_name.clone(),
+            nats_url: nats_url.clone(),
+            streams: vec![stream.clone(), dlq.clone()],
+            pool: None,
+        };
         order_api::db::create_and_migrate(&db_url).await?;
         let pool = order_api::db::pool(&db_url, 8)?;
 
-        let nats_url = spec
-            .nats_url
-            .clone()
-            .or_else(|| std::env::var("NATS_URL").ok())
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|_| Duration::from_millis(100))
@@ -124,9 +141,6 @@ impl Cluster {
             .await
             .context("NATS answers")?;
         let js = jetstream::new(client);
-        let stream = format!("SOAK_{}", t.to_uppercase());
-        let prefix = format!("s{t}.");
-        let dlq = format!("SOAK_DLQ_{}", t.to_uppercase());
 
         let flag = |b: bool| b.to_string();
         let mut env: Vec<(String, String)> = vec![
@@ -160,7 +174,7 @@ impl Cluster {
             .await?;
 
         let dir = ScratchDir::new("soak-logs");
-        let binary = service_binary();
+        leftovers.forget();
         let mut cluster = Self {
             replicas: (0..spec.replicas)
                 .map(|i| Replica::new(&format!("replica-{i}"), &binary, env.clone(), &dir.path))
@@ -246,12 +260,42 @@ impl Drop for Cluster {
         for r in &mut self.replicas {
             r.kill();
         }
-        let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
-        let (nats, streams) = (
-            self.nats_url.clone(),
-            vec![self.stream.clone(), self.dlq.clone()],
-        );
-        let pool = self.pool.clone();
+        drop(Leftovers {
+            admin_url: self.admin_url.clone(),
+            db_name: self.db_name.clone(),
+            nats_url: self.nats_url.clone(),
+            streams: vec![self.stream.clone(), self.dlq.clone()],
+            pool: Some(self.pool.clone()),
+        });
+    }
+}
+
+/// What a scenario made outside this process: its database and its two streams. Dropping it
+/// removes them (after closing `pool`), bounded in time; [`Leftovers::forget`] keeps them.
+struct Leftovers {
+    admin_url: String,
+    db_name: String,
+    nats_url: String,
+    streams: Vec<String>,
+    pool: Option<PgPool>,
+}
+
+impl Leftovers {
+    /// Leaves everything in place: the cluster that now owns it cleans up instead.
+    fn forget(mut self) {
+        self.streams.clear();
+        self.db_name.clear();
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let (admin, db) = (self.admin_url.clone(), std::mem::take(&mut self.db_name));
+        let (nats, streams) = (self.nats_url.clone(), std::mem::take(&mut self.streams));
+        let pool = self.pool.take();
+        if db.is_empty() && streams.is_empty() {
+            return;
+        }
         // Drop cannot await: clean up on a short-lived runtime of its own, bounded in time.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -261,7 +305,9 @@ impl Drop for Cluster {
                 return;
             };
             rt.block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(3), pool.close()).await;
+                if let Some(pool) = pool {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), pool.close()).await;
+                }
                 let cleanup = async {
                     if let Ok(mut c) = PgConnection::connect(&admin).await {
                         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -269,7 +315,9 @@ impl Drop for Cluster {
                             .await;
                     }
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+                if !db.is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+                }
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
                     .connect(&nats);
