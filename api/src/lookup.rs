@@ -37,7 +37,7 @@ impl OrderLookup {
     /// Lookups over `pool`, whose database holds the read models.
     pub fn new(pool: PgPool) -> Self {
         let held = HeldConnection::new(pool.clone());
-        let (idle, release) = held.idle_hook();
+        let (idle, release) = crate::db::idle_hook(&held);
         let batcher = Batcher::new(MAX_BATCH, "order_lookup_batch_size", move |ids| {
             Box::pin(hot_batch(held.clone(), ids)) as BatchFuture<_>
         })
@@ -77,8 +77,8 @@ async fn hot_batch(held: HeldConnection, ids: Vec<Uuid>) -> Vec<Option<OrderView
     let found = match held.lock().await {
         Ok(mut conn) => {
             let found = queries::hot_orders(conn.conn(), &ids).await;
-            if found.is_err() {
-                conn.release();
+            if found.is_ok() {
+                conn.keep();
             }
             found
         }

@@ -35,10 +35,10 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
+use order_projections::held::HeldConnection;
 use order_projections::{checkpoint, CommitSignal, FeedPosition};
 use rand::Rng;
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -149,28 +149,15 @@ struct RoundState {
     was_idle: bool,
 }
 
-/// The one connection the relay reads the feed through while it has work.
-///
-/// sqlx checks every connection it takes back into the pool with a round trip (`Sync`, then
-/// waiting for `ReadyForQuery`), so a read per pool checkout cost each round two round trips
-/// where one does. The connection goes back after a failed or cancelled read (the pool's check
-/// decides whether it is still good), when the relay stands by or stops, and after a second
-/// round in a row that found nothing: whoever closes the pool (shutdown, a test's teardown) is
-/// not kept waiting by a relay that is caught up.
+/// The one connection the relay reads the feed through while it has work
+/// ([`HeldConnection`]: no pool check after every read). It goes back to the pool after a
+/// failed or cancelled read, when the relay stands by or stops, and after a second round in a
+/// row that found nothing: whoever closes the pool (shutdown, a test's teardown) is not kept
+/// waiting by a relay that is caught up.
 #[derive(Clone)]
-struct Reader {
-    pool: PgPool,
-    held: Arc<Mutex<Option<PoolConnection<Postgres>>>>,
-}
+struct Reader(HeldConnection);
 
 impl Reader {
-    fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            held: Arc::new(Mutex::new(None)),
-        }
-    }
-
     /// [`fetch`] on the held connection, taking one from the pool first if none is held.
     async fn fetch(
         &self,
@@ -178,24 +165,17 @@ impl Reader {
         after: FeedPosition,
         limit: i64,
     ) -> Result<Batch, BusError> {
-        let mut slot = self.held.lock().await;
-        // Out of the slot while in use: a read cut short (the read-ahead task is aborted when
-        // its batch is discarded) drops the connection, whose return to the pool then checks
-        // it, instead of leaving it half-way through a query for the next read.
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => self.pool.acquire().await?,
-        };
-        let batch = fetch(&mut conn, config, after, limit).await;
+        let mut held = self.0.lock().await?;
+        let batch = fetch(held.conn(), config, after, limit).await;
         if batch.is_ok() {
-            *slot = Some(conn);
+            held.keep();
         }
         batch
     }
 
     /// Gives the connection back to the pool.
     async fn release(&self) {
-        self.held.lock().await.take();
+        self.0.release().await;
     }
 }
 
@@ -236,7 +216,7 @@ impl Relay {
     pub fn new(pool: PgPool, jetstream: Context, config: RelayConfig) -> Self {
         let leader = LeaderLock::new(pool.clone(), config.consumer.clone());
         Self {
-            reader: Reader::new(pool.clone()),
+            reader: Reader(HeldConnection::new(pool.clone())),
             pool,
             jetstream,
             leader: Mutex::new(leader),

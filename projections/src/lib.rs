@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`feed`]: the commit-safe feed every reader uses, and lag measurement.
 //! - [`checkpoint`]: per-reader positions in the feed.
+//! - [`held`]: one pool connection kept across a long-lived reader's statements.
 //! - [`runner`]: drives a [`runner::Projector`] batch by batch, one replica at a time.
 //! - [`refund_saga`]: refunds requested but not finished, for the refund retry loop.
 //! - [`view`]: the order object every API answer uses (DESIGN section 5.1).
@@ -19,6 +20,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod feed;
+pub mod held;
 pub mod orders;
 pub mod queries;
 pub mod refund_saga;

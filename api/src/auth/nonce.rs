@@ -52,7 +52,7 @@ impl NonceStore {
     /// A store over the service's pool; the table comes from the migrations.
     pub fn new(pool: PgPool) -> Self {
         let (batch_pool, held) = (pool.clone(), HeldConnection::new(pool.clone()));
-        let (idle, release) = held.idle_hook();
+        let (idle, release) = crate::db::idle_hook(&held);
         let batcher = Batcher::new(MAX_BATCH, "auth_nonce_batch_size", move |records| {
             Box::pin(record_batch(batch_pool.clone(), held.clone(), records)) as BatchFuture<_>
         })
@@ -167,8 +167,8 @@ async fn insert_batch(
     .bind(&expiries)
     .fetch_all(conn.conn())
     .await;
-    if inserted.is_err() {
-        conn.release();
+    if inserted.is_ok() {
+        conn.keep();
     }
     inserted
 }
