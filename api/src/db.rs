@@ -35,7 +35,7 @@ pub fn pool(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 }
 
 /// The batchers' kept connections (the type lives with the feed readers, which keep one too).
-pub use order_projections::held::{HeldConnection, HeldGuard};
+pub use order_projections::held::HeldConnection;
 
 /// [`HeldConnection::release`] as a batcher's idle hook ([`crate::batch::Batcher::on_idle`]),
 /// with the idle time it is meant for: long against the gaps between batches under load, short

@@ -65,7 +65,6 @@ pub struct Cluster {
     pub pool: PgPool,
     pub db_url: String,
     pub db_name: String,
-    admin_url: String,
     pub nats_url: String,
     pub js: jetstream::Context,
     pub stream: String,
@@ -75,6 +74,8 @@ pub struct Cluster {
     /// The environment every replica got (for CLI calls on the same database and streams).
     pub env: Vec<(String, String)>,
     dir: ScratchDir,
+    /// Removed once the cluster is dropped, after its replicas are killed.
+    _leftovers: Leftovers,
 }
 
 fn shared_admin_url() -> String {
@@ -123,9 +124,9 @@ impl Cluster {
             .execute(&mut admin)
             .await?;
         admin.close().await?;
-        // Until the cluster exists (its own drop cleans up), a failed start-up removes what it made.
-        let leftovers = Leftovers {
-            admin_url: admin_url.clone(),
+        // From here on, a failed start-up removes what it made; then the cluster owns it.
+        let mut leftovers = Leftovers {
+            admin_url,
             db_name: db_name.clone(),
             nats_url: nats_url.clone(),
             streams: vec![stream.clone(), dlq.clone()],
@@ -174,7 +175,7 @@ impl Cluster {
             .await?;
 
         let dir = ScratchDir::new("soak-logs");
-        leftovers.forget();
+        leftovers.pool = Some(pool.clone());
         let mut cluster = Self {
             replicas: (0..spec.replicas)
                 .map(|i| Replica::new(&format!("replica-{i}"), &binary, env.clone(), &dir.path))
@@ -182,7 +183,6 @@ impl Cluster {
             pool,
             db_url,
             db_name,
-            admin_url,
             nats_url,
             js,
             stream,
@@ -190,6 +190,7 @@ impl Cluster {
             dlq,
             env,
             dir,
+            _leftovers: leftovers,
         };
         for r in &mut cluster.replicas {
             r.start().await?;
@@ -260,18 +261,13 @@ impl Drop for Cluster {
         for r in &mut self.replicas {
             r.kill();
         }
-        drop(Leftovers {
-            admin_url: self.admin_url.clone(),
-            db_name: self.db_name.clone(),
-            nats_url: self.nats_url.clone(),
-            streams: vec![self.stream.clone(), self.dlq.clone()],
-            pool: Some(self.pool.clone()),
-        });
+        // `_leftovers` is dropped after this, with the other fields.
     }
 }
 
 /// What a scenario made outside this process: its database and its two streams. Dropping it
-/// removes them (after closing `pool`), bounded in time; [`Leftovers::forget`] keeps them.
+/// removes them (after closing `pool`), bounded in time.
+#[derive(Debug)]
 struct Leftovers {
     admin_url: String,
     db_name: String,
@@ -280,22 +276,11 @@ struct Leftovers {
     pool: Option<PgPool>,
 }
 
-impl Leftovers {
-    /// Leaves everything in place: the cluster that now owns it cleans up instead.
-    fn forget(mut self) {
-        self.streams.clear();
-        self.db_name.clear();
-    }
-}
-
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        let (admin, db) = (self.admin_url.clone(), std::mem::take(&mut self.db_name));
+        let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
         let (nats, streams) = (self.nats_url.clone(), std::mem::take(&mut self.streams));
         let pool = self.pool.take();
-        if db.is_empty() && streams.is_empty() {
-            return;
-        }
         // Drop cannot await: clean up on a short-lived runtime of its own, bounded in time.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -315,9 +300,7 @@ impl Drop for Leftovers {
                             .await;
                     }
                 };
-                if !db.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
-                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
                     .connect(&nats);
