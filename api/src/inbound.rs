@@ -4,7 +4,7 @@
 //!
 //! | type | command |
 //! |---|---|
-//! | `payment.succeeded` | `ConfirmOrder` (amount and currency checked against the order) |
+//! | `payment.succeeded` | `SettlePayment`: confirms, or records `PaymentRejected` and its refund |
 //! | `payment.failed` | `RecordPaymentFailure` |
 //! | `dispute.created` | `OpenDispute` (locks refunds) |
 //! | `dispute.updated` | `UpdateDispute` |
@@ -15,9 +15,12 @@
 //! between the effect and the inbox record harmless. The message id becomes the events'
 //! correlation and causation id, and the NATS `traceparent` header their trace.
 //!
-//! Errors are classified once here: a refusal by the order (unknown order, a rule, a mismatch)
-//! is permanent and parks the message; an outage (database down, lost write races, a bug that
-//! may be environmental) is transient and retried.
+//! Errors are classified once here: a refusal by the order (unknown order, a rule) is permanent
+//! and parks the message; an outage (database down, lost write races, a bug that may be
+//! environmental) and a message that may apply later (tickets before the payment) are transient
+//! and retried for a bounded time. A message whose effect is moot is acknowledged as a no-op.
+//! A captured payment that cannot confirm its order is never refused: it is recorded as
+//! rejected with its refund requested, which the refund retry loop carries out.
 
 use std::collections::HashMap;
 
@@ -29,9 +32,9 @@ use order_bus::inbound::{
     SubscriberConfig,
 };
 use order_domain::commands::{
-    CloseDispute, ConfirmOrder, OpenDispute, RecordPaymentFailure, RecordTickets, UpdateDispute,
+    CloseDispute, OpenDispute, RecordPaymentFailure, RecordTickets, SettlePayment, UpdateDispute,
 };
-use order_domain::{Order, OrderCommand};
+use order_domain::{Order, OrderCommand, OrderEvent};
 use sqlx::PgPool;
 
 use crate::config::Settings;
@@ -62,30 +65,12 @@ impl InboundHandler for OrderInboundHandler {
         let id = msg.order_id;
         let result = match &msg.event {
             InboundEvent::PaymentSucceeded(p) => {
-                let check = |order: &Order| {
-                    exists(order)?;
-                    if order.total_cents != p.amount_cents {
-                        return Err(ApiError::Conflict(format!(
-                            "payment amount {} does not match the order total {}",
-                            p.amount_cents, order.total_cents
-                        )));
-                    }
-                    match (&p.currency, &order.currency) {
-                        (Some(paid), Some(owed)) if !paid.eq_ignore_ascii_case(owed.as_str()) => {
-                            Err(ApiError::Conflict(format!(
-                                "payment currency {paid} does not match the order currency {}",
-                                owed.as_str()
-                            )))
-                        }
-                        _ => Ok(()),
-                    }
-                };
                 store
-                    .execute(id, &metadata, check, || {
-                        OrderCommand::ConfirmOrder(ConfirmOrder {
+                    .execute(id, &metadata, exists, || {
+                        OrderCommand::SettlePayment(SettlePayment {
                             payment_intent_id: p.payment_intent_id.clone(),
                             amount_cents: p.amount_cents,
-                            expected_version: None,
+                            currency: p.currency.clone(),
                             now: Utc::now(),
                         })
                     })
@@ -141,7 +126,7 @@ impl InboundHandler for OrderInboundHandler {
             }
             InboundEvent::TicketIssued(t) => {
                 store
-                    .execute(id, &metadata, exists, || {
+                    .execute(id, &metadata, paid_or_closed, || {
                         OrderCommand::RecordTickets(RecordTickets {
                             tickets: t.tickets.clone(),
                             now: Utc::now(),
@@ -152,11 +137,57 @@ impl InboundHandler for OrderInboundHandler {
         };
         match result {
             Ok(done) => {
-                tracing::debug!(events = done.events.len(), "inbound message applied");
+                report(msg, &done.events);
                 Ok(())
             }
             Err(e) => Err(classify(e)),
         }
+    }
+}
+
+/// Logs and counts what a message did. A message that changed nothing got past the inbox, so
+/// it is either a natural-key repeat or moot (a failure for a settled order, an update of a
+/// closed dispute): acknowledged, never parked.
+fn report(msg: &InboundMessage, events: &[OrderEvent]) {
+    let message_type = msg.event_type();
+    if events.is_empty() {
+        tracing::info!("inbound message had no effect: already applied, or moot");
+        metrics::counter!("inbound_noop_total", "type" => message_type).increment(1);
+        return;
+    }
+    for e in events {
+        if let OrderEvent::PaymentRejected(r) = e {
+            tracing::warn!(
+                payment.intent = %r.payment_intent_id,
+                amount_cents = r.amount_cents,
+                reason = r.reason.code(),
+                refund.id = %r.refund_id,
+                "captured payment rejected by the order; its refund is requested"
+            );
+            metrics::counter!("inbound_payments_rejected_total", "reason" => r.reason.code())
+                .increment(1);
+        }
+    }
+    tracing::debug!(events = events.len(), "inbound message applied");
+}
+
+/// Tickets need a paid order. While the order is still open, its payment may be on its way
+/// (the payment and ticket consumers run independently), so the message is retried for the
+/// bounded time the consumer's backoff allows, then parked; on a closed order the aggregate's
+/// own refusal parks it.
+fn paid_or_closed(order: &Order) -> Result<(), ApiError> {
+    exists(order)?;
+    if order.status.is_open() {
+        return Err(not_yet("the order is not paid yet"));
+    }
+    Ok(())
+}
+
+/// A refusal that may not hold later: classified as transient (see [`classify`]).
+fn not_yet(message: &str) -> ApiError {
+    ApiError::Unavailable {
+        message: message.to_owned(),
+        retry_after: None,
     }
 }
 

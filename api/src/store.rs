@@ -345,6 +345,7 @@ fn command_name(command: &OrderCommand) -> &'static str {
         OrderCommand::CreateOrder(_) => "create_order",
         OrderCommand::ReserveOrder(_) => "reserve_order",
         OrderCommand::ConfirmOrder(_) => "confirm_order",
+        OrderCommand::SettlePayment(_) => "settle_payment",
         OrderCommand::CancelOrder(_) => "cancel_order",
         OrderCommand::ExpireOrder(_) => "expire_order",
         OrderCommand::FailOrder(_) => "fail_order",

@@ -53,6 +53,8 @@ macro_rules! for_payload {
             "ReminderSent" => Some($generator.$method::<events::ReminderSent>()),
             "EventReminderSent" => Some($generator.$method::<events::EventReminderSent>()),
             "OrderArchived" => Some($generator.$method::<events::OrderArchived>()),
+            "PaymentRejected" => Some($generator.$method::<events::PaymentRejected>()),
+            "PaymentReturned" => Some($generator.$method::<events::PaymentReturned>()),
             _ => None,
         }
     };
@@ -405,6 +407,20 @@ mod tests {
             }),
             OrderEvent::OrderArchived(events::OrderArchived {
                 final_status: OrderStatus::Paid,
+                occurred_at: at,
+            }),
+            OrderEvent::PaymentRejected(events::PaymentRejected {
+                payment_intent_id: "pi".into(),
+                amount_cents: 1,
+                currency: Some("USD".into()),
+                reason: order_domain::values::PaymentRejection::OrderExpired,
+                refund_id: id,
+                occurred_at: at,
+            }),
+            OrderEvent::PaymentReturned(events::PaymentReturned {
+                refund_id: id,
+                payment_intent_id: "pi".into(),
+                amount_cents: 1,
                 occurred_at: at,
             }),
         ]

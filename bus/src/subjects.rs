@@ -140,6 +140,8 @@ mod tests {
             ("ReminderSent", "order.reminder_sent"),
             ("EventReminderSent", "order.event_reminder_sent"),
             ("OrderArchived", "order.archived"),
+            ("PaymentRejected", "order.payment_rejected"),
+            ("PaymentReturned", "order.payment_returned"),
         ];
         for (domain, subject) in expected {
             assert_eq!(integration_type(domain).as_deref(), Some(subject));

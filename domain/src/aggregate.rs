@@ -16,8 +16,8 @@ use crate::commands::*;
 use crate::errors::OrderError;
 use crate::events::*;
 use crate::values::{
-    Currency, DisputeOutcome, IssuedTicket, LineItem, OrderStatus, Refund, RefundState,
-    MAX_LINE_ITEMS, QUANTITY_RANGE,
+    Currency, DisputeOutcome, IssuedTicket, LineItem, OrderStatus, PaymentRejection, Refund,
+    RefundState, RejectedPayment, MAX_LINE_ITEMS, QUANTITY_RANGE,
 };
 
 /// The aggregate type under which orders are stored (`events.aggregate_type`).
@@ -56,6 +56,9 @@ pub struct Order {
     pub lost_dispute: bool,
     pub tickets: Vec<IssuedTicket>,
     pub failed_payment_intents: BTreeSet<String>,
+    /// Captured payments the order could not accept, each with the refund that returns it.
+    #[serde(default)]
+    pub rejected_payments: Vec<RejectedPayment>,
     pub reminder_sent: bool,
     pub event_reminder_sent: bool,
     pub archived: bool,
@@ -86,6 +89,44 @@ impl Order {
             return 0;
         }
         self.total_cents - self.refunded_cents - self.pending_refund_cents()
+    }
+
+    /// The refund id under which a rejected payment is returned: a UUID v5 of the order and the
+    /// payment intent, so every replica and every redelivery names the same refund and the
+    /// provider sees one idempotency key.
+    pub fn rejected_payment_refund_id(order_id: Uuid, payment_intent_id: &str) -> Uuid {
+        Uuid::new_v5(
+            &order_id,
+            format!("rejected-payment:{payment_intent_id}").as_bytes(),
+        )
+    }
+
+    /// What a refund id owes, whether it is a refund of the order or the return of a rejected
+    /// payment: the payment intent to refund (`None`: the order's own), the amount and state.
+    pub fn owed_refund(&self, refund_id: Uuid) -> Option<OwedRefund<'_>> {
+        if let Some(r) = self.refunds.iter().find(|r| r.refund_id == refund_id) {
+            return Some(OwedRefund {
+                payment_intent_id: self.payment_intent_id.as_deref(),
+                currency: self.currency.as_ref().map(Currency::as_str),
+                amount_cents: r.amount_cents,
+                reason: &r.reason,
+                state: r.state,
+            });
+        }
+        self.rejected_payments
+            .iter()
+            .find(|p| p.refund_id == refund_id)
+            .map(|p| OwedRefund {
+                payment_intent_id: Some(&p.payment_intent_id),
+                // Money goes back in the currency it was taken in.
+                currency: p
+                    .currency
+                    .as_deref()
+                    .or(self.currency.as_ref().map(Currency::as_str)),
+                amount_cents: p.amount_cents,
+                reason: p.reason.code(),
+                state: p.state,
+            })
     }
 
     /// Number of tickets issued so far.
@@ -125,6 +166,7 @@ impl Order {
             OrderCommand::CreateOrder(_) => unreachable!("handled above"),
             OrderCommand::ReserveOrder(c) => self.reserve(&c),
             OrderCommand::ConfirmOrder(c) => self.confirm(c),
+            OrderCommand::SettlePayment(c) => self.settle_payment(c),
             OrderCommand::CancelOrder(c) => self.cancel(c),
             OrderCommand::ExpireOrder(c) => self.expire(&c),
             OrderCommand::FailOrder(c) => self.fail(c),
@@ -251,6 +293,14 @@ impl Order {
         if c.payment_intent_id.trim().is_empty() {
             return Err(OrderError::Empty("paymentIntentId"));
         }
+        if self
+            .rejected_payments
+            .iter()
+            .any(|p| p.payment_intent_id == c.payment_intent_id)
+        {
+            // Its money is on its way back to the buyer; it cannot pay the order as well.
+            return Err(OrderError::IntentRejected(c.payment_intent_id));
+        }
         if let Some(expected) = c.expected_version {
             if expected != self.version {
                 return Err(OrderError::VersionMismatch {
@@ -271,6 +321,57 @@ impl Order {
         Ok(vec![OrderEvent::OrderConfirmed(OrderConfirmed {
             payment_intent_id: c.payment_intent_id,
             amount_cents: c.amount_cents,
+            occurred_at: c.now,
+        })])
+    }
+
+    fn settle_payment(&self, c: SettlePayment) -> Decision {
+        let intent = c.payment_intent_id.as_str();
+        if self.status.is_paid() && self.payment_intent_id.as_deref() == Some(intent) {
+            return Ok(vec![]);
+        }
+        if self
+            .rejected_payments
+            .iter()
+            .any(|p| p.payment_intent_id == intent)
+        {
+            return Ok(vec![]);
+        }
+        if intent.trim().is_empty() {
+            return Err(OrderError::Empty("paymentIntentId"));
+        }
+        non_negative("amountCents", c.amount_cents)?;
+        if c.amount_cents == 0 {
+            // Nothing was taken, so there is nothing to confirm with or to give back.
+            return Err(OrderError::ZeroAmount);
+        }
+        let currency_matches = match (&c.currency, &self.currency) {
+            (Some(paid), Some(owed)) => paid.eq_ignore_ascii_case(owed.as_str()),
+            _ => true,
+        };
+        let rejection = match self.status {
+            s if s.is_paid() => PaymentRejection::AlreadyPaid,
+            OrderStatus::Expired => PaymentRejection::OrderExpired,
+            OrderStatus::Cancelled => PaymentRejection::OrderCancelled,
+            s if !s.is_open() => PaymentRejection::OrderClosed,
+            _ if self.is_expired_at(c.now) => PaymentRejection::OrderExpired,
+            _ if c.amount_cents != self.total_cents => PaymentRejection::AmountMismatch,
+            _ if !currency_matches => PaymentRejection::CurrencyMismatch,
+            _ => {
+                return Ok(vec![OrderEvent::OrderConfirmed(OrderConfirmed {
+                    payment_intent_id: c.payment_intent_id,
+                    amount_cents: c.amount_cents,
+                    occurred_at: c.now,
+                })])
+            }
+        };
+        let order_id = self.id.unwrap_or_default();
+        Ok(vec![OrderEvent::PaymentRejected(PaymentRejected {
+            refund_id: Self::rejected_payment_refund_id(order_id, intent),
+            payment_intent_id: c.payment_intent_id,
+            amount_cents: c.amount_cents,
+            currency: c.currency,
+            reason: rejection,
             occurred_at: c.now,
         })])
     }
@@ -329,10 +430,9 @@ impl Order {
             return Ok(vec![]);
         }
         if !self.status.is_open() {
-            return Err(OrderError::InvalidTransition {
-                action: "record a payment failure on",
-                status: self.status,
-            });
+            // Moot: the order is settled (paid, or closed for good), so a failed attempt,
+            // typically a webhook retry of an older intent, changes nothing about it.
+            return Ok(vec![]);
         }
         Ok(vec![OrderEvent::PaymentFailed(PaymentFailed {
             payment_intent_id: c.payment_intent_id,
@@ -389,6 +489,18 @@ impl Order {
     }
 
     fn complete_refund(&self, c: &CompleteRefund) -> Decision {
+        if let Some(p) = self.rejected_payment(c.refund_id) {
+            return match p.state {
+                RefundState::Completed => Ok(vec![]),
+                RefundState::Failed => Err(OrderError::RefundAlreadyFinished(c.refund_id)),
+                RefundState::Requested => Ok(vec![OrderEvent::PaymentReturned(PaymentReturned {
+                    refund_id: c.refund_id,
+                    payment_intent_id: p.payment_intent_id.clone(),
+                    amount_cents: p.amount_cents,
+                    occurred_at: c.now,
+                })]),
+            };
+        }
         let refund = self.refund(c.refund_id)?;
         match refund.state {
             RefundState::Completed => Ok(vec![]),
@@ -407,8 +519,11 @@ impl Order {
     }
 
     fn fail_refund(&self, c: FailRefund) -> Decision {
-        let refund = self.refund(c.refund_id)?;
-        match refund.state {
+        let state = match self.rejected_payment(c.refund_id) {
+            Some(p) => p.state,
+            None => self.refund(c.refund_id)?.state,
+        };
+        match state {
             RefundState::Failed => Ok(vec![]),
             RefundState::Completed => Err(OrderError::RefundAlreadyFinished(c.refund_id)),
             RefundState::Requested => Ok(vec![OrderEvent::RefundFailed(RefundFailed {
@@ -417,6 +532,12 @@ impl Order {
                 occurred_at: c.now,
             })]),
         }
+    }
+
+    fn rejected_payment(&self, refund_id: Uuid) -> Option<&RejectedPayment> {
+        self.rejected_payments
+            .iter()
+            .find(|p| p.refund_id == refund_id)
     }
 
     fn refund(&self, refund_id: Uuid) -> Result<&Refund, OrderError> {
@@ -434,12 +555,9 @@ impl Order {
         if c.dispute_id.trim().is_empty() {
             return Err(OrderError::Empty("disputeId"));
         }
-        if !self.status.is_paid() {
-            return Err(OrderError::InvalidTransition {
-                action: "open a dispute on",
-                status: self.status,
-            });
-        }
+        // Any status: the provider's word that money is being pulled back is a fact even when
+        // this order has not heard of the payment yet (the payment and dispute consumers run
+        // independently) or rejected it. Refusing it would leave refunds unlocked.
         Ok(vec![OrderEvent::DisputeOpened(DisputeOpened {
             dispute_id: c.dispute_id,
             amount_cents: c.amount_cents,
@@ -452,7 +570,19 @@ impl Order {
         match self.open_disputes.get(&c.dispute_id) {
             // The provider's updates can arrive after its close: the close already decided.
             None if self.closed_disputes().any(|d| d == c.dispute_id) => Ok(vec![]),
-            None => Err(OrderError::UnknownDispute(c.dispute_id)),
+            // An update that overtook its dispute's creation: the dispute exists, so it is
+            // opened here (refunds lock at once) and the late creation is a redelivery.
+            None => {
+                let mut events = self.open_unseen_dispute(&c.dispute_id, c.now)?;
+                if c.status != "open" {
+                    events.push(OrderEvent::DisputeUpdated(DisputeUpdated {
+                        dispute_id: c.dispute_id,
+                        status: c.status,
+                        occurred_at: c.now,
+                    }));
+                }
+                Ok(events)
+            }
             Some(status) if *status == c.status => Ok(vec![]),
             Some(_) => Ok(vec![OrderEvent::DisputeUpdated(DisputeUpdated {
                 dispute_id: c.dispute_id,
@@ -463,22 +593,36 @@ impl Order {
     }
 
     fn close_dispute(&self, c: CloseDispute) -> Decision {
-        if !self.open_disputes.contains_key(&c.dispute_id) {
+        let mut events = Vec::new();
+        let mut others_open = self.open_disputes.len();
+        if self.open_disputes.contains_key(&c.dispute_id) {
+            others_open -= 1;
+        } else if self.closed_disputes().any(|d| d == c.dispute_id) {
             // A close for a dispute this order already closed is a redelivery.
-            return if self.closed_disputes().any(|d| d == c.dispute_id) {
-                Ok(vec![])
-            } else {
-                Err(OrderError::UnknownDispute(c.dispute_id))
-            };
+            return Ok(vec![]);
+        } else {
+            // A close that overtook its dispute's creation: record both, so the late creation
+            // is a redelivery and cannot lock refunds again.
+            events = self.open_unseen_dispute(&c.dispute_id, c.now)?;
         }
-        let others_open = self.open_disputes.len() > 1;
         let lost = self.lost_dispute || c.outcome == DisputeOutcome::Lost;
-        Ok(vec![OrderEvent::DisputeClosed(DisputeClosed {
+        events.push(OrderEvent::DisputeClosed(DisputeClosed {
             dispute_id: c.dispute_id,
             outcome: c.outcome,
-            refunds_locked: others_open || lost,
+            refunds_locked: others_open > 0 || lost,
             occurred_at: c.now,
-        })])
+        }));
+        Ok(events)
+    }
+
+    /// `DisputeOpened` for a dispute first heard of through a later message of its own.
+    fn open_unseen_dispute(&self, dispute_id: &str, now: DateTime<Utc>) -> Decision {
+        self.open_dispute(OpenDispute {
+            dispute_id: dispute_id.to_owned(),
+            amount_cents: None,
+            reason: None,
+            now,
+        })
     }
 
     /// Disputes seen on this order that are no longer open.
@@ -598,6 +742,16 @@ impl Order {
                 status: self.status,
             });
         }
+        if self
+            .rejected_payments
+            .iter()
+            .any(|p| p.state == RefundState::Requested)
+        {
+            return Err(OrderError::InvalidTransition {
+                action: "archive, while a rejected payment is being returned,",
+                status: self.status,
+            });
+        }
         if !self.open_disputes.is_empty() {
             return Err(OrderError::InvalidTransition {
                 action: "archive, while a dispute is open,",
@@ -665,6 +819,17 @@ impl Order {
                 };
             }
             OrderEvent::RefundFailed(e) => self.set_refund_state(e.refund_id, RefundState::Failed),
+            OrderEvent::PaymentRejected(e) => self.rejected_payments.push(RejectedPayment {
+                refund_id: e.refund_id,
+                payment_intent_id: e.payment_intent_id.clone(),
+                amount_cents: e.amount_cents,
+                currency: e.currency.clone(),
+                reason: e.reason,
+                state: RefundState::Requested,
+            }),
+            OrderEvent::PaymentReturned(e) => {
+                self.set_refund_state(e.refund_id, RefundState::Completed);
+            }
             OrderEvent::DisputeOpened(e) => {
                 self.open_disputes
                     .insert(e.dispute_id.clone(), "open".to_owned());
@@ -692,6 +857,12 @@ impl Order {
     fn set_refund_state(&mut self, refund_id: Uuid, state: RefundState) {
         if let Some(r) = self.refunds.iter_mut().find(|r| r.refund_id == refund_id) {
             r.state = state;
+        } else if let Some(p) = self
+            .rejected_payments
+            .iter_mut()
+            .find(|p| p.refund_id == refund_id)
+        {
+            p.state = state;
         }
     }
 }
@@ -702,4 +873,17 @@ fn non_negative(field: &'static str, value: i64) -> Result<(), OrderError> {
     } else {
         Ok(())
     }
+}
+
+/// A refund the order owes, seen the same way whether it refunds the order or returns a
+/// rejected payment (see [`Order::owed_refund`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwedRefund<'a> {
+    /// The payment intent the money goes back to.
+    pub payment_intent_id: Option<&'a str>,
+    /// ISO 4217 code of the money to give back.
+    pub currency: Option<&'a str>,
+    pub amount_cents: i64,
+    pub reason: &'a str,
+    pub state: RefundState,
 }

@@ -15,6 +15,7 @@ pub enum OrderCommand {
     CreateOrder(CreateOrder),
     ReserveOrder(ReserveOrder),
     ConfirmOrder(ConfirmOrder),
+    SettlePayment(SettlePayment),
     CancelOrder(CancelOrder),
     ExpireOrder(ExpireOrder),
     FailOrder(FailOrder),
@@ -62,6 +63,21 @@ pub struct ConfirmOrder {
     pub amount_cents: i64,
     /// Optimistic lock from a read the caller made; a mismatch is refused.
     pub expected_version: Option<u64>,
+    pub now: DateTime<Utc>,
+}
+
+/// Settle a payment the provider reports as captured: it confirms the order when the order can
+/// take it, and is otherwise recorded as rejected with its refund requested, because the buyer
+/// was charged either way. Idempotent on `payment_intent_id`.
+///
+/// This is the inbound `payment.succeeded` path; `ConfirmOrder` stays the HTTP command, whose
+/// caller is still there to hear a 409.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettlePayment {
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
+    /// ISO 4217 code as the provider sent it; `None` when the message carried none.
+    pub currency: Option<String>,
     pub now: DateTime<Utc>,
 }
 

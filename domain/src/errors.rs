@@ -66,6 +66,8 @@ pub enum OrderError {
     VersionMismatch { expected: u64, actual: u64 },
     #[error("order is already paid with another payment intent")]
     PaidWithOtherIntent,
+    #[error("payment intent {0} was rejected for this order and is being returned")]
+    IntentRejected(String),
     #[error("refunds are locked while a dispute is open or after a lost dispute")]
     RefundsLocked,
     #[error("refund of {requested} exceeds the {remaining} left to refund")]
@@ -114,6 +116,7 @@ impl OrderError {
             | E::AmountMismatch { .. }
             | E::VersionMismatch { .. }
             | E::PaidWithOtherIntent
+            | E::IntentRejected(_)
             | E::RefundsLocked
             | E::RefundExceedsRemaining { .. }
             | E::NothingToRefund

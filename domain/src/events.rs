@@ -10,7 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::values::{Currency, DisputeOutcome, IssuedTicket, LineItem, OrderStatus};
+use crate::values::{
+    Currency, DisputeOutcome, IssuedTicket, LineItem, OrderStatus, PaymentRejection,
+};
 
 /// Every fact in an order's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -32,6 +34,8 @@ pub enum OrderEvent {
     ReminderSent(ReminderSent),
     EventReminderSent(EventReminderSent),
     OrderArchived(OrderArchived),
+    PaymentRejected(PaymentRejected),
+    PaymentReturned(PaymentReturned),
 }
 
 /// Current schema version of `OrderCreated`. Version 1.0 lacked tenant, order number, item ids
@@ -42,7 +46,7 @@ pub const V1: &str = "1.0";
 
 impl OrderEvent {
     /// All wire names, for schema generation and subject tables.
-    pub const TYPES: [&'static str; 17] = [
+    pub const TYPES: [&'static str; 19] = [
         "OrderCreated",
         "OrderReserved",
         "OrderConfirmed",
@@ -60,6 +64,8 @@ impl OrderEvent {
         "ReminderSent",
         "EventReminderSent",
         "OrderArchived",
+        "PaymentRejected",
+        "PaymentReturned",
     ];
 
     /// The stable wire name, equal to the variant name.
@@ -82,6 +88,8 @@ impl OrderEvent {
             Self::ReminderSent(_) => "ReminderSent",
             Self::EventReminderSent(_) => "EventReminderSent",
             Self::OrderArchived(_) => "OrderArchived",
+            Self::PaymentRejected(_) => "PaymentRejected",
+            Self::PaymentReturned(_) => "PaymentReturned",
         }
     }
 
@@ -110,6 +118,8 @@ impl OrderEvent {
             Self::ReminderSent(e) => e.occurred_at,
             Self::EventReminderSent(e) => e.occurred_at,
             Self::OrderArchived(e) => e.occurred_at,
+            Self::PaymentRejected(e) => e.occurred_at,
+            Self::PaymentReturned(e) => e.occurred_at,
         }
     }
 }
@@ -289,5 +299,31 @@ pub struct EventReminderSent {
 #[serde(rename_all = "camelCase")]
 pub struct OrderArchived {
     pub final_status: OrderStatus,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A payment was captured that the order could not accept (see [`PaymentRejection`]). The
+/// buyer was charged all the same, so the money is owed back: its refund, with `refund_id` as
+/// the idempotency key, is requested in the same breath and finished by the refund saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRejected {
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub reason: PaymentRejection,
+    pub refund_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The money of a rejected payment went back to the buyer. The order's own status and
+/// refundable balance are untouched: that payment never counted towards them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentReturned {
+    pub refund_id: Uuid,
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
     pub occurred_at: DateTime<Utc>,
 }

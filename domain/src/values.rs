@@ -205,3 +205,49 @@ pub struct Refund {
     pub state: RefundState,
     pub requested_at: DateTime<Utc>,
 }
+
+/// Why a captured payment could not confirm its order (the `reason` of `PaymentRejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentRejection {
+    /// The order reached its expiry before the payment arrived.
+    OrderExpired,
+    /// The order was cancelled.
+    OrderCancelled,
+    /// The order failed, or is otherwise no longer payable.
+    OrderClosed,
+    /// The order is already paid with another payment intent: a second charge.
+    AlreadyPaid,
+    /// The amount captured is not the order's total.
+    AmountMismatch,
+    /// The currency captured is not the order's currency.
+    CurrencyMismatch,
+}
+
+impl PaymentRejection {
+    /// The wire code, as serialised.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::OrderExpired => "ORDER_EXPIRED",
+            Self::OrderCancelled => "ORDER_CANCELLED",
+            Self::OrderClosed => "ORDER_CLOSED",
+            Self::AlreadyPaid => "ALREADY_PAID",
+            Self::AmountMismatch => "AMOUNT_MISMATCH",
+            Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+        }
+    }
+}
+
+/// A captured payment the order rejected, and the refund that gives it back. Keyed by
+/// `refund_id`, the idempotency key of the refund call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedPayment {
+    pub refund_id: Uuid,
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub reason: PaymentRejection,
+    pub state: RefundState,
+}

@@ -77,10 +77,18 @@ fn opening_a_dispute_without_an_id_is_refused() {
 }
 
 #[test]
-fn an_unpaid_order_cannot_be_disputed() {
-    given(reserved_order())
+fn a_dispute_on_an_order_not_paid_yet_is_recorded_and_locks_refunds_once_paid() {
+    // The dispute consumer can run before the payment consumer has confirmed the order.
+    let order = given(reserved_order())
         .when(open_dispute(DISPUTE))
-        .then_err(invalid("open a dispute on", OrderStatus::Reserved));
+        .then(vec![dispute_opened(DISPUTE)]);
+    assert!(order.refunds_locked());
+    given(with(
+        reserved_order(),
+        &[dispute_opened(DISPUTE), confirmed()],
+    ))
+    .when(request_refund(REFUND_2, None))
+    .then_err(OrderError::RefundsLocked);
 }
 
 #[test]
@@ -119,10 +127,46 @@ fn updating_a_dispute_to_the_status_it_has_changes_nothing() {
 }
 
 #[test]
-fn updating_a_dispute_never_opened_is_refused() {
-    given(disputed())
+fn an_update_that_overtakes_its_creation_opens_the_dispute_and_locks_refunds() {
+    let order = given(paid())
+        .when(update_dispute(DISPUTE, "under_review"))
+        .then(vec![
+            dispute_opened_unseen(DISPUTE),
+            dispute_updated(DISPUTE, "under_review"),
+        ]);
+    assert!(order.refunds_locked());
+    let history = with(
+        paid(),
+        &[
+            dispute_opened_unseen(DISPUTE),
+            dispute_updated(DISPUTE, "under_review"),
+        ],
+    );
+    // The creation, arriving last, is a redelivery of what is already known.
+    given(history.clone())
+        .when(open_dispute(DISPUTE))
+        .then_nothing();
+    given(history)
+        .when(request_refund(REFUND_2, None))
+        .then_err(OrderError::RefundsLocked);
+}
+
+#[test]
+fn an_update_with_status_open_that_overtakes_its_creation_only_opens_it() {
+    given(paid())
+        .when(update_dispute(DISPUTE, "open"))
+        .then(vec![dispute_opened_unseen(DISPUTE)]);
+}
+
+#[test]
+fn an_update_of_another_dispute_opens_that_one_too() {
+    let order = given(disputed())
         .when(update_dispute(OTHER_DISPUTE, "under_review"))
-        .then_err(OrderError::UnknownDispute(OTHER_DISPUTE.to_owned()));
+        .then(vec![
+            dispute_opened_unseen(OTHER_DISPUTE),
+            dispute_updated(OTHER_DISPUTE, "under_review"),
+        ]);
+    assert_eq!(order.open_disputes.len(), 2);
 }
 
 #[test]
@@ -218,10 +262,71 @@ fn closing_a_dispute_twice_changes_nothing() {
 }
 
 #[test]
-fn closing_a_dispute_that_was_never_opened_is_refused() {
+fn a_close_that_overtakes_its_creation_records_both_and_the_creation_is_then_a_no_op() {
+    for outcome in [Won, Lost] {
+        let locked = outcome == Lost;
+        let order = given(paid())
+            .when(close_dispute(DISPUTE, outcome))
+            .then(vec![
+                dispute_opened_unseen(DISPUTE),
+                dispute_closed(DISPUTE, outcome, locked),
+            ]);
+        assert_eq!(order.refunds_locked(), locked);
+        let history = with(
+            paid(),
+            &[
+                dispute_opened_unseen(DISPUTE),
+                dispute_closed(DISPUTE, outcome, locked),
+            ],
+        );
+        let order = given(history).when(open_dispute(DISPUTE)).then_nothing();
+        assert_eq!(
+            order.refunds_locked(),
+            locked,
+            "a late creation must not relock"
+        );
+    }
+}
+
+#[test]
+fn a_close_of_an_unseen_dispute_keeps_refunds_locked_by_another_open_one() {
     given(disputed())
         .when(close_dispute(OTHER_DISPUTE, Won))
-        .then_err(OrderError::UnknownDispute(OTHER_DISPUTE.to_owned()));
+        .then(vec![
+            dispute_opened_unseen(OTHER_DISPUTE),
+            dispute_closed(OTHER_DISPUTE, Won, true),
+        ]);
+}
+
+#[test]
+fn every_order_of_create_update_close_ends_in_the_same_state() {
+    let messages = [
+        open_dispute(DISPUTE),
+        update_dispute(DISPUTE, "under_review"),
+        close_dispute(DISPUTE, Lost),
+    ];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let mut state = order_domain::Order::default();
+        for e in paid() {
+            state.apply(&e);
+        }
+        for i in order {
+            for e in state.decide(messages[i].clone()).expect("accepted") {
+                state.apply(&e);
+            }
+        }
+        assert!(state.open_disputes.is_empty(), "{order:?}");
+        assert!(state.lost_dispute && state.refunds_locked(), "{order:?}");
+        assert_eq!(state.dispute_history, vec![DISPUTE.to_owned()], "{order:?}");
+    }
 }
 
 #[test]

@@ -62,6 +62,20 @@ fn refund_id(rng: &mut Lcg) -> Uuid {
     Uuid::from_u128(u128::from(rng.below(4)) + 1)
 }
 
+/// A refund id of the order's own, or now and then the return of a rejected payment.
+fn owed_refund_id(rng: &mut Lcg, order: &Order) -> Uuid {
+    if !order.rejected_payments.is_empty() && rng.chance(2) {
+        let ids: Vec<Uuid> = order
+            .rejected_payments
+            .iter()
+            .map(|p| p.refund_id)
+            .collect();
+        *rng.pick(&ids)
+    } else {
+        refund_id(rng)
+    }
+}
+
 fn random_create(rng: &mut Lcg, now: DateTime<Utc>) -> OrderCommand {
     let lines = rng.below(3) + 1;
     let items = (0..lines)
@@ -137,11 +151,11 @@ fn random_command(rng: &mut Lcg, order: &Order, now: DateTime<Utc>) -> OrderComm
             now,
         }),
         14 | 15 | 31 => C::CompleteRefund(CompleteRefund {
-            refund_id: refund_id(rng),
+            refund_id: owed_refund_id(rng, order),
             now,
         }),
         16 => C::FailRefund(FailRefund {
-            refund_id: refund_id(rng),
+            refund_id: owed_refund_id(rng, order),
             reason: "r".to_owned(),
             now,
         }),
@@ -185,6 +199,14 @@ fn random_command(rng: &mut Lcg, order: &Order, now: DateTime<Utc>) -> OrderComm
         24 => C::SendReminder(SendReminder { now }),
         25 => C::SendEventReminder(SendEventReminder { now }),
         26 if rng.chance(3) => C::ArchiveOrder(ArchiveOrder { now }),
+        27 => C::SettlePayment(SettlePayment {
+            payment_intent_id: (*rng.pick(&INTENTS)).to_owned(),
+            amount_cents: order.total_cents + *rng.pick(&[0, 0, 0, 1, -1]),
+            currency: rng
+                .pick(&[Some("USD"), Some("usd"), Some("EUR"), None])
+                .map(str::to_owned),
+            now,
+        }),
         _ => C::ConfirmOrder(ConfirmOrder {
             payment_intent_id: INTENT.to_owned(),
             amount_cents: order.total_cents,
@@ -273,9 +295,34 @@ fn check_state(order: &Order, applied: &[OrderEvent], ctx: &str) {
             order.tickets.is_empty(),
             "{ctx}: tickets on an unpaid order"
         );
+    }
+
+    // Rejected payments: each intent once, never the intent the order is paid with, keyed by
+    // the refund id derived from it, and never counted in the order's own refunds.
+    let intents: BTreeSet<&str> = order
+        .rejected_payments
+        .iter()
+        .map(|p| p.payment_intent_id.as_str())
+        .collect();
+    assert_eq!(
+        intents.len(),
+        order.rejected_payments.len(),
+        "{ctx}: a payment rejected twice"
+    );
+    if let Some(paid_with) = order.payment_intent_id.as_deref() {
         assert!(
-            order.dispute_history.is_empty(),
-            "{ctx}: dispute on an unpaid order"
+            !intents.contains(paid_with),
+            "{ctx}: paid with an intent that is being returned"
+        );
+    }
+    for p in &order.rejected_payments {
+        assert!(p.amount_cents > 0, "{ctx}: empty rejected payment");
+        assert_eq!(
+            Some(p.refund_id),
+            order
+                .id
+                .map(|id| Order::rejected_payment_refund_id(id, &p.payment_intent_id)),
+            "{ctx}: rejected payment under a foreign refund id"
         );
     }
 

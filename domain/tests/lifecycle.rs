@@ -416,10 +416,14 @@ fn a_redelivered_payment_failure_after_payment_changes_nothing() {
 }
 
 #[test]
-fn a_new_payment_failure_after_payment_is_refused() {
-    given(paid())
-        .when(payment_failure("pi_late"))
-        .then_err(invalid("record a payment failure on", OrderStatus::Paid));
+fn a_stale_payment_failure_after_payment_is_moot() {
+    // A webhook retry for an older intent: the order is settled, so the failure changes nothing
+    // (and is never a refusal that would hold the order's later messages).
+    for history in [paid(), cancelled_order(), expired_order()] {
+        given(history)
+            .when(payment_failure("pi_late"))
+            .then_nothing();
+    }
 }
 
 // ------------------------------------------------------------------ cancel, expire, fail

@@ -98,11 +98,11 @@ fn fail_is_accepted_while_open_and_a_no_op_when_failed() {
 }
 
 #[test]
-fn a_payment_failure_is_recorded_only_while_open() {
+fn a_payment_failure_is_recorded_while_open_and_moot_once_settled() {
     assert_matrix(&payment_failure("pi_declined"), |s| {
         existing(s, |status| match status {
             Pending | Reserved => Ok(vec![payment_failed("pi_declined")]),
-            other => Err(invalid("record a payment failure on", other)),
+            _ => Ok(vec![]),
         })
     });
 }
@@ -153,26 +153,33 @@ fn failing_an_already_completed_refund_is_refused() {
 }
 
 #[test]
-fn a_dispute_is_opened_only_on_an_order_that_took_money() {
+fn a_dispute_is_recorded_in_every_status_because_the_provider_says_so() {
     assert_matrix(&open_dispute(DISPUTE), |s| {
-        existing(s, |status| match status {
-            Paid | PartRefunded | Refunded => Ok(vec![dispute_opened(DISPUTE)]),
-            other => Err(invalid("open a dispute on", other)),
+        existing(s, |_| Ok(vec![dispute_opened(DISPUTE)]))
+    });
+}
+
+#[test]
+fn an_update_of_a_dispute_never_seen_opens_it_in_every_status() {
+    assert_matrix(&update_dispute(DISPUTE, "under_review"), |s| {
+        existing(s, |_| {
+            Ok(vec![
+                dispute_opened_unseen(DISPUTE),
+                dispute_updated(DISPUTE, "under_review"),
+            ])
         })
     });
 }
 
 #[test]
-fn updating_a_dispute_that_was_never_opened_is_refused_in_every_status() {
-    assert_matrix(&update_dispute(DISPUTE, "under_review"), |s| {
-        existing(s, |_| Err(OrderError::UnknownDispute(DISPUTE.to_owned())))
-    });
-}
-
-#[test]
-fn closing_a_dispute_that_was_never_opened_is_refused_in_every_status() {
+fn a_close_of_a_dispute_never_seen_opens_and_closes_it_in_every_status() {
     assert_matrix(&close_dispute(DISPUTE, DisputeOutcome::Won), |s| {
-        existing(s, |_| Err(OrderError::UnknownDispute(DISPUTE.to_owned())))
+        existing(s, |_| {
+            Ok(vec![
+                dispute_opened_unseen(DISPUTE),
+                dispute_closed(DISPUTE, DisputeOutcome::Won, false),
+            ])
+        })
     });
 }
 

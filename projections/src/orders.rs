@@ -166,6 +166,8 @@ pub(crate) fn change_of(event: &OrderEvent) -> Change {
         | OrderEvent::DisputeUpdated(_)
         | OrderEvent::RefundRequested(_)
         | OrderEvent::RefundFailed(_)
+        | OrderEvent::PaymentRejected(_)
+        | OrderEvent::PaymentReturned(_)
         | OrderEvent::ReminderSent(_)
         | OrderEvent::EventReminderSent(_)
         | OrderEvent::OrderCreated(_) => {}

@@ -38,7 +38,11 @@ impl Projector for PendingRefunds {
     ) -> Result<(), ProjectionError> {
         if !matches!(
             event.event_type.as_str(),
-            "RefundRequested" | "OrderRefunded" | "RefundFailed"
+            "RefundRequested"
+                | "OrderRefunded"
+                | "RefundFailed"
+                | "PaymentRejected"
+                | "PaymentReturned"
         ) {
             return Ok(());
         }
@@ -49,31 +53,49 @@ impl Projector for PendingRefunds {
             )));
         };
         match event.decode()? {
+            // Inserting twice is harmless: a replayed batch finds the row there already.
             OrderEvent::RefundRequested(e) => {
-                // Inserting twice is harmless: a replayed batch finds the row there already.
-                sqlx::query(
-                    "INSERT INTO pending_refunds
-                         (refund_id, order_id, amount_cents, tenant_id, request_id, trace_id,
-                          requested_at, next_attempt_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                     ON CONFLICT (refund_id) DO NOTHING",
-                )
-                .bind(e.refund_id)
-                .bind(order_id)
-                .bind(e.amount_cents)
-                .bind(event.meta("tenantId"))
-                .bind(event.meta("requestId"))
-                .bind(event.meta("traceId"))
-                .bind(event.recorded_at)
-                .execute(&mut *conn)
-                .await?;
+                insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
             }
+            // The return of a captured payment the order rejected is a refund like any other
+            // for the retry loop: same table, same idempotency key, same outcomes.
+            OrderEvent::PaymentRejected(e) => {
+                insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
+            }
+            OrderEvent::PaymentReturned(e) => remove(&mut *conn, e.refund_id).await?,
             OrderEvent::OrderRefunded(e) => remove(&mut *conn, e.refund_id).await?,
             OrderEvent::RefundFailed(e) => remove(&mut *conn, e.refund_id).await?,
             _ => {}
         }
         Ok(())
     }
+}
+
+/// Adds a refund to be finished, unless it is there already.
+async fn insert(
+    conn: &mut PgConnection,
+    event: &FeedEvent,
+    order_id: Uuid,
+    refund_id: Uuid,
+    amount_cents: i64,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO pending_refunds
+             (refund_id, order_id, amount_cents, tenant_id, request_id, trace_id,
+              requested_at, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (refund_id) DO NOTHING",
+    )
+    .bind(refund_id)
+    .bind(order_id)
+    .bind(amount_cents)
+    .bind(event.meta("tenantId"))
+    .bind(event.meta("requestId"))
+    .bind(event.meta("traceId"))
+    .bind(event.recorded_at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A refund the retry loop has claimed for one attempt.

@@ -450,9 +450,16 @@ async fn a_redelivery_after_a_crash_before_the_ack_changes_nothing(pool: PgPool)
         .expect("fetch");
     let delivery = batch.next().await.expect("a delivery").expect("a message");
     let mut conn = h.app.pool.acquire().await.expect("connection");
-    Inbox::record(&mut conn, "m-crash-2", &delivery.subject, Some(id), seq)
-        .await
-        .expect("inbox record");
+    Inbox::record(
+        &mut conn,
+        Family::Payment,
+        "m-crash-2",
+        &delivery.subject,
+        Some(id),
+        seq,
+    )
+    .await
+    .expect("inbox record");
     drop(batch);
     drop(delivery);
 
@@ -563,8 +570,8 @@ async fn every_bad_input_is_parked_with_a_clear_error_and_the_consumer_keeps_goi
         ),
         (
             "payment.succeeded",
-            paid("mismatch", known, "pi_m", 1).to_string().into_bytes(),
-            "payment amount 1 does not match the order total 10370",
+            paid("nothing-taken", known, "pi_z", 0).to_string().into_bytes(),
+            "`amountCents` must be positive",
         ),
         (
             "payment.succeeded",
@@ -625,7 +632,7 @@ async fn every_bad_input_is_parked_with_a_clear_error_and_the_consumer_keeps_goi
         );
     }
     // Every message whose order id was readable holds its order: the unknown type, the id-less
-    // message, the unknown order and the mismatch.
+    // message, the unknown order and the zero amount.
     assert_eq!(h.holds().await, 4);
 }
 
@@ -731,12 +738,11 @@ async fn a_parked_order_holds_its_later_messages_and_redrive_replays_them_in_ord
     assert_eq!(r.parked, 1);
     let head = h.parked().await[0].dlq_seq;
 
-    // The order's next message, on another consumer, is parked behind the first...
-    let item = Uuid::new_v4();
-    h.publish(&json!({"id": "late-tickets", "type": "ticket.issued",
-        "payload": {"orderId": late, "tickets": [{"itemId": item, "ticketId": "tkt_late"}]}}))
+    // The order's next message of the same family is parked behind the first...
+    h.publish(&json!({"id": "late-fail", "type": "payment.failed",
+        "payload": {"orderId": late, "paymentIntentId": "pi_late_0", "reason": "declined"}}))
         .await;
-    assert_eq!(tickets.run_once().await.expect("round").parked, 1);
+    assert_eq!(payments.run_once().await.expect("round").parked, 1);
     let parked = h.parked().await;
     assert_eq!(
         parked[1].error.split(':').next(),
@@ -751,6 +757,7 @@ async fn a_parked_order_holds_its_later_messages_and_redrive_replays_them_in_ord
     assert_eq!(h.order(other).await.status, OrderStatus::Paid);
 
     // The cause goes away (the order arrives), and the operator redrives the head.
+    let item = Uuid::new_v4();
     let created = create_order_with_item(h.store(), late, item).await;
     assert_eq!(created.status, OrderStatus::Pending);
     let report = order_api::cli::dlq_redrive(&h.cli_settings().await, RedriveTarget::Message(head))
@@ -762,10 +769,16 @@ async fn a_parked_order_holds_its_later_messages_and_redrive_replays_them_in_ord
         "redriven messages leave the DLQ"
     );
 
-    // The tickets may not overtake the payment: they wait while it is in flight.
+    // Tickets may not overtake the payment: on an order not paid yet they are retried.
+    h.publish(&json!({"id": "late-tickets", "type": "ticket.issued",
+        "payload": {"orderId": late, "tickets": [{"itemId": item, "ticketId": "tkt_late"}]}}))
+        .await;
     let r = tickets.run_once().await.expect("round");
     assert_eq!((r.retried, r.processed, r.parked), (1, 0, 0), "{r:?}");
-    assert_eq!(payments.run_once().await.expect("round").processed, 1);
+    // The redriven payment messages replay in their original order: the confirm, then the
+    // failure, which is moot by then.
+    let r = run_until(&payments, |r| r.processed >= 2).await;
+    assert_eq!(r.parked, 0, "{r:?}");
     let r = run_until(&tickets, |r| r.processed > 0).await;
     assert_eq!(r.parked, 0);
 
@@ -796,6 +809,16 @@ async fn a_parked_order_holds_its_later_messages_and_redrive_replays_them_in_ord
 /// [`create_order`] with a chosen line item id, so that tickets published earlier can point
 /// at it.
 async fn create_order_with_item(store: &OrderStore, id: Uuid, item: Uuid) -> Order {
+    create_order_expiring(store, id, item, chrono::Duration::minutes(15)).await
+}
+
+/// [`create_order_with_item`] with a chosen time to expiry.
+async fn create_order_expiring(
+    store: &OrderStore,
+    id: Uuid,
+    item: Uuid,
+    expires_in: chrono::Duration,
+) -> Order {
     let event_id = Uuid::new_v4();
     let now = Utc::now();
     store
@@ -819,7 +842,7 @@ async fn create_order_with_item(store: &OrderStore, id: Uuid, item: Uuid) -> Ord
                     }],
                     fees_cents: 250,
                     tax_cents: 120,
-                    expires_at: now + chrono::Duration::minutes(15),
+                    expires_at: now + expires_in,
                     event_starts_at: None,
                     now,
                 })
@@ -838,7 +861,7 @@ async fn a_redriven_message_that_fails_again_keeps_its_place_until_discarded(poo
         .id
         .expect("id");
     let payments = h.subscriber(Family::Payment);
-    h.publish(&paid("wrong-amount", id, "pi_x", 5)).await;
+    h.publish(&paid("nothing-taken", id, "pi_x", 0)).await;
     h.publish(&paid("right-amount", id, "pi_y", TOTAL)).await;
     assert_eq!(payments.run_once().await.expect("round").parked, 2);
     let before = h.parked().await;
@@ -856,7 +879,7 @@ async fn a_redriven_message_that_fails_again_keeps_its_place_until_discarded(poo
     let after = h.parked().await;
     assert_eq!(after.len(), 2);
     assert!(
-        after[0].error.contains("does not match the order total"),
+        after[0].error.contains("`amountCents` must be positive"),
         "{}",
         after[0].error
     );
@@ -866,7 +889,12 @@ async fn a_redriven_message_that_fails_again_keeps_its_place_until_discarded(poo
     assert!(after
         .iter()
         .all(|p| before.iter().all(|b| b.dlq_seq != p.dlq_seq)));
-    let queue = h.dead_letters().holds().queue(id).await.expect("queue");
+    let queue = h
+        .dead_letters()
+        .holds()
+        .queue(id, None)
+        .await
+        .expect("queue");
     let seqs: Vec<u64> = queue.iter().map(|r| r.seq()).collect();
     assert_eq!(seqs, [after[0].dlq_seq, after[1].dlq_seq]);
     assert_eq!(h.order(id).await.status, OrderStatus::Pending);
@@ -995,12 +1023,26 @@ async fn the_workers_consume_inbound_messages_when_enabled(pool: PgPool) {
 async fn the_inbox_purge_keeps_recent_ids(pool: PgPool) {
     let inbox = Inbox::new(pool.clone());
     let mut conn = pool.acquire().await.expect("connection");
-    Inbox::record(&mut conn, "old", "payment.succeeded", None, 1)
-        .await
-        .expect("record");
-    Inbox::record(&mut conn, "new", "payment.succeeded", None, 2)
-        .await
-        .expect("record");
+    Inbox::record(
+        &mut conn,
+        Family::Payment,
+        "old",
+        "payment.succeeded",
+        None,
+        1,
+    )
+    .await
+    .expect("record");
+    Inbox::record(
+        &mut conn,
+        Family::Payment,
+        "new",
+        "payment.succeeded",
+        None,
+        2,
+    )
+    .await
+    .expect("record");
     sqlx::query(
         "UPDATE inbox SET processed_at = now() - interval '8 days' WHERE message_id = 'old'",
     )
@@ -1012,6 +1054,291 @@ async fn the_inbox_purge_keeps_recent_ids(pool: PgPool) {
         .await
         .expect("purge");
     assert_eq!(purged, 1);
-    assert!(inbox.contains("new").await.expect("lookup"));
-    assert!(!inbox.contains("old").await.expect("lookup"));
+    assert!(inbox
+        .contains(Family::Payment, "new")
+        .await
+        .expect("lookup"));
+    assert!(!inbox
+        .contains(Family::Payment, "old")
+        .await
+        .expect("lookup"));
+}
+
+// ---------------------------------------------------------------- late, stale, out of order
+
+/// Pays `id` through `payment.succeeded` with intent `pi_paid`.
+async fn pay(h: &Harness, id: Uuid) {
+    h.publish(&paid(&format!("pay-{id}"), id, "pi_paid", TOTAL))
+        .await;
+    let r = run_until(&h.subscriber(Family::Payment), |r| r.handled() > 0).await;
+    assert_eq!(r.processed, 1, "{r:?}");
+    assert_eq!(h.order(id).await.status, OrderStatus::Paid);
+}
+
+/// `POST /refunds` for the whole order, as api-gateway.
+async fn refund_status(h: &Harness, id: Uuid) -> u16 {
+    h.app
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/orders/{id}/refunds"),
+            order_tests::Auth::v1("api-gateway"),
+            &[("x-tenant-id", "tenant-a"), ("idempotency-key", "refund-1")],
+            Some(&json!({"reason": "customer asked"})),
+        )
+        .await
+        .status()
+        .as_u16()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stale_payment_failure_is_a_no_op_and_the_dispute_after_it_locks_refunds(pool: PgPool) {
+    let h = Harness::new(pool, |_| {}).await;
+    let id = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    pay(&h, id).await;
+
+    // A webhook retry of an older intent's failure, then the chargeback.
+    h.publish(&json!({"id": "stale-fail", "type": "payment.failed",
+        "payload": {"orderId": id, "paymentIntentId": "pi_older", "reason": "card_declined"}}))
+        .await;
+    h.publish(&json!({"id": "chargeback", "type": "dispute.created",
+        "payload": {"orderId": id, "disputeId": "dp_cb", "amountCents": TOTAL}}))
+        .await;
+    let r = h
+        .subscriber(Family::Payment)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!((r.processed, r.parked, r.retried), (1, 0, 0), "{r:?}");
+    let r = h
+        .subscriber(Family::Dispute)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!((r.processed, r.parked), (1, 0), "{r:?}");
+
+    assert!(h.parked().await.is_empty(), "nothing parked");
+    assert_eq!(h.holds().await, 0, "no order held");
+    assert!(h.order(id).await.refunds_locked());
+    assert_eq!(
+        refund_status(&h, id).await,
+        409,
+        "no refund during a chargeback"
+    );
+    let history = h.store().history(id).await.expect("history");
+    assert_eq!(
+        event_types(&history),
+        ["OrderCreated", "OrderConfirmed", "DisputeOpened"]
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn dispute_messages_in_any_order_lock_refunds_and_park_nothing(pool: PgPool) {
+    let h = Harness::new(pool, |_| {}).await;
+    let updated_first = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    let closed_first = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    pay(&h, updated_first).await;
+    pay(&h, closed_first).await;
+    let disputes = h.subscriber(Family::Dispute);
+
+    // The update overtakes the creation: refunds lock at the update already.
+    h.publish(&json!({"id": "du-1", "type": "dispute.updated",
+        "payload": {"orderId": updated_first, "disputeId": "dp_1", "status": "under_review"}}))
+        .await;
+    assert_eq!(disputes.run_once().await.expect("round").processed, 1);
+    assert!(h.order(updated_first).await.refunds_locked());
+    assert_eq!(refund_status(&h, updated_first).await, 409);
+    h.publish(&json!({"id": "dc-1", "type": "dispute.created",
+        "payload": {"orderId": updated_first, "disputeId": "dp_1", "amountCents": TOTAL}}))
+        .await;
+    assert_eq!(disputes.run_once().await.expect("round").processed, 1);
+
+    // A lost close overtakes the creation: the late creation cannot reopen it.
+    h.publish(&json!({"id": "dx-2", "type": "dispute.closed",
+        "payload": {"orderId": closed_first, "disputeId": "dp_2", "outcome": "lost"}}))
+        .await;
+    h.publish(&json!({"id": "dc-2", "type": "dispute.created",
+        "payload": {"orderId": closed_first, "disputeId": "dp_2"}}))
+        .await;
+    let r = disputes.run_once().await.expect("round");
+    assert_eq!((r.processed, r.parked), (2, 0), "{r:?}");
+
+    assert!(h.parked().await.is_empty());
+    assert_eq!(h.holds().await, 0);
+    let a = h.order(updated_first).await;
+    assert_eq!(
+        a.open_disputes.get("dp_1").map(String::as_str),
+        Some("under_review")
+    );
+    let b = h.order(closed_first).await;
+    assert!(b.open_disputes.is_empty() && b.lost_dispute && b.refunds_locked());
+    assert_eq!(
+        event_types(&h.store().history(closed_first).await.expect("history")),
+        [
+            "OrderCreated",
+            "OrderConfirmed",
+            "DisputeOpened",
+            "DisputeClosed"
+        ]
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_payment_that_cannot_confirm_its_order_is_rejected_and_its_money_goes_back(pool: PgPool) {
+    let peers = order_tests::peers::Peers::start().await;
+    let h = Harness::new(pool, |s| peers.configure(s)).await;
+    // Expired by the time its payment arrives (a late webhook, or a NAK backoff).
+    let expired = create_order_expiring(
+        h.store(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        chrono::Duration::milliseconds(200),
+    )
+    .await
+    .id
+    .expect("id");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Paid twice: the second capture is a double charge.
+    let twice = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    pay(&h, twice).await;
+    // Paid the wrong amount.
+    let short = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+
+    h.publish(&paid("late", expired, "pi_late", TOTAL)).await;
+    h.publish(&paid("second", twice, "pi_second", TOTAL)).await;
+    h.publish(&paid("short", short, "pi_short", TOTAL - 1))
+        .await;
+    let r = h
+        .subscriber(Family::Payment)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!((r.processed, r.parked, r.retried), (3, 0, 0), "{r:?}");
+    assert!(h.parked().await.is_empty());
+
+    for (id, status, intent) in [
+        (expired, OrderStatus::Pending, "pi_late"),
+        (twice, OrderStatus::Paid, "pi_second"),
+        (short, OrderStatus::Pending, "pi_short"),
+    ] {
+        let order = h.order(id).await;
+        assert_eq!(order.status, status);
+        assert_eq!(order.rejected_payments.len(), 1);
+        assert_eq!(order.rejected_payments[0].payment_intent_id, intent);
+        let types = event_types(&h.store().history(id).await.expect("history"))
+            .last()
+            .map(|t| (*t).to_owned());
+        assert_eq!(types.as_deref(), Some("PaymentRejected"));
+    }
+
+    // The refund retry loop gives each one back, under its own idempotency key.
+    let retrier = order_api::saga::RefundRetrier::new(
+        h.app.pool.clone(),
+        order_api::saga::RefundSaga::new(h.store().clone(), h.app.state.clients.clone()),
+        Duration::ZERO,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut settled = 0;
+    while settled < 3 {
+        settled += retrier.run_once().await.expect("retry pass").settled;
+        assert!(Instant::now() < deadline, "settled only {settled} of 3");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = peers.payment.hits("/internal/refunds");
+    assert_eq!(calls.len(), 3, "one refund call each");
+    for (id, intent) in [
+        (expired, "pi_late"),
+        (twice, "pi_second"),
+        (short, "pi_short"),
+    ] {
+        let refund_id = Order::rejected_payment_refund_id(id, intent);
+        let call = calls
+            .iter()
+            .find(|c| c.header("idempotency-key") == refund_id.to_string())
+            .unwrap_or_else(|| panic!("a refund call for {intent}"));
+        let body = call.body.clone().expect("a body");
+        assert_eq!(body["paymentIntentId"], intent);
+        let history = h.store().history(id).await.expect("history");
+        assert_eq!(
+            event_types(&history).last().copied(),
+            Some("PaymentReturned")
+        );
+    }
+    // The double charge went back; the order's own payment stands.
+    let order = h.order(twice).await;
+    assert_eq!(order.status, OrderStatus::Paid);
+    assert_eq!(order.refundable_cents(), TOTAL);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_parked_message_holds_only_its_own_family(pool: PgPool) {
+    let h = Harness::new(pool, |_| {}).await;
+    let id = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    // A dispute message that can never apply (no dispute id) is parked and holds the order's
+    // disputes...
+    h.publish(&json!({"id": "bad-dispute", "type": "dispute.created",
+        "payload": {"orderId": id, "disputeId": ""}}))
+        .await;
+    assert_eq!(
+        h.subscriber(Family::Dispute)
+            .run_once()
+            .await
+            .expect("round")
+            .parked,
+        1
+    );
+    // ...but not its payment, which confirms it.
+    h.publish(&paid("pay", id, "pi_1", TOTAL)).await;
+    let r = h
+        .subscriber(Family::Payment)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!((r.processed, r.parked), (1, 0), "{r:?}");
+    assert_eq!(h.order(id).await.status, OrderStatus::Paid);
+    assert_eq!(h.holds().await, 1, "the dispute stays parked");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_same_id_from_two_families_is_two_messages(pool: PgPool) {
+    let h = Harness::new(pool, |_| {}).await;
+    let id = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    // Two producers whose id schemes overlap.
+    h.publish(&paid("evt-1", id, "pi_1", TOTAL)).await;
+    h.publish(&json!({"id": "evt-1", "type": "dispute.created",
+        "payload": {"orderId": id, "disputeId": "dp_1"}}))
+        .await;
+    let r = h
+        .subscriber(Family::Payment)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!(r.processed, 1, "{r:?}");
+    let r = h
+        .subscriber(Family::Dispute)
+        .run_once()
+        .await
+        .expect("round");
+    assert_eq!((r.processed, r.duplicates), (1, 0), "{r:?}");
+    assert!(h.order(id).await.refunds_locked());
 }

@@ -132,12 +132,9 @@ impl RefundSaga {
         metadata: &HashMap<String, String>,
     ) -> Result<Settled, ApiError> {
         let order = self.store.load(order_id).await?.ok_or_else(not_found)?;
-        let Some(refund) = order
-            .refunds
-            .iter()
-            .find(|r| r.refund_id == refund_id)
-            .cloned()
-        else {
+        // A refund of the order, or the return of a payment the order rejected: both go to
+        // payment-service the same way, each against its own payment intent.
+        let Some(refund) = order.owed_refund(refund_id) else {
             return Err(ApiError::Conflict(format!(
                 "refund {refund_id} is not known on this order"
             )));
@@ -155,14 +152,10 @@ impl RefundSaga {
         let instruction = RefundInstruction {
             refund_id,
             order_id,
-            payment_intent_id: order.payment_intent_id.clone().unwrap_or_default(),
+            payment_intent_id: refund.payment_intent_id.unwrap_or_default().to_owned(),
             amount_cents: refund.amount_cents,
-            currency: order
-                .currency
-                .as_ref()
-                .map(|c| c.as_str().to_owned())
-                .unwrap_or_default(),
-            reason: refund.reason.clone(),
+            currency: refund.currency.unwrap_or_default().to_owned(),
+            reason: refund.reason.to_owned(),
         };
         let outcome = match self.clients.payment.initiate_refund(&instruction).await {
             Ok(receipt) if receipt.refund_id != refund_id => Err(ClientError::InvalidResponse {

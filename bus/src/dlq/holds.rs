@@ -2,6 +2,10 @@
 //! later messages are parked behind it, so that no effect is applied out of order; other
 //! orders keep flowing.
 //!
+//! Holds are per family: a parked payment message holds the order's later payment messages, not
+//! its tickets or disputes (families are consumed independently, so holding across them buys
+//! no order). Rows parked before holds were per family have no family and hold every family.
+//!
 //! One row per parked message that names an order; an order is held while it has rows. Rows
 //! are ordered by `position`, the message's place in the order's queue: a redriven message
 //! that is parked again takes its predecessor row's place. The state lives in Postgres, not in
@@ -11,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::BusError;
+use crate::inbound::Family;
 
 /// One parked message of a held order.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -18,6 +23,8 @@ pub struct HoldRow {
     /// The message's sequence in the dead-letter stream.
     pub dlq_seq: i64,
     pub order_id: Uuid,
+    /// The family it was consumed from; `None` for rows that hold every family.
+    pub family: Option<String>,
     pub position: i64,
     /// Republished by a redrive and not handled yet.
     pub redriving: bool,
@@ -57,17 +64,25 @@ impl Holds {
         &self.pool
     }
 
-    /// The order's queue of parked messages, head first; empty when the order is not held.
+    /// The order's queue of parked messages that hold `family` (every family's with `None`),
+    /// head first; empty when the order is not held.
     ///
     /// # Errors
     /// [`BusError::Database`].
-    pub async fn queue(&self, order_id: Uuid) -> Result<Vec<HoldRow>, BusError> {
+    pub async fn queue(
+        &self,
+        order_id: Uuid,
+        family: Option<Family>,
+    ) -> Result<Vec<HoldRow>, BusError> {
         Ok(sqlx::query_as::<_, HoldRow>(
-            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
-              WHERE dlq_stream = $1 AND order_id = $2 ORDER BY position, dlq_seq",
+            "SELECT dlq_seq, order_id, family, position, redriving, error, parked_at FROM dlq_holds
+              WHERE dlq_stream = $1 AND order_id = $2
+                AND ($3::text IS NULL OR family IS NULL OR family = $3)
+              ORDER BY position, dlq_seq",
         )
         .bind(&self.dlq_stream)
         .bind(order_id)
+        .bind(family.map(Family::as_str))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -78,7 +93,7 @@ impl Holds {
     /// [`BusError::Database`].
     pub async fn all(&self) -> Result<Vec<HoldRow>, BusError> {
         Ok(sqlx::query_as::<_, HoldRow>(
-            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds h
+            "SELECT dlq_seq, order_id, family, position, redriving, error, parked_at FROM dlq_holds h
               WHERE dlq_stream = $1
               ORDER BY (SELECT min(position) FROM dlq_holds x
                          WHERE x.dlq_stream = h.dlq_stream AND x.order_id = h.order_id),
@@ -95,7 +110,7 @@ impl Holds {
     /// [`BusError::Database`].
     pub async fn get(&self, dlq_seq: u64) -> Result<Option<HoldRow>, BusError> {
         Ok(sqlx::query_as::<_, HoldRow>(
-            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
+            "SELECT dlq_seq, order_id, family, position, redriving, error, parked_at FROM dlq_holds
               WHERE dlq_stream = $1 AND dlq_seq = $2",
         )
         .bind(&self.dlq_stream)
@@ -114,6 +129,7 @@ impl Holds {
         &self,
         dlq_seq: u64,
         order_id: Uuid,
+        family: Option<Family>,
         error: &str,
         replaces: Option<u64>,
     ) -> Result<(), BusError> {
@@ -129,8 +145,8 @@ impl Holds {
             _ => None,
         };
         sqlx::query(
-            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error)
-             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5)
+            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error, family)
+             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5, $6)
              ON CONFLICT (dlq_stream, dlq_seq)
              DO UPDATE SET redriving = false, error = EXCLUDED.error",
         )
@@ -139,6 +155,7 @@ impl Holds {
         .bind(order_id)
         .bind(inherited)
         .bind(error)
+        .bind(family.map(Family::as_str))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -179,7 +196,7 @@ impl Holds {
     pub async fn start_redrive(&self, order_id: Uuid) -> Result<Vec<HoldRow>, BusError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as::<_, HoldRow>(
-            "SELECT dlq_seq, order_id, position, redriving, error, parked_at FROM dlq_holds
+            "SELECT dlq_seq, order_id, family, position, redriving, error, parked_at FROM dlq_holds
               WHERE dlq_stream = $1 AND order_id = $2 ORDER BY position, dlq_seq FOR UPDATE",
         )
         .bind(&self.dlq_stream)

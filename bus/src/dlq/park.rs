@@ -8,6 +8,7 @@ use super::headers::{self as h, one_line};
 use super::stream::broker;
 use super::{dlq_subject, DeadLetters};
 use crate::error::BusError;
+use crate::inbound::Family;
 
 /// Everything known about a message that is being parked.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Parcel<'a> {
     pub message_id: Option<&'a str>,
     /// Its order, which is then held behind it.
     pub order_id: Option<Uuid>,
+    /// The family it was consumed from: the hold covers that family's later messages.
+    pub family: Option<Family>,
     /// The DLQ sequence of the message it is parked behind.
     pub held_behind: Option<u64>,
     /// The hold row (DLQ sequence) of the same message's earlier parking, when it was redriven
@@ -77,7 +80,7 @@ impl DeadLetters {
             .map_err(broker)?;
         if let Some(order) = parcel.order_id {
             self.holds
-                .hold(ack.sequence, order, &error, parcel.replaces)
+                .hold(ack.sequence, order, parcel.family, &error, parcel.replaces)
                 .await?;
         }
         metrics::counter!("dlq_parked_total").increment(1);

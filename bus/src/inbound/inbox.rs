@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::family::Family;
 use crate::error::BusError;
 
 /// The inbox table.
@@ -24,15 +25,18 @@ impl Inbox {
         Self { pool }
     }
 
-    /// Whether the effect of message `id` is already recorded.
+    /// Whether the effect of message `id` of `family` is already recorded. Ids are unique per
+    /// family only: they are the producers' own.
     ///
     /// # Errors
     /// [`BusError::Database`] when Postgres cannot answer (transient).
-    pub async fn contains(&self, id: &str) -> Result<bool, BusError> {
-        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM inbox WHERE message_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn contains(&self, family: Family, id: &str) -> Result<bool, BusError> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM inbox WHERE family = $1 AND message_id = $2")
+                .bind(family.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -43,15 +47,17 @@ impl Inbox {
     /// [`BusError::Database`] when the insert fails.
     pub async fn record(
         tx: &mut sqlx::PgConnection,
+        family: Family,
         id: &str,
         subject: &str,
         order_id: Option<Uuid>,
         stream_sequence: u64,
     ) -> Result<(), BusError> {
         sqlx::query(
-            "INSERT INTO inbox (message_id, subject, order_id, stream_sequence)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO inbox (family, message_id, subject, order_id, stream_sequence)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (family, message_id) DO NOTHING",
         )
+        .bind(family.as_str())
         .bind(id)
         .bind(subject)
         .bind(order_id)

@@ -419,11 +419,16 @@ impl<H: InboundHandler> Subscriber<H> {
 
     /// Checks the inbox and the order's queue of parked messages.
     async fn admit(&self, m: &InboundMessage, ctx: &MessageContext) -> Result<Admission, BusError> {
-        let queue = self.dead_letters.holds().queue(m.order_id).await?;
+        let family = self.config.family;
+        let queue = self
+            .dead_letters
+            .holds()
+            .queue(m.order_id, Some(family))
+            .await?;
         let mine = ctx
             .redrive_of
             .and_then(|seq| queue.iter().position(|r| r.seq() == seq && r.redriving));
-        if self.inbox.contains(&m.id).await? {
+        if self.inbox.contains(family, &m.id).await? {
             return Ok(Admission::Duplicate {
                 release: mine.map(|i| queue[i].seq()),
             });
@@ -468,6 +473,7 @@ impl<H: InboundHandler> Subscriber<H> {
         let mut tx = self.pool.begin().await?;
         Inbox::record(
             &mut tx,
+            self.config.family,
             &message.id,
             &ctx.subject,
             Some(message.order_id),
@@ -554,6 +560,7 @@ impl<H: InboundHandler> Subscriber<H> {
             error,
             message_id,
             order_id,
+            family: Some(self.config.family),
             held_behind: None,
             replaces: None,
         }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use order_domain::commands::*;
 use order_domain::events::*;
-use order_domain::values::{DisputeOutcome, IssuedTicket, LineItem, NewLineItem};
+use order_domain::values::{DisputeOutcome, IssuedTicket, LineItem, NewLineItem, PaymentRejection};
 use order_domain::{Currency, Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 
 pub const ORDER_ID: Uuid = Uuid::from_u128(0x0190_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b);
@@ -144,6 +144,24 @@ pub fn confirm_with(
         expected_version,
         now,
     })
+}
+
+pub fn settle_payment_at(
+    intent: &str,
+    amount_cents: i64,
+    currency: Option<&str>,
+    now: DateTime<Utc>,
+) -> OrderCommand {
+    OrderCommand::SettlePayment(SettlePayment {
+        payment_intent_id: intent.to_owned(),
+        amount_cents,
+        currency: currency.map(str::to_owned),
+        now,
+    })
+}
+
+pub fn settle_payment(intent: &str, amount_cents: i64) -> OrderCommand {
+    settle_payment_at(intent, amount_cents, Some("USD"), now())
 }
 
 pub fn cancel() -> OrderCommand {
@@ -389,11 +407,54 @@ pub fn refund_failed(refund_id: Uuid) -> OrderEvent {
     })
 }
 
+pub fn rejected_refund_id(intent: &str) -> Uuid {
+    Order::rejected_payment_refund_id(ORDER_ID, intent)
+}
+
+pub fn payment_rejected(intent: &str, amount_cents: i64, reason: PaymentRejection) -> OrderEvent {
+    payment_rejected_at(intent, amount_cents, reason, now())
+}
+
+pub fn payment_rejected_at(
+    intent: &str,
+    amount_cents: i64,
+    reason: PaymentRejection,
+    at: DateTime<Utc>,
+) -> OrderEvent {
+    OrderEvent::PaymentRejected(PaymentRejected {
+        payment_intent_id: intent.to_owned(),
+        amount_cents,
+        currency: Some("USD".to_owned()),
+        reason,
+        refund_id: rejected_refund_id(intent),
+        occurred_at: at,
+    })
+}
+
+pub fn payment_returned(intent: &str, amount_cents: i64) -> OrderEvent {
+    OrderEvent::PaymentReturned(PaymentReturned {
+        refund_id: rejected_refund_id(intent),
+        payment_intent_id: intent.to_owned(),
+        amount_cents,
+        occurred_at: now(),
+    })
+}
+
 pub fn dispute_opened(dispute_id: &str) -> OrderEvent {
     OrderEvent::DisputeOpened(DisputeOpened {
         dispute_id: dispute_id.to_owned(),
         amount_cents: Some(TOTAL),
         reason: Some("fraudulent".to_owned()),
+        occurred_at: now(),
+    })
+}
+
+/// `DisputeOpened` for a dispute first heard of through its update or close.
+pub fn dispute_opened_unseen(dispute_id: &str) -> OrderEvent {
+    OrderEvent::DisputeOpened(DisputeOpened {
+        dispute_id: dispute_id.to_owned(),
+        amount_cents: None,
+        reason: None,
         occurred_at: now(),
     })
 }
