@@ -11,10 +11,15 @@
 //! 3. map each event to its envelope and validate the payload against its schema; the first
 //!    event that fails stops the batch there (the events before it still go out) and the round
 //!    ends with an error: it is never skipped;
-//! 4. publish the batch pipelined (every publish sent, then every ack awaited), each with
-//!    `Nats-Msg-Id` = the event id;
+//! 4. publish the batch in waves, each with `Nats-Msg-Id` = the event id: wave k holds each
+//!    order's k-th event of the batch and is sent pipelined (every publish sent, then every ack
+//!    awaited) before the next wave goes out, and the first wave with a failure ends the
+//!    round's publishing. No order ever has two unacknowledged publishes in flight, so an
+//!    event whose publish failed cannot be overtaken by a later event of its order. A batch
+//!    with one event per order, the usual case, is a single wave;
 //! 5. move the checkpoint past the longest run of acknowledged events from the start of the
-//!    batch, through the lock's own connection (so a relay that lost the lock cannot write).
+//!    batch (in feed order), through the lock's own connection (so a relay that lost the lock
+//!    cannot write).
 //!
 //! A crash anywhere before step 5 repeats the batch; JetStream drops the repeats inside its
 //! duplicate window. Commands never wait for any of this: they only write Postgres, so a NATS
@@ -31,7 +36,6 @@ use async_nats::jetstream::context::{
     ContextBuilder, PublishAckFuture, PublishError, PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
@@ -194,10 +198,10 @@ struct Batch {
 /// One event's message, serialized while the previous batch's acks came in, so that a round's
 /// sends do nothing but hand bytes to the client.
 struct Ready {
-    /// The envelope's id, order and sequence, for acks and errors.
+    /// The envelope's id, for errors.
     id: Uuid,
+    /// The order, which decides the event's wave.
     aggregate_id: String,
-    sequence: i64,
     subject: async_nats::Subject,
     /// Taken by [`Relay::send`].
     message: PublishMessage,
@@ -338,11 +342,7 @@ impl Relay {
                 reader.fetch(&config, next_after, limit).await
             }))
         });
-        let (pending, send_failure) = self.send(&mut outgoing).await;
-        let acks =
-            futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await;
-        let (acked, ack_failure) = self.count_acks(&outgoing, acks);
-        let publish_error = ack_failure.or(send_failure);
+        let (acked, publish_error) = self.publish(&mut outgoing).await;
         if publish_error.is_some() {
             metrics::counter!("relay_publish_failures_total").increment(1);
         }
@@ -521,19 +521,54 @@ impl Relay {
         Ok(())
     }
 
-    /// Sends the batch pipelined, stopping at the first message that cannot be sent; returns
-    /// the pending acks, in order, and that failure.
-    async fn send(&self, batch: &mut [Ready]) -> (Vec<PublishAckFuture>, Option<BusError>) {
-        if batch.is_empty() {
-            return (vec![], None);
+    /// Publishes the batch in waves (see [`waves`]), each sent pipelined and all its acks
+    /// awaited before the next is sent; stops after the first wave with a failure. Returns how
+    /// many events from the start of the batch were acknowledged in an unbroken run, and the
+    /// first failure. Only that run counts: the checkpoint is a single position, and events
+    /// acknowledged past a gap are re-sent (and deduplicated) anyway.
+    async fn publish(&self, batch: &mut [Ready]) -> (usize, Option<BusError>) {
+        let mut acked = vec![false; batch.len()];
+        let mut duplicates = 0u64;
+        let mut failure = None;
+        for wave in waves(batch.iter().map(|r| r.aggregate_id.as_str())) {
+            let (pending, send_failure) = self.send(batch, &wave).await;
+            let acks =
+                futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await;
+            for (&i, ack) in wave.iter().zip(acks) {
+                match ack {
+                    Ok(ack) => {
+                        acked[i] = true;
+                        duplicates += u64::from(ack.duplicate);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert_with(|| self.publish_error(&batch[i], &e));
+                    }
+                }
+            }
+            failure = failure.or(send_failure);
+            if failure.is_some() {
+                break;
+            }
         }
+        metrics::counter!("relay_duplicates_total").increment(duplicates);
+        (acked.iter().take_while(|&&a| a).count(), failure)
+    }
+
+    /// Sends the events of `wave` (indices into `batch`) pipelined, stopping at the first
+    /// message that cannot be sent; returns the pending acks, in order, and that failure.
+    async fn send(
+        &self,
+        batch: &mut [Ready],
+        wave: &[usize],
+    ) -> (Vec<PublishAckFuture>, Option<BusError>) {
         // Publishing into a disconnected client would queue messages that go out after the
         // reconnect, behind the ones lost with the old socket: fail the round instead.
         if let Err(e) = self.connected() {
             return (vec![], Some(e));
         }
-        let mut pending = Vec::with_capacity(batch.len());
-        for ready in batch {
+        let mut pending = Vec::with_capacity(wave.len());
+        for &i in wave {
+            let ready = &mut batch[i];
             let message = std::mem::take(&mut ready.message);
             match self
                 .jetstream
@@ -545,48 +580,6 @@ impl Relay {
             }
         }
         (pending, None)
-    }
-
-    /// How many events from the start were acknowledged in an unbroken run, and the first
-    /// failure.
-    fn count_acks(
-        &self,
-        batch: &[Ready],
-        results: Vec<Result<PublishAck, PublishError>>,
-    ) -> (usize, Option<BusError>) {
-        // Only an unbroken run of acks from the start of the batch counts: the checkpoint is
-        // a single position, and the events after a gap are re-sent (and deduplicated) anyway.
-        let mut acked = 0;
-        let mut duplicates = 0u64;
-        let mut ack_failure = None;
-        let mut stream_seq: HashMap<&str, u64> = HashMap::new();
-        for (ready, result) in batch.iter().zip(results) {
-            match result {
-                Ok(ack) => {
-                    acked += 1;
-                    duplicates += u64::from(ack.duplicate);
-                    let id = ready.aggregate_id.as_str();
-                    if stream_seq.get(id).is_some_and(|&prev| ack.sequence < prev) {
-                        // Only possible if a connection died mid-batch and publishes queued
-                        // behind the dead socket overtook lost ones; consumers still have
-                        // sequenceNumber to restore the order.
-                        metrics::counter!("relay_order_violations_total").increment(1);
-                        tracing::error!(
-                            order.id = id,
-                            event.sequence = ready.sequence,
-                            "an event landed in the stream before an earlier one of its order"
-                        );
-                    }
-                    stream_seq.insert(id, ack.sequence);
-                }
-                Err(e) => {
-                    ack_failure = Some(self.publish_error(ready, &e));
-                    break;
-                }
-            }
-        }
-        metrics::counter!("relay_duplicates_total").increment(duplicates);
-        (acked, ack_failure)
     }
 
     /// Fails unless the NATS connection is up right now.
@@ -611,6 +604,24 @@ impl Relay {
             ready.id, ready.subject
         ))
     }
+}
+
+/// Splits a batch into waves: wave k holds the indices of each order's k-th event in the
+/// batch, in batch order. Sending one wave only after the previous one is acknowledged keeps
+/// every order down to one unacknowledged publish at a time; a batch with one event per order
+/// is one wave.
+fn waves<'a>(aggregate_ids: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    let mut events_of: HashMap<&str, usize> = HashMap::new();
+    for (i, id) in aggregate_ids.into_iter().enumerate() {
+        let k = events_of.entry(id).or_default();
+        if *k == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[*k].push(i);
+        *k += 1;
+    }
+    waves
 }
 
 /// Reads up to `limit` events after `after` and prepares their messages.
@@ -662,7 +673,6 @@ async fn prepare(
             Ok(Ready {
                 id: out.envelope.id,
                 aggregate_id: out.envelope.aggregate_id,
-                sequence: out.envelope.sequence_number,
                 subject: out.subject.into(),
                 message,
             })
@@ -752,4 +762,46 @@ async fn order_tenants(
     .await?;
     tenants.extend(rows.into_iter().filter_map(|(id, t)| t.map(|t| (id, t))));
     Ok(tenants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waves;
+
+    #[test]
+    fn one_event_per_order_is_one_wave() {
+        assert_eq!(waves(["a", "b", "c"]), vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn wave_k_holds_each_orders_kth_event_in_batch_order() {
+        // a1 b1 a2 c1 a3 b2 d1
+        let batch = ["a", "b", "a", "c", "a", "b", "d"];
+        assert_eq!(
+            waves(batch),
+            vec![vec![0, 1, 3, 6], vec![2, 5], vec![4]],
+            "an order's later event is in a later wave even when it comes first in the feed"
+        );
+    }
+
+    #[test]
+    fn every_event_is_in_exactly_one_wave_and_no_wave_repeats_an_order() {
+        let batch = ["x", "x", "y", "x", "z", "y", "y", "x"];
+        let split = waves(batch);
+        let mut all: Vec<usize> = split.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..batch.len()).collect::<Vec<_>>());
+        for wave in &split {
+            assert!(wave.windows(2).all(|w| w[0] < w[1]), "{wave:?}");
+            let mut orders: Vec<&str> = wave.iter().map(|&i| batch[i]).collect();
+            orders.sort_unstable();
+            orders.dedup();
+            assert_eq!(orders.len(), wave.len(), "{wave:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_has_no_waves() {
+        assert!(waves([]).is_empty());
+    }
 }

@@ -653,6 +653,96 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     relay.shutdown().await;
 }
 
+/// A publish that fails in the middle of a batch while later publishes of the same orders
+/// succeed must not put an order's later event on the stream before its earlier one. Here the
+/// stream does not take `order.reserved` yet, so those publishes find no stream while the
+/// `order.created` and `order.confirmed` around them land; a broker that drops the connection
+/// mid-batch fails a batch in the same shape, only not on demand.
+#[sqlx::test(migrations = "../migrations")]
+async fn relay_keeps_each_orders_sequence_when_a_publish_mid_batch_fails(pool: PgPool) {
+    let server = NatsServer::start();
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&server.url()).await;
+    let mut config = bus.config();
+    // One batch holds every event below.
+    config.batch_size = 50;
+    config.ensure_stream = false;
+    let full = config.stream.config();
+    let mut partial = full.clone();
+    partial.subjects = ["order.created", "order.confirmed"]
+        .map(|s| format!("{}{s}", bus.prefix))
+        .to_vec();
+    bus.js.create_stream(partial).await.expect("stream");
+    let relay = Relay::new(pool.clone(), bus.js.clone(), config);
+
+    // Feed order: three orders' created, their reserved, a fourth order's created, then the
+    // three confirmed. The fourth order's event comes after the failing ones in the feed.
+    let mut orders = Vec::new();
+    for name in ["a", "b", "c"] {
+        orders.push(create_order(&app, &format!("req-seq-{name}")).await);
+    }
+    for order in &orders {
+        post_ok(&app, &format!("/api/v1/orders/{order}/reserve"), json!({})).await;
+    }
+    create_order(&app, "req-seq-late").await;
+    for order in &orders {
+        post_ok(
+            &app,
+            &format!("/api/v1/orders/{order}/confirm"),
+            json!({"paymentIntentId": "pi_seq", "amountCents": 17870}),
+        )
+        .await;
+    }
+    wait_visible(&pool).await;
+
+    let err = relay
+        .run_once()
+        .await
+        .expect_err("order.reserved has no stream yet");
+    assert!(matches!(err, BusError::Broker(_)), "{err}");
+    let lag = relay::lag(&pool, RELAY_CONSUMER).await.unwrap();
+    assert_eq!(
+        lag.events_behind, 7,
+        "the checkpoint moved past the three order.created before the first failure only"
+    );
+
+    bus.js
+        .update_stream(full)
+        .await
+        .expect("the stream takes every subject");
+    drain(&relay, &pool).await;
+    assert_published_in_sequence(&bus.read_all().await);
+    assert_exactly_once_in_order(&bus, &pool).await;
+    relay.shutdown().await;
+}
+
+/// Asserts that each order's events reached the stream in sequence order with no gaps, as a
+/// subscriber that drops repeats by envelope id sees them.
+fn assert_published_in_sequence(received: &[Received]) {
+    let mut seen = HashSet::new();
+    let mut per_order: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for r in received {
+        if !seen.insert(r.envelope["id"].as_str().expect("id")) {
+            continue;
+        }
+        per_order
+            .entry(r.envelope["aggregateId"].as_str().expect("aggregateId"))
+            .or_default()
+            .push(
+                r.envelope["sequenceNumber"]
+                    .as_i64()
+                    .expect("sequenceNumber"),
+            );
+    }
+    for (order, seqs) in per_order {
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(
+            seqs, expected,
+            "order {order}: sequence numbers in the order they reached the stream"
+        );
+    }
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
