@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod model;
+
 /// 2 × 50.00 + 2.50 fees + 1.20 tax.
 const TOTAL: i64 = 10_370;
 
