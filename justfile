@@ -53,7 +53,8 @@ test *ARGS: services
     fi
 
 # The reliability suite (issue #10) at full scale: replicas killed, broker and database stopped,
-# concurrent confirms, poison messages, leader failover, the feed under 24 writers (~5 min)
+# concurrent confirms, poison messages, leader failover, the feed under 24 writers, and the
+# inbound model test over many more delivery schedules (~5 min)
 soak *ARGS: services
     #!/usr/bin/env bash
     set -euo pipefail
@@ -61,9 +62,11 @@ soak *ARGS: services
     cargo build -p order-api --bin order-service
     # One scenario at a time, output shown: each prints its figures (also in target/soak/).
     if cargo nextest --version >/dev/null 2>&1; then
-        SOAK=full cargo nextest run -p order-tests --no-fail-fast --no-capture -E 'test(/soak_/)' "$@"
+        SOAK=full cargo nextest run -p order-tests --no-fail-fast --no-capture \
+            -E 'test(/soak_/) | test(/inbound::model::/)' "$@"
     else
         SOAK=full cargo test -p order-tests --test integration soak_ "$@" -- --nocapture --test-threads=1
+        SOAK=full cargo test -p order-tests --test integration inbound::model:: "$@" -- --nocapture
     fi
 
 # Target names after SECONDS run only those. Needs cargo-fuzz (installed on first use) and
