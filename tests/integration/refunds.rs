@@ -601,9 +601,11 @@ async fn a_refund_the_provider_refuses_is_recorded_as_failed(pool: PgPool) {
         "{body}"
     );
 
-    peers
-        .payment
-        .on("POST", "/internal/refunds", vec![Reply::status(422)]);
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund_refused("scripted refusal")],
+    );
     let (status, body) = refund(&app, &id, json!({"amountCents": 1000, "reason": "r"}), None).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(refund_calls(&peers), 2, "a refusal is not retried");

@@ -134,12 +134,6 @@ impl ClientError {
         }
     }
 
-    /// Whether the peer gave a definite "no" (a 4xx other than 408 and 429): asking again with
-    /// the same request will get the same answer.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
-    }
-
     /// The peer's `Retry-After`, if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
