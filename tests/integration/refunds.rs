@@ -601,9 +601,11 @@ async fn a_refund_the_provider_refuses_is_recorded_as_failed(pool: PgPool) {
         "{body}"
     );
 
-    peers
-        .payment
-        .on("POST", "/internal/refunds", vec![Reply::status(422)]);
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund_refused("scripted refusal")],
+    );
     let (status, body) = refund(&app, &id, json!({"amountCents": 1000, "reason": "r"}), None).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(refund_calls(&peers), 2, "a refusal is not retried");
@@ -630,6 +632,276 @@ async fn a_refund_the_provider_refuses_is_recorded_as_failed(pool: PgPool) {
         (200, json!(TOTAL)),
         "{body}"
     );
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let resp = app
+        .send(Method::GET, "/metrics", Auth::None, &[], None)
+        .await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("metrics body")
+}
+
+/// payment-service answers `answer` to `initiateRefund`, which is no verdict on the refund: the
+/// refund stays requested with its amount reserved, the caller hears that it will be retried,
+/// and once payment-service answers, one pass of the retry loop completes it, once, under the
+/// same idempotency key. `alert` is the `refunds_unsettled_total` reason the answer raises.
+async fn a_refund_stays_requested_until_the_retry_settles_it(
+    pool: PgPool,
+    answer: Reply,
+    alert: Option<&str>,
+) {
+    let code = answer.status;
+    let peers = Peers::start().await;
+    let app = app(pool.clone(), &peers, |_| {}).await;
+    let id = paid_order(&app, &peers, &[], order_body()).await;
+    let order_id = Uuid::parse_str(&id).expect("uuid");
+    peers.payment.on("POST", "/internal/refunds", vec![answer]);
+
+    let (status, body) = refund(
+        &app,
+        &id,
+        json!({"amountCents": 1000, "reason": "r"}),
+        Some("k-1"),
+    )
+    .await;
+    let types = event_types(&pool, &id).await;
+    assert!(
+        !types.iter().any(|t| t == "RefundFailed"),
+        "a {code} is not a refusal: {types:?}"
+    );
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("RefundRequested"),
+        "{types:?}"
+    );
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "payment-service answered {code} to initiateRefund; refund "
+        )),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("is recorded as requested and will be retried automatically"),
+        "{message}"
+    );
+
+    // The amount stays reserved: the whole total is more than is left to refund.
+    let order = app
+        .state
+        .store
+        .load(order_id)
+        .await
+        .expect("load")
+        .expect("order");
+    assert_eq!(order.refundable_cents(), TOTAL - 1000);
+    let refund_id = order.refunds[0].refund_id.to_string();
+    let calls_before = refund_calls(&peers);
+    let (status, body) = refund(
+        &app,
+        &id,
+        json!({"amountCents": TOTAL, "reason": "all"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "1000 is reserved: {body}");
+    assert_eq!(refund_calls(&peers), calls_before, "refused at once");
+
+    if let Some(reason) = alert {
+        let text = metrics_text(&app).await;
+        let series = format!("refunds_unsettled_total{{reason=\"{reason}\"}}");
+        assert!(text.contains(&series), "no {series} in:\n{text}");
+    }
+
+    // payment-service answers; the loop completes the refund once, under the same key.
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund("succeeded")],
+    );
+    let calls_before = refund_calls(&peers);
+    let retrier = retrier(&app);
+    let pass = first_pass_with_work(&retrier).await;
+    assert_eq!((pass.claimed, pass.settled), (1, 1));
+    assert!(
+        !retrier.run_once().await.expect("pass").did_work(),
+        "nothing left"
+    );
+    let keys: Vec<String> = peers
+        .payment
+        .hits("/internal/refunds")
+        .iter()
+        .map(|c| c.header("idempotency-key").to_owned())
+        .collect();
+    assert_eq!(keys.len(), calls_before + 1, "one call by the loop");
+    assert!(
+        keys.iter().all(|k| *k == refund_id),
+        "one refund, one key: {keys:?}"
+    );
+    let types = event_types(&pool, &id).await;
+    assert_eq!(
+        types[1..],
+        ["OrderConfirmed", "RefundRequested", "OrderRefunded"]
+    );
+    let order = app
+        .state
+        .store
+        .load(order_id)
+        .await
+        .expect("load")
+        .expect("order");
+    assert_eq!(order.refunded_cents, 1000);
+    assert_eq!(order.refundable_cents(), TOTAL - 1000);
+    all_verified(&peers);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refund_answered_401_stays_requested_raises_an_alert_and_is_retried(pool: PgPool) {
+    a_refund_stays_requested_until_the_retry_settles_it(
+        pool,
+        Reply::status(401),
+        Some("unauthorized"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refund_answered_403_stays_requested_raises_an_alert_and_is_retried(pool: PgPool) {
+    a_refund_stays_requested_until_the_retry_settles_it(
+        pool,
+        Reply::status(403),
+        Some("forbidden"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refund_answered_404_stays_requested_raises_an_alert_and_is_retried(pool: PgPool) {
+    a_refund_stays_requested_until_the_retry_settles_it(
+        pool,
+        Reply::status(404),
+        Some("not_found"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refund_answered_409_while_in_flight_stays_requested_and_is_retried(pool: PgPool) {
+    a_refund_stays_requested_until_the_retry_settles_it(pool, Reply::status(409), None).await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn only_a_422_that_refuses_this_very_refund_records_it_as_failed(pool: PgPool) {
+    let peers = Peers::start().await;
+    let app = app(pool.clone(), &peers, |_| {}).await;
+    let id = paid_order(&app, &peers, &[], order_body()).await;
+    let order_id = Uuid::parse_str(&id).expect("uuid");
+    let ask = || json!({"amountCents": 1000, "reason": "r"});
+    let still_requested = |status: u16, body: &Value| {
+        assert_eq!(status, 502, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("is recorded as requested and will be retried automatically"),
+            "{body}"
+        );
+    };
+
+    // A 422 with only an error body (a reused idempotency key, a validation error) says
+    // nothing about whether the refund was paid.
+    peers
+        .payment
+        .on("POST", "/internal/refunds", vec![Reply::status(422)]);
+    let (status, body) = refund(&app, &id, ask(), Some("k-1")).await;
+    let types = event_types(&pool, &id).await;
+    assert!(!types.iter().any(|t| t == "RefundFailed"), "{types:?}");
+    still_requested(status, &body);
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains("refunds_unsettled_total{reason=\"rejected\"}"),
+        "{text}"
+    );
+
+    // A refusal of another refund is no verdict on this one.
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply {
+            status: 422,
+            ..Reply::ok(json!({"refundId": Uuid::now_v7(), "status": "failed", "reason": "no"}))
+        }],
+    );
+    let (status, body) = refund(&app, &id, ask(), Some("k-1")).await;
+    still_requested(status, &body);
+    // Nor is a 400 that looks like a refusal: the request was not understood.
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply {
+            status: 400,
+            ..Reply::refund_refused("malformed")
+        }],
+    );
+    let (status, body) = refund(&app, &id, ask(), Some("k-1")).await;
+    still_requested(status, &body);
+    assert_eq!(
+        event_types(&pool, &id).await[1..],
+        ["OrderConfirmed", "RefundRequested"]
+    );
+
+    // This refund's receipt with status failed, in a 422: payment-service refuses it.
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund_refused("the card account is closed")],
+    );
+    let (status, body) = refund(&app, &id, ask(), Some("k-1")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .split("; refund ")
+            .next(),
+        Some("payment-service did not refund: the card account is closed"),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("is recorded as failed"),
+        "{body}"
+    );
+    assert_eq!(
+        refund_calls(&peers),
+        4,
+        "no answer here is retried in the call"
+    );
+    assert_eq!(
+        event_types(&pool, &id).await[1..],
+        ["OrderConfirmed", "RefundRequested", "RefundFailed"]
+    );
+    let order = app
+        .state
+        .store
+        .load(order_id)
+        .await
+        .expect("load")
+        .expect("order");
+    assert_eq!(order.refundable_cents(), TOTAL, "the amount is released");
+    // The loop may still see the refund as requested for a moment (the feed's fence), but it
+    // finds it settled and asks payment-service nothing.
+    retrier(&app).run_once().await.expect("pass");
+    assert_eq!(refund_calls(&peers), 4, "a refused refund is not retried");
+    assert_eq!(
+        event_types(&pool, &id).await.last().map(String::as_str),
+        Some("RefundFailed")
+    );
+    all_verified(&peers);
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -55,6 +55,21 @@ impl Reply {
         }
     }
 
+    /// payment-service's explicit refusal of the refund it was asked for: 422 whose body is the
+    /// error body plus that refund's receipt with status `failed`.
+    pub fn refund_refused(reason: &str) -> Self {
+        Self {
+            status: 422,
+            echo_refund_id: true,
+            ..Self::ok(json!({
+                "error": "Unprocessable Entity",
+                "message": reason,
+                "status": "failed",
+                "reason": reason,
+            }))
+        }
+    }
+
     /// `status` with an error body.
     pub fn status(status: u16) -> Self {
         Self {

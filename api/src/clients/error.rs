@@ -7,7 +7,33 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::error::ApiError;
+
+/// The body of a peer's error answer. It is kept so that a typed client can read an error
+/// answer its contract defines (payment-service's refusal of a refund); it is never shown to a
+/// caller or logged, so its `Debug` gives only the length.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PeerBody(Bytes);
+
+impl PeerBody {
+    /// Wraps an answer body.
+    pub fn new(body: Bytes) -> Self {
+        Self(body)
+    }
+
+    /// The raw body.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PeerBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerBody({} bytes)", self.0.len())
+    }
+}
 
 /// Why a call to a peer service did not produce a usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +69,8 @@ pub enum ClientError {
         status: u16,
         /// The peer's `Retry-After`, in seconds, when it sent one (429 and 503).
         retry_after: Option<Duration>,
+        /// The answer's body, for the typed client to read; not part of any message.
+        body: PeerBody,
     },
     /// 502: the peer answered 2xx with a body that is not the contract's.
     #[error("{service} sent an unreadable answer to {operation}: {reason}")]
@@ -104,12 +132,6 @@ impl ClientError {
             | Self::InvalidResponse { .. }
             | Self::InvalidRequest { .. } => false,
         }
-    }
-
-    /// Whether the peer gave a definite "no" (a 4xx other than 408 and 429): asking again with
-    /// the same request will get the same answer.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
     }
 
     /// The peer's `Retry-After`, if it sent one.

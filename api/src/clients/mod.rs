@@ -54,7 +54,7 @@ use std::sync::Once;
 use reqwest::Url;
 
 pub use breaker::BreakerState;
-pub use error::{ClientConfigError, ClientError};
+pub use error::{ClientConfigError, ClientError, PeerBody};
 pub use event::{EventClient, EventInfo, EventStatus};
 pub use options::{BreakerPolicy, ClientOptions, Peer, RetryPolicy};
 pub use payment::{PaymentClient, PaymentStatus, RefundInstruction, RefundReceipt, RefundStatus};

@@ -176,16 +176,25 @@ impl PaymentClient {
     /// Asks the provider to refund, with the refund id as the idempotency key, so a repeat
     /// (a retry, the retry loop after a crash) never refunds twice. No fallback.
     ///
+    /// payment-service's explicit refusal comes back as the refund's receipt with status
+    /// [`RefundStatus::Failed`], whether it came in a 2xx or in a 422 (see [`refusal`]).
+    ///
     /// # Errors
-    /// Any failure, explicitly.
+    /// Any other failure, explicitly, 4xx included: none of them says that the refund was not
+    /// paid.
     pub async fn initiate_refund(
         &self,
         refund: &RefundInstruction,
     ) -> Result<RefundReceipt, ClientError> {
         let key = refund.refund_id.to_string();
-        self.peer
+        match self
+            .peer
             .post_json(INITIATE_REFUND, "/internal/refunds", refund, Some(&key))
             .await
+        {
+            Err(e) => refusal(&e, refund.refund_id).ok_or(e),
+            answer => answer,
+        }
     }
 
     /// Whether the payment can be refunded; "not refundable" when payment-service cannot say.
@@ -203,5 +212,93 @@ impl PaymentClient {
                 PaymentStatus::unknown(payment_intent_id),
             ),
         }
+    }
+}
+
+/// The receipt in an error answer to `initiateRefund` that is payment-service's explicit
+/// refusal of the refund: a 422 whose JSON body is the receipt of this very refund (its
+/// `refundId`) with status `failed`. A refund recorded as failed releases its amount, so the
+/// rule is narrow: after any other error answer the provider may have paid the refund, or may
+/// yet pay it, and only another attempt under the same idempotency key can tell.
+///
+/// - 401 and 403 come from the authentication in front of the refund (a clock skew, a key being
+///   rotated), before the refund is looked at.
+/// - 404 is as likely a wrong route or a proxy as an unknown payment.
+/// - 409 is an earlier call under the same idempotency key still in flight; 408, 425 and 429
+///   mean "not now".
+/// - 400 says the request was not understood, not that the refund was weighed and refused.
+/// - A 422 without this refund's failed receipt may be the idempotency key reused with another
+///   body, that is a refund under this key that already exists; a receipt with another
+///   `refundId` is about another refund.
+/// - An answer that does not parse says nothing at all.
+pub fn refusal(error: &ClientError, refund_id: Uuid) -> Option<RefundReceipt> {
+    let ClientError::Status {
+        status: 422, body, ..
+    } = error
+    else {
+        return None;
+    };
+    serde_json::from_slice::<RefundReceipt>(body.as_bytes())
+        .ok()
+        .filter(|r| r.refund_id == refund_id && r.status == RefundStatus::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::clients::PeerBody;
+
+    fn answer(status: u16, body: &serde_json::Value) -> ClientError {
+        ClientError::Status {
+            service: "payment-service",
+            operation: INITIATE_REFUND.name,
+            status,
+            retry_after: None,
+            body: PeerBody::new(Bytes::from(body.to_string())),
+        }
+    }
+
+    #[test]
+    fn only_a_422_with_this_refunds_failed_receipt_is_a_refusal() {
+        let id = Uuid::now_v7();
+        let receipt = json!({"refundId": id, "status": "failed", "reason": "card closed"});
+        let refused = refusal(&answer(422, &receipt), id).expect("a refusal");
+        assert_eq!(refused.status, RefundStatus::Failed);
+        assert_eq!(refused.reason.as_deref(), Some("card closed"));
+        let rejected =
+            json!({"refundId": id, "status": "rejected", "error": "Unprocessable Entity"});
+        assert!(refusal(&answer(422, &rejected), id).is_some());
+
+        for status in [400, 401, 403, 404, 408, 409, 425, 429, 500, 502, 503] {
+            assert_eq!(refusal(&answer(status, &receipt), id), None, "{status}");
+        }
+        let not_refusals = [
+            json!({"error": "Unprocessable Entity", "message": "idempotency key reused"}),
+            json!({"refundId": Uuid::now_v7(), "status": "failed"}),
+            json!({"refundId": id, "status": "pending"}),
+            json!({"refundId": id, "status": "succeeded"}),
+            json!({"refundId": id}),
+            json!("failed"),
+        ];
+        for body in not_refusals {
+            assert_eq!(refusal(&answer(422, &body), id), None, "{body}");
+        }
+        let garbage = ClientError::Status {
+            service: "payment-service",
+            operation: INITIATE_REFUND.name,
+            status: 422,
+            retry_after: None,
+            body: PeerBody::new(Bytes::from_static(b"<html>422</html>")),
+        };
+        assert_eq!(refusal(&garbage, id), None);
+        let unreadable = ClientError::InvalidResponse {
+            service: "payment-service",
+            operation: INITIATE_REFUND.name,
+            reason: "not JSON".into(),
+        };
+        assert_eq!(refusal(&unreadable, id), None);
     }
 }

@@ -21,7 +21,7 @@ use crate::auth::{signing, KeyRing};
 use crate::context::RequestContext;
 
 use super::breaker::{BreakerState, Breakers};
-use super::error::{ClientConfigError, ClientError};
+use super::error::{ClientConfigError, ClientError, PeerBody};
 use super::options::{ClientOptions, Peer};
 use super::propagation;
 use super::retry;
@@ -282,6 +282,7 @@ impl PeerClient {
                 operation,
                 status: response.status.as_u16(),
                 retry_after: response.retry_after,
+                body: PeerBody::new(response.body),
             }),
             Err(CircuitBreakerError::OpenCircuit) => {
                 Err(ClientError::BreakerOpen { service, operation })

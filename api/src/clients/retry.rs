@@ -48,6 +48,7 @@ pub fn next_delay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clients::PeerBody;
 
     #[test]
     fn jitter_stays_within_thirty_percent_and_varies() {
@@ -90,6 +91,7 @@ mod tests {
             operation: "getPaymentStatus",
             status: 429,
             retry_after: Some(Duration::from_secs(secs)),
+            body: PeerBody::default(),
         };
         let max = Duration::from_secs(5);
         let proposed = Some(Duration::from_millis(100));

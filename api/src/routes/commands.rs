@@ -445,8 +445,10 @@ pub async fn cancel_order(
 /// The order's own rules are checked before any call goes out (409 at once); then the peers'
 /// facts, then payment-service's `initiateRefund`. Answers 200 with the order once refunded,
 /// 202 while payment-service is still processing it, 409 when refused (nothing recorded), 502
-/// when payment-service refused it (recorded as failed) or failed, and 503 when it could not be
-/// asked; in those last two cases the refund stays requested and the retry loop finishes it.
+/// when payment-service explicitly refused it (recorded as failed, the amount released) or
+/// answered anything else that settles nothing (5xx, 401, 404, 409, ...), and 503 when it could
+/// not be asked; in those last two cases the message says that the refund stays requested and
+/// the retry loop finishes it.
 /// The refund id is derived from `Idempotency-Key` when given, so a retried request resumes
 /// the same refund instead of starting another.
 #[utoipa::path(
@@ -465,8 +467,8 @@ pub async fn cancel_order(
         (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
         (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 502, description = "payment-service refused (recorded as failed) or failed", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::openapi::ErrorBody),
     ),
 )]
 pub async fn refund_order(

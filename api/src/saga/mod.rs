@@ -8,10 +8,18 @@
 //! 3. payment-service's `initiateRefund` is called with the refund id as the idempotency key.
 //! 4. `OrderRefunded` or `RefundFailed` is recorded from its answer.
 //!
-//! When step 3 cannot complete (the peer is down, slow, or answers 5xx), the refund stays
-//! requested and the caller gets a 502/503 that says so; the [`retry`] loop finishes it later,
-//! as it does for a refund left between steps 2 and 4 by a crash. Repeating a request with the
+//! `RefundFailed` releases the refund's amount, so it is recorded only on payment-service's
+//! explicit refusal of the refund: its receipt with status failed, in a 2xx or in a 422
+//! ([`payment::refusal`] says why nothing else counts). After any other outcome of step 3 (the
+//! peer down or slow, a 5xx, any other 4xx, an answer that does not parse) the provider may
+//! have paid or may yet pay, so the refund stays requested with its amount reserved, the caller
+//! gets a 502/503 that says so, and the [`retry`] loop asks again under the same idempotency
+//! key until payment-service settles it, as it does for a refund left between steps 2 and 4 by
+//! a crash. Causes that retries alone will not fix (401, 403, 404, ...) also raise
+//! `refunds_unsettled_total{reason}` (see `unsettled_reason`). Repeating a request with the
 //! same refund id resumes the same refund, so nothing is ever refunded twice.
+//!
+//! [`payment::refusal`]: crate::clients::payment::refusal
 
 pub mod facts;
 pub mod retry;
@@ -47,7 +55,8 @@ pub enum Settled {
     /// payment-service accepted it and is still working on it; the refund stays requested and
     /// the retry loop asks again (same idempotency key) until it settles.
     Pending(Order),
-    /// payment-service refused it; `RefundFailed` is recorded and the amount is released.
+    /// payment-service explicitly refused it; `RefundFailed` is recorded and the amount is
+    /// released.
     Failed { order: Order, reason: String },
 }
 
@@ -82,8 +91,9 @@ impl RefundSaga {
     ///
     /// # Errors
     /// 404 for an unknown order; 400/409 when the order's rules or the peers' facts refuse the
-    /// refund (nothing recorded); 502/503 when payment-service could not be asked or failed, in
-    /// which case the refund stays requested and is retried.
+    /// refund (nothing recorded); 502/503 when payment-service could not be asked or answered
+    /// anything but a receipt or an explicit refusal, in which case the refund stays requested
+    /// and is retried.
     #[tracing::instrument(skip_all, fields(order.id = %order_id, refund.id = %request.refund_id))]
     pub async fn run(
         &self,
@@ -195,14 +205,24 @@ impl RefundSaga {
                         .await
                 }
             },
-            Err(e) if e.is_refusal() => {
-                let reason = e.public_message();
-                self.record_failure(order_id, refund_id, reason, metadata)
-                    .await
-            }
+            // An explicit refusal came back as a failed receipt above; this is not one, and the
+            // provider may have paid, so the amount stays reserved.
             Err(e) => {
                 metrics::counter!("refunds_total", "outcome" => "deferred").increment(1);
-                tracing::warn!(error = %e, "refund could not be initiated; it stays requested");
+                match unsettled_reason(&e) {
+                    Some(reason) => {
+                        metrics::counter!("refunds_unsettled_total", "reason" => reason)
+                            .increment(1);
+                        tracing::warn!(
+                            error = %e,
+                            reason,
+                            "refund cannot be settled until payment-service's answer is looked into; it stays requested"
+                        );
+                    }
+                    None => {
+                        tracing::warn!(error = %e, "refund could not be initiated; it stays requested");
+                    }
+                }
                 Err(still_requested(e, refund_id))
             }
         }
@@ -238,6 +258,40 @@ impl RefundSaga {
     }
 }
 
+/// Why a refund payment-service did not settle needs someone to look, as the `reason` label of
+/// `refunds_unsettled_total`; `None` when retrying is expected to settle it by itself (no
+/// answer, a 5xx, 408, 409, 425, 429). Either way the refund stays requested and the retry loop
+/// keeps asking, so the counter grows once per attempt while the cause lasts: alert on its rate.
+///
+/// - `unauthorized` (401), `forbidden` (403): payment-service does not accept this service's
+///   signature (a key rotated on one side only, a clock skew) or caller name.
+/// - `not_found` (404): a wrong base URL or route, or a payment it does not know.
+/// - `rejected`: any other 4xx, such as a 400 or a 422 without a refusal receipt: it will not
+///   take the request as sent, yet it did not refuse the refund.
+/// - `invalid_answer`: a 2xx that is no receipt for this refund, so whether money went out is
+///   unknown.
+/// - `invalid_request`: the request could not be built, which is a bug.
+fn unsettled_reason(e: &ClientError) -> Option<&'static str> {
+    match e {
+        ClientError::Status { status: 401, .. } => Some("unauthorized"),
+        ClientError::Status { status: 403, .. } => Some("forbidden"),
+        ClientError::Status { status: 404, .. } => Some("not_found"),
+        ClientError::Status {
+            status: 408 | 409 | 425 | 429,
+            ..
+        } => None,
+        ClientError::Status {
+            status: 400..=499, ..
+        } => Some("rejected"),
+        ClientError::InvalidResponse { .. } => Some("invalid_answer"),
+        ClientError::InvalidRequest { .. } => Some("invalid_request"),
+        ClientError::Status { .. }
+        | ClientError::Unreachable { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::BreakerOpen { .. } => None,
+    }
+}
+
 /// The answer when payment-service could not settle a refund now: 502 or 503 as the client
 /// error maps, with a message that says the refund is not lost.
 fn still_requested(e: ClientError, refund_id: Uuid) -> ApiError {
@@ -252,5 +306,70 @@ fn still_requested(e: ClientError, refund_id: Uuid) -> ApiError {
             retry_after,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clients::PeerBody;
+
+    fn status(status: u16) -> ClientError {
+        ClientError::Status {
+            service: "payment-service",
+            operation: "initiateRefund",
+            status,
+            retry_after: None,
+            body: PeerBody::default(),
+        }
+    }
+
+    #[test]
+    fn only_causes_retries_will_not_fix_raise_the_alert() {
+        let reason = |e: ClientError| unsettled_reason(&e);
+        assert_eq!(reason(status(401)), Some("unauthorized"));
+        assert_eq!(reason(status(403)), Some("forbidden"));
+        assert_eq!(reason(status(404)), Some("not_found"));
+        for s in [400, 410, 422] {
+            assert_eq!(reason(status(s)), Some("rejected"), "{s}");
+        }
+        for s in [408, 409, 425, 429, 500, 502, 503, 504] {
+            assert_eq!(reason(status(s)), None, "{s}");
+        }
+        let timeout = ClientError::Timeout {
+            service: "payment-service",
+            operation: "initiateRefund",
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(reason(timeout), None);
+        let open = ClientError::BreakerOpen {
+            service: "payment-service",
+            operation: "initiateRefund",
+        };
+        assert_eq!(reason(open), None);
+        let unreadable = ClientError::InvalidResponse {
+            service: "payment-service",
+            operation: "initiateRefund",
+            reason: "not JSON".into(),
+        };
+        assert_eq!(reason(unreadable), Some("invalid_answer"));
+    }
+
+    #[test]
+    fn a_status_answer_says_the_refund_stays_requested() {
+        let id = Uuid::nil();
+        for s in [401, 404, 409, 422] {
+            let ApiError::BadGateway(message) = still_requested(status(s), id) else {
+                panic!("a {s} is a 502");
+            };
+            assert_eq!(
+                message,
+                format!(
+                    "payment-service answered {s} to initiateRefund; refund {id} is recorded as requested and will be retried automatically"
+                )
+            );
+        }
     }
 }

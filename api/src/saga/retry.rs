@@ -5,7 +5,9 @@
 //! claims the refunds that are due (older than the grace period, which leaves a refund to the
 //! request still finishing it; `FOR UPDATE SKIP LOCKED` plus a lease, so each refund is tried
 //! by one replica at a time), and runs [`RefundSaga::finish`] on each. `initiateRefund` carries
-//! the refund id as its idempotency key, so a refund tried twice is still refunded once.
+//! the refund id as its idempotency key, so a refund tried twice is still refunded once. A
+//! refund leaves the loop only when it is settled: completed, or explicitly refused by
+//! payment-service; any other answer, 4xx included, keeps it here.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -150,7 +152,8 @@ impl RefundRetrier {
                 (false, "pending")
             }
             // The order or the refund is gone, or the refund already settled another way: there
-            // is nothing left to finish.
+            // is nothing left to finish. These come from the event store only: payment-service's
+            // own 404 or 409 arrive as a 502 and keep the refund for the next attempt.
             Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => {
                 tracing::warn!(error = %e, "pending refund cannot be finished; dropping it");
                 (true, "dropped")
