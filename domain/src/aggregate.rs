@@ -156,9 +156,17 @@ impl Order {
             return Err(OrderError::NotFound);
         }
         if self.archived {
-            // Archiving again is the one thing an archived order still accepts (as a no-op).
+            // Archiving again is accepted (as a no-op), and so is money: a payment captured
+            // after archiving must still be rejected and returned, and that return finished.
             return match command {
                 OrderCommand::ArchiveOrder(_) => Ok(vec![]),
+                OrderCommand::SettlePayment(c) => self.settle_payment(c),
+                OrderCommand::CompleteRefund(c) if self.rejected_payment(c.refund_id).is_some() => {
+                    self.complete_refund(&c)
+                }
+                OrderCommand::FailRefund(c) if self.rejected_payment(c.refund_id).is_some() => {
+                    self.fail_refund(c)
+                }
                 _ => Err(OrderError::Archived),
             };
         }

@@ -198,3 +198,30 @@ fn an_intent_being_returned_cannot_confirm_the_order_afterwards() {
     .when(confirm())
     .then_err(OrderError::IntentRejected(INTENT.to_owned()));
 }
+
+#[test]
+fn a_payment_captured_after_archiving_is_still_rejected_and_returned() {
+    let archived_order = with(cancelled_order(), &[archived(OrderStatus::Cancelled)]);
+    given(archived_order.clone())
+        .when(settle_payment(INTENT, TOTAL))
+        .then(vec![payment_rejected(
+            INTENT,
+            TOTAL,
+            PaymentRejection::OrderCancelled,
+        )]);
+    let rejected = with(
+        archived_order,
+        &[payment_rejected(
+            INTENT,
+            TOTAL,
+            PaymentRejection::OrderCancelled,
+        )],
+    );
+    given(rejected.clone())
+        .when(complete_refund(rejected_refund_id(INTENT)))
+        .then(vec![payment_returned(INTENT, TOTAL)]);
+    // The order's own refunds stay closed.
+    given(rejected)
+        .when(complete_refund(REFUND_1))
+        .then_err(OrderError::Archived);
+}

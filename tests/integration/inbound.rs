@@ -1344,3 +1344,64 @@ async fn the_same_id_from_two_families_is_two_messages(pool: PgPool) {
     assert_eq!((r.processed, r.duplicates), (1, 0), "{r:?}");
     assert!(h.order(id).await.refunds_locked());
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn no_money_goes_back_while_a_dispute_is_open(pool: PgPool) {
+    let peers = order_tests::peers::Peers::start().await;
+    let h = Harness::new(pool, |s| peers.configure(s)).await;
+    let id = create_order(h.store(), Uuid::new_v4())
+        .await
+        .id
+        .expect("id");
+    pay(&h, id).await;
+    // A second charge, disputed by the buyer: its return must wait for the dispute, or the
+    // money could go back twice (once by the refund, once by the chargeback).
+    h.publish(&paid("second", id, "pi_second", TOTAL)).await;
+    h.publish(&json!({"id": "dc", "type": "dispute.created",
+        "payload": {"orderId": id, "disputeId": "dp_second"}}))
+        .await;
+    run_until(&h.subscriber(Family::Payment), |r| r.processed > 0).await;
+    run_until(&h.subscriber(Family::Dispute), |r| r.processed > 0).await;
+
+    let retrier = order_api::saga::RefundRetrier::new(
+        h.app.pool.clone(),
+        order_api::saga::RefundSaga::new(h.store().clone(), h.app.state.clients.clone()),
+        Duration::ZERO,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pass = retrier.run_once().await.expect("retry pass");
+        if pass.did_work() {
+            assert_eq!(pass.settled, 0, "a return settled during the dispute");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retry loop never saw the return"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(peers.payment.hits("/internal/refunds").is_empty());
+
+    // Won: the return goes out.
+    h.publish(&json!({"id": "dx", "type": "dispute.closed",
+        "payload": {"orderId": id, "disputeId": "dp_second", "outcome": "won"}}))
+        .await;
+    run_until(&h.subscriber(Family::Dispute), |r| r.processed > 0).await;
+    sqlx::query("UPDATE pending_refunds SET next_attempt_at = now()")
+        .execute(&h.app.pool)
+        .await
+        .expect("due now");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while retrier.run_once().await.expect("retry pass").settled == 0 {
+        assert!(Instant::now() < deadline, "the return never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(peers.payment.hits("/internal/refunds").len(), 1);
+    assert_eq!(
+        event_types(&h.store().history(id).await.expect("history"))
+            .last()
+            .copied(),
+        Some("PaymentReturned")
+    );
+}

@@ -499,6 +499,25 @@ async fn every_event_type(s: &Script) -> Vec<Uuid> {
         }),
     )
     .await;
+    // A payment captured after the failure: rejected, then returned.
+    s.run(
+        f,
+        OrderCommand::SettlePayment(SettlePayment {
+            payment_intent_id: "pi_after_failure".into(),
+            amount_cents: 2_000,
+            currency: Some("USD".into()),
+            now: s.at(-7),
+        }),
+    )
+    .await;
+    s.run(
+        f,
+        OrderCommand::CompleteRefund(CompleteRefund {
+            refund_id: order_domain::Order::rejected_payment_refund_id(f, "pi_after_failure"),
+            now: s.at(-6),
+        }),
+    )
+    .await;
     ids.extend([a, b, c, d, e, f]);
     ids
 }

@@ -159,6 +159,20 @@ impl RefundSaga {
             }
             RefundState::Requested => {}
         }
+        if order.refunds_locked() {
+            // A dispute seen after the refund was requested: the card network may be pulling the
+            // same money back, so nothing goes out while it is open (or for good, once lost).
+            // The refund stays requested, reserved and visible; a person decides after a loss.
+            metrics::counter!("refunds_unsettled_total", "reason" => "disputed").increment(1);
+            tracing::warn!("refund held: the order has an open or lost dispute");
+            return Err(ApiError::Unavailable {
+                message: format!(
+                    "refunds are locked by a dispute; refund {refund_id} stays requested and \
+                     is retried once the dispute is won"
+                ),
+                retry_after: None,
+            });
+        }
         let instruction = RefundInstruction {
             refund_id,
             order_id,

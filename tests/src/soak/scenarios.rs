@@ -478,8 +478,9 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
             .await?;
         }
     }
-    // Poison: not JSON, no id, an amount that does not match, and an order that does not
-    // exist yet (the redrive case).
+    // Poison: not JSON, no id, nothing taken, and an order that does not exist yet (the
+    // redrive case). An amount that does not match is not poison: it must not confirm the
+    // order, and is rejected with its refund requested instead of parked.
     let mismatch_order = {
         let answer = load::post(
             &client,
@@ -499,6 +500,11 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
         json!({"type": "payment.succeeded", "payload": {"orderId": created[1].0}})
             .to_string()
             .into_bytes(),
+    )
+    .await?;
+    publish(
+        "payment.succeeded",
+        paid("msg-nothing".into(), mismatch_order, 0),
     )
     .await?;
     publish(
