@@ -1067,6 +1067,24 @@ async fn the_inbox_purge_keeps_recent_ids(pool: PgPool) {
 }
 
 // ---------------------------------------------------------------- late, stale, out of order
+impl Harness {
+    /// A new order's id (see [`create_order`]).
+    async fn new_order(&self) -> Uuid {
+        create_order(self.store(), Uuid::new_v4())
+            .await
+            .id
+            .expect("id")
+    }
+
+    /// The refund retry loop over this app, taking refunds at once.
+    fn retrier(&self) -> order_api::saga::RefundRetrier {
+        order_api::saga::RefundRetrier::new(
+            self.app.pool.clone(),
+            order_api::saga::RefundSaga::new(self.store().clone(), self.app.state.clients.clone()),
+            Duration::ZERO,
+        )
+    }
+}
 
 /// Pays `id` through `payment.succeeded` with intent `pi_paid`.
 async fn pay(h: &Harness, id: Uuid) {
@@ -1095,10 +1113,7 @@ async fn refund_status(h: &Harness, id: Uuid) -> u16 {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_stale_payment_failure_is_a_no_op_and_the_dispute_after_it_locks_refunds(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let id = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let id = h.new_order().await;
     pay(&h, id).await;
 
     // A webhook retry of an older intent's failure, then the chargeback.
@@ -1139,14 +1154,8 @@ async fn a_stale_payment_failure_is_a_no_op_and_the_dispute_after_it_locks_refun
 #[sqlx::test(migrations = "../migrations")]
 async fn dispute_messages_in_any_order_lock_refunds_and_park_nothing(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let updated_first = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
-    let closed_first = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let updated_first = h.new_order().await;
+    let closed_first = h.new_order().await;
     pay(&h, updated_first).await;
     pay(&h, closed_first).await;
     let disputes = h.subscriber(Family::Dispute);
@@ -1209,16 +1218,10 @@ async fn a_payment_that_cannot_confirm_its_order_is_rejected_and_its_money_goes_
     .expect("id");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Paid twice: the second capture is a double charge.
-    let twice = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let twice = h.new_order().await;
     pay(&h, twice).await;
     // Paid the wrong amount.
-    let short = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let short = h.new_order().await;
 
     h.publish(&paid("late", expired, "pi_late", TOTAL)).await;
     h.publish(&paid("second", twice, "pi_second", TOTAL)).await;
@@ -1248,11 +1251,7 @@ async fn a_payment_that_cannot_confirm_its_order_is_rejected_and_its_money_goes_
     }
 
     // The refund retry loop gives each one back, under its own idempotency key.
-    let retrier = order_api::saga::RefundRetrier::new(
-        h.app.pool.clone(),
-        order_api::saga::RefundSaga::new(h.store().clone(), h.app.state.clients.clone()),
-        Duration::ZERO,
-    );
+    let retrier = h.retrier();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut settled = 0;
     while settled < 3 {
@@ -1289,10 +1288,7 @@ async fn a_payment_that_cannot_confirm_its_order_is_rejected_and_its_money_goes_
 #[sqlx::test(migrations = "../migrations")]
 async fn a_parked_message_holds_only_its_own_family(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let id = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let id = h.new_order().await;
     // A dispute message that can never apply (no dispute id) is parked and holds the order's
     // disputes...
     h.publish(&json!({"id": "bad-dispute", "type": "dispute.created",
@@ -1321,10 +1317,7 @@ async fn a_parked_message_holds_only_its_own_family(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn the_same_id_from_two_families_is_two_messages(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let id = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let id = h.new_order().await;
     // Two producers whose id schemes overlap.
     h.publish(&paid("evt-1", id, "pi_1", TOTAL)).await;
     h.publish(&json!({"id": "evt-1", "type": "dispute.created",
@@ -1349,10 +1342,7 @@ async fn the_same_id_from_two_families_is_two_messages(pool: PgPool) {
 async fn no_money_goes_back_while_a_dispute_is_open(pool: PgPool) {
     let peers = order_tests::peers::Peers::start().await;
     let h = Harness::new(pool, |s| peers.configure(s)).await;
-    let id = create_order(h.store(), Uuid::new_v4())
-        .await
-        .id
-        .expect("id");
+    let id = h.new_order().await;
     pay(&h, id).await;
     // A second charge, disputed by the buyer: its return must wait for the dispute, or the
     // money could go back twice (once by the refund, once by the chargeback).
@@ -1363,11 +1353,7 @@ async fn no_money_goes_back_while_a_dispute_is_open(pool: PgPool) {
     run_until(&h.subscriber(Family::Payment), |r| r.processed > 0).await;
     run_until(&h.subscriber(Family::Dispute), |r| r.processed > 0).await;
 
-    let retrier = order_api::saga::RefundRetrier::new(
-        h.app.pool.clone(),
-        order_api::saga::RefundSaga::new(h.store().clone(), h.app.state.clients.clone()),
-        Duration::ZERO,
-    );
+    let retrier = h.retrier();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let pass = retrier.run_once().await.expect("retry pass");
