@@ -414,6 +414,11 @@ pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()
     use std::io::IsTerminal;
 
     let pool = crate::db::pool(&settings.database_url, 4)?;
+    // A rebuild reads the feed too: after a logical restore it would read nothing and offer
+    // empty tables for the swap.
+    order_projections::feed::check_transaction_ids_ahead(&pool)
+        .await
+        .context("refusing to rebuild")?;
     if let Some(order) = args.order {
         let targets = replay_targets(args.projection.as_deref(), args.all, true)?;
         for spec in targets {

@@ -328,6 +328,9 @@ pub struct ReadyChecksDoc {
     pub postgres: ReadyCheckDoc,
     pub nats: ReadyCheckDoc,
     pub relay: ReadyCheckDoc,
+    /// Fails when the database's transaction ids are behind the feed's stored ones (after a
+    /// logical restore); the reason names the fix.
+    pub feed: ReadyCheckDoc,
 }
 
 /// The answer of `GET /health/ready`, 200 or 503 alike.

@@ -155,10 +155,16 @@ impl Application {
     /// Builds over an existing, migrated pool (tests hand in a fresh database per test).
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the database's transaction ids are behind the feed's stored ones (after a logical
+    /// restore), or the address cannot be bound.
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
         // First: series emitted before the recorder exists are dropped.
         crate::metrics::install();
+        // Before any reader starts: after a logical restore they would all wait forever
+        // without a word, so the service refuses to start and says what to do.
+        order_projections::feed::check_transaction_ids_ahead(&pool)
+            .await
+            .context("refusing to start: the event feed cannot make progress")?;
         let auth = authenticator(&settings, pool.clone())?;
         // Before anything connects: a plain-HTTP peer in production stops start-up here.
         let clients = ServiceClients::from_settings(&settings)

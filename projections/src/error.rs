@@ -48,6 +48,27 @@ pub enum ProjectionError {
         other: String,
         detail: String,
     },
+    /// The database's next transaction id is not above every id the feed has stored (see
+    /// [`crate::feed::check_transaction_ids_ahead`]): after a logical restore into another
+    /// cluster, every reader would wait forever. An operator must fix it; it does not pass.
+    #[error(
+        "the database's transaction ids are behind the stored events (largest stored {stored}, \
+         in {place}; next {next}), so every reader of the feed would read nothing and report no \
+         lag. This happens after a logical restore (pg_dump/pg_restore, a logical replication \
+         cut-over) into another cluster. With the service stopped, re-stamp the stored ids with \
+         scripts/restamp-after-restore.sql, or advance the cluster's transaction id epoch with \
+         `pg_resetwal -e {epoch}` on the cleanly stopped cluster; see docs/operations.md: \
+         'After a logical restore'",
+        epoch = (stored >> 32) + 1
+    )]
+    TransactionIdsBehind {
+        /// The largest stored transaction id.
+        stored: u64,
+        /// Where it is stored: the events table or a reader's checkpoint.
+        place: String,
+        /// The id the database hands out next.
+        next: u64,
+    },
 }
 
 impl ProjectionError {
@@ -60,7 +81,8 @@ impl ProjectionError {
             | Self::Handler(_)
             | Self::UnknownProjection { .. }
             | Self::NothingToRollBack { .. }
-            | Self::SchemaDrift { .. } => false,
+            | Self::SchemaDrift { .. }
+            | Self::TransactionIdsBehind { .. } => false,
             // The other rebuild finishes or dies; trying again later can succeed.
             Self::RebuildRunning { .. } => true,
         }

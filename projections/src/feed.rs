@@ -351,6 +351,68 @@ pub(crate) fn transaction_id(txid: &str) -> Result<u64, ProjectionError> {
         .map_err(|_| ProjectionError::Handler(format!("transaction id '{txid}' is not a number")))
 }
 
+/// The database's next transaction id, the largest stored in `events`, and the largest
+/// checkpoint with its reader (see [`check_transaction_ids_ahead`]).
+const TRANSACTION_IDS_SQL: &str = "
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS next,
+       (SELECT max(transaction_id) FROM events)::text AS events,
+       c.consumer, c.transaction_id::text AS checkpoint
+  FROM (SELECT 1) one
+  LEFT JOIN (SELECT consumer, transaction_id FROM feed_checkpoints
+              ORDER BY transaction_id DESC LIMIT 1) c ON true";
+
+/// Checks that every transaction from now on gets a larger id than any the feed has stored:
+/// the largest `events.transaction_id` and the largest checkpoint must be below the next id
+/// Postgres hands out. The fence and the feed order rely on that.
+///
+/// A logical copy of the database into another cluster (`pg_dump`/`pg_restore`, a logical
+/// replication cut-over) breaks it: the rows and checkpoints keep the old cluster's ids, while
+/// the new cluster's counter starts lower. New events then sort before the checkpoints, the
+/// restored ones stay above the fence, and every reader reads nothing while [`lag`] says 0.
+/// Start-up and readiness run this check so that it fails loudly instead.
+///
+/// The next id is `pg_snapshot_xmax` of the current snapshot, not `pg_current_xact_id()`,
+/// which would assign this read-only check an id of its own (spending one per probe and holding
+/// the fence back while it runs). One round trip; the events' maximum is read from the end of
+/// the feed index, and `feed_checkpoints` has a row per reader.
+///
+/// # Errors
+/// [`ProjectionError::TransactionIdsBehind`] when a stored id is at or above the next one;
+/// [`ProjectionError::Database`] when the query fails.
+pub async fn check_transaction_ids_ahead<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<(), ProjectionError> {
+    let row = sqlx::query(TRANSACTION_IDS_SQL).fetch_one(executor).await?;
+    let next = transaction_id(row.try_get("next")?)?;
+    let id = |column: &str| -> Result<Option<u64>, ProjectionError> {
+        row.try_get::<Option<&str>, _>(column)?
+            .map(transaction_id)
+            .transpose()
+    };
+    let events = id("events")?.map(|stored| (stored, "the events table".to_owned()));
+    let checkpoint = match id("checkpoint")? {
+        Some(stored) => {
+            let consumer: String = row.try_get("consumer")?;
+            Some((stored, format!("the checkpoint of '{consumer}'")))
+        }
+        None => None,
+    };
+    // On a tie the events table is named: a checkpoint only repeats an event's id.
+    let largest = match (events, checkpoint) {
+        (Some(events), Some(checkpoint)) if checkpoint.0 > events.0 => Some(checkpoint),
+        (Some(events), _) => Some(events),
+        (None, checkpoint) => checkpoint,
+    };
+    match largest {
+        Some((stored, place)) if stored >= next => Err(ProjectionError::TransactionIdsBehind {
+            stored,
+            place,
+            next,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The oldest transaction that holds the feed's fence back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenTransaction {
@@ -421,4 +483,35 @@ pub async fn lag(pool: &sqlx::PgPool, consumer: &str) -> Result<Lag, ProjectionE
         events_fenced,
         oldest_open_transaction,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check runs on every readiness probe: without statistics (no ANALYZE, autovacuum
+    /// off), it reads the largest id from the end of the feed index, not the whole table.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn the_transaction_id_check_reads_one_entry_of_the_feed_index(pool: sqlx::PgPool) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+               FROM generate_series(1, 20000)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {TRANSACTION_IDS_SQL}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Only Scan Backward using events_feed_idx on events"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan on events"), "{plan}");
+        check_transaction_ids_ahead(&pool).await.unwrap();
+    }
 }

@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use order_projections::feed::read_after;
-use order_projections::FeedPosition;
+use order_api::config::Settings;
+use order_api::startup::Application;
+use order_projections::feed::{self, read_after};
+use order_projections::{checkpoint, FeedPosition, ProjectionError};
+use order_tests::{json_of, spawn_app, Auth};
+use reqwest::Method;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -256,8 +260,6 @@ async fn the_feed_plans_an_index_walk_without_statistics_and_the_table_holds_onl
 /// past the transaction at once. A failing checkpoint statement commits nothing.
 #[sqlx::test(migrations = "../migrations")]
 async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
-    use order_projections::checkpoint;
-
     let order = Uuid::now_v7();
     let position = FeedPosition {
         transaction_id: 42,
@@ -327,4 +329,267 @@ async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(seen, 0, "the batch rolled back with its checkpoint");
+}
+
+/// Appends one event in a transaction of its own.
+async fn append(pool: &PgPool, order: Uuid, sequence: i64) {
+    let mut conn = pool.acquire().await.expect("connection");
+    insert(&mut conn, order, sequence).await.expect("append");
+}
+
+/// What a logical restore into a younger cluster leaves: the events and checkpoints keep the ids
+/// the old cluster gave them, far above the ids this one hands out. The ids move up by five
+/// epochs (5 * 2^32) and keep their order, as if the old cluster were that much older.
+async fn simulate_logical_restore(pool: &PgPool) {
+    for table in ["events", "feed_checkpoints"] {
+        sqlx::query(&format!(
+            "UPDATE {table}
+                SET transaction_id = (transaction_id::text::numeric + 5 * 4294967296)::text::xid8
+              WHERE transaction_id <> '0'"
+        ))
+        .execute(pool)
+        .await
+        .expect("restamp to old-cluster ids");
+    }
+}
+
+/// Waits until every event this cluster wrote is behind the feed's fence. The fence is
+/// cluster-wide, so other tests' open transactions can hold it back for a moment. Events with
+/// ids from "another cluster" (above the next id) never get behind it, which is the point.
+async fn settle(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events
+                             WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+                               AND transaction_id < pg_snapshot_xmax(pg_current_snapshot()))",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("fence");
+        if !waiting {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fence never passed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads everything after `consumer`'s checkpoint, as its reader would, once the events this
+/// cluster wrote are behind the fence.
+async fn unread(pool: &PgPool, consumer: &str) -> Vec<(String, i64)> {
+    settle(pool).await;
+    let after = checkpoint::load(pool, consumer).await.expect("checkpoint");
+    read_after(pool, after, 1000)
+        .await
+        .expect("feed read")
+        .into_iter()
+        .map(|e| (e.aggregate_id, e.sequence))
+        .collect()
+}
+
+/// Reads the whole feed and saves `consumer`'s checkpoint at its last event.
+async fn catch_up(pool: &PgPool, consumer: &str) {
+    settle(pool).await;
+    let events = read_after(pool, FeedPosition::default(), 1000)
+        .await
+        .expect("feed read");
+    let last = events.last().expect("events to read").position;
+    checkpoint::save(pool, consumer, last, events.len() as u64)
+        .await
+        .expect("checkpoint");
+}
+
+/// The silent stall a logical restore causes, and the check that makes it loud: after the
+/// restore a reader's new events never arrive and its lag reads 0; the check refuses with the
+/// fix, names where the offending id is stored, and passes on a healthy database.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_feed_check_catches_a_logical_restore_and_passes_on_a_healthy_database(pool: PgPool) {
+    // Healthy: empty, then with events and a checkpoint.
+    feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect("an empty store passes");
+    let order = Uuid::now_v7();
+    for sequence in 1..=3 {
+        append(&pool, order, sequence).await;
+    }
+    catch_up(&pool, "projector_a").await;
+    feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect("a healthy store passes");
+
+    simulate_logical_restore(&pool).await;
+    let fresh = Uuid::now_v7();
+    append(&pool, fresh, 1).await;
+
+    // What every reader sees without the check: the new event is committed and behind the
+    // fence, yet there is nothing to read, and no lag.
+    assert_eq!(unread(&pool, "projector_a").await, vec![]);
+    let lag = feed::lag(&pool, "projector_a").await.unwrap();
+    assert_eq!(lag.events_behind, 0, "{lag:?}");
+
+    let refused = feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect_err("the store is ahead of the database");
+    let ProjectionError::TransactionIdsBehind {
+        stored,
+        ref place,
+        next,
+    } = refused
+    else {
+        panic!("unexpected error: {refused}");
+    };
+    assert!(stored >= 5 << 32 && next < stored, "{refused}");
+    assert_eq!(place, "the events table");
+    let message = refused.to_string();
+    for part in [
+        "transaction ids are behind the stored events",
+        &format!("largest stored {stored}"),
+        &format!("next {next}"),
+        "logical restore",
+        "scripts/restamp-after-restore.sql",
+        "pg_resetwal -e 6",
+        "docs/operations.md: 'After a logical restore'",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    assert!(!refused.is_transient());
+}
+
+/// A checkpoint alone ahead of the database is caught too, and named.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_feed_check_names_a_checkpoint_ahead_of_the_database(pool: PgPool) {
+    append(&pool, Uuid::now_v7(), 1).await;
+    let ahead = FeedPosition {
+        transaction_id: 5 << 32,
+        global_position: 1,
+    };
+    checkpoint::save(&pool, "stale_reader", ahead, 1)
+        .await
+        .unwrap();
+    let refused = feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect_err("a checkpoint ahead of the database");
+    assert!(
+        refused
+            .to_string()
+            .contains("in the checkpoint of 'stale_reader'"),
+        "{refused}"
+    );
+    checkpoint::reset(&pool, "stale_reader").await.unwrap();
+    feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect("passes without it");
+}
+
+/// The runbook's re-stamp (scripts/restamp-after-restore.sql) after a restore: the check passes,
+/// a reader that had read everything gets exactly the new events, a reader that was behind
+/// skips nothing, every order still reads in sequence order, and a second run refuses.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_feed_restamp_script_lets_every_reader_continue_after_a_restore(pool: PgPool) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    // a#1 and a#2 in one transaction; then b#1, a#3, b#2 in one each.
+    let mut tx = pool.begin().await.unwrap();
+    insert(&mut tx, a, 1).await.unwrap();
+    insert(&mut tx, a, 2).await.unwrap();
+    tx.commit().await.unwrap();
+    append(&pool, b, 1).await;
+    // The reader that is behind has read a#1 and a#2.
+    settle(&pool).await;
+    let first = read_after(&pool, FeedPosition::default(), 2).await.unwrap();
+    checkpoint::save(&pool, "behind", first[1].position, 2)
+        .await
+        .unwrap();
+    append(&pool, a, 3).await;
+    append(&pool, b, 2).await;
+    catch_up(&pool, "done").await;
+    let behind_before = unread(&pool, "behind").await;
+    assert_eq!(behind_before.len(), 3);
+
+    simulate_logical_restore(&pool).await;
+    feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect_err("restored ids ahead of the database");
+
+    sqlx::raw_sql(include_str!("../../scripts/restamp-after-restore.sql"))
+        .execute(&pool)
+        .await
+        .expect("the re-stamp runs");
+    feed::check_transaction_ids_ahead(&pool)
+        .await
+        .expect("the check passes after the re-stamp");
+
+    assert_eq!(unread(&pool, "done").await, vec![]);
+    let behind_after = unread(&pool, "behind").await;
+    for event in &behind_before {
+        assert!(behind_after.contains(event), "{event:?} skipped");
+    }
+
+    let c = Uuid::now_v7();
+    append(&pool, c, 1).await;
+    append(&pool, a, 4).await;
+    assert_eq!(
+        unread(&pool, "done").await,
+        vec![(c.to_string(), 1), (a.to_string(), 4)]
+    );
+    let everything = unread(&pool, "a_new_reader").await;
+    assert_eq!(everything.len(), 7);
+    for order in [a, b, c] {
+        let sequences: Vec<i64> = everything
+            .iter()
+            .filter(|(id, _)| *id == order.to_string())
+            .map(|(_, s)| *s)
+            .collect();
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(sequences, expected, "order {order}");
+    }
+
+    let again = sqlx::raw_sql(include_str!("../../scripts/restamp-after-restore.sql"))
+        .execute(&pool)
+        .await
+        .expect_err("nothing to re-stamp");
+    assert!(again.to_string().contains("nothing to re-stamp"), "{again}");
+}
+
+/// After a restore the service is not ready, with the check's reason, and refuses to start.
+#[sqlx::test(migrations = "../migrations")]
+async fn readiness_and_start_up_refuse_a_feed_behind_the_database(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.create_order().await;
+    let ready = || async {
+        json_of(
+            app.send(Method::GET, "/health/ready", Auth::None, &[], None)
+                .await,
+        )
+        .await
+    };
+    let (_, body) = ready().await;
+    assert_eq!(body["checks"]["feed"], json!({ "status": "ok" }), "{body}");
+
+    simulate_logical_restore(&pool).await;
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_eq!(body["checks"]["feed"]["status"], "failing", "{body}");
+    let reason = body["checks"]["feed"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("transaction ids are behind the stored events")
+            && reason.contains("After a logical restore"),
+        "{body}"
+    );
+
+    let refused = Application::build_with_pool(Settings::for_tests("postgres://unused"), pool)
+        .await
+        .expect_err("start-up refuses");
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.starts_with("refusing to start")
+            && refused.contains("scripts/restamp-after-restore.sql"),
+        "{refused}"
+    );
 }

@@ -22,16 +22,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /health/ready`: Postgres answers, NATS is connected, and the outbox relay is not far
-/// behind (`RELAY_READY_MAX_BACKLOG`). 503 with the failing checks otherwise, so an orchestrator
-/// stops routing traffic here until they recover. The relay check reports the backlog either
-/// way, so an operator sees it grow while NATS is down.
+/// `GET /health/ready`: Postgres answers, NATS is connected, the outbox relay is not far
+/// behind (`RELAY_READY_MAX_BACKLOG`), and the feed's stored transaction ids are below the
+/// database's next one (after a logical restore they are not, and every reader stalls while
+/// its lag reads 0). 503 with the failing checks otherwise, so an orchestrator stops routing
+/// traffic here until they recover. The relay check reports the backlog either way, so an
+/// operator sees it grow while NATS is down.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Postgres, NATS and the relay are fine", body = crate::openapi::ReadyAnswer),
+        (status = 200, description = "Postgres, NATS, the relay and the feed are fine", body = crate::openapi::ReadyAnswer),
         (status = 503, description = "At least one check fails; each failing check gives its reason", body = crate::openapi::ReadyAnswer),
     ),
 )]
@@ -51,11 +53,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         None => Err("not configured".to_owned()),
     };
     let (relay_ok, relay) = relay_check(&state).await;
+    let feed = feed_check(&state).await;
     let check = |r: &Result<(), String>| match r {
         Ok(()) => json!({ "status": "ok" }),
         Err(reason) => json!({ "status": "failing", "reason": reason }),
     };
-    let ok = postgres.is_ok() && nats.is_ok() && relay_ok;
+    let ok = postgres.is_ok() && nats.is_ok() && relay_ok && feed.is_ok();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -65,7 +68,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         status,
         Json(json!({
             "status": if ok { "ready" } else { "not ready" },
-            "checks": { "postgres": check(&postgres), "nats": check(&nats), "relay": relay },
+            "checks": { "postgres": check(&postgres), "nats": check(&nats), "relay": relay,
+                        "feed": check(&feed) },
         })),
     )
 }
@@ -101,6 +105,25 @@ async fn relay_check(state: &AppState) -> (bool, Value) {
             json!({ "status": "failing", "reason": "backlog unmeasurable" }),
         ),
         Err(_) => (false, json!({ "status": "failing", "reason": "timed out" })),
+    }
+}
+
+/// Whether every reader of the feed can make progress: the database's next transaction id is
+/// above every stored one (order_projections::feed::check_transaction_ids_ahead). The failing
+/// reason is the check's own message, which names the fix.
+async fn feed_check(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        order_projections::feed::check_transaction_ids_ahead(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ order_projections::ProjectionError::TransactionIdsBehind { .. })) => {
+            Err(e.to_string())
+        }
+        Ok(Err(_)) => Err("unchecked: the database did not answer".to_owned()),
+        Err(_) => Err("timed out".to_owned()),
     }
 }
 
