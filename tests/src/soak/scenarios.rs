@@ -504,7 +504,7 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
     .await?;
     publish(
         "payment.succeeded",
-        paid("msg-nothing".into(), mismatch_order, 0),
+        paid("msg-nothing".into(), Uuid::new_v4(), 0),
     )
     .await?;
     publish(
