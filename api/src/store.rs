@@ -164,6 +164,19 @@ impl OrderStore {
                     events,
                 });
             }
+            let with_tenant;
+            let metadata = if metadata.contains_key("tenantId") || current.tenant_id.is_empty() {
+                metadata
+            } else {
+                // Commands caused by messages or jobs carry no tenant of their own; the order's
+                // is the one that readers of these events (the refund loop's calls out) need.
+                with_tenant = {
+                    let mut m = metadata.clone();
+                    m.insert("tenantId".to_owned(), current.tenant_id.clone());
+                    m
+                };
+                &with_tenant
+            };
             match self
                 .append(&aggregate_id, current.version, &events, metadata)
                 .await

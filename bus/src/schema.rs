@@ -55,6 +55,7 @@ macro_rules! for_payload {
             "OrderArchived" => Some($generator.$method::<events::OrderArchived>()),
             "PaymentRejected" => Some($generator.$method::<events::PaymentRejected>()),
             "PaymentReturned" => Some($generator.$method::<events::PaymentReturned>()),
+            "PaymentReturnFailed" => Some($generator.$method::<events::PaymentReturnFailed>()),
             _ => None,
         }
     };
@@ -421,6 +422,13 @@ mod tests {
                 refund_id: id,
                 payment_intent_id: "pi".into(),
                 amount_cents: 1,
+                occurred_at: at,
+            }),
+            OrderEvent::PaymentReturnFailed(events::PaymentReturnFailed {
+                refund_id: id,
+                payment_intent_id: "pi".into(),
+                amount_cents: 1,
+                reason: "r".into(),
                 occurred_at: at,
             }),
         ]

@@ -142,6 +142,7 @@ mod tests {
             ("OrderArchived", "order.archived"),
             ("PaymentRejected", "order.payment_rejected"),
             ("PaymentReturned", "order.payment_returned"),
+            ("PaymentReturnFailed", "order.payment_return_failed"),
         ];
         for (domain, subject) in expected {
             assert_eq!(integration_type(domain).as_deref(), Some(subject));

@@ -527,11 +527,22 @@ impl Order {
     }
 
     fn fail_refund(&self, c: FailRefund) -> Decision {
-        let state = match self.rejected_payment(c.refund_id) {
-            Some(p) => p.state,
-            None => self.refund(c.refund_id)?.state,
-        };
-        match state {
+        if let Some(p) = self.rejected_payment(c.refund_id) {
+            return match p.state {
+                RefundState::Failed => Ok(vec![]),
+                RefundState::Completed => Err(OrderError::RefundAlreadyFinished(c.refund_id)),
+                RefundState::Requested => {
+                    Ok(vec![OrderEvent::PaymentReturnFailed(PaymentReturnFailed {
+                        refund_id: c.refund_id,
+                        payment_intent_id: p.payment_intent_id.clone(),
+                        amount_cents: p.amount_cents,
+                        reason: c.reason,
+                        occurred_at: c.now,
+                    })])
+                }
+            };
+        }
+        match self.refund(c.refund_id)?.state {
             RefundState::Failed => Ok(vec![]),
             RefundState::Completed => Err(OrderError::RefundAlreadyFinished(c.refund_id)),
             RefundState::Requested => Ok(vec![OrderEvent::RefundFailed(RefundFailed {
@@ -837,6 +848,9 @@ impl Order {
             }),
             OrderEvent::PaymentReturned(e) => {
                 self.set_refund_state(e.refund_id, RefundState::Completed);
+            }
+            OrderEvent::PaymentReturnFailed(e) => {
+                self.set_refund_state(e.refund_id, RefundState::Failed);
             }
             OrderEvent::DisputeOpened(e) => {
                 self.open_disputes

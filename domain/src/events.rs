@@ -36,6 +36,7 @@ pub enum OrderEvent {
     OrderArchived(OrderArchived),
     PaymentRejected(PaymentRejected),
     PaymentReturned(PaymentReturned),
+    PaymentReturnFailed(PaymentReturnFailed),
 }
 
 /// Current schema version of `OrderCreated`. Version 1.0 lacked tenant, order number, item ids
@@ -46,7 +47,7 @@ pub const V1: &str = "1.0";
 
 impl OrderEvent {
     /// All wire names, for schema generation and subject tables.
-    pub const TYPES: [&'static str; 19] = [
+    pub const TYPES: [&'static str; 20] = [
         "OrderCreated",
         "OrderReserved",
         "OrderConfirmed",
@@ -66,6 +67,7 @@ impl OrderEvent {
         "OrderArchived",
         "PaymentRejected",
         "PaymentReturned",
+        "PaymentReturnFailed",
     ];
 
     /// The stable wire name, equal to the variant name.
@@ -90,6 +92,7 @@ impl OrderEvent {
             Self::OrderArchived(_) => "OrderArchived",
             Self::PaymentRejected(_) => "PaymentRejected",
             Self::PaymentReturned(_) => "PaymentReturned",
+            Self::PaymentReturnFailed(_) => "PaymentReturnFailed",
         }
     }
 
@@ -120,6 +123,7 @@ impl OrderEvent {
             Self::OrderArchived(e) => e.occurred_at,
             Self::PaymentRejected(e) => e.occurred_at,
             Self::PaymentReturned(e) => e.occurred_at,
+            Self::PaymentReturnFailed(e) => e.occurred_at,
         }
     }
 }
@@ -325,5 +329,17 @@ pub struct PaymentReturned {
     pub refund_id: Uuid,
     pub payment_intent_id: String,
     pub amount_cents: i64,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// payment-service explicitly refused to return a rejected payment. The money is still the
+/// buyer's and this order holds no claim to it: a person has to settle it with the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentReturnFailed {
+    pub refund_id: Uuid,
+    pub payment_intent_id: String,
+    pub amount_cents: i64,
+    pub reason: String,
     pub occurred_at: DateTime<Utc>,
 }

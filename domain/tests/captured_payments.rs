@@ -155,7 +155,7 @@ fn the_return_completes_or_fails_through_the_refund_commands() {
         .then_nothing();
     let order = given(rejected)
         .when(fail_refund(rejected_refund_id(INTENT)))
-        .then(vec![refund_failed(rejected_refund_id(INTENT))]);
+        .then(vec![payment_return_failed(INTENT, TOTAL)]);
     assert_eq!(
         order
             .owed_refund(rejected_refund_id(INTENT))

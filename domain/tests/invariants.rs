@@ -395,7 +395,7 @@ fn check_decision(
                 e,
                 OrderEvent::PaymentRejected(_)
                     | OrderEvent::PaymentReturned(_)
-                    | OrderEvent::RefundFailed(_)
+                    | OrderEvent::PaymentReturnFailed(_)
             )),
             "{ctx}: an archived order changed"
         );

@@ -168,6 +168,7 @@ pub(crate) fn change_of(event: &OrderEvent) -> Change {
         | OrderEvent::RefundFailed(_)
         | OrderEvent::PaymentRejected(_)
         | OrderEvent::PaymentReturned(_)
+        | OrderEvent::PaymentReturnFailed(_)
         | OrderEvent::ReminderSent(_)
         | OrderEvent::EventReminderSent(_)
         | OrderEvent::OrderCreated(_) => {}

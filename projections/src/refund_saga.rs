@@ -43,6 +43,7 @@ impl Projector for PendingRefunds {
                 | "RefundFailed"
                 | "PaymentRejected"
                 | "PaymentReturned"
+                | "PaymentReturnFailed"
         ) {
             return Ok(());
         }
@@ -63,6 +64,7 @@ impl Projector for PendingRefunds {
                 insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
             }
             OrderEvent::PaymentReturned(e) => remove(&mut *conn, e.refund_id).await?,
+            OrderEvent::PaymentReturnFailed(e) => remove(&mut *conn, e.refund_id).await?,
             OrderEvent::OrderRefunded(e) => remove(&mut *conn, e.refund_id).await?,
             OrderEvent::RefundFailed(e) => remove(&mut *conn, e.refund_id).await?,
             _ => {}

@@ -1271,6 +1271,7 @@ async fn a_payment_that_cannot_confirm_its_order_is_rejected_and_its_money_goes_
             .iter()
             .find(|c| c.header("idempotency-key") == refund_id.to_string())
             .unwrap_or_else(|| panic!("a refund call for {intent}"));
+        assert_eq!(call.header("x-tenant-id"), "tenant-a", "the order's tenant");
         let body = call.body.clone().expect("a body");
         assert_eq!(body["paymentIntentId"], intent);
         let history = h.store().history(id).await.expect("history");

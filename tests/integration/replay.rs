@@ -518,6 +518,26 @@ async fn every_event_type(s: &Script) -> Vec<Uuid> {
         }),
     )
     .await;
+    // Another, whose return payment-service refused.
+    s.run(
+        f,
+        OrderCommand::SettlePayment(SettlePayment {
+            payment_intent_id: "pi_refused_return".into(),
+            amount_cents: 2_000,
+            currency: Some("USD".into()),
+            now: s.at(-5),
+        }),
+    )
+    .await;
+    s.run(
+        f,
+        OrderCommand::FailRefund(FailRefund {
+            refund_id: order_domain::Order::rejected_payment_refund_id(f, "pi_refused_return"),
+            reason: "card closed".into(),
+            now: s.at(-4),
+        }),
+    )
+    .await;
     ids.extend([a, b, c, d, e, f]);
     ids
 }

@@ -440,6 +440,16 @@ pub fn payment_returned(intent: &str, amount_cents: i64) -> OrderEvent {
     })
 }
 
+pub fn payment_return_failed(intent: &str, amount_cents: i64) -> OrderEvent {
+    OrderEvent::PaymentReturnFailed(PaymentReturnFailed {
+        refund_id: rejected_refund_id(intent),
+        payment_intent_id: intent.to_owned(),
+        amount_cents,
+        reason: "provider declined".to_owned(),
+        occurred_at: now(),
+    })
+}
+
 pub fn dispute_opened(dispute_id: &str) -> OrderEvent {
     OrderEvent::DisputeOpened(DisputeOpened {
         dispute_id: dispute_id.to_owned(),
