@@ -1,4 +1,4 @@
-//! Inbound events turned into commands (DESIGN section 8): the application's
+//! Inbound events turned into commands (docs/contract.md §6): the application's
 //! [`InboundHandler`], and builders that wire the bus's subscribers and dead-letter stream from
 //! settings.
 //!

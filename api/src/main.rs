@@ -1,4 +1,4 @@
-//! `order-service`: one binary, several subcommands (DESIGN section 10).
+//! `order-service`: one binary, several subcommands (docs/contract.md §9).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

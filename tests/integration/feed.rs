@@ -1,4 +1,4 @@
-//! The commit-safe feed under concurrency (DESIGN section 4, invariant 2): many writers commit
+//! The commit-safe feed under concurrency (docs/contract.md §7, invariant 2): many writers commit
 //! out of position order while readers run alongside. The fenced feed reads every event exactly
 //! once and each order's events in sequence order; a naive `global_position > last` reader
 //! provably skips an event whose transaction commits late.

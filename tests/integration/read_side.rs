@@ -1,4 +1,5 @@
-//! The read side: the `orders` projector and the four `/internal` query routes (DESIGN 5.1).
+//! The read side: the `orders` projector and the four `/internal` query routes
+//! (docs/contract.md §3.2).
 //!
 //! Tests drive the projector to a known point with `catch_up` instead of sleeping. The
 //! application's own projector worker runs too; batches are locked and idempotent, so the two

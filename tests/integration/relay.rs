@@ -1,4 +1,4 @@
-//! The transactional outbox relay against a real JetStream (DESIGN sections 4 and 8): every
+//! The transactional outbox relay against a real JetStream (docs/contract.md §§6 and 7): every
 //! committed event reaches the stream exactly once after deduplication, in order per order,
 //! through crashes, broker outages and leader changes; nothing that breaks its schema does.
 //!
@@ -377,7 +377,7 @@ async fn relay_publishes_every_event_exactly_once_in_order(pool: PgPool) {
     assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
     assert_eq!(bus.message_count().await, committed as u64);
 
-    // One order.created envelope, field by field (DESIGN section 8, the seed's example).
+    // One order.created envelope, field by field (the example of docs/contract.md §6.2).
     let a = &orders[0];
     let created = received
         .iter()

@@ -1,5 +1,5 @@
 //! Who may call what: the allowlist of known callers and, on top of it, the callers each group
-//! of routes is open to (DESIGN section 6).
+//! of routes is open to (docs/contract.md §4).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -51,7 +51,7 @@ impl RoutePolicy {
         }
     }
 
-    /// The callers DESIGN section 6 opens this route group to.
+    /// The callers docs/contract.md §4 opens this route group to.
     pub fn default_callers(self) -> &'static [&'static str] {
         match self {
             Self::OrdersRead => &["payment-service"],

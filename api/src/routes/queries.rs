@@ -1,4 +1,4 @@
-//! The internal query routes of DESIGN section 5.1, served from the order read models.
+//! The internal query routes of docs/contract.md §3.2, served from the order read models.
 //!
 //! | route | policy | answer |
 //! |---|---|---|
