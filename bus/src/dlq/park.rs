@@ -82,6 +82,7 @@ impl DeadLetters {
                     parcel.family,
                     &error,
                     parcel.replaces,
+                    false,
                 )
                 .await?;
         }
