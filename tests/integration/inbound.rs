@@ -1392,3 +1392,98 @@ async fn no_money_goes_back_while_a_dispute_is_open(pool: PgPool) {
         Some("PaymentReturned")
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool) {
+    let h = Harness::new(pool, |_| {}).await;
+    let id = h.new_order().await;
+    let payments = h.subscriber(Family::Payment);
+    payments
+        .run_once()
+        .await
+        .expect("an idle round creates the consumer");
+    // Broker trouble on the dead-letter side: parking cannot publish.
+    h.js.delete_stream(&h.settings.dlq_stream)
+        .await
+        .expect("delete the DLQ stream");
+
+    h.publish(&paid("poison", id, "pi_p", 0)).await;
+    let r = payments.run_once().await.expect("round");
+    assert_eq!((r.retried, r.parked), (1, 0), "{r:?}");
+    assert_eq!(h.holds().await, 1, "the order is held before the publish");
+
+    // A later message of the order may not overtake the one that could not be parked.
+    h.publish(&json!({"id": "later", "type": "payment.failed",
+        "payload": {"orderId": id, "paymentIntentId": "pi_q", "reason": "declined"}}))
+        .await;
+    run_until(&payments, |r| r.retried >= 2).await;
+    assert_eq!(
+        event_types(&h.store().history(id).await.expect("history")),
+        ["OrderCreated"],
+        "the later message overtook the unparked one"
+    );
+
+    // The dead-letter stream is back: both park, in their order, with their own reasons.
+    let mut dlq_config = h.settings.dlq_config();
+    dlq_config.ensure_stream = true;
+    DeadLetters::new(h.js.clone(), h.app.pool.clone(), dlq_config)
+        .ensure_stream()
+        .await
+        .expect("dead-letter stream");
+    run_until(&payments, |r| r.parked >= 2).await;
+    let parked = h.parked().await;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    let by_id = |id: &str| {
+        parked
+            .iter()
+            .find(|p| p.message_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("{id} parked: {parked:?}"))
+    };
+    let (poison, later) = (by_id("poison"), by_id("later"));
+    assert!(
+        poison.error.contains("`amountCents` must be positive"),
+        "{}",
+        poison.error
+    );
+    assert!(later.error.starts_with("held behind"), "{}", later.error);
+    // Whichever redelivery parked first, the order's queue keeps the first-held message first.
+    let queue = h
+        .dead_letters()
+        .holds()
+        .queue(id, None)
+        .await
+        .expect("queue");
+    let seqs: Vec<u64> = queue.iter().map(|r| r.seq()).collect();
+    assert_eq!(seqs, [poison.dlq_seq, later.dlq_seq], "{queue:?}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn while_a_message_is_retried_the_orders_later_messages_wait_behind_it(pool: PgPool) {
+    let h = Harness::new(pool, |s| {
+        s.inbound_backoff_ms = vec![300];
+        s.inbound_max_deliver = 5;
+    })
+    .await;
+    let id = h.new_order().await;
+    let payments = h.subscriber_with(Family::Payment, Outage::new(h.handler(), 1).await);
+
+    // The payment fails transiently and is NAKed for 300 ms...
+    h.publish(&paid("first", id, "pi_1", TOTAL)).await;
+    let r = payments.run_once().await.expect("round");
+    assert_eq!(r.retried, 1, "{r:?}");
+    // ...and a stale failure of an older attempt arrives in a later batch, before the retry.
+    h.publish(&json!({"id": "second", "type": "payment.failed",
+        "payload": {"orderId": id, "paymentIntentId": "pi_0", "reason": "declined"}}))
+        .await;
+    let r = payments.run_once().await.expect("round");
+    assert_eq!((r.retried, r.processed), (1, 0), "it waits: {r:?}");
+
+    let r = run_until(&payments, |r| r.processed >= 2).await;
+    assert_eq!(r.parked, 0, "{r:?}");
+    assert_eq!(
+        event_types(&h.store().history(id).await.expect("history")),
+        ["OrderCreated", "OrderConfirmed"],
+        "the failure, applied after the payment as it was first delivered, is moot"
+    );
+    assert_eq!(h.holds().await, 0, "the waits ended with their messages");
+}

@@ -20,7 +20,8 @@ use crate::inbound::Family;
 /// One parked message of a held order.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HoldRow {
-    /// The message's sequence in the dead-letter stream.
+    /// The message's sequence in the dead-letter stream, or a negative [`provisional_key`]
+    /// while it is being parked.
     pub dlq_seq: i64,
     pub order_id: Uuid,
     /// The family it was consumed from; `None` for rows that hold every family.
@@ -33,9 +34,15 @@ pub struct HoldRow {
 }
 
 impl HoldRow {
-    /// The DLQ sequence as the broker counts it.
+    /// The DLQ sequence as the broker counts it (0 for a reservation, see
+    /// [`Holds::reserve`]).
     pub fn seq(&self) -> u64 {
         u64::try_from(self.dlq_seq).unwrap_or_default()
+    }
+
+    /// A reservation made before its message reached the dead-letter stream.
+    pub fn is_reservation(&self) -> bool {
+        self.dlq_seq < 0
     }
 }
 
@@ -48,6 +55,12 @@ pub struct Holds {
 
 fn db_seq(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The hold key of a message that is being parked but not yet in the dead-letter stream: the
+/// negated stream sequence, which no DLQ sequence (always positive) can equal.
+pub fn provisional_key(stream_sequence: u64) -> i64 {
+    -db_seq(stream_sequence)
 }
 
 impl Holds {
@@ -119,60 +132,117 @@ impl Holds {
         .await?)
     }
 
-    /// Holds `order_id` behind parked message `dlq_seq`. With `replaces`, the new row takes the
-    /// replaced row's place in the queue (a redriven message parked again); otherwise it joins
-    /// the end. Repeating the call for the same `dlq_seq` changes nothing.
+    /// Holds `order_id` for a message about to be parked, before it is published to the
+    /// dead-letter stream: if the publish (or anything after it) fails, the order is already
+    /// held, so its later messages cannot overtake this one while it is redelivered. The row's
+    /// key is [`provisional_key`] of the message's stream sequence until [`Self::settle`] moves
+    /// it to the DLQ sequence. With `replaces` (a hold key), the row takes the replaced row's
+    /// place in the queue (a redriven message parked again); otherwise it joins the end.
+    /// Repeating the call for the same message changes nothing but the error and `in_flight`.
+    ///
+    /// `in_flight` marks a message that is being retried rather than parked: the order's later
+    /// messages then wait (are retried) behind it instead of being parked behind it, and its
+    /// own success releases the row.
     ///
     /// # Errors
     /// [`BusError::Database`].
-    pub async fn hold(
+    pub async fn reserve(
         &self,
-        dlq_seq: u64,
+        stream_sequence: u64,
         order_id: Uuid,
         family: Option<Family>,
         error: &str,
-        replaces: Option<u64>,
+        replaces: Option<i64>,
+        in_flight: bool,
     ) -> Result<(), BusError> {
+        let key = provisional_key(stream_sequence);
         let mut tx = self.pool.begin().await?;
         let inherited: Option<i64> = match replaces {
-            Some(old) if old != dlq_seq => sqlx::query_scalar(
+            Some(old) if old != key => sqlx::query_scalar(
                 "DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2 RETURNING position",
             )
             .bind(&self.dlq_stream)
-            .bind(db_seq(old))
+            .bind(old)
             .fetch_optional(&mut *tx)
             .await?,
             _ => None,
         };
         sqlx::query(
-            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error, family)
-             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5, $6)
+            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error, family, redriving)
+             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5, $6, $7)
              ON CONFLICT (dlq_stream, dlq_seq)
-             DO UPDATE SET redriving = false, error = EXCLUDED.error",
+             DO UPDATE SET redriving = EXCLUDED.redriving, error = EXCLUDED.error",
         )
         .bind(&self.dlq_stream)
-        .bind(db_seq(dlq_seq))
+        .bind(key)
         .bind(order_id)
         .bind(inherited)
         .bind(error)
         .bind(family.map(Family::as_str))
+        .bind(in_flight)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Releases the row of a handled message, inside the caller's transaction.
+    /// Moves the row [`Self::reserve`] made to the message's DLQ sequence once the publish was
+    /// acknowledged. When that row exists already (the same delivery parked twice, the second
+    /// publish deduplicated by the broker), it keeps its place and the reservation goes.
     ///
     /// # Errors
     /// [`BusError::Database`].
-    pub async fn release(&self, conn: &mut PgConnection, dlq_seq: u64) -> Result<(), BusError> {
+    pub async fn settle(&self, stream_sequence: u64, dlq_seq: u64) -> Result<(), BusError> {
+        sqlx::query(
+            "WITH reserved AS (
+                 DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2
+                 RETURNING order_id, family, position, error, parked_at)
+             INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, family, position, error, parked_at)
+             SELECT $1, $3, order_id, family, position, error, parked_at FROM reserved
+             ON CONFLICT (dlq_stream, dlq_seq)
+             DO UPDATE SET redriving = false, error = EXCLUDED.error",
+        )
+        .bind(&self.dlq_stream)
+        .bind(provisional_key(stream_sequence))
+        .bind(db_seq(dlq_seq))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Releases the row (by hold key) of a handled message, inside the caller's transaction.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn release(&self, conn: &mut PgConnection, key: i64) -> Result<(), BusError> {
         sqlx::query("DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq = $2")
             .bind(&self.dlq_stream)
-            .bind(db_seq(dlq_seq))
+            .bind(key)
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// Drops reservations older than `age`: a message retried or being parked comes back
+    /// within its redelivery backoff, so a reservation that old belongs to a message the
+    /// broker gave up on (a deleted consumer or stream), and would hold its order for good.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn purge_reservations_older_than(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<u64, BusError> {
+        let secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq < 0
+               AND parked_at < now() - ($2::bigint * interval '1 second')",
+        )
+        .bind(&self.dlq_stream)
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Drops a row whose message no longer exists in the dead-letter stream.
@@ -203,8 +273,11 @@ impl Holds {
         .bind(order_id)
         .fetch_all(&mut *tx)
         .await?;
+        // A reservation's message is not in the dead-letter stream yet: it is still being
+        // redelivered from its own stream, so there is nothing to republish for it.
         sqlx::query(
-            "UPDATE dlq_holds SET redriving = true WHERE dlq_stream = $1 AND order_id = $2",
+            "UPDATE dlq_holds SET redriving = true
+              WHERE dlq_stream = $1 AND order_id = $2 AND dlq_seq > 0",
         )
         .bind(&self.dlq_stream)
         .bind(order_id)

@@ -31,15 +31,18 @@ pub struct Parcel<'a> {
     pub family: Option<Family>,
     /// The DLQ sequence of the message it is parked behind.
     pub held_behind: Option<u64>,
-    /// The hold row (DLQ sequence) of the same message's earlier parking, when it was redriven
-    /// and is parked again: the new row takes that place in the order's queue.
-    pub replaces: Option<u64>,
+    /// The hold key of the same message's earlier parking (a DLQ sequence when it was
+    /// redriven, a reservation when an earlier attempt to park it failed): the new row takes
+    /// that place in the order's queue.
+    pub replaces: Option<i64>,
 }
 
 impl DeadLetters {
-    /// Publishes the message to `dlq.order-service.<subject>` and holds its order. Parking the
-    /// same delivery again stores nothing new (same `Nats-Msg-Id` inside the duplicate window,
-    /// same hold row).
+    /// Holds its order, then publishes the message to `dlq.order-service.<subject>` and moves
+    /// the hold onto the message's DLQ sequence. The hold comes first so that a publish that
+    /// fails leaves the order held while the message is redelivered. Parking the same delivery
+    /// again stores nothing new (same `Nats-Msg-Id` inside the duplicate window, same hold
+    /// row).
     ///
     /// # Errors
     /// [`BusError::Broker`] when the publish is not acknowledged, [`BusError::Database`] when
@@ -71,6 +74,18 @@ impl DeadLetters {
         if let Some(seq) = parcel.held_behind {
             headers.insert(h::HELD_BEHIND, seq.to_string());
         }
+        if let Some(order) = parcel.order_id {
+            self.holds
+                .reserve(
+                    parcel.stream_sequence,
+                    order,
+                    parcel.family,
+                    &error,
+                    parcel.replaces,
+                    false,
+                )
+                .await?;
+        }
         let ack = self
             .jetstream
             .publish_with_headers(dlq_subject(parcel.subject), headers, parcel.payload.clone())
@@ -78,9 +93,9 @@ impl DeadLetters {
             .map_err(broker)?
             .await
             .map_err(broker)?;
-        if let Some(order) = parcel.order_id {
+        if parcel.order_id.is_some() {
             self.holds
-                .hold(ack.sequence, order, parcel.family, &error, parcel.replaces)
+                .settle(parcel.stream_sequence, ack.sequence)
                 .await?;
         }
         metrics::counter!("dlq_parked_total").increment(1);

@@ -31,6 +31,7 @@ use super::config::SubscriberConfig;
 use super::handler::{HandleError, InboundHandler, MessageContext};
 use super::inbox::Inbox;
 use super::message::{parse, InboundMessage};
+use crate::dlq::holds::provisional_key;
 use crate::dlq::{headers, DeadLetters, Parcel};
 use crate::error::BusError;
 use crate::stream::{ensure_stream, StreamSpec};
@@ -89,14 +90,15 @@ impl Outcome {
 /// What the inbox and the order's hold say about a parsed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
-    /// Already handled; release its own hold row if it was a redrive.
-    Duplicate { release: Option<u64> },
-    /// Handle it; `mine` is its own hold row when it is a redrive at the head of its queue.
-    Proceed { mine: Option<u64> },
+    /// Already handled; release its own hold row (by hold key), if it has one.
+    Duplicate { release: Option<i64> },
+    /// Handle it; `mine` is its own hold row's key when it heads its queue (a redrive, or a
+    /// redelivery after parking it failed).
+    Proceed { mine: Option<i64> },
     /// Park it behind `blocker`, taking the place of `replaces`.
-    HeldBehind { blocker: u64, replaces: Option<u64> },
+    HeldBehind { blocker: i64, replaces: Option<i64> },
     /// Messages before it are being redriven and not handled yet: retry later.
-    Wait { head: u64, replaces: Option<u64> },
+    Wait { head: i64, replaces: Option<i64> },
 }
 
 /// One family's durable pull consumer with its handler.
@@ -344,10 +346,18 @@ impl<H: InboundHandler> Subscriber<H> {
                 Outcome::Duplicate
             }
             Admission::HeldBehind { blocker, replaces } => {
-                let reason = format!(
-                    "held behind {blocker}: order {} has an earlier message parked in the dead-letter stream",
-                    message.order_id
-                );
+                // A reservation's message is still being parked: it has no DLQ sequence yet.
+                let reason = match u64::try_from(blocker) {
+                    Ok(seq) => format!(
+                        "held behind {seq}: order {} has an earlier message parked in the dead-letter stream",
+                        message.order_id
+                    ),
+                    Err(_) => format!(
+                        "held behind stream sequence {}: order {} has an earlier message being parked",
+                        blocker.unsigned_abs(),
+                        message.order_id
+                    ),
+                };
                 let mut parcel = self.parcel(
                     msg,
                     &ctx,
@@ -355,7 +365,7 @@ impl<H: InboundHandler> Subscriber<H> {
                     Some(&message.id),
                     Some(message.order_id),
                 );
-                parcel.held_behind = Some(blocker);
+                parcel.held_behind = u64::try_from(blocker).ok();
                 parcel.replaces = replaces;
                 self.park(msg, &ctx, parcel).await
             }
@@ -376,7 +386,7 @@ impl<H: InboundHandler> Subscriber<H> {
         msg: &Message,
         ctx: &MessageContext,
         message: &InboundMessage,
-        mine: Option<u64>,
+        mine: Option<i64>,
         deferred: &mut HashSet<Uuid>,
     ) -> Outcome {
         if ctx.attempt > self.max_attempts() {
@@ -425,12 +435,15 @@ impl<H: InboundHandler> Subscriber<H> {
             .holds()
             .queue(m.order_id, Some(family))
             .await?;
-        let mine = ctx
-            .redrive_of
-            .and_then(|seq| queue.iter().position(|r| r.seq() == seq && r.redriving));
+        // Its own row: the redrive's, or the reservation an earlier failed parking left.
+        let reservation = provisional_key(ctx.stream_sequence);
+        let mine = queue.iter().position(|r| {
+            (r.redriving && ctx.redrive_of == Some(r.seq()) && !r.is_reservation())
+                || r.dlq_seq == reservation
+        });
         if self.inbox.contains(family, &m.id).await? {
             return Ok(Admission::Duplicate {
-                release: mine.map(|i| queue[i].seq()),
+                release: mine.map(|i| queue[i].dlq_seq),
             });
         }
         let Some(head) = queue.first() else {
@@ -438,25 +451,25 @@ impl<H: InboundHandler> Subscriber<H> {
         };
         Ok(match mine {
             Some(0) => Admission::Proceed {
-                mine: Some(head.seq()),
+                mine: Some(head.dlq_seq),
             },
             Some(i) => match queue[..i].iter().find(|r| !r.redriving) {
                 Some(blocker) => Admission::HeldBehind {
-                    blocker: blocker.seq(),
-                    replaces: Some(queue[i].seq()),
+                    blocker: blocker.dlq_seq,
+                    replaces: Some(queue[i].dlq_seq),
                 },
                 None => Admission::Wait {
-                    head: head.seq(),
-                    replaces: Some(queue[i].seq()),
+                    head: head.dlq_seq,
+                    replaces: Some(queue[i].dlq_seq),
                 },
             },
             None => match queue.iter().find(|r| !r.redriving) {
                 Some(blocker) => Admission::HeldBehind {
-                    blocker: blocker.seq(),
+                    blocker: blocker.dlq_seq,
                     replaces: None,
                 },
                 None => Admission::Wait {
-                    head: head.seq(),
+                    head: head.dlq_seq,
                     replaces: None,
                 },
             },
@@ -468,7 +481,7 @@ impl<H: InboundHandler> Subscriber<H> {
         &self,
         message: &InboundMessage,
         ctx: &MessageContext,
-        mine: Option<u64>,
+        mine: Option<i64>,
     ) -> Result<(), BusError> {
         let mut tx = self.pool.begin().await?;
         Inbox::record(
@@ -480,16 +493,16 @@ impl<H: InboundHandler> Subscriber<H> {
             ctx.stream_sequence,
         )
         .await?;
-        if let Some(seq) = mine {
-            self.dead_letters.holds().release(&mut tx, seq).await?;
+        if let Some(key) = mine {
+            self.dead_letters.holds().release(&mut tx, key).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn release(&self, seq: u64) -> Result<(), BusError> {
+    async fn release(&self, key: i64) -> Result<(), BusError> {
         let mut conn = self.pool.acquire().await?;
-        self.dead_letters.holds().release(&mut conn, seq).await
+        self.dead_letters.holds().release(&mut conn, key).await
     }
 
     /// NAKs with the backoff for this attempt, or parks once the attempts are used up.
@@ -499,7 +512,7 @@ impl<H: InboundHandler> Subscriber<H> {
         ctx: &MessageContext,
         message: &InboundMessage,
         reason: &str,
-        replaces: Option<u64>,
+        replaces: Option<i64>,
         deferred: &mut HashSet<Uuid>,
     ) -> Outcome {
         if ctx.attempt >= self.max_attempts() {
@@ -514,6 +527,24 @@ impl<H: InboundHandler> Subscriber<H> {
             return outcome;
         }
         deferred.insert(message.order_id);
+        // While it is retried, the order's later messages of this family wait behind it (in
+        // this batch through `deferred`, in later ones through this row). Best effort: when
+        // the database is what failed, the row cannot be written either.
+        if let Err(e) = self
+            .dead_letters
+            .holds()
+            .reserve(
+                ctx.stream_sequence,
+                message.order_id,
+                Some(self.config.family),
+                reason,
+                replaces,
+                true,
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot hold the order while the message is retried");
+        }
         let delay = self.config.retry_delay(ctx.attempt);
         tracing::info!(attempt = ctx.attempt, retry_in = ?delay, reason, "inbound message will be retried");
         self.nak(msg, delay).await;
@@ -524,7 +555,7 @@ impl<H: InboundHandler> Subscriber<H> {
         if parcel.order_id.is_some() && parcel.replaces.is_none() {
             // A redriven message parked again takes its own earlier row's place; otherwise
             // that row would look "in flight" forever.
-            parcel.replaces = ctx.redrive_of;
+            parcel.replaces = ctx.redrive_of.and_then(|seq| i64::try_from(seq).ok());
         }
         match self.dead_letters.park(&parcel).await {
             Ok(_) => {
