@@ -6,9 +6,13 @@ use order_api::config::Settings;
 use order_api::startup::Application;
 use order_api::{cli, db, telemetry};
 
-/// The order engine of the ticketing platform.
+/// What `--help` opens with: what the program is, in one line.
+const ABOUT: &str = "The order service of the ticketing platform: signed HTTP commands and \
+queries, events published to NATS JetStream, and the operator tools (replay, dead letters).";
+
+/// The order service of the ticketing platform, and its operator tools.
 #[derive(Parser)]
-#[command(name = "order-service", version, about)]
+#[command(name = "order-service", version, about = ABOUT, long_about = None)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -215,4 +219,22 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn help_opens_with_what_the_program_is() {
+        let help = Cli::command().render_help().to_string();
+        let first = help.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("The order service of the ticketing platform"),
+            "--help opens with: {first}"
+        );
+        assert!(!help.contains("Configuration, HTTP server"), "{help}");
+    }
 }
