@@ -1456,34 +1456,3 @@ async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool)
     let seqs: Vec<u64> = queue.iter().map(|r| r.seq()).collect();
     assert_eq!(seqs, [poison.dlq_seq, later.dlq_seq], "{queue:?}");
 }
-
-#[sqlx::test(migrations = "../migrations")]
-async fn while_a_message_is_retried_the_orders_later_messages_wait_behind_it(pool: PgPool) {
-    let h = Harness::new(pool, |s| {
-        s.inbound_backoff_ms = vec![300];
-        s.inbound_max_deliver = 5;
-    })
-    .await;
-    let id = h.new_order().await;
-    let payments = h.subscriber_with(Family::Payment, Outage::new(h.handler(), 1).await);
-
-    // The payment fails transiently and is NAKed for 300 ms...
-    h.publish(&paid("first", id, "pi_1", TOTAL)).await;
-    let r = payments.run_once().await.expect("round");
-    assert_eq!(r.retried, 1, "{r:?}");
-    // ...and a stale failure of an older attempt arrives in a later batch, before the retry.
-    h.publish(&json!({"id": "second", "type": "payment.failed",
-        "payload": {"orderId": id, "paymentIntentId": "pi_0", "reason": "declined"}}))
-        .await;
-    let r = payments.run_once().await.expect("round");
-    assert_eq!((r.retried, r.processed), (1, 0), "it waits: {r:?}");
-
-    let r = run_until(&payments, |r| r.processed >= 2).await;
-    assert_eq!(r.parked, 0, "{r:?}");
-    assert_eq!(
-        event_types(&h.store().history(id).await.expect("history")),
-        ["OrderCreated", "OrderConfirmed"],
-        "the failure, applied after the payment as it was first delivered, is moot"
-    );
-    assert_eq!(h.holds().await, 0, "the waits ended with their messages");
-}

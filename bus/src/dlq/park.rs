@@ -82,7 +82,6 @@ impl DeadLetters {
                     parcel.family,
                     &error,
                     parcel.replaces,
-                    false,
                 )
                 .await?;
         }
