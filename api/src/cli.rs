@@ -280,7 +280,13 @@ pub async fn dlq_discard(settings: &Settings, dlq_seq: u64) -> anyhow::Result<St
         parked.dlq_seq, parked.subject, parked.error
     );
     if let Some(order) = parked.order_id {
-        let left = dlq.holds().queue(order, None).await?.len();
+        let left = dlq
+            .holds()
+            .queue(order, None)
+            .await?
+            .iter()
+            .filter(|r| !r.is_reservation())
+            .count();
         if left > 0 {
             out.push_str(&format!(
                 "order {order} still has {left} parked message(s); redrive them with `dlq redrive --order {order}`\n"

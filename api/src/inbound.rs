@@ -278,6 +278,10 @@ pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
 /// How often the inbox is purged of ids older than the retention.
 const INBOX_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Hold reservations older than this belong to messages the broker stopped delivering: a
+/// message being parked comes back within its backoff (under an hour in all).
+const RESERVATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
 /// The worker of one inbound family: consumes until `stop`. Every replica runs it; replicas
 /// share the durable consumer, so each message goes to one of them.
 pub async fn consume(
@@ -309,6 +313,7 @@ pub async fn purge_inbox(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let inbox = order_bus::inbound::Inbox::new(state.pool.clone());
+    let holds = order_bus::dlq::Holds::new(state.pool.clone(), &state.settings.dlq_stream);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -321,6 +326,14 @@ pub async fn purge_inbox(
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "purged old inbox ids"),
             Err(e) => tracing::warn!(error = %e, "inbox purge failed; will retry"),
+        }
+        match holds
+            .purge_reservations_older_than(RESERVATION_MAX_AGE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(purged = n, "dropped stale hold reservations"),
+            Err(e) => tracing::warn!(error = %e, "hold reservation purge failed; will retry"),
         }
     }
 }

@@ -1423,13 +1423,30 @@ async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool)
         "the later message overtook the unparked one"
     );
 
-    // The dead-letter stream is back: both park, in their order, with their own reasons.
+    // Young reservations survive the stale-reservation purge.
+    let purged = h
+        .dead_letters()
+        .holds()
+        .purge_reservations_older_than(Duration::from_secs(3600))
+        .await
+        .expect("purge");
+    assert_eq!(purged, 0);
+
+    // The dead-letter stream is back. A redrive of the order has nothing to republish yet
+    // (both messages are still being redelivered from their own stream) and must not fail.
     let mut dlq_config = h.settings.dlq_config();
     dlq_config.ensure_stream = true;
     DeadLetters::new(h.js.clone(), h.app.pool.clone(), dlq_config)
         .ensure_stream()
         .await
         .expect("dead-letter stream");
+    let report = h
+        .dead_letters()
+        .redrive(RedriveTarget::Order(id))
+        .await
+        .expect("a redrive with reservations only");
+    assert!(report.republished.is_empty(), "{report:?}");
+    // Both park, in their order, with their own reasons.
     run_until(&payments, |r| r.parked >= 2).await;
     let parked = h.parked().await;
     assert_eq!(parked.len(), 2, "{parked:?}");

@@ -217,6 +217,28 @@ impl Holds {
         Ok(())
     }
 
+    /// Drops reservations older than `age`: a message being parked comes back within its
+    /// redelivery backoff, so a reservation that old belongs to a message whose deliveries ran
+    /// out while parking kept failing, and would otherwise hold its order for good.
+    ///
+    /// # Errors
+    /// [`BusError::Database`].
+    pub async fn purge_reservations_older_than(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<u64, BusError> {
+        let secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "DELETE FROM dlq_holds WHERE dlq_stream = $1 AND dlq_seq < 0
+               AND parked_at < now() - ($2::bigint * interval '1 second')",
+        )
+        .bind(&self.dlq_stream)
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Drops a row whose message no longer exists in the dead-letter stream.
     ///
     /// # Errors
