@@ -34,6 +34,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the published events as a subscriber receives them from the stream, from its
+    /// start: one line per envelope (or the envelope as JSON with --json).
+    Subscribe {
+        /// Only this order's events.
+        #[arg(long)]
+        order: Option<String>,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Stop when no event came for this many seconds.
+        #[arg(long, default_value_t = 5)]
+        wait: u64,
+        /// Each envelope as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and redrive the dead-letter stream of inbound messages.
     Dlq {
         #[command(subcommand)]
@@ -157,6 +173,23 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Events { order_id, json } => cli::events(&cli.settings, &order_id, json).await,
+        Command::Subscribe {
+            order,
+            count,
+            wait,
+            json,
+        } => {
+            let order = order
+                .as_deref()
+                .map(uuid::Uuid::parse_str)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--order must be a UUID"))?;
+            let wait = std::time::Duration::from_secs(wait);
+            for line in cli::subscribe(&cli.settings, order, count, wait, json).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Replay { action, args } => match action {
             Some(ReplayAction::Rollback { projection, all }) => {
                 cli::replay_rollback(&cli.settings, projection.as_deref(), all).await
