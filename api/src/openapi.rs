@@ -493,3 +493,64 @@ pub fn swagger_ui<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .config(Config::from(OPENAPI_PATH))
         .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use order_domain::values::{MAX_AMOUNT_CENTS, MAX_LINE_ITEMS, QUANTITY_RANGE};
+    use order_domain::Currency;
+    use serde_json::Value;
+
+    use super::document;
+    use crate::routes::commands::{MAX_EXPIRY_SECS, MAX_INTENT_ID, MAX_TEXT, MAX_TICKETS};
+
+    /// utoipa's `#[schema(...)]` bounds are literals; this ties them to the constants the
+    /// handlers and the aggregate check, so that a changed rule cannot leave the document behind.
+    #[test]
+    fn request_bounds_are_the_rules_the_handlers_enforce() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let props = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
+        let bounds = |v: &Value| (v["minimum"].clone(), v["maximum"].clone());
+        let amount = (Value::from(0), Value::from(MAX_AMOUNT_CENTS));
+        let expiry = (Value::from(1), Value::from(MAX_EXPIRY_SECS));
+
+        let create = props("CreateOrderBody");
+        assert_eq!(create["items"]["minItems"], 1);
+        assert_eq!(create["items"]["maxItems"], MAX_LINE_ITEMS);
+        assert_eq!(bounds(&create["feesCents"]), amount);
+        assert_eq!(bounds(&create["taxCents"]), amount);
+        assert_eq!(bounds(&create["expiresInSeconds"]), expiry);
+        let codes: Vec<&str> = create["currency"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(codes, Currency::CODES);
+        let item = props("CreateItemBody");
+        assert_eq!(
+            bounds(&item["quantity"]),
+            (
+                Value::from(*QUANTITY_RANGE.start()),
+                Value::from(*QUANTITY_RANGE.end())
+            )
+        );
+        assert_eq!(bounds(&item["unitPriceCents"]), amount);
+        assert_eq!(bounds(&props("ReserveBody")["expiresInSeconds"]), expiry);
+        assert_eq!(
+            props("ConfirmBody")["paymentIntentId"]["maxLength"],
+            MAX_INTENT_ID
+        );
+        assert_eq!(props("TicketsBody")["tickets"]["maxItems"], MAX_TICKETS);
+        for (schema, field) in [
+            ("CancelBody", "reason"),
+            ("RefundBody", "reason"),
+            ("TicketBody", "ticketId"),
+        ] {
+            assert_eq!(
+                props(schema)[field]["maxLength"],
+                MAX_TEXT,
+                "{schema}.{field}"
+            );
+        }
+    }
+}

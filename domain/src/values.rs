@@ -14,6 +14,12 @@ pub const QUANTITY_RANGE: std::ops::RangeInclusive<u32> = 1..=50;
 /// Most line items one order may carry; bounds the size of every event and read-model row.
 pub const MAX_LINE_ITEMS: usize = 100;
 
+/// Largest unit price, fee or tax a caller may state, in cents (10^15, ten trillion units).
+/// With at most [`MAX_LINE_ITEMS`] lines of at most 50 each, any order within it totals less
+/// than `i64::MAX`, so a total that overflows is refused by a bound a schema can state instead
+/// of by arithmetic on the whole body.
+pub const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000_000;
+
 /// The life-cycle status of an order. The wire names are normative (docs/contract.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -109,6 +115,9 @@ const ISO_4217: &[&str] = &[
 ];
 
 impl Currency {
+    /// Every code [`Currency::parse`] accepts, sorted.
+    pub const CODES: &'static [&'static str] = ISO_4217;
+
     /// Accepts an upper-case ISO 4217 code.
     ///
     /// # Errors

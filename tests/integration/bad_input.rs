@@ -100,12 +100,89 @@ async fn bad_create_bodies_are_400_with_a_reason(pool: PgPool) {
             with(&|b| b["expiresInSeconds"] = json!(999_999)),
             "expiresInSeconds",
         ),
+        (
+            "price over the bound",
+            with(&|b| b["items"][0]["unitPriceCents"] = json!(1_000_000_000_000_001_i64)),
+            "items[0].unitPriceCents must be at most 1000000000000000",
+        ),
+        (
+            "tax over the bound",
+            with(&|b| b["taxCents"] = json!(i64::MAX)),
+            "taxCents must be at most",
+        ),
     ];
     for (name, body, expected) in cases {
         let (status, answer) = json_of(app.post("/api/v1/orders", &body).await).await;
         let message = assert_error_body(status, &answer, 400, "Bad Request");
         assert!(message.contains(expected), "{name}: {message}");
     }
+}
+
+/// What the OpenAPI document calls valid is accepted: integers written with a zero fraction
+/// (JSON Schema's `integer` includes `2.0`), the largest amounts of the stated bounds on the
+/// most lines (no overflow within them), and texts measured in characters, not bytes.
+#[sqlx::test(migrations = "../migrations")]
+async fn what_the_document_calls_valid_is_accepted(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut body = order_body();
+    body["items"][0]["quantity"] = json!(2.0);
+    body["items"][0]["unitPriceCents"] = json!(5000.0);
+    body["feesCents"] = json!(250.0);
+    body["expiresInSeconds"] = json!(600.0);
+    let (status, created) = json_of(app.post("/api/v1/orders", &body).await).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["order"]["subtotalCents"], 17_500);
+    let id = created["order"]["id"].as_str().expect("id").to_owned();
+    let total = created["order"]["totalCents"].as_i64().expect("total");
+
+    let max = 1_000_000_000_000_000_i64;
+    let mut largest = order_body();
+    largest["items"] = json!(vec![
+        json!({"ticketTypeId": "9b8a7f6e-5d4c-4b3a-8f2e-1d0c9b8a7f6e",
+               "quantity": 50, "unitPriceCents": max});
+        100
+    ]);
+    largest["feesCents"] = json!(max);
+    largest["taxCents"] = json!(max);
+    let (status, answer) = json_of(app.post("/api/v1/orders", &largest).await).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["order"]["totalCents"], 5002 * max);
+
+    // 255 and 500 two-byte characters: within the document's maxLength, over it in bytes.
+    let confirm = json!({"paymentIntentId": "é".repeat(255), "amountCents": total as f64});
+    let (status, answer) = json_of(
+        app.send(
+            Method::POST,
+            &format!("/api/v1/orders/{id}/confirm"),
+            Auth::v1("payment-service"),
+            &[],
+            Some(&confirm),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = json_of(
+        app.post(
+            &format!(
+                "/api/v1/orders/{}/cancel",
+                app.create_order().await["id"].as_str().unwrap()
+            ),
+            &json!({"reason": "é".repeat(500)}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = json_of(
+        app.post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            &json!({"reason": "é".repeat(501)}),
+        )
+        .await,
+    )
+    .await;
+    assert_error_body(status, &answer, 400, "Bad Request");
 }
 
 #[sqlx::test(migrations = "../migrations")]

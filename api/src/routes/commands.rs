@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use order_domain::commands::*;
-use order_domain::values::{IssuedTicket, NewLineItem, QUANTITY_RANGE};
+use order_domain::values::{IssuedTicket, NewLineItem, MAX_AMOUNT_CENTS, QUANTITY_RANGE};
 use order_domain::{Currency, Order, OrderCommand};
 use order_projections::OrderView;
 use serde::Deserialize;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{truncate, AppJson, OrderIdPath};
+use crate::extract::{truncate, whole, AppJson, OrderIdPath};
 use crate::saga::{RefundRequest, RefundSaga, Settled};
 use crate::startup::AppState;
 use crate::store::Created;
@@ -37,20 +37,39 @@ const REFUND_NS: Uuid = Uuid::from_u128(0x0ef0_0000_0000_0000_0000_0000_0000_000
 /// Default hold of a new or reserved order: 15 minutes.
 const DEFAULT_EXPIRY_SECS: i64 = 900;
 /// Longest hold a caller may ask for: one day.
-const MAX_EXPIRY_SECS: i64 = 86_400;
+pub(crate) const MAX_EXPIRY_SECS: i64 = 86_400;
+
+// The `#[schema(...)]` bounds below state in the OpenAPI document the rules the handlers and
+// the aggregate enforce; utoipa takes literals only, so `openapi::tests` checks them against
+// the constants (QUANTITY_RANGE, MAX_LINE_ITEMS, MAX_AMOUNT_CENTS, MAX_EXPIRY_SECS,
+// MAX_INTENT_ID, MAX_TICKETS, MAX_TEXT).
+// A non-blank text is `pattern = "\\S"`: at least one character that is not white space.
 
 /// `POST /api/v1/orders` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderBody {
+    /// The buyer; not blank.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub user_id: String,
     pub event_id: Uuid,
+    /// An active ISO 4217 code, upper case.
+    #[schema(schema_with = currency_schema)]
     pub currency: String,
+    /// 1 to 100 lines. Their item ids derive from the order id and the position.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<CreateItemBody>,
-    #[serde(default)]
+    /// Default 0.
+    #[serde(default, deserialize_with = "whole::i64")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub fees_cents: i64,
-    #[serde(default)]
+    /// Default 0.
+    #[serde(default, deserialize_with = "whole::i64")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub tax_cents: i64,
+    /// How long the order is held, in seconds (default 900).
+    #[serde(default, deserialize_with = "whole::option_i64")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub expires_in_seconds: Option<i64>,
     pub event_starts_at: Option<DateTime<Utc>>,
 }
@@ -60,14 +79,30 @@ pub struct CreateOrderBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateItemBody {
     pub ticket_type_id: Uuid,
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(minimum = 1, maximum = 50)]
     pub quantity: i64,
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub unit_price_cents: i64,
+}
+
+/// The schema of `currency`: the codes [`Currency::parse`] accepts.
+fn currency_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(Currency::CODES.iter().copied()))
+        .description(Some("An active ISO 4217 code, upper case"))
+        .build()
 }
 
 /// `POST .../reserve` body.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReserveBody {
+    /// How long the order is held from now, in seconds (default 900).
+    #[serde(default, deserialize_with = "whole::option_i64")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub expires_in_seconds: Option<i64>,
 }
 
@@ -75,8 +110,15 @@ pub struct ReserveBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfirmBody {
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
     pub payment_intent_id: String,
+    /// The amount captured; it must equal the order's `totalCents` (409 otherwise).
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(minimum = 0)]
     pub amount_cents: i64,
+    /// When given, the order's `version` must equal it (409 otherwise).
+    #[serde(default, deserialize_with = "whole::option_u64")]
     pub expected_version: Option<u64>,
 }
 
@@ -84,6 +126,8 @@ pub struct ConfirmBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelBody {
+    /// Not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -91,7 +135,12 @@ pub struct CancelBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefundBody {
+    /// At most what is left to refund (409 otherwise); absent: all of it.
+    #[serde(default, deserialize_with = "whole::option_i64")]
+    #[schema(minimum = 1)]
     pub amount_cents: Option<i64>,
+    /// Not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -99,6 +148,7 @@ pub struct RefundBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketsBody {
+    #[schema(min_items = 1, max_items = 500)]
     pub tickets: Vec<TicketBody>,
 }
 
@@ -106,7 +156,10 @@ pub struct TicketsBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketBody {
+    /// A line item of the order (409 otherwise).
     pub item_id: Uuid,
+    /// Not blank; stored trimmed.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub ticket_id: String,
 }
 
@@ -189,13 +242,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     path = "/api/v1/orders",
     tag = "commands",
     params(
-        ("x-tenant-id" = String, Header, description = "The tenant the order belongs to (required)"),
-        ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
+        ("x-tenant-id" = String, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "The tenant the order belongs to: 1 to 128 visible ASCII characters (required; 400 without)"),
+        ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$", description = "1 to 255 visible ASCII characters; a repeat with the same key answers the first answer again"),
     ),
     request_body = CreateOrderBody,
     responses(
         (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body, or X-Tenant-ID missing", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing", body = crate::openapi::ErrorBody),
         (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
@@ -273,10 +326,13 @@ pub async fn create_order(
     }
 }
 
-/// The currency and line items of a create body, checked (400 on an unknown currency or a
-/// quantity outside 1..=50); item ids derive from the order id and the position.
+/// The currency and line items of a create body, checked (400 on an unknown currency, a
+/// quantity outside 1..=50 or an amount above [`MAX_AMOUNT_CENTS`]); item ids derive from the
+/// order id and the position.
 fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, Vec<NewLineItem>)> {
     let currency = Currency::parse(&body.currency)?;
+    amount_bound("feesCents", body.fees_cents)?;
+    amount_bound("taxCents", body.tax_cents)?;
     let items = body
         .items
         .iter()
@@ -291,6 +347,7 @@ fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, 
                         item.quantity
                     ))
                 })?;
+            amount_bound(&format!("items[{i}].unitPriceCents"), item.unit_price_cents)?;
             Ok(NewLineItem {
                 id: Uuid::new_v5(&ITEM_NS, format!("{order_id}:{i}").as_bytes()),
                 ticket_type_id: item.ticket_type_id,
@@ -300,6 +357,17 @@ fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, 
         })
         .collect::<ApiResult<Vec<_>>>()?;
     Ok((currency, items))
+}
+
+/// A stated amount above [`MAX_AMOUNT_CENTS`] is 400; a negative one is left to the aggregate,
+/// which refuses it with the same status.
+fn amount_bound(field: &str, value: i64) -> ApiResult<()> {
+    if value > MAX_AMOUNT_CENTS {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be at most {MAX_AMOUNT_CENTS}, got {value}"
+        )));
+    }
+    Ok(())
 }
 
 /// For an idempotent create: the first answer (the order right after `OrderCreated`) if the
@@ -331,7 +399,7 @@ async fn replay_first_answer(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
     ),
     request_body = ReserveBody,
     responses(
@@ -369,7 +437,7 @@ pub async fn reserve_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
     ),
     request_body = ConfirmBody,
     responses(
@@ -409,7 +477,7 @@ pub async fn confirm_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
     ),
     request_body = CancelBody,
     responses(
@@ -457,8 +525,8 @@ pub async fn cancel_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
-        ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$", description = "1 to 255 visible ASCII characters; a repeat with the same key answers the first answer again"),
     ),
     request_body = RefundBody,
     responses(
@@ -520,7 +588,7 @@ pub async fn refund_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
     ),
     request_body = TicketsBody,
     responses(
@@ -558,7 +626,7 @@ pub async fn record_tickets(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
     ),
     responses(
         (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),
@@ -607,19 +675,22 @@ pub async fn order_events(
 }
 
 fn check_confirm(body: &ConfirmBody) -> ApiResult<()> {
-    if body.payment_intent_id.trim().is_empty() || body.payment_intent_id.len() > 255 {
-        return Err(ApiError::BadRequest(
-            "paymentIntentId must be 1 to 255 characters".into(),
-        ));
+    // Characters, not bytes: the document's `maxLength` counts characters.
+    if body.payment_intent_id.trim().is_empty()
+        || body.payment_intent_id.chars().count() > MAX_INTENT_ID
+    {
+        return Err(ApiError::BadRequest(format!(
+            "paymentIntentId must be 1 to {MAX_INTENT_ID} characters"
+        )));
     }
     Ok(())
 }
 
 fn issued_tickets(body: TicketsBody) -> ApiResult<Vec<IssuedTicket>> {
-    if body.tickets.is_empty() || body.tickets.len() > 500 {
-        return Err(ApiError::BadRequest(
-            "tickets must hold between 1 and 500 entries".into(),
-        ));
+    if body.tickets.is_empty() || body.tickets.len() > MAX_TICKETS {
+        return Err(ApiError::BadRequest(format!(
+            "tickets must hold between 1 and {MAX_TICKETS} entries"
+        )));
     }
     body.tickets
         .into_iter()
@@ -702,11 +773,21 @@ pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> ApiResult<()> {
     Ok(())
 }
 
+/// Longest payment intent id, in characters.
+pub(crate) const MAX_INTENT_ID: usize = 255;
+
+/// Most tickets one call may record.
+pub(crate) const MAX_TICKETS: usize = 500;
+
+/// Longest free text (a reason, a ticket id), in characters after trimming.
+pub(crate) const MAX_TEXT: usize = 500;
+
 fn required_text(field: &str, value: &str) -> ApiResult<String> {
     let v = value.trim();
-    if v.is_empty() || v.len() > 500 {
+    // Characters, not bytes: the document's `maxLength` counts characters.
+    if v.is_empty() || v.chars().count() > MAX_TEXT {
         return Err(ApiError::BadRequest(format!(
-            "{field} must be 1 to 500 characters, got '{}'",
+            "{field} must be 1 to {MAX_TEXT} characters, got '{}'",
             truncate(v)
         )));
     }
