@@ -1104,29 +1104,44 @@ async fn a_commit_wakes_the_projector_long_before_its_poll(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: PgPool) {
+    // The event store holds versions the read model does not have: the test holds the
+    // projection's lock (as a replay does), so the app's projector stands by.
     let app = spawn_app_with(pool.clone(), |s| s.read_wait_ms = 100).await;
-    let id = app.create_order().await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let s = Script::new(&pool);
+    let behind = s.create("tenant-a", &[(1, 1000)], -1, 15).await;
     project(&pool).await;
+    let mut lock = pool.acquire().await.expect("connection");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("projection:{ORDERS_PROJECTION}"))
+        .execute(&mut *lock)
+        .await
+        .expect("projection lock");
+    let unseen = s.create("tenant-a", &[(1, 1000)], -1, 15).await;
+    s.run(
+        behind,
+        OrderCommand::ReserveOrder(ReserveOrder {
+            expires_at: s.at(30),
+            now: s.at(0),
+        }),
+    )
+    .await;
 
     for (service, path) in [
         (
             "payment-service",
-            format!("/internal/orders/{id}?minVersion=99"),
+            format!("/internal/orders/{unseen}?minVersion=1"),
+        ),
+        (
+            "payment-service",
+            format!("/internal/orders/{behind}?minVersion=2"),
         ),
         (
             "blockchain-service",
-            format!("/internal/orders/{id}/items?minVersion=99"),
+            format!("/internal/orders/{behind}/items?minVersion=2"),
         ),
         (
             "payment-service",
-            format!("/internal/orders/{id}/for-payment?minVersion=99"),
-        ),
-        (
-            "payment-service",
-            format!("/internal/orders/{}?minVersion=1", Uuid::new_v4()),
+            format!("/internal/orders/{behind}/for-payment?minVersion=2"),
         ),
     ] {
         let started = std::time::Instant::now();
@@ -1146,6 +1161,7 @@ async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: P
         let (_, body) = json_of(resp).await;
         assert_error_body(&body, "Service Unavailable");
     }
+    let id = behind;
     // A version already reached answers at once.
     let (status, body) = get(
         &app,
@@ -1162,6 +1178,64 @@ async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: P
     .await;
     assert_eq!(status, 400, "{body}");
     assert_error_body(&body, "Bad Request");
+}
+
+/// `minVersion` waits only for what is pending: an order the event store does not hold (for
+/// this tenant) is 404, and a version beyond the one it holds 409, both at once rather than a
+/// 503 after the wait.
+#[sqlx::test(migrations = "../migrations")]
+async fn min_version_on_nothing_pending_answers_at_once(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), |s| s.read_wait_ms = 5_000).await;
+    let s = Script::new(&pool);
+    let id = s.create("tenant-a", &[(1, 1000)], -1, 15).await;
+    project(&pool).await;
+    let unknown = Uuid::new_v4();
+    for suffix in ["", "/items", "/for-payment"] {
+        let service = if suffix == "/items" {
+            "blockchain-service"
+        } else {
+            "payment-service"
+        };
+        for (path, tenant, status, error) in [
+            (
+                format!("/internal/orders/{unknown}{suffix}?minVersion=1"),
+                None,
+                404,
+                "Not Found",
+            ),
+            (
+                format!("/internal/orders/{id}{suffix}?minVersion=1"),
+                Some("tenant-b"),
+                404,
+                "Not Found",
+            ),
+            (
+                format!("/internal/orders/{id}{suffix}?minVersion=2"),
+                None,
+                409,
+                "Conflict",
+            ),
+            (
+                format!("/internal/orders/{id}{suffix}?minVersion=2"),
+                Some("tenant-a"),
+                409,
+                "Conflict",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let (got, body) = match tenant {
+                Some(t) => get_for_tenant(&app, service, t, &path).await,
+                None => get(&app, service, &path).await,
+            };
+            assert_eq!(got, status, "{path} as {tenant:?}: {body}");
+            assert_error_body(&body, error);
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{path} waited {:?}",
+                started.elapsed()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

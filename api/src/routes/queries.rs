@@ -22,8 +22,9 @@
 //! as `?minVersion=N` on the three per-order routes. The route then waits, polling the read
 //! model every 25 ms, until the order's version is at least `N`, for up to `READ_WAIT_MS`
 //! (2 s by default). If the read model is still behind then, it answers 503 with
-//! `Retry-After: 1`; an order that is not in the read model at all counts as behind when
-//! `minVersion` is above 0. `minVersion=0` asks for nothing and reads like no parameter.
+//! `Retry-After: 1`. Nothing is waited for that is not pending: an order the event store does
+//! not hold is 404 at once, and a version beyond the one the event store holds is 409 at once.
+//! `minVersion=0` asks for nothing and reads like no parameter.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,18 +35,21 @@ use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 use chrono::Utc;
-use order_domain::OrderStatus;
+use order_domain::{OrderStatus, ORDER_AGGREGATE_TYPE};
 use order_projections::queries::{self, ForPayment, WithoutTickets};
 use order_projections::{OrderView, ProjectionError};
 use serde::Serialize;
 use serde_json::{json, Value};
+use sqlx::PgPool;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::auth::{authenticate, RoutePolicy};
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, OrderIdPath};
 use crate::startup::AppState;
+use crate::store::sqlx_error;
 
 /// How often a `minVersion` read looks at the read model again.
 const READ_POLL: Duration = Duration::from_millis(25);
@@ -98,13 +102,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
-        ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
         (status = 200, description = "The order", body = crate::openapi::OrderAnswer),
         (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
     ),
 )]
@@ -118,6 +123,7 @@ pub async fn order(
     let tenant = ctx.tenant_id.as_deref();
     let order = read_at_least(
         &state,
+        (id, tenant),
         min_version,
         || state.orders.order(id, tenant),
         |o| o.version,
@@ -140,13 +146,14 @@ pub struct OrderBody {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
-        ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
         (status = 200, description = "Line items with their ticket ids", body = crate::openapi::OrderItemsAnswer),
         (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
     ),
 )]
@@ -160,6 +167,7 @@ pub async fn order_items(
     let tenant = ctx.tenant_id.as_deref();
     let detail = read_at_least(
         &state,
+        (id, tenant),
         min_version,
         || queries::order_detail(&state.pool, id, tenant),
         |d| d.order.version,
@@ -177,13 +185,14 @@ pub async fn order_items(
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
-        ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
         (status = 200, description = "What a charge needs, and whether it may happen now", body = crate::openapi::ForPaymentAnswer),
         (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
     ),
 )]
@@ -197,6 +206,7 @@ pub async fn order_for_payment(
     let tenant = ctx.tenant_id.as_deref();
     let detail = read_at_least(
         &state,
+        (id, tenant),
         min_version,
         || queries::order_detail(&state.pool, id, tenant),
         |d| d.order.version,
@@ -213,10 +223,10 @@ pub async fn order_for_payment(
     path = "/internal/orders/without-tickets",
     tag = "queries",
     params(
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
-        ("minutesOld" = Option<u32>, Query, description = "Only orders paid at least this many minutes ago (default 5)"),
-        ("status" = Option<String>, Query, description = "Only orders in this status (default PAID)"),
-        ("limit" = Option<u32>, Query, description = "At most this many orders (default 100, capped at 500)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("minutesOld" = Option<u32>, Query, minimum = 0, description = "Only orders paid at least this many minutes ago (default 5)"),
+        ("status" = Option<crate::openapi::OrderStatusDoc>, Query, description = "Only orders in this status (default PAID; any case is accepted)"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "At most this many orders (default 100; above 500 is capped at 500)"),
     ),
     responses(
         (status = 200, description = "Paid orders without tickets, oldest payment first", body = crate::openapi::WithoutTicketsAnswer),
@@ -279,11 +289,13 @@ fn number(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>
 }
 
 /// Reads through `fetch`; without `min_version` (or with 0) that is one read (404 when
-/// absent). With it,
-/// reads again every [`READ_POLL`] until the version is at least `min_version`, for up to the
-/// configured wait, then answers 503 with Retry-After.
+/// absent). With it, reads again every [`READ_POLL`] until the version is at least
+/// `min_version`, for up to the configured wait, then answers 503 with Retry-After. Nothing
+/// pending is not waited for: an order the event store does not hold for this tenant is 404,
+/// and a version beyond the store's 409, at once.
 async fn read_at_least<T, F, Fut>(
     state: &AppState,
+    (id, tenant): (Uuid, Option<&str>),
     min_version: Option<u64>,
     fetch: F,
     version: impl Fn(&T) -> u64,
@@ -293,6 +305,7 @@ where
     Fut: Future<Output = Result<Option<T>, ProjectionError>>,
 {
     let deadline = Instant::now() + Duration::from_millis(state.settings.read_wait_ms);
+    let mut checked = false;
     loop {
         let found = fetch().await.map_err(read_error)?;
         // Every order is at version 0 or more, so `minVersion=0` waits for nothing: an order
@@ -302,6 +315,19 @@ where
         };
         if let Some(current) = found.filter(|v| version(v) >= min) {
             return Ok(current);
+        }
+        // Only what the event store holds can still reach the read model. Asked once: a caller
+        // that got `minVersion` from a command's answer asks after that version was committed.
+        if !checked {
+            match stored_version(&state.pool, id, tenant).await? {
+                None => return Err(not_found()),
+                Some(stored) if stored < min => {
+                    return Err(ApiError::Conflict(format!(
+                        "the order is at version {stored}; version {min} does not exist yet"
+                    )))
+                }
+                Some(_) => checked = true,
+            }
         }
         let now = Instant::now();
         if now >= deadline {
@@ -315,6 +341,26 @@ where
         }
         tokio::time::sleep(READ_POLL.min(deadline - now)).await;
     }
+}
+
+/// The version of order `id` in the event store (its last sequence), or `None` when the store
+/// does not hold it for `tenant` (another tenant's order is unknown here, as on every read).
+async fn stored_version(pool: &PgPool, id: Uuid, tenant: Option<&str>) -> ApiResult<Option<u64>> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+            AND EXISTS (SELECT 1 FROM events c
+                         WHERE c.aggregate_type = $1 AND c.aggregate_id = $2 AND c.sequence = 1
+                           AND ($3::text IS NULL
+                                OR c.payload->'OrderCreated'->>'tenantId' = $3))",
+    )
+    .bind(ORDER_AGGREGATE_TYPE)
+    .bind(id.to_string())
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .map_err(sqlx_error)?;
+    Ok(last.and_then(|v| u64::try_from(v).ok()))
 }
 
 fn not_found() -> ApiError {
