@@ -76,11 +76,16 @@ pub fn current() -> Option<Instant> {
 
 /// Runs `work` until the current request's deadline; past it, `work` is dropped (its pool
 /// wait, its place in a batch queue or its statement with it) and the answer is
-/// [`DeadlinePassed`]. Outside a request, `work` runs unbounded.
+/// [`DeadlinePassed`]. Outside a request, `work` runs unbounded. `call` names the work in the
+/// log line and in `request_db_deadline_exceeded_total{call}`, which say where requests ran
+/// out of time.
 ///
 /// # Errors
 /// `work`'s own error, or [`DeadlinePassed`] converted into it.
-pub async fn within_deadline<T, E>(work: impl Future<Output = Result<T, E>>) -> Result<T, E>
+pub async fn within_deadline<T, E>(
+    call: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
 where
     E: From<DeadlinePassed>,
 {
@@ -90,8 +95,11 @@ where
     if let Ok(done) = tokio::time::timeout_at(deadline, work).await {
         return done;
     }
-    metrics::counter!("request_db_deadline_exceeded_total").increment(1);
-    tracing::warn!("the request's database deadline passed; answering 503");
+    metrics::counter!("request_db_deadline_exceeded_total", "call" => call).increment(1);
+    tracing::warn!(
+        call,
+        "the request's database deadline passed; answering 503"
+    );
     Err(DeadlinePassed.into())
 }
 
@@ -123,9 +131,9 @@ mod tests {
     async fn one_deadline_spans_every_call_of_a_request() {
         let started = Instant::now();
         let results = scope(BUDGET, async {
-            let first = within_deadline(db_call(Duration::from_secs(3))).await;
-            let second = within_deadline(db_call(Duration::from_secs(3))).await;
-            let third = within_deadline(db_call(Duration::from_millis(1))).await;
+            let first = within_deadline("test", db_call(Duration::from_secs(3))).await;
+            let second = within_deadline("test", db_call(Duration::from_secs(3))).await;
+            let third = within_deadline("test", db_call(Duration::from_millis(1))).await;
             (first, second, third)
         })
         .await;
@@ -144,18 +152,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn outside_a_request_work_is_not_bounded() {
         assert_eq!(current(), None);
-        assert_eq!(within_deadline(db_call(BUDGET * 10)).await, Ok(1));
+        assert_eq!(within_deadline("test", db_call(BUDGET * 10)).await, Ok(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn time_spent_on_peers_does_not_count() {
         let result = scope(BUDGET, async {
-            within_deadline(db_call(Duration::from_secs(3))).await?;
+            within_deadline("test", db_call(Duration::from_secs(3))).await?;
             // Two peer calls at once hold the deadline back by the longer one only.
             let peer = |secs| paused(tokio::time::sleep(Duration::from_secs(secs)));
             futures::future::join(peer(4), peer(6)).await;
-            within_deadline(db_call(Duration::from_secs(1))).await?;
-            within_deadline(db_call(Duration::from_secs(2))).await
+            within_deadline("test", db_call(Duration::from_secs(1))).await?;
+            within_deadline("test", db_call(Duration::from_secs(2))).await
         })
         .await;
         assert_eq!(result, Err(DeadlinePassed), "3 + 1 + 2 s of database work");
@@ -163,7 +171,7 @@ mod tests {
         let started = Instant::now();
         let fits = scope(BUDGET, async {
             paused(tokio::time::sleep(Duration::from_secs(20))).await;
-            within_deadline(db_call(Duration::from_secs(4))).await
+            within_deadline("test", db_call(Duration::from_secs(4))).await
         })
         .await;
         assert_eq!(fits, Ok(1));

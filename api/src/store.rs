@@ -109,7 +109,7 @@ impl OrderStore {
     /// [`ApiError::Unavailable`] when Postgres is unreachable or the request's database
     /// deadline passes, `Internal` otherwise.
     pub async fn load(&self, id: Uuid) -> Result<Option<Order>, ApiError> {
-        let mut ctx = within_deadline(async {
+        let mut ctx = within_deadline("load", async {
             self.inner
                 .load_aggregate(&id.to_string())
                 .await
@@ -141,7 +141,11 @@ impl OrderStore {
     ) -> Result<Executed, ApiError> {
         let started = std::time::Instant::now();
         let name = command_name(&command());
-        let result = within_deadline(self.decide_and_append(id, metadata, check, command)).await;
+        let result = within_deadline(
+            "command",
+            self.decide_and_append(id, metadata, check, command),
+        )
+        .await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         result
@@ -211,7 +215,7 @@ impl OrderStore {
     ) -> Result<Created, ApiError> {
         let started = std::time::Instant::now();
         let name = command_name(&command);
-        let result = within_deadline(self.create_unmetered(id, metadata, command)).await;
+        let result = within_deadline("command", self.create_unmetered(id, metadata, command)).await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         result
@@ -303,7 +307,7 @@ impl OrderStore {
             serde_json::Value,
             serde_json::Value,
             chrono::DateTime<chrono::Utc>,
-        )> = within_deadline(async {
+        )> = within_deadline("history", async {
             sqlx::query_as(
                 "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
                    FROM events WHERE aggregate_type = $1 AND aggregate_id = $2

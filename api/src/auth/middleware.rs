@@ -293,7 +293,7 @@ impl Authenticator {
     /// the request's database deadline passes first.
     pub async fn record(&self, policy: RoutePolicy, admission: &Admission) -> Result<(), ApiError> {
         let service = admission.caller.service.as_str();
-        let first_use = within_deadline(async {
+        let first_use = within_deadline("nonce", async {
             self.inner
                 .nonces
                 .record(service, &admission.replay_key, admission.expires_at)

@@ -257,7 +257,7 @@ pub async fn orders_without_tickets(
         })
         .transpose()?;
     let criteria = WithoutTickets::new(minutes_old, status, limit);
-    let orders = within_deadline(async {
+    let orders = within_deadline("read", async {
         queries::without_tickets(&state.pool, &criteria, ctx.tenant_id.as_deref(), Utc::now())
             .await
             .map_err(read_error)
@@ -303,7 +303,7 @@ where
 {
     let deadline = Instant::now() + Duration::from_millis(state.settings.read_wait_ms);
     loop {
-        let found = within_deadline(async { fetch().await.map_err(read_error) }).await?;
+        let found = within_deadline("read", async { fetch().await.map_err(read_error) }).await?;
         let Some(min) = min_version else {
             return found.ok_or_else(not_found);
         };
