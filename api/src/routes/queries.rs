@@ -25,6 +25,11 @@
 //! `Retry-After: 1`. Nothing is waited for that is not pending: an order the event store does
 //! not hold is 404 at once, and a version beyond the one the event store holds is 409 at once.
 //! `minVersion=0` asks for nothing and reads like no parameter.
+//!
+//! # Outages
+//! Every read runs within the request's database deadline (`REQUEST_DB_DEADLINE_MS`, see
+//! [`crate::deadline`]): when the database does not answer by then, the route answers 503 with
+//! `Retry-After`, as it does when the database refuses outright.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +51,7 @@ use uuid::Uuid;
 
 use crate::auth::{authenticate, RoutePolicy};
 use crate::context::RequestContext;
+use crate::deadline::within_deadline;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, OrderIdPath};
 use crate::startup::AppState;
@@ -261,10 +267,12 @@ pub async fn orders_without_tickets(
         })
         .transpose()?;
     let criteria = WithoutTickets::new(minutes_old, status, limit);
-    let orders =
+    let orders = within_deadline("read", async {
         queries::without_tickets(&state.pool, &criteria, ctx.tenant_id.as_deref(), Utc::now())
             .await
-            .map_err(read_error)?;
+            .map_err(read_error)
+    })
+    .await?;
     Ok(Json(json!({
         "orders": orders,
         "count": orders.len(),
@@ -293,6 +301,8 @@ fn number(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>
 /// `min_version`, for up to the configured wait, then answers 503 with Retry-After. Nothing
 /// pending is not waited for: an order the event store does not hold for this tenant is 404,
 /// and a version beyond the store's 409, at once.
+/// Each read runs within the request's database deadline, so a read wait longer than what
+/// is left of it ends at the deadline, also with 503.
 async fn read_at_least<T, F, Fut>(
     state: &AppState,
     (id, tenant): (Uuid, Option<&str>),
@@ -307,7 +317,7 @@ where
     let deadline = Instant::now() + Duration::from_millis(state.settings.read_wait_ms);
     let mut checked = false;
     loop {
-        let found = fetch().await.map_err(read_error)?;
+        let found = within_deadline("read", async { fetch().await.map_err(read_error) }).await?;
         // Every order is at version 0 or more, so `minVersion=0` waits for nothing: an order
         // the read model lacks is unknown (404) at once, as without the parameter.
         let Some(min) = min_version.filter(|&m| m > 0) else {
@@ -319,7 +329,7 @@ where
         // Only what the event store holds can still reach the read model. Asked once: a caller
         // that got `minVersion` from a command's answer asks after that version was committed.
         if !checked {
-            match stored_version(&state.pool, id, tenant).await? {
+            match within_deadline("read", stored_version(&state.pool, id, tenant)).await? {
                 None => return Err(not_found()),
                 Some(stored) if stored < min => {
                     return Err(ApiError::Conflict(format!(
