@@ -552,5 +552,25 @@ mod tests {
                 "{schema}.{field}"
             );
         }
+        // Not blank: a character `str::trim` keeps, so exactly the chars outside White_Space.
+        let white: String = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_whitespace())
+            .map(|c| format!("\\u{:04x}", u32::from(c)))
+            .collect();
+        let not_blank = format!("[^{white}]");
+        for (schema, field) in [
+            ("CreateOrderBody", "userId"),
+            ("ConfirmBody", "paymentIntentId"),
+            ("CancelBody", "reason"),
+            ("RefundBody", "reason"),
+            ("TicketBody", "ticketId"),
+        ] {
+            assert_eq!(
+                props(schema)[field]["pattern"],
+                not_blank.as_str(),
+                "{schema}.{field}"
+            );
+        }
     }
 }

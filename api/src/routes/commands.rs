@@ -42,15 +42,19 @@ pub(crate) const MAX_EXPIRY_SECS: i64 = 86_400;
 // The `#[schema(...)]` bounds below state in the OpenAPI document the rules the handlers and
 // the aggregate enforce; utoipa takes literals only, so `openapi::tests` checks them against
 // the constants (QUANTITY_RANGE, MAX_LINE_ITEMS, MAX_AMOUNT_CENTS, MAX_EXPIRY_SECS,
-// MAX_INTENT_ID, MAX_TICKETS, MAX_TEXT).
-// A non-blank text is `pattern = "\\S"`: at least one character that is not white space.
+// MAX_INTENT_ID, MAX_TICKETS, MAX_TEXT). A text that must not be blank has a character outside
+// Unicode's White_Space, the set `str::trim` removes; the class is spelled out because `\S`
+// differs between regex engines (U+0085 is white space to Rust and Python, not to ECMA-262).
 
 /// `POST /api/v1/orders` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderBody {
     /// The buyer; not blank.
-    #[schema(min_length = 1, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub user_id: String,
     pub event_id: Uuid,
     /// An active ISO 4217 code, upper case.
@@ -111,7 +115,11 @@ pub struct ReserveBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfirmBody {
     /// Not blank.
-    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub payment_intent_id: String,
     /// The amount captured; it must equal the order's `totalCents` (409 otherwise).
     #[serde(deserialize_with = "whole::i64")]
@@ -127,7 +135,11 @@ pub struct ConfirmBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelBody {
     /// Not blank; stored trimmed.
-    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -140,7 +152,11 @@ pub struct RefundBody {
     #[schema(minimum = 1)]
     pub amount_cents: Option<i64>,
     /// Not blank; stored trimmed.
-    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -159,7 +175,11 @@ pub struct TicketBody {
     /// A line item of the order (409 otherwise).
     pub item_id: Uuid,
     /// Not blank; stored trimmed.
-    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub ticket_id: String,
 }
 
