@@ -384,7 +384,8 @@ const HMAC_V2: [(&str, &str, &str); 3] = [
 ];
 
 /// Adds the HMAC security schemes, and to every operation under `/api` and `/internal` the
-/// requirement "all hmac-v1 headers, or all hmac-v2 headers" with the 401 and 403 answers.
+/// requirement "all hmac-v1 headers, or all hmac-v2 headers" with the 401 and 403 answers, and
+/// the 413 of the body limit to those that take a body.
 #[derive(Debug)]
 pub struct SecuritySchemes;
 
@@ -445,6 +446,19 @@ impl Modify for SecuritySchemes {
                     .responses
                     .entry("403".to_owned())
                     .or_insert_with(|| error("The calling service may not use this route"));
+                // A size in bytes is not something JSON Schema can bound, so a body the schema
+                // allows can still be over the limit: say so on every operation with a body.
+                if op.request_body.is_some() {
+                    op.responses
+                        .responses
+                        .entry("413".to_owned())
+                        .or_insert_with(|| {
+                            error(
+                                "The body is over REQUEST_BODY_LIMIT (64 KiB by default), \
+                                 however valid its content",
+                            )
+                        });
+                }
             }
         }
     }
