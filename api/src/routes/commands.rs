@@ -189,13 +189,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     path = "/api/v1/orders",
     tag = "commands",
     params(
-        ("x-tenant-id" = String, Header, description = "The tenant the order belongs to (required)"),
+        ("x-tenant-id" = String, Header, description = "The tenant the order belongs to (required): sent once, 1 to 128 visible ASCII characters"),
         ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
     ),
     request_body = CreateOrderBody,
     responses(
         (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body, or X-Tenant-ID missing", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed body, or X-Tenant-ID missing or invalid", body = crate::openapi::ErrorBody),
         (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
@@ -331,7 +331,7 @@ async fn replay_first_answer(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = ReserveBody,
     responses(
@@ -369,7 +369,7 @@ pub async fn reserve_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = ConfirmBody,
     responses(
@@ -409,7 +409,7 @@ pub async fn confirm_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = CancelBody,
     responses(
@@ -457,7 +457,7 @@ pub async fn cancel_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
     ),
     request_body = RefundBody,
@@ -520,7 +520,7 @@ pub async fn refund_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = TicketsBody,
     responses(
@@ -558,7 +558,7 @@ pub async fn record_tickets(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     responses(
         (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),

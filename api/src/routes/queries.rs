@@ -98,7 +98,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
     ),
     responses(
@@ -140,7 +140,7 @@ pub struct OrderBody {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
     ),
     responses(
@@ -177,7 +177,7 @@ pub async fn order_items(
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise"),
     ),
     responses(
@@ -213,7 +213,7 @@ pub async fn order_for_payment(
     path = "/internal/orders/without-tickets",
     tag = "queries",
     params(
-        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404"),
+        ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minutesOld" = Option<u32>, Query, description = "Only orders paid at least this many minutes ago (default 5)"),
         ("status" = Option<String>, Query, description = "Only orders in this status (default PAID)"),
         ("limit" = Option<u32>, Query, description = "At most this many orders (default 100, capped at 500)"),
