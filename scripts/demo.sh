@@ -23,7 +23,8 @@ CALL_BODY_FLAG="--body"            # JSON request body
 CALL_AS_FLAG="--as"                # the calling service whose key signs the request
 CALL_TENANT_FLAG="--tenant"        # sent as X-Tenant-ID
 CALL_EXTRA_ARGS=()                 # e.g. (--url "http://$HTTP_ADDR") if `call` needs the address
-CALLER="${DEMO_CALLER:-api-gateway}"   # allowed on commands and the event history (DESIGN 6)
+CALLER="${DEMO_CALLER:-api-gateway}"   # may create, reserve and read the event history (DESIGN 6)
+CONFIRM_CALLER="payment-service"       # confirm is open to payment-service alone
 
 # --- Environment of the demo service -------------------------------------------------------
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -171,8 +172,8 @@ say "2/4 Reserve order $ORDER_ID: holds its tickets while the buyer pays (POST /
 call_api POST "/api/v1/orders/$ORDER_ID/reserve" '{}' | show_json
 
 PAYMENT_INTENT="pi_demo_$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
-say "3/4 Confirm the payment of its total, $TOTAL_CENTS cents, as payment-service would after a successful charge (POST /api/v1/orders/$ORDER_ID/confirm)"
-call_api POST "/api/v1/orders/$ORDER_ID/confirm" \
+say "3/4 Confirm the payment of its total, $TOTAL_CENTS cents, signed as $CONFIRM_CALLER as after a successful charge (POST /api/v1/orders/$ORDER_ID/confirm)"
+CALLER="$CONFIRM_CALLER" call_api POST "/api/v1/orders/$ORDER_ID/confirm" \
   "{\"paymentIntentId\": \"$PAYMENT_INTENT\", \"amountCents\": $TOTAL_CENTS}" | show_json
 
 say "4/4 Read the order's event history: every change above is an event in the store (GET /api/v1/orders/$ORDER_ID/events)"

@@ -117,7 +117,10 @@ pub struct Settings {
     )]
     pub allowed_internal_services: String,
 
-    /// Per-route caller overrides: `orders.items=blockchain-service|ticket-service;jobs=api-gateway`.
+    /// Per-route caller overrides, `route=service|service;...`, for example
+    /// `orders.confirm=payment-service;jobs=api-gateway`. Routes: orders.read, orders.items,
+    /// orders.create, orders.reserve, orders.confirm, orders.cancel, orders.refunds,
+    /// orders.tickets, orders.events, jobs.
     #[arg(long, env = "ROUTE_CALLERS")]
     pub route_callers: Option<String>,
 

@@ -87,21 +87,37 @@ pub const SENSITIVE: [HeaderName; 4] = [
 /// The full router with its middleware stack.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
+    // Each command is guarded by its own caller policy (crate::auth::RoutePolicy).
+    let guard = |policy| middleware::from_fn_with_state(state.auth.guard(policy), authenticate);
     let commands = Router::new()
-        .route("/api/v1/orders", post(commands::create_order))
-        .route("/api/v1/orders/{id}/reserve", post(commands::reserve_order))
-        .route("/api/v1/orders/{id}/confirm", post(commands::confirm_order))
-        .route("/api/v1/orders/{id}/cancel", post(commands::cancel_order))
-        .route("/api/v1/orders/{id}/refunds", post(commands::refund_order))
+        .route(
+            "/api/v1/orders",
+            post(commands::create_order).route_layer(guard(RoutePolicy::OrdersCreate)),
+        )
+        .route(
+            "/api/v1/orders/{id}/reserve",
+            post(commands::reserve_order).route_layer(guard(RoutePolicy::OrdersReserve)),
+        )
+        .route(
+            "/api/v1/orders/{id}/confirm",
+            post(commands::confirm_order).route_layer(guard(RoutePolicy::OrdersConfirm)),
+        )
+        .route(
+            "/api/v1/orders/{id}/cancel",
+            post(commands::cancel_order).route_layer(guard(RoutePolicy::OrdersCancel)),
+        )
+        .route(
+            "/api/v1/orders/{id}/refunds",
+            post(commands::refund_order).route_layer(guard(RoutePolicy::OrdersRefunds)),
+        )
         .route(
             "/api/v1/orders/{id}/tickets",
-            post(commands::record_tickets),
+            post(commands::record_tickets).route_layer(guard(RoutePolicy::OrdersTickets)),
         )
-        .route("/api/v1/orders/{id}/events", get(commands::order_events))
-        .route_layer(middleware::from_fn_with_state(
-            state.auth.guard(RoutePolicy::OrdersCommands),
-            authenticate,
-        ));
+        .route(
+            "/api/v1/orders/{id}/events",
+            get(commands::order_events).route_layer(guard(RoutePolicy::OrdersEvents)),
+        );
 
     Router::new()
         .route("/health/live", get(health::live))

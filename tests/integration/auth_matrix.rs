@@ -2,10 +2,11 @@
 //! with its status, and nothing in the body that tells an attacker which check failed.
 
 use order_tests::{
-    json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, Auth, TestApp, SECRET,
+    json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, spawn_app_with, Auth,
+    TestApp, SECRET,
 };
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const PATH: &str = "/api/v1/orders";
@@ -160,4 +161,137 @@ async fn unknown_callers_and_callers_on_the_wrong_route_are_forbidden(pool: PgPo
         assert_refused(&answer, 403, "Forbidden");
         assert_eq!(answer.1["message"], "Service not authorized", "{service}");
     }
+}
+
+/// Each command is open to its own callers only (the defaults of `ROUTE_CALLERS`): a known
+/// caller on a command not open to it gets 403 and changes nothing.
+#[sqlx::test(migrations = "../migrations")]
+async fn each_command_is_open_to_its_own_callers_only(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let order = app.create_order().await;
+    let id = order["id"].as_str().expect("id");
+    let total = order["totalCents"].clone();
+    let command = |route: &str| format!("/api/v1/orders/{id}/{route}");
+    let confirm = json!({"paymentIntentId": "pi_scopes", "amountCents": total});
+    let some_item = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    let tickets = json!({"tickets": [{"itemId": some_item, "ticketId": "tkt_scopes"}]});
+    let refund = json!({"reason": "scopes", "amountCents": 1});
+    let forbidden = [
+        ("confirm", "api-gateway", &confirm),
+        ("confirm", "event-service", &confirm),
+        ("confirm", "ticket-service", &confirm),
+        ("reserve", "payment-service", &json!({})),
+        ("reserve", "ticket-service", &json!({})),
+        ("cancel", "payment-service", &json!({"reason": "scopes"})),
+        ("cancel", "event-service", &json!({"reason": "scopes"})),
+        ("tickets", "api-gateway", &tickets),
+        ("tickets", "payment-service", &tickets),
+        ("refunds", "ticket-service", &refund),
+        ("refunds", "event-service", &refund),
+    ];
+    for (route, service, body) in forbidden {
+        let answer = json_of(app.post_as(service, &command(route), body).await).await;
+        assert_refused(&answer, 403, "Forbidden");
+        assert_eq!(
+            answer.1["message"], "Service not authorized",
+            "{route} as {service}"
+        );
+    }
+    for service in ["payment-service", "ticket-service", "event-service"] {
+        let answer = json_of(app.post_as(service, PATH, &order_body()).await).await;
+        assert_refused(&answer, 403, "Forbidden");
+    }
+    // Nothing above changed the order.
+    let history = |service: &'static str| {
+        let path = command("events");
+        let app = &app;
+        async move {
+            let resp = app
+                .send(
+                    Method::GET,
+                    &path,
+                    Auth::v1(service),
+                    &[("x-tenant-id", "tenant-a")],
+                    None,
+                )
+                .await;
+            json_of(resp).await
+        }
+    };
+    let (status, events) = history("event-service").await;
+    assert_eq!(
+        status, 200,
+        "the history stays open to event-service: {events}"
+    );
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(1),
+        "{events}"
+    );
+    let item = events["events"][0]["payload"]["items"][0]["id"].clone();
+    let tickets = json!({"tickets": [{"itemId": item, "ticketId": "tkt_scopes"}]});
+
+    // The callers each command is open to.
+    let ok = |answer: &(u16, Value), what: &str| {
+        assert!((200..300).contains(&answer.0), "{what}: {}", answer.1);
+    };
+    ok(
+        &json_of(
+            app.post_as("api-gateway", &command("reserve"), &json!({}))
+                .await,
+        )
+        .await,
+        "reserve as api-gateway",
+    );
+    ok(
+        &json_of(
+            app.post_as("payment-service", &command("confirm"), &confirm)
+                .await,
+        )
+        .await,
+        "confirm as payment-service",
+    );
+    ok(
+        &json_of(
+            app.post_as("ticket-service", &command("tickets"), &tickets)
+                .await,
+        )
+        .await,
+        "tickets as ticket-service",
+    );
+    ok(&history("api-gateway").await, "history as api-gateway");
+}
+
+/// `ROUTE_CALLERS` opens a command to another caller, one command at a time.
+#[sqlx::test(migrations = "../migrations")]
+async fn route_callers_override_one_command(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.route_callers = Some("orders.confirm=payment-service|api-gateway".into());
+    })
+    .await;
+    let order = app.create_order().await;
+    let id = order["id"].as_str().expect("id");
+    let confirm = json!({"paymentIntentId": "pi_override", "amountCents": order["totalCents"]});
+    let answer = json_of(
+        app.post_as(
+            "api-gateway",
+            &format!("/api/v1/orders/{id}/confirm"),
+            &confirm,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let tickets =
+        json!({"tickets": [{"itemId": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "ticketId": "t"}]});
+    let answer = json_of(
+        app.post_as(
+            "api-gateway",
+            &format!("/api/v1/orders/{id}/tickets"),
+            &tickets,
+        )
+        .await,
+    )
+    .await;
+    assert_refused(&answer, 403, "Forbidden");
 }

@@ -37,8 +37,17 @@ pub enum AuthConfigError {
         reason: &'static str,
     },
     /// A route-callers override names a route policy that does not exist.
-    #[error("ROUTE_CALLERS: unknown route `{0}` (known: orders.read, orders.items, orders.commands, jobs)")]
+    #[error(
+        "ROUTE_CALLERS: unknown route `{0}` (known: {known})",
+        known = super::RoutePolicy::known_names()
+    )]
     UnknownRoute(String),
+    /// A route-callers override names all commands at once; each has a policy of its own.
+    #[error(
+        "ROUTE_CALLERS: `{0}` names no route; each command has its own (known: {known})",
+        known = super::RoutePolicy::known_names()
+    )]
+    RouteSplit(String),
     /// A route-callers override names a caller that the allowlist would refuse anyway.
     #[error("ROUTE_CALLERS: route `{route}` names `{service}`, which is not in ALLOWED_INTERNAL_SERVICES")]
     CallerNotAllowed {
