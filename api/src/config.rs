@@ -19,6 +19,41 @@ pub enum AppEnv {
 /// The secret every existing service uses in development; refused in production.
 pub const DEV_SECRET: &str = "dev-internal-secret-change-me";
 
+/// Variables that look like settings of this service but are not read, each with the name that
+/// is. Start-up refuses them: a deployment that sets one would otherwise run without what it
+/// meant to configure (per-service keys, here), and nothing would say so.
+pub const MISNAMED_SETTINGS: &[(&str, &str)] = &[("INTERNAL_SERVICE_KEYS", "SERVICE_KEYS")];
+
+/// Settings refused before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable from [`MISNAMED_SETTINGS`] is set.
+    #[error("{set} is set, but this service reads {read}: rename it")]
+    Misnamed {
+        /// The name found in the environment.
+        set: &'static str,
+        /// The name this service reads.
+        read: &'static str,
+    },
+}
+
+/// Refuses an environment that sets a variable from [`MISNAMED_SETTINGS`]; `names` are the
+/// environment's variable names.
+///
+/// # Errors
+/// [`ConfigError::Misnamed`] for the first such variable.
+pub fn refuse_misnamed<K: AsRef<std::ffi::OsStr>>(
+    names: impl IntoIterator<Item = K>,
+) -> Result<(), ConfigError> {
+    for name in names {
+        let name = name.as_ref();
+        if let Some((set, read)) = MISNAMED_SETTINGS.iter().find(|(set, _)| name == *set) {
+            return Err(ConfigError::Misnamed { set, read });
+        }
+    }
+    Ok(())
+}
+
 /// All settings of `order-service`. Each field documents its variable in `--help`.
 #[derive(Clone, Args)]
 pub struct Settings {
@@ -105,7 +140,8 @@ pub struct Settings {
     #[arg(long, env = "INTERNAL_SERVICE_SECRET_PREVIOUS", hide_env_values = true)]
     pub internal_service_secret_previous: Option<String>,
 
-    /// Per-service keys: `payment-service=KEY|PREVIOUS,ticket-service=KEY`.
+    /// Per-service keys: `payment-service=KEY|PREVIOUS,ticket-service=KEY`. (Start-up refuses
+    /// `INTERNAL_SERVICE_KEYS`, which is not read.)
     #[arg(long, env = "SERVICE_KEYS", hide_env_values = true)]
     pub service_keys: Option<String>,
 
@@ -460,6 +496,18 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misnamed_settings_are_refused() {
+        assert_eq!(refuse_misnamed(["PATH", "SERVICE_KEYS"]), Ok(()));
+        assert_eq!(
+            refuse_misnamed(["PATH", "INTERNAL_SERVICE_KEYS"]),
+            Err(ConfigError::Misnamed {
+                set: "INTERNAL_SERVICE_KEYS",
+                read: "SERVICE_KEYS"
+            })
+        );
+    }
 
     #[test]
     fn passwords_never_show_in_debug_output() {

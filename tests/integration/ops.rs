@@ -605,3 +605,34 @@ async fn request_id_is_echoed_with_a_traceparent(pool: PgPool) {
     );
     assert_eq!(events["events"][0]["metadata"]["traceparent"], traceparent);
 }
+
+/// Per-service keys are read from `SERVICE_KEYS` only; a deployment that sets
+/// `INTERNAL_SERVICE_KEYS` would run without the keys it meant to set, so the binary refuses to
+/// start and names both variables. (Needs the binary: `cargo build -p order-api --bin
+/// order-service`, as `just test` does.)
+#[tokio::test]
+async fn the_binary_refuses_the_misnamed_service_keys_variable() {
+    let output = tokio::process::Command::new(order_tests::soak::service_binary())
+        .arg("serve")
+        .env(
+            "INTERNAL_SERVICE_KEYS",
+            "payment-service=payment-key-0123456789abcdef0123",
+        )
+        .env_remove("SERVICE_KEYS")
+        // Nothing listens here: without the refusal, start-up fails on the database instead.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("APP_ENV", "test")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the binary exits")
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("INTERNAL_SERVICE_KEYS is set, but this service reads SERVICE_KEYS"),
+        "{stderr}"
+    );
+}

@@ -5,7 +5,7 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthConfigError {
     /// An entry of the per-service key list is not `service=KEY[|PREVIOUS]`.
-    #[error("INTERNAL_SERVICE_KEYS entry {position}: {reason} (expected service=KEY[|PREVIOUS])")]
+    #[error("SERVICE_KEYS entry {position}: {reason} (expected service=KEY[|PREVIOUS])")]
     MalformedServiceKey {
         /// 1-based position of the entry in the comma-separated list.
         position: usize,
