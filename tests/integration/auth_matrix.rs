@@ -295,3 +295,33 @@ async fn route_callers_override_one_command(pool: PgPool) {
     .await;
     assert_refused(&answer, 403, "Forbidden");
 }
+
+/// hmac-v1 nonces are hex digits, `-` and `_`: anything else is refused like any malformed
+/// credential, `/` above all (a nonce holding `/` and `:` could make one signed text valid under
+/// both schemes).
+#[sqlx::test(migrations = "../migrations")]
+async fn nonces_are_hex_dashes_and_underscores_only(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for good in [
+        nonce(),
+        nonce().to_uppercase(),
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_owned(),
+        "abc_def-0123".to_owned(),
+    ] {
+        let answer = create(&app, v1("api-gateway", now_ms(), &good, None)).await;
+        assert_eq!(answer.0, 201, "{good}: {}", answer.1);
+    }
+    for bad in [
+        "/api/v1/orders",
+        "ab/cd",
+        "abcd+ef",
+        "abcd==",
+        "YWJjZA",
+        "ab.cd",
+        "ab cd",
+    ] {
+        let answer = create(&app, v1("api-gateway", now_ms(), bad, None)).await;
+        assert_refused(&answer, 401, "Unauthorized");
+        assert_eq!(answer.1["message"], "Invalid service credentials", "{bad}");
+    }
+}
