@@ -636,3 +636,58 @@ async fn the_binary_refuses_the_misnamed_service_keys_variable() {
         "{stderr}"
     );
 }
+
+/// `order-service call` shows a redirect instead of following it: a follow would send the
+/// signed headers, nonce and all, to wherever the `Location` points.
+#[tokio::test]
+async fn the_call_command_never_follows_redirects() {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    order_tests::install_crypto();
+    let landed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&landed);
+    let app = axum::Router::new()
+        .route(
+            "/start",
+            get(|| async {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, "/landed")],
+                )
+            }),
+        )
+        .route(
+            "/landed",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let settings = order_api::config::Settings::for_tests("postgres://unused");
+    let result = order_api::cli::call(
+        &settings,
+        "GET",
+        "/start",
+        None,
+        "api-gateway",
+        None,
+        Some(&url),
+    )
+    .await;
+    assert_eq!(
+        landed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    let error = result.expect_err("a redirect is not a success").to_string();
+    assert!(error.contains("307"), "{error}");
+}
