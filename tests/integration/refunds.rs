@@ -976,3 +976,42 @@ async fn with_the_default_peers_a_partial_then_a_full_refund_go_through(pool: Pg
     assert_eq!(refund_calls(&peers), 2);
     all_verified(&peers);
 }
+
+/// payment-service's refusal text is its own, of any size: what reaches the 502 answer and the
+/// `RefundFailed` event is cut to about 200 characters.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_long_refusal_reason_is_cut_in_the_answer_and_the_event(pool: PgPool) {
+    let peers = Peers::start().await;
+    let app = app(pool.clone(), &peers, |_| {}).await;
+    let id = paid_order(&app, &peers, &[], order_body()).await;
+    let long = format!("declined: {}", "x".repeat(20_000));
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund_refused(&long)],
+    );
+    let (status, body) = refund(&app, &id, json!({"amountCents": 1000, "reason": "r"}), None).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("declined: xxx"), "{message}");
+    assert!(
+        message.chars().count() < 400,
+        "{} characters",
+        message.len()
+    );
+
+    let reason: String = sqlx::query_scalar(
+        "SELECT COALESCE(payload -> 'RefundFailed' ->> 'reason', payload ->> 'reason') FROM events \
+         WHERE aggregate_id = $1 AND event_type = 'RefundFailed'",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .expect("RefundFailed event");
+    assert!(reason.starts_with("declined: xxx"), "{reason}");
+    assert!(
+        reason.chars().count() <= 201,
+        "{} characters",
+        reason.chars().count()
+    );
+}
