@@ -16,7 +16,8 @@ pub enum AppEnv {
     Production,
 }
 
-/// The secret every existing service uses in development; refused in production.
+/// The secret every existing service uses in development; refused in production, and off a
+/// loopback `HTTP_ADDR` in any environment.
 pub const DEV_SECRET: &str = "dev-internal-secret-change-me";
 
 /// Variables that look like settings of this service but are not read, each with the name that

@@ -1,9 +1,11 @@
 //! Service authentication through the running application (DESIGN section 6): every refusal
 //! with its status, and nothing in the body that tells an attacker which check failed.
 
+use order_api::config::{AppEnv, Settings};
+use order_api::startup::Application;
 use order_tests::{
-    json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, spawn_app_with, Auth,
-    TestApp, SECRET,
+    json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app, spawn_app_with, Auth, TestApp,
+    SECRET,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -324,4 +326,39 @@ async fn nonces_are_hex_dashes_and_underscores_only(pool: PgPool) {
         assert_refused(&answer, 401, "Unauthorized");
         assert_eq!(answer.1["message"], "Invalid service credentials", "{bad}");
     }
+}
+
+/// `APP_ENV` defaults to development, where the published development secret is accepted: on
+/// an address other hosts can reach, start-up refuses that secret, whatever `APP_ENV` says.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_development_secret_is_refused_off_loopback(pool: PgPool) {
+    order_tests::install_crypto();
+    let build = |addr: &str, secret: Option<&str>| {
+        let mut s = Settings::for_tests("postgres://unused");
+        s.app_env = AppEnv::Development;
+        s.http_addr = addr.parse().expect("address");
+        s.internal_service_secret = secret.map(str::to_owned);
+        Application::build_with_pool(s, pool.clone())
+    };
+    for (addr, secret) in [
+        ("0.0.0.0:0", None),
+        ("0.0.0.0:0", Some(SECRET)),
+        ("[::]:0", None),
+    ] {
+        let error = build(addr, secret)
+            .await
+            .expect_err("the development secret off loopback starts");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("development secret is accepted only on a loopback HTTP_ADDR"),
+            "{addr}: {text}"
+        );
+    }
+    // A key of our own on any address, or the development secret on loopback, starts.
+    build("0.0.0.0:0", Some("a-key-of-our-own-0123456789abcdef0123"))
+        .await
+        .expect("own key off loopback");
+    build("127.0.0.1:0", None)
+        .await
+        .expect("development secret on loopback");
 }

@@ -56,6 +56,15 @@ pub enum AuthConfigError {
         /// The service missing from the allowlist.
         service: String,
     },
+    /// The published development secret on an address other hosts can reach.
+    #[error(
+        "the development secret is accepted only on a loopback HTTP_ADDR, and {addr} is not: \
+         set INTERNAL_SERVICE_SECRET (and any SERVICE_KEYS) to keys of your own"
+    )]
+    DevelopmentSecretExposed {
+        /// The configured `HTTP_ADDR`.
+        addr: std::net::SocketAddr,
+    },
     /// Production needs `INTERNAL_SERVICE_SECRET`.
     #[error("INTERNAL_SERVICE_SECRET is not set")]
     MissingSecret,

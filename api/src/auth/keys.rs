@@ -148,6 +148,16 @@ impl KeyRing {
             .map(|k| k.current.expose_secret())
     }
 
+    /// Whether `secret` is one of the keys, current or previous, shared or per service.
+    pub fn holds(&self, secret: &[u8]) -> bool {
+        self.inner
+            .shared
+            .iter()
+            .chain(self.inner.per_service.values())
+            .flat_map(KeyPair::iter)
+            .any(|key| key == secret)
+    }
+
     /// Refuses to run production with a missing, default or short (< 32 bytes) secret, for the
     /// shared secret, per-service keys and previous keys alike (a weak previous key is as good
     /// as a weak current one to an attacker).
