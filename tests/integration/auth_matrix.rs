@@ -362,3 +362,40 @@ async fn the_development_secret_is_refused_off_loopback(pool: PgPool) {
         .await
         .expect("development secret on loopback");
 }
+
+/// The purge runs on the database's clock while timestamps are checked on each replica's: a
+/// nonce whose expiry the database's clock passed a minute ago is still inside the window of a
+/// replica whose clock runs two minutes behind, so the purge must keep it (and only drop rows
+/// expired for longer than the margin).
+#[sqlx::test(migrations = "../migrations")]
+async fn the_nonce_purge_keeps_a_margin_for_clock_skew(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let nonces = app.state.auth.nonces();
+    let now = chrono::Utc::now();
+    let a_minute_ago = now - chrono::Duration::minutes(1);
+    let long_ago = now - chrono::Duration::hours(1);
+    assert!(nonces
+        .record("payment-service", "skewed", a_minute_ago)
+        .await
+        .expect("record"));
+    assert!(nonces
+        .record("payment-service", "long-gone", long_ago)
+        .await
+        .expect("record"));
+    nonces.purge_expired().await.expect("purge");
+    let later = now + chrono::Duration::minutes(5);
+    assert!(
+        !nonces
+            .record("payment-service", "skewed", later)
+            .await
+            .expect("record"),
+        "the purge reopened a replay a lagging replica would accept"
+    );
+    assert!(
+        nonces
+            .record("payment-service", "long-gone", later)
+            .await
+            .expect("record"),
+        "rows expired beyond the margin are purged"
+    );
+}
