@@ -231,7 +231,7 @@ async fn commands_the_state_forbids_are_409_saying_why(pool: PgPool) {
     let post = |route: &str, body: Value| {
         let path = format!("/api/v1/orders/{id}/{route}");
         let app = &app;
-        async move { json_of(app.post(&path, &body).await).await }
+        async move { json_of(app.post_keyed(&path, "key-1", &body).await).await }
     };
     let (status, body) = post("refunds", json!({"reason": "x"})).await;
     assert!(assert_error_body(status, &body, 409, "Conflict")

@@ -210,6 +210,18 @@ impl TestApp {
         self.post_as(default_caller(path), path, body).await
     }
 
+    /// [`Self::post`] with `Idempotency-Key: key`.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.send(
+            Method::POST,
+            path,
+            Auth::v1(default_caller(path)),
+            &[("x-tenant-id", "tenant-a"), ("idempotency-key", key)],
+            Some(body),
+        )
+        .await
+    }
+
     /// A signed POST as `service` for tenant `tenant-a`.
     pub async fn post_as(&self, service: &str, path: &str, body: &Value) -> Response {
         self.send(

@@ -449,8 +449,9 @@ pub async fn cancel_order(
 /// answered anything else that settles nothing (5xx, 401, 404, 409, ...), and 503 when it could
 /// not be asked; in those last two cases the message says that the refund stays requested and
 /// the retry loop finishes it.
-/// The refund id is derived from `Idempotency-Key` when given, so a retried request resumes
-/// the same refund instead of starting another.
+/// `Idempotency-Key` is required (422 without it): the refund id is derived from it, so a
+/// retried request resumes the same refund instead of starting another, and a client that
+/// retries after a lost answer cannot pay a refund out twice.
 #[utoipa::path(
     post,
     path = "/api/v1/orders/{id}/refunds",
@@ -458,7 +459,7 @@ pub async fn cancel_order(
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
         ("x-tenant-id" = Option<String>, Header, description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
-        ("idempotency-key" = Option<String>, Header, description = "1 to 255 visible characters; a repeat with the same key answers the first answer again"),
+        ("idempotency-key" = String, Header, description = "Required, 1 to 255 visible characters: the refund's identity, so a repeat with the same key resumes the same refund instead of starting another"),
     ),
     request_body = RefundBody,
     responses(
@@ -467,6 +468,7 @@ pub async fn cancel_order(
         (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
         (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key is missing", body = crate::openapi::ErrorBody),
         (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::openapi::ErrorBody),
         (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::openapi::ErrorBody),
     ),
@@ -479,11 +481,15 @@ pub async fn refund_order(
     headers: HeaderMap,
     AppJson(body): AppJson<RefundBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let key = idempotency_key(&headers)?.ok_or_else(|| {
+        ApiError::Unprocessable(
+            "Idempotency-Key is required: it identifies the refund, so that a retry cannot start \
+             another"
+                .into(),
+        )
+    })?;
     let reason = required_text("reason", &body.reason)?;
-    let refund_id = match idempotency_key(&headers)? {
-        Some(k) => Uuid::new_v5(&REFUND_NS, format!("{id}\n{k}").as_bytes()),
-        None => Uuid::now_v7(),
-    };
+    let refund_id = Uuid::new_v5(&REFUND_NS, format!("{id}\n{key}").as_bytes());
     let request = RefundRequest {
         refund_id,
         amount_cents: body.amount_cents,
