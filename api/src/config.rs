@@ -96,6 +96,16 @@ pub struct Settings {
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
     pub nats_stream_replicas: usize,
 
+    /// Hours an event stays in the events stream when this service creates or updates it (0:
+    /// no limit). Keep it at most INBOX_RETENTION_HOURS: a message the stream can still
+    /// redeliver is then still in the inbox, and is recognised rather than applied twice.
+    #[arg(long, env = "NATS_STREAM_MAX_AGE_HOURS", default_value_t = 168)]
+    pub nats_stream_max_age_hours: u64,
+
+    /// Bytes the events stream may hold (0: no limit); past it the oldest events are dropped.
+    #[arg(long, env = "NATS_STREAM_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub nats_stream_max_bytes: u64,
+
     /// Run the outbox relay in this process; across replicas one leads and the rest stand by.
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
@@ -275,6 +285,18 @@ pub struct Settings {
     #[arg(long, env = "DLQ_STREAM", default_value = "ORDER_SERVICE_DLQ")]
     pub dlq_stream: String,
 
+    /// Hours a parked message stays in the dead-letter stream (0, the default: no limit). A
+    /// parked message holds its order until it is redriven or discarded; one that aged out
+    /// would leave its order held with nothing to redrive.
+    #[arg(long, env = "DLQ_STREAM_MAX_AGE_HOURS", default_value_t = 0)]
+    pub dlq_stream_max_age_hours: u64,
+
+    /// Bytes the dead-letter stream may hold (0: no limit). When it is full, new parks are
+    /// refused (logged as errors, the message redelivered to try again) rather than older
+    /// parked messages dropped.
+    #[arg(long, env = "DLQ_STREAM_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub dlq_stream_max_bytes: u64,
+
     /// Milliseconds an inbound delivery may stay unacknowledged before it is redelivered.
     #[arg(long, env = "INBOUND_ACK_WAIT_MS", default_value_t = 30_000)]
     pub inbound_ack_wait_ms: u64,
@@ -381,6 +403,8 @@ impl Settings {
         config.stream.duplicate_window =
             Duration::from_secs(self.nats_duplicate_window_secs.max(1));
         config.stream.replicas = self.nats_stream_replicas.max(1);
+        config.stream.max_age = hours(self.nats_stream_max_age_hours);
+        config.stream.max_bytes = byte_limit(self.nats_stream_max_bytes);
         config.ensure_stream = self.nats_create_stream;
         config.batch_size = self.relay_batch_size.max(1);
         config.idle_poll = Duration::from_millis(self.relay_poll_ms.max(1));
@@ -480,6 +504,19 @@ impl std::fmt::Debug for Settings {
             .field("ticket_service_url", &self.ticket_service_url)
             .field("event_service_url", &self.event_service_url)
             .finish_non_exhaustive()
+    }
+}
+
+/// A JetStream age limit from hours; zero stays zero, JetStream's "no limit".
+pub(crate) fn hours(hours: u64) -> Duration {
+    Duration::from_secs(hours.saturating_mul(3600))
+}
+
+/// A JetStream size limit from bytes; zero is "no limit".
+pub(crate) fn byte_limit(bytes: u64) -> i64 {
+    match bytes {
+        0 => order_bus::stream::NO_BYTE_LIMIT,
+        b => i64::try_from(b).unwrap_or(i64::MAX),
     }
 }
 

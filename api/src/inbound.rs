@@ -272,6 +272,8 @@ pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
     c.duplicate_window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
     c.replicas = settings.nats_stream_replicas.max(1);
     c.ensure_stream = settings.nats_create_stream;
+    c.max_age = crate::config::hours(settings.dlq_stream_max_age_hours);
+    c.max_bytes = crate::config::byte_limit(settings.dlq_stream_max_bytes);
     c
 }
 
