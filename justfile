@@ -52,7 +52,7 @@ test *ARGS: services
         cargo test --workspace "$@"
     fi
 
-# The reliability suite (issue #10) at full scale: replicas killed, broker and database stopped,
+# The reliability suite (docs/reliability.md) at full scale: replicas killed, broker and database stopped,
 # concurrent confirms, poison messages, leader failover, the feed under 24 writers, and the
 # inbound model test over many more delivery schedules (~5 min)
 soak *ARGS: services

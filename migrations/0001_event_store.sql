@@ -1,5 +1,5 @@
 -- The event store: postgres-es's `events` and `snapshots` tables, plus the columns of the
--- commit-safe feed (DESIGN section 4).
+-- commit-safe feed (docs/contract.md §7).
 --
 -- postgres-es inserts (aggregate_type, aggregate_id, sequence, event_type, event_version,
 -- payload, metadata) and reads them back by aggregate; the extra columns below get their values

@@ -1,4 +1,4 @@
--- Replay protection for service-to-service authentication (DESIGN section 6), shared by every
+-- Replay protection for service-to-service authentication (docs/contract.md §4), shared by every
 -- replica. A row is a nonce (hmac-v1) or a signature (hmac-v2) already accepted from a service.
 -- Insertion is the atomic check: INSERT ... ON CONFLICT DO NOTHING affecting no row means replay.
 --

@@ -1,5 +1,5 @@
 -- Relational read models of orders, built by the `orders` projector from the commit-safe feed
--- (DESIGN sections 4 and 5.1). They serve the /internal queries, so payment-service,
+-- (docs/contract.md §§3.2 and 7). They serve the /internal queries, so payment-service,
 -- blockchain-service and reconciliation never load an aggregate from its events.
 --
 -- The rows are derived data: `order-service replay` (or `projections::orders::rebuild`) can drop
@@ -8,7 +8,7 @@
 -- carries the sequence of the last event applied to it, so that applying an event twice changes
 -- nothing (`UPDATE ... WHERE last_sequence < $sequence`).
 
--- One row per order: the order object of DESIGN 5.1, plus what the queries filter on.
+-- One row per order: the order object of docs/contract.md §3.2, plus what the queries filter on.
 CREATE TABLE order_read
 (
     order_id          uuid PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Inbound messages (DESIGN section 8): the inbox that makes their effect exactly-once, and the
+-- Inbound messages (docs/contract.md §6): the inbox that makes their effect exactly-once, and the
 -- per-order holds of the dead-letter stream.
 
 -- Ids of inbound messages whose effect is recorded. A subscriber checks it before handling and

@@ -1,4 +1,4 @@
--- Refunds that were requested and have not finished yet (DESIGN section 7): the refund saga's
+-- Refunds that were requested and have not finished yet (docs/contract.md §5): the refund saga's
 -- to-do list. The `refund_saga` projector inserts a row on RefundRequested and deletes it on
 -- OrderRefunded or RefundFailed, in the same transaction as its checkpoint. The refund retry
 -- loop claims due rows (FOR UPDATE SKIP LOCKED, then a lease in next_attempt_at), so each

@@ -1,4 +1,4 @@
--- The archive of the order read models (DESIGN section 9, archiving job). The archiving job
+-- The archive of the order read models (docs/contract.md §8, archiving job). The archiving job
 -- sends ArchiveOrder to terminal orders past a configurable age; when the `orders` projector
 -- applies OrderArchived it moves the order's rows here, out of the hot tables that every
 -- `/internal` query and every job scans. The by-id lookups read both, so an archived order

@@ -3,8 +3,14 @@
 #   1. builds order-service and applies the migrations,
 #   2. starts `order-service serve` in the background on $HTTP_ADDR,
 #   3. waits for GET /health/ready,
-#   4. creates an order, reserves it, confirms it for its total and prints its event history,
-#      each through `order-service call` (which signs the request like a peer service would),
+#   4. walks through the three ways the service is used:
+#      - commands: creates an order, reserves it, confirms it for its total and prints its
+#        event history, each through `order-service call` (signed like a peer service would);
+#      - queries: reads the order the way payment-service does before it charges
+#        (`/internal/orders/{id}/for-payment`, signed as payment-service);
+#      - event stream: reads the order's events from NATS as a subscriber receives them
+#        (`order-service subscribe`), then checks the read model against a rebuild from the
+#        events (`order-service replay --dry-run`),
 #   5. keeps the service running, its log in the foreground, until Ctrl-C.
 #
 # Postgres and NATS must answer first: `just run` runs scripts/services.sh before this.
@@ -23,8 +29,7 @@ CALL_BODY_FLAG="--body"            # JSON request body
 CALL_AS_FLAG="--as"                # the calling service whose key signs the request
 CALL_TENANT_FLAG="--tenant"        # sent as X-Tenant-ID
 CALL_EXTRA_ARGS=()                 # e.g. (--url "http://$HTTP_ADDR") if `call` needs the address
-CALLER="${DEMO_CALLER:-api-gateway}"   # may create, reserve and read the event history (DESIGN 6)
-CONFIRM_CALLER="payment-service"       # confirm is open to payment-service alone
+CALLER="${DEMO_CALLER:-api-gateway}"   # open to create, reserve and the history (docs/contract.md §4)
 
 # --- Environment of the demo service -------------------------------------------------------
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -109,9 +114,10 @@ EOF
 }
 
 # Signed request through the binary: call_api METHOD PATH [JSON]. Prints the body to stdout.
+# CALL_AS (default $CALLER) names the calling service.
 call_api() {
   local method="$1" path="$2" body="${3:-}"
-  local -a args=("${CALL_ARGS[@]}" "$method" "$path" "$CALL_AS_FLAG" "$CALLER"
+  local -a args=("${CALL_ARGS[@]}" "$method" "$path" "$CALL_AS_FLAG" "${CALL_AS:-$CALLER}"
     "$CALL_TENANT_FLAG" "$TENANT_ID" "${CALL_EXTRA_ARGS[@]}")
   [[ -n "$body" ]] && args+=("$CALL_BODY_FLAG" "$body")
   printf '   $ order-service %s\n' "${args[*]}" >&2
@@ -161,23 +167,38 @@ USER_ID="$(uuid)"
 EVENT_ID="$(uuid)"
 TICKET_TYPE_ID="$(uuid)"
 
-say "1/4 Create an order: tenant $TENANT_ID buys 2 tickets at 25.00 USD plus 3.00 fees and 2.00 tax, signed as $CALLER (POST /api/v1/orders)"
+say "1/7 Create an order: tenant $TENANT_ID buys 2 tickets at 25.00 USD plus 3.00 fees and 2.00 tax, signed as $CALLER (POST /api/v1/orders)"
 ITEMS="[{\"ticketTypeId\": \"$TICKET_TYPE_ID\", \"quantity\": 2, \"unitPriceCents\": 2500}]"
 created="$(call_api POST /api/v1/orders "{\"userId\": \"$USER_ID\", \"eventId\": \"$EVENT_ID\", \"currency\": \"USD\", \"items\": $ITEMS, \"feesCents\": 300, \"taxCents\": 200}")"
 show_json <<<"$created"
 ORDER_ID="$(json_get order.id <<<"$created")"
 TOTAL_CENTS="$(json_get order.totalCents <<<"$created")"
 
-say "2/4 Reserve order $ORDER_ID: holds its tickets while the buyer pays (POST /api/v1/orders/$ORDER_ID/reserve)"
-call_api POST "/api/v1/orders/$ORDER_ID/reserve" '{}' | show_json
+say "2/7 Reserve order $ORDER_ID: holds its tickets while the buyer pays (POST /api/v1/orders/$ORDER_ID/reserve)"
+reserved="$(call_api POST "/api/v1/orders/$ORDER_ID/reserve" '{}')"
+show_json <<<"$reserved"
+VERSION="$(json_get order.version <<<"$reserved")"
+
+say "3/7 Query it as payment-service does before it charges: the read model, waiting until it has caught up with version $VERSION (GET /internal/orders/$ORDER_ID/for-payment?minVersion=$VERSION)"
+CALL_AS=payment-service call_api GET "/internal/orders/$ORDER_ID/for-payment?minVersion=$VERSION" | show_json
 
 PAYMENT_INTENT="pi_demo_$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
-say "3/4 Confirm the payment of its total, $TOTAL_CENTS cents, signed as $CONFIRM_CALLER as after a successful charge (POST /api/v1/orders/$ORDER_ID/confirm)"
-CALLER="$CONFIRM_CALLER" call_api POST "/api/v1/orders/$ORDER_ID/confirm" \
+say "4/7 Confirm the payment of its total, $TOTAL_CENTS cents, signed as payment-service after a successful charge (POST /api/v1/orders/$ORDER_ID/confirm)"
+CALL_AS=payment-service call_api POST "/api/v1/orders/$ORDER_ID/confirm" \
   "{\"paymentIntentId\": \"$PAYMENT_INTENT\", \"amountCents\": $TOTAL_CENTS}" | show_json
 
-say "4/4 Read the order's event history: every change above is an event in the store (GET /api/v1/orders/$ORDER_ID/events)"
-call_api GET "/api/v1/orders/$ORDER_ID/events" | show_json
+say "5/7 Read the order's event history: every change above is an event in the store (GET /api/v1/orders/$ORDER_ID/events)"
+history="$(call_api GET "/api/v1/orders/$ORDER_ID/events")"
+show_json <<<"$history"
+EVENTS="$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["events"]))' <<<"$history")"
+
+say "6/7 Receive its $EVENTS events from the NATS stream as a subscriber does: the outbox relay published each one once, in order (order-service subscribe --order $ORDER_ID)"
+printf '   $ order-service subscribe --order %s --count %s\n' "$ORDER_ID" "$EVENTS" >&2
+RUST_LOG=warn "$BIN" subscribe --order "$ORDER_ID" --count "$EVENTS" --wait 10
+
+say "7/7 Rebuild the orders read model from the events into shadow tables and compare it with the live one, changing nothing (order-service replay --projection orders --dry-run)"
+printf '   $ order-service replay --projection orders --dry-run\n' >&2
+RUST_LOG=warn "$BIN" replay --projection orders --dry-run
 
 # --- 5. Keep serving ------------------------------------------------------------------------
 if (( ONCE )); then

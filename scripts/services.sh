@@ -3,9 +3,9 @@
 #   - PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432, user postgres, trust auth)
 #   - NATS with JetStream on $NATS_HOST:$NATS_PORT (default 127.0.0.1:4222)
 #
-# The machines this project runs on normally start both before a session begins. When one of
-# them does not answer, this script starts a private one whose files all live under $DATA_DIR
-# (default <repo>/.data, git-ignored). It never touches the machine's own services.
+# Development machines and CI usually run both already. When one of them does not answer,
+# this script starts a private one whose files all live under $DATA_DIR (default
+# <repo>/.data, git-ignored). It never touches the machine's own services.
 #
 # Usage:
 #   scripts/services.sh          ensure both are up (idempotent; prints one line per service)

@@ -146,6 +146,74 @@ fn summary(payload: &serde_json::Value) -> String {
     .join(" ")
 }
 
+/// `order-service subscribe`: the published events as a subscriber reads them, from the start
+/// of the stream, through an ephemeral consumer that acknowledges nothing (the relay's and the
+/// real subscribers' state is untouched). Returns one line per envelope: a summary, or the
+/// envelope as JSON. Stops after `count` events, or when none came for `wait`.
+///
+/// # Errors
+/// When NATS or the stream cannot be reached.
+pub async fn subscribe(
+    settings: &Settings,
+    order: Option<Uuid>,
+    count: usize,
+    wait: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<Vec<String>> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(&settings.nats_url)
+        .await
+        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream
+        .get_stream(&settings.nats_stream)
+        .await
+        .with_context(|| format!("no stream {}", settings.nats_stream))?;
+    let subjects = order_bus::subjects::Subjects::new(&settings.nats_subject_prefix);
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subjects.prefixed("order.>"),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: std::time::Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create a consumer")?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("cannot read the stream")?;
+    let mut lines = Vec::new();
+    while lines.len() < count {
+        let Ok(Some(next)) = tokio::time::timeout(wait, messages.next()).await else {
+            break;
+        };
+        let message = next.context("cannot read the stream")?;
+        let envelope: serde_json::Value = serde_json::from_slice(&message.payload)
+            .with_context(|| format!("not JSON on {}", message.subject))?;
+        let aggregate = envelope["aggregateId"].as_str().unwrap_or_default();
+        if order.is_some_and(|o| o.to_string() != aggregate) {
+            continue;
+        }
+        lines.push(if json {
+            envelope.to_string()
+        } else {
+            format!(
+                "{:<28}  seq {:<3}  order {aggregate}  id {}",
+                message.subject.as_str(),
+                envelope["sequenceNumber"],
+                envelope["id"].as_str().unwrap_or_default(),
+            )
+        });
+    }
+    Ok(lines)
+}
+
 /// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
 async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
     let client = async_nats::ConnectOptions::new()
@@ -284,7 +352,13 @@ pub async fn dlq_discard(settings: &Settings, dlq_seq: u64) -> anyhow::Result<St
         parked.dlq_seq, parked.subject, parked.error
     );
     if let Some(order) = parked.order_id {
-        let left = dlq.holds().queue(order, None).await?.len();
+        let left = dlq
+            .holds()
+            .queue(order, None)
+            .await?
+            .iter()
+            .filter(|r| !r.is_reservation())
+            .count();
         if left > 0 {
             out.push_str(&format!(
                 "order {order} still has {left} parked message(s); redrive them with `dlq redrive --order {order}`\n"

@@ -332,7 +332,7 @@ pub struct Settings {
     #[arg(long, env = "INBOX_RETENTION_HOURS", default_value_t = 168)]
     pub inbox_retention_hours: u64,
 
-    /// Run the scheduled jobs (DESIGN section 9) in this process. Every replica may run them:
+    /// Run the scheduled jobs (docs/contract.md §8) in this process. Every replica may run them:
     /// each job has its own leader lock, so one replica at a time runs a given job.
     #[arg(long, env = "JOBS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub jobs_enabled: bool,

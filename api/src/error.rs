@@ -2,7 +2,7 @@
 //!
 //! Policy: handlers and extractors return [`ApiError`]. Each variant's doc names its status.
 //! Every error body is `{"error": <reason phrase>, "message": <text>, "requestId": <id>}`
-//! (DESIGN section 5). Internal errors answer an opaque 500 and are logged exactly once, by
+//! (docs/contract.md §3.1). Internal errors answer an opaque 500 and are logged exactly once, by
 //! [`error_envelope`], with the request id; their text never reaches the caller. Libraries below
 //! use `thiserror`; `anyhow` appears here only to carry internal causes to that log line.
 

@@ -1,4 +1,4 @@
-//! Inbound events turned into commands (DESIGN section 8): the application's
+//! Inbound events turned into commands (docs/contract.md §6): the application's
 //! [`InboundHandler`], and builders that wire the bus's subscribers and dead-letter stream from
 //! settings.
 //!
@@ -280,9 +280,9 @@ pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
 /// How often the inbox is purged of ids older than the retention.
 const INBOX_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Hold reservations older than this belong to messages the broker gave up on: a retried or
-/// half-parked message comes back within its backoff (minutes), never a day later.
-const RESERVATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Hold reservations older than this belong to messages the broker stopped delivering: a
+/// message being parked comes back within its backoff (under an hour in all).
+const RESERVATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// The worker of one inbound family: consumes until `stop`. Every replica runs it; replicas
 /// share the durable consumer, so each message goes to one of them.

@@ -1,4 +1,4 @@
-//! `order-service`: one binary, several subcommands (DESIGN section 10).
+//! `order-service`: one binary, several subcommands (docs/contract.md §9).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -6,9 +6,13 @@ use order_api::config::Settings;
 use order_api::startup::Application;
 use order_api::{cli, db, telemetry};
 
-/// The order engine of the ticketing platform.
+/// What `--help` opens with: what the program is, in one line.
+const ABOUT: &str = "The order service of the ticketing platform: signed HTTP commands and \
+queries, events published to NATS JetStream, and the operator tools (replay, dead letters).";
+
+/// The order service of the ticketing platform, and its operator tools.
 #[derive(Parser)]
-#[command(name = "order-service", version, about)]
+#[command(name = "order-service", version, about = ABOUT, long_about = None)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -27,6 +31,22 @@ enum Command {
         /// The order id (a UUID).
         order_id: String,
         /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the published events as a subscriber receives them from the stream, from its
+    /// start: one line per envelope (or the envelope as JSON with --json).
+    Subscribe {
+        /// Only this order's events.
+        #[arg(long)]
+        order: Option<String>,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Stop when no event came for this many seconds.
+        #[arg(long, default_value_t = 5)]
+        wait: u64,
+        /// Each envelope as one JSON line.
         #[arg(long)]
         json: bool,
     },
@@ -155,6 +175,23 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Events { order_id, json } => cli::events(&cli.settings, &order_id, json).await,
+        Command::Subscribe {
+            order,
+            count,
+            wait,
+            json,
+        } => {
+            let order = order
+                .as_deref()
+                .map(uuid::Uuid::parse_str)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--order must be a UUID"))?;
+            let wait = std::time::Duration::from_secs(wait);
+            for line in cli::subscribe(&cli.settings, order, count, wait, json).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Replay { action, args } => match action {
             Some(ReplayAction::Rollback { projection, all }) => {
                 cli::replay_rollback(&cli.settings, projection.as_deref(), all).await
@@ -217,4 +254,22 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn help_opens_with_what_the_program_is() {
+        let help = Cli::command().render_help().to_string();
+        let first = help.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("The order service of the ticketing platform"),
+            "--help opens with: {first}"
+        );
+        assert!(!help.contains("Configuration, HTTP server"), "{help}");
+    }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN section 5.3): the process-wide recorder, `GET /metrics`, and the
+//! Prometheus metrics (docs/contract.md §3.4): the process-wide recorder, `GET /metrics`, and the
 //! HTTP RED middleware.
 //!
 //! Every crate of the workspace emits through the `metrics` facade (`counter!`, `gauge!`,

@@ -9,9 +9,9 @@
 //! projections or jobs modules field by field (`ops` integration tests compare real answers with
 //! the document's required fields, so a drift shows up there).
 //!
-//! Security is added by [`SecuritySchemes`] rather than repeated on every handler: DESIGN
-//! section 6 makes it a rule of the path (every route under `/api` and `/internal` accepts
-//! hmac-v1 or hmac-v2), and the modifier applies exactly that rule, with the 401 and 403
+//! Security is added by [`SecuritySchemes`] rather than repeated on every handler:
+//! docs/contract.md §4 makes it a rule of the path (every route under `/api` and `/internal`
+//! accepts hmac-v1 or hmac-v2), and the modifier applies exactly that rule, with the 401 and 403
 //! answers the authentication middleware gives.
 
 use std::sync::OnceLock;
@@ -41,7 +41,7 @@ pub const DOCS_PATH: &str = "/docs";
         title = "order-service",
         description = "The order engine of the ticketing platform: commands under /api/v1, \
             internal read-model queries under /internal, and operations endpoints. Routes under \
-            /api and /internal need one of the two HMAC schemes of DESIGN section 6: hmac-v1 \
+            /api and /internal need one of the two HMAC schemes of docs/contract.md §4: hmac-v1 \
             (all four hmac-v1 headers) or hmac-v2 (all three hmac-v2 headers).",
     ),
     paths(
@@ -67,14 +67,14 @@ pub const DOCS_PATH: &str = "/docs";
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Health, metrics and published contracts; unauthenticated"),
-        (name = "commands", description = "Order commands (DESIGN section 5.2)"),
-        (name = "queries", description = "Read-model queries (DESIGN section 5.1)"),
+        (name = "commands", description = "Order commands (docs/contract.md §3.3)"),
+        (name = "queries", description = "Read-model queries (docs/contract.md §3.2)"),
         (name = "jobs", description = "Scheduled jobs of this replica"),
     ),
 )]
 pub struct ApiDoc;
 
-/// The error body every failure answers with (DESIGN section 5, [`crate::error`]).
+/// The error body every failure answers with (docs/contract.md §3.1, [`crate::error`]).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {

@@ -85,7 +85,7 @@ async fn purge_nonces(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// The refund retry loop for this state: finishes refunds left requested (DESIGN section 7).
+/// The refund retry loop for this state: finishes refunds left requested (docs/contract.md §5).
 pub fn refund_retrier(state: &AppState) -> RefundRetrier {
     RefundRetrier::new(
         state.pool.clone(),

@@ -1,4 +1,4 @@
-//! The published envelope (DESIGN section 8, normative) and its NATS headers.
+//! The published envelope (docs/contract.md §6.2, normative) and its NATS headers.
 //!
 //! Every field is derived from the stored event alone (plus the order's tenant), so publishing
 //! the same event twice yields byte-identical messages with the same `Nats-Msg-Id`: that is what

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`subjects`]: event type → `order.<snake_case>` subject, with a test prefix.
-//! - [`envelope`]: the published envelope (DESIGN section 8) and its headers.
+//! - [`envelope`]: the published envelope (docs/contract.md §6) and its headers.
 //! - [`encode`]: stored events to messages for the relay, copying the stored payload text.
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.

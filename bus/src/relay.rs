@@ -1,5 +1,5 @@
 //! The transactional outbox relay: committed events from the feed to JetStream, exactly once
-//! after deduplication, in sequence order per order (DESIGN section 4, invariants 3 and 4).
+//! after deduplication, in sequence order per order (docs/contract.md §7, invariants 3 and 4).
 //!
 //! One round ([`Relay::run_once`]):
 //! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;

@@ -1,4 +1,4 @@
-//! The events stream (`TICKETTOKEN_EVENTS`, DESIGN section 8): created when missing, brought up
+//! The events stream (`TICKETTOKEN_EVENTS`, docs/contract.md §6): created when missing, brought up
 //! to date when its subjects, duplicate window or retention limits drifted.
 //!
 //! Only settings nats-server 2.9 understands are used (the crate is built without async-nats's

@@ -1,4 +1,4 @@
-//! Integration subjects: the NATS subject each domain event is published on (DESIGN section 3).
+//! Integration subjects: the NATS subject each domain event is published on (docs/contract.md §2).
 //!
 //! The subject is `order.<snake_case>` of the event's wire name with a leading `Order` dropped
 //! (`OrderCreated` → `order.created`, `PaymentFailed` → `order.payment_failed`). The envelope's
@@ -11,7 +11,7 @@ use order_domain::OrderEvent;
 /// The root of every subject this service publishes.
 pub const ORDER_ROOT: &str = "order";
 
-/// Every subject family the events stream holds (DESIGN section 8), without prefix.
+/// Every subject family the events stream holds (docs/contract.md §6), without prefix.
 pub const STREAM_FAMILIES: [&str; 4] = ["order", "payment", "dispute", "ticket"];
 
 /// The integration type (= unprefixed subject) of a domain wire name, e.g. `order.created`.

@@ -14,7 +14,7 @@ pub const QUANTITY_RANGE: std::ops::RangeInclusive<u32> = 1..=50;
 /// Most line items one order may carry; bounds the size of every event and read-model row.
 pub const MAX_LINE_ITEMS: usize = 100;
 
-/// The life-cycle status of an order. The wire names are normative (DESIGN section 3).
+/// The life-cycle status of an order. The wire names are normative (docs/contract.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {

@@ -1,8 +1,8 @@
 //! Fuzzes the command routes' body decoding (`order_api::routes::commands::decode_body`): the
 //! JSON extractor and the handlers' own checks, before any I/O.
 //!
-//! Input layout: the first byte picks the route, the rest is the body. Invariant (DESIGN
-//! section 5): malformed input is a 400, never a panic and never a 500.
+//! Input layout: the first byte picks the route, the rest is the body. Invariant
+//! (docs/contract.md §3.1): malformed input is a 400, never a panic and never a 500.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

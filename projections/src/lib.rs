@@ -11,7 +11,7 @@
 //! - [`held`]: one pool connection kept across a long-lived reader's statements.
 //! - [`runner`]: drives a [`runner::Projector`] batch by batch, one replica at a time.
 //! - [`refund_saga`]: refunds requested but not finished, for the refund retry loop.
-//! - [`view`]: the order object every API answer uses (DESIGN section 5.1).
+//! - [`view`]: the order object every API answer uses (docs/contract.md §3.2).
 //! - [`orders`]: the `orders` projector that keeps the order read models, and their rebuild.
 //! - [`queries`]: reads of those models in the shapes of the `/internal` routes.
 //! - [`replay`]: online rebuilds into shadow tables, the swap, rollback and per-order rebuilds.

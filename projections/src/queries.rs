@@ -1,5 +1,5 @@
 //! Queries over the order read models (migration 0101): the data behind the four `/internal`
-//! routes of DESIGN section 5.1, already in their wire shapes.
+//! routes of docs/contract.md §3.2, already in their wire shapes.
 //!
 //! Every lookup takes an optional tenant: a caller scoped to a tenant sees another tenant's order
 //! as absent, never as forbidden, so ids of other tenants cannot be probed.
@@ -427,7 +427,7 @@ impl ForPayment {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scheduled jobs (DESIGN section 9): which orders each job should look at next.
+// Scheduled jobs (docs/contract.md §8): which orders each job should look at next.
 
 /// Where a job's scan of the read model stands: the sort key of the last order it looked at.
 /// Scans resume after it, so orders a job cannot act on (a refusal, a peer with nothing to

@@ -1,6 +1,6 @@
 //! The `pending_refunds` read model: refunds that were requested and have not finished yet.
 //!
-//! The refund saga (DESIGN section 7) records `RefundRequested`, calls payment-service, then
+//! The refund saga (docs/contract.md §5) records `RefundRequested`, calls payment-service, then
 //! records `OrderRefunded` or `RefundFailed`. A crash or an outage between those steps leaves a
 //! refund requested; this table is how the retry loop finds it. The projector
 //! [`PendingRefunds`] adds a row on `RefundRequested` and removes it on either outcome, in the

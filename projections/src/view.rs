@@ -1,4 +1,4 @@
-//! The order object of DESIGN section 5.1: camelCase, integer cents, RFC 3339 UTC timestamps.
+//! The order object of docs/contract.md §3.2: camelCase, integer cents, RFC 3339 UTC timestamps.
 //!
 //! Command answers build it from the aggregate they just changed (so callers read their own
 //! write), and queries build it from read-model rows; both go through this one type so the two

@@ -1,5 +1,6 @@
 //! `just bench [quick] [B6 ...]`: every speed goal as a ratio against this machine's own limits,
-//! measured in the same run (issue 9). Prints a table and writes `bench-results/latest.json`.
+//! measured in the same run (method in docs/benchmarks.md). Prints a table and writes
+//! `bench-results/latest.json`.
 //! Naming goals (`B6`, `B4`...) runs only the phases that measure them, for profiling one.
 //!
 //! Each ratio is the median over A-B-A-B rounds (baseline, then service, alternating), and the
@@ -482,7 +483,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The release binary next to this benchmark's own executable (`target/release/`), or the one
-/// `BENCH_SERVICE_BINARY` names (to compare two builds A-B in one session).
+/// `BENCH_SERVICE_BINARY` names (to compare two builds A-B on one machine).
 fn service_binary() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("BENCH_SERVICE_BINARY") {
         return Ok(PathBuf::from(bin));

@@ -1,5 +1,5 @@
 //! The attack matrix: requests an attacker (or a broken peer) can send, each through the real
-//! server over real HTTP, each refused with the status DESIGN sections 5 and 6 prescribe, and
+//! server over real HTTP, each refused with the status docs/contract.md §§3.1 and 4 prescribe, and
 //! none answered with a body that leaks anything (no secret, no signature or nonce it was sent,
 //! no internal error text, no stack).
 //!
@@ -558,7 +558,7 @@ async fn attack_matrix(pool: PgPool) {
         std::slice::from_ref(&upper),
     );
 
-    // Neither scheme signs the body (DESIGN section 6), so what stops a tampered body is that
+    // Neither scheme signs the body (docs/contract.md §4), so what stops a tampered body is that
     // its captured credentials are single-use: a changed body under used credentials fails.
     let create = "/api/v1/orders";
     let h = v2_signed("api-gateway", now_ms(), create);

@@ -1,4 +1,4 @@
-//! Service authentication through the running application (DESIGN section 6): every refusal
+//! Service authentication through the running application (docs/contract.md §4): every refusal
 //! with its status, and nothing in the body that tells an attacker which check failed.
 
 use order_api::config::{AppEnv, Settings};

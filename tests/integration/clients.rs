@@ -1,4 +1,4 @@
-//! Outgoing service clients (DESIGN section 7) against real peer servers that verify every
+//! Outgoing service clients (docs/contract.md §5) against real peer servers that verify every
 //! signature and nonce: headers, retries, breakers, fallbacks and fail-closed reads, and the
 //! production transport rules.
 

@@ -5,7 +5,7 @@
 //! They state invariants, not just "no panic": the signed text splits back into its fields, a
 //! signature the signer made always verifies, any single-byte change to a signed field or to
 //! the signature fails, and decoders answer untrusted bytes with an error (a 400 for command
-//! bodies, DESIGN section 5), never a panic.
+//! bodies, docs/contract.md §3.1), never a panic.
 //!
 //! No database or broker is involved; the cases stay in this binary so that one `nextest`
 //! filter (`test(/fuzz/)`) runs them.

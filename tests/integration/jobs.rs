@@ -1,4 +1,4 @@
-//! Scheduled jobs (DESIGN section 9): each job's effect on real data, run once, run again, and
+//! Scheduled jobs (docs/contract.md §8): each job's effect on real data, run once, run again, and
 //! run by two schedulers at once; leader failover; a job's breaker opening and closing; a
 //! shutdown in the middle of a job run and under HTTP load; and `GET /internal/jobs`.
 //!

@@ -1,4 +1,4 @@
-//! The service never logs a secret, a signature or a nonce (DESIGN section 6), checked on the
+//! The service never logs a secret, a signature or a nonce (docs/contract.md §4), checked on the
 //! log output itself rather than on the code that writes it.
 //!
 //! The test installs a subscriber at `trace` for every crate (far more than production's

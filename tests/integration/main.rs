@@ -18,4 +18,5 @@ mod read_side;
 mod refunds;
 mod relay;
 mod replay;
+mod self_contained;
 mod soak;

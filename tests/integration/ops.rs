@@ -1,4 +1,4 @@
-//! The operations surface (DESIGN section 5.3, issue 7): `/metrics` in the Prometheus text
+//! The operations surface (docs/contract.md §3.4): `/metrics` in the Prometheus text
 //! format with the named series, `/openapi.json` as a valid OpenAPI 3 document covering every
 //! route the router defines, Swagger UI at `/docs` served from embedded assets, and request ids
 //! echoed.

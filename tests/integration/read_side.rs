@@ -1,4 +1,5 @@
-//! The read side: the `orders` projector and the four `/internal` query routes (DESIGN 5.1).
+//! The read side: the `orders` projector and the four `/internal` query routes
+//! (docs/contract.md §3.2).
 //!
 //! Tests drive the projector to a known point with `catch_up` instead of sleeping. The
 //! application's own projector worker runs too; batches are locked and idempotent, so the two
@@ -984,6 +985,22 @@ async fn malformed_ids_are_400_and_unknown_ids_404(pool: PgPool) {
         .await;
         assert_eq!(status, 404, "{suffix}: {body}");
         assert_error_body(&body, "Not Found");
+        // minVersion=0 asks for nothing: an unknown order is 404 at once, not a 503 after
+        // the read wait (2 s by default).
+        let started = std::time::Instant::now();
+        let (status, body) = get(
+            &app,
+            service,
+            &format!("/internal/orders/{unknown}{suffix}?minVersion=0"),
+        )
+        .await;
+        assert_eq!(status, 404, "{suffix} minVersion=0: {body}");
+        assert_error_body(&body, "Not Found");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{suffix} minVersion=0 waited {:?}",
+            started.elapsed()
+        );
         let (status, body) = get(
             &app,
             service,

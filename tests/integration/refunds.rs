@@ -1,4 +1,4 @@
-//! The refund saga end to end (DESIGN section 7): HTTP in, facts from real peer servers that
+//! The refund saga end to end (docs/contract.md §5): HTTP in, facts from real peer servers that
 //! verify every signature, `initiateRefund` under the refund id, the outcome in the event
 //! store, and the retry loop that finishes refunds left half-way.
 

@@ -1,4 +1,4 @@
-//! The transactional outbox relay against a real JetStream (DESIGN sections 4 and 8): every
+//! The transactional outbox relay against a real JetStream (docs/contract.md §§6 and 7): every
 //! committed event reaches the stream exactly once after deduplication, in order per order,
 //! through crashes, broker outages and leader changes; nothing that breaks its schema does.
 //!
@@ -377,7 +377,7 @@ async fn relay_publishes_every_event_exactly_once_in_order(pool: PgPool) {
     assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
     assert_eq!(bus.message_count().await, committed as u64);
 
-    // One order.created envelope, field by field (DESIGN section 8, the seed's example).
+    // One order.created envelope, field by field (the example of docs/contract.md §6.2).
     let a = &orders[0];
     let created = received
         .iter()
@@ -1218,4 +1218,75 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
         dead_letters,
         (Duration::ZERO, 1024 * 1024 * 1024, DiscardPolicy::New)
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool) {
+    let bus = Bus::connect(&nats_url()).await;
+    let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
+    let app = spawn_app_with(pool.clone(), move |s| {
+        s.relay_enabled = true;
+        s.nats_stream = stream;
+        s.nats_subject_prefix = prefix;
+        s.relay_poll_ms = 5;
+    })
+    .await;
+    let order = create_order(&app, "req-subscribe").await;
+    let other = create_order(&app, "req-subscribe-other").await;
+    post_ok(
+        &app,
+        &format!("/api/v1/orders/{order}/cancel"),
+        json!({"reason": "changed my mind"}),
+    )
+    .await;
+
+    // The worker creates the stream on its first round; wait (bounded) for all three events.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = bus.js.get_stream(&bus.stream).await {
+            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= 3 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the relay published too little");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = Uuid::parse_str(&order).expect("uuid");
+    let lines = order_api::cli::subscribe(
+        &app.state.settings,
+        Some(id),
+        2,
+        Duration::from_secs(15),
+        false,
+    )
+    .await
+    .expect("subscribe");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("{}order.created", bus.prefix)),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("  seq 1 "), "{lines:?}");
+    assert!(lines[1].contains("  seq 2 "), "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("{}order.cancelled", bus.prefix)),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(&other)),
+        "another order's events"
+    );
+
+    let json = order_api::cli::subscribe(
+        &app.state.settings,
+        Some(id),
+        1,
+        Duration::from_secs(15),
+        true,
+    )
+    .await
+    .expect("subscribe --json");
+    let envelope: Value = serde_json::from_str(&json[0]).expect("an envelope");
+    assert_eq!(envelope["aggregateId"], order.as_str());
+    assert_eq!(envelope["type"], "order.created");
 }

@@ -1,4 +1,4 @@
-//! Replay (issue 8): online rebuilds into shadow tables, the compare, the swap, rollback,
+//! Replay: online rebuilds into shadow tables, the compare, the swap, rollback,
 //! resuming, the one-rebuild-at-a-time lock and per-order rebuilds.
 //!
 //! Tests call `order_projections::replay` directly (the CLI is a thin shell over it). The live

@@ -1,4 +1,4 @@
-//! The reliability scenarios of issue #10 (R1–R3, R6–R9) against real `order-service`
+//! The reliability scenarios of docs/reliability.md (R1–R3, R6–R9) against real `order-service`
 //! processes; the harness and the scenarios are in `order_tests::soak`.
 //!
 //! Here they run in their short form, as part of `just test`. `just soak` runs the same tests

@@ -2,8 +2,8 @@
 //! fresh database, a client that signs every request like the platform's other services, and
 //! builders for common bodies.
 //!
-//! The signer here is written independently of the server's verifier (straight from DESIGN
-//! section 6), so a bug shared by both cannot hide.
+//! The signer here is written independently of the server's verifier (straight
+//! from docs/contract.md §4), so a bug shared by both cannot hide.
 
 use std::sync::Once;
 

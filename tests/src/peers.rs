@@ -211,7 +211,7 @@ fn header_map(headers: &HeaderMap) -> HashMap<String, String> {
         .collect()
 }
 
-/// The hmac-v1 check of DESIGN section 6, written from the spec (not the service's code).
+/// The hmac-v1 check of docs/contract.md §4, written from the spec (not the service's code).
 fn verify(
     inner: &Inner,
     method: &str,

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 
 use crate::error::ApiError;
 
-/// Which signature scheme a caller used (DESIGN section 6).
+/// Which signature scheme a caller used (docs/contract.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     /// `x-service-name` / `x-request-timestamp` / `x-request-nonce` / `x-internal-auth`.

@@ -1,5 +1,5 @@
 //! The HMAC keys: the shared `INTERNAL_SERVICE_SECRET` and optional per-service keys, each with
-//! an optional previous key accepted during rotation (DESIGN section 6).
+//! an optional previous key accepted during rotation (docs/contract.md §4).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretBox};
 
 use super::error::AuthConfigError;
 
-/// Shortest secret accepted in production, in bytes (DESIGN section 6).
+/// Shortest secret accepted in production, in bytes (docs/contract.md §4).
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// Values that show a secret was never set for real. Compared case-insensitively; any secret

@@ -1,4 +1,4 @@
-//! The axum middleware that authenticates service-to-service requests (DESIGN section 6).
+//! The axum middleware that authenticates service-to-service requests (docs/contract.md §4).
 //!
 //! Checks run in the normative order: timestamp window, caller allowed on the route (403),
 //! signature in constant time (401), then the nonce or hmac-v2 signature recorded atomically
@@ -461,7 +461,7 @@ mod tests {
     const ORDER: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
     const ITEMS: &str = "/internal/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/items";
     const CANCEL: &str = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/cancel";
-    /// The old services' bypass value outside production (DESIGN section 6): never accepted.
+    /// The old services' bypass value outside production (docs/contract.md §4): never accepted.
     const REJECTED_BYPASS: &str = "temp-signature";
 
     type Headers = Vec<(&'static str, String)>;
@@ -729,7 +729,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{body}");
         let (status, body) = send(&app, "GET", ITEMS, &v2("payment-service", ITEMS)).await;
         assert_forbidden(status, &body);
-        // The caller check comes before the signature check (DESIGN section 6 order)...
+        // The caller check comes before the signature check (docs/contract.md §4.3 order)...
         let h = with(
             v1("unknown-service", "GET", ORDER),
             v1_header::SIGNATURE,

@@ -1,8 +1,8 @@
-//! Service-to-service authentication (DESIGN section 6, normative).
+//! Service-to-service authentication (docs/contract.md §4, normative).
 //!
 //! Other services sign each request with HMAC-SHA256 under one of two schemes, hmac-v1 (with
-//! a nonce) or hmac-v2, and the known-answer vectors in `shared/vectors/` fix both byte for
-//! byte. This module holds:
+//! a nonce) or hmac-v2, and the known-answer vectors in `tests/fixtures/vectors/` fix both byte
+//! for byte. This module holds:
 //! - [`signing`]: the schemes as pure functions, for verifying and for signing outgoing calls;
 //! - [`keys`]: the [`KeyRing`] of shared and per-service keys with their rotation predecessors;
 //! - [`policy`]: the allowlist of callers and the callers of each [`RoutePolicy`];

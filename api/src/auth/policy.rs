@@ -1,5 +1,5 @@
 //! Who may call what: the allowlist of known callers and, on top of it, the callers each group
-//! of routes is open to (DESIGN section 6), one group per command.
+//! of routes is open to (docs/contract.md §4), one group per command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -78,7 +78,8 @@ impl RoutePolicy {
         }
     }
 
-    /// The callers this route group is open to unless `ROUTE_CALLERS` says otherwise.
+    /// The callers docs/contract.md §4 opens this route group to, unless `ROUTE_CALLERS` says
+    /// otherwise.
     pub fn default_callers(self) -> &'static [&'static str] {
         match self {
             Self::OrdersRead => &["payment-service"],

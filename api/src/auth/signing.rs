@@ -1,7 +1,7 @@
-//! The two signature schemes of DESIGN section 6, as pure functions.
+//! The two signature schemes of docs/contract.md §4, as pure functions.
 //!
 //! Both are HMAC-SHA256 in lowercase hex over a `:`-joined text, bit-compatible with the existing
-//! Node services (the known-answer vectors in `shared/vectors/` are reproduced by the tests).
+//! Node services (the tests reproduce the known-answer vectors in `tests/fixtures/vectors/`).
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -155,7 +155,7 @@ pub fn new_nonce() -> String {
     hex::encode(bytes)
 }
 
-/// The four hmac-v1 headers for an outgoing request (DESIGN section 7), with a fresh nonce.
+/// The four hmac-v1 headers for an outgoing request (docs/contract.md §5), with a fresh nonce.
 pub fn v1_headers(
     secret: &[u8],
     service: &str,
@@ -214,7 +214,10 @@ mod tests {
     }
 
     fn load(name: &str) -> Vec<Vector> {
-        let path = format!("{}/../../shared/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../tests/fixtures/vectors/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let file: VectorFile = serde_json::from_str(&text).unwrap();
         assert!(!file.vectors.is_empty(), "{path} has no vectors");
@@ -286,7 +289,7 @@ mod tests {
         }
     }
 
-    /// The old services' bypass value outside production (DESIGN section 6): never accepted.
+    /// The old services' bypass value outside production (docs/contract.md §4): never accepted.
     const REJECTED_BYPASS: &str = "temp-signature";
 
     #[test]

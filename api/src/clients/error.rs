@@ -194,7 +194,7 @@ pub enum ClientConfigError {
         setting: &'static str,
         reason: String,
     },
-    /// A plain-HTTP peer URL in production (DESIGN section 7: HTTPS only).
+    /// A plain-HTTP peer URL in production (docs/contract.md §5: HTTPS only).
     #[error("{setting} must use https:// when APP_ENV=production")]
     InsecureUrl { setting: &'static str },
     /// No key to sign calls to this peer with.

@@ -1,4 +1,4 @@
-//! Outgoing service clients (DESIGN section 7): the one way this service asks payment-service,
+//! Outgoing service clients (docs/contract.md §5): the one way this service asks payment-service,
 //! ticket-service and event-service for facts and actions.
 //!
 //! [`ServiceClients::from_settings`] builds the three clients on one `reqwest::Client` (one
@@ -12,7 +12,7 @@
 //! # The contract this service expects from its peers
 //!
 //! Every request carries `X-Service-Name`, `X-Request-Timestamp`, `X-Request-Nonce`,
-//! `X-Internal-Auth` (hmac-v1, DESIGN section 6), `X-Request-ID`, `X-Trace-ID`, `X-Span-ID`,
+//! `X-Internal-Auth` (hmac-v1, docs/contract.md §4), `X-Request-ID`, `X-Trace-ID`, `X-Span-ID`,
 //! `traceparent`, and `X-Tenant-ID` / `X-User-ID` when known. Answers are JSON, camelCase.
 //!
 //! | client | operation | request | 2xx answer | on failure |

@@ -177,7 +177,7 @@ impl PeerClient {
     }
 
     /// Logs and counts a fallback, then returns `value`: reads with a safe default use it
-    /// instead of failing (DESIGN section 7).
+    /// instead of failing (docs/contract.md §5).
     pub fn fall_back<T>(&self, operation: Operation, error: &ClientError, value: T) -> T {
         metrics::counter!(
             "client_fallbacks_total",

@@ -1,6 +1,6 @@
 //! Backoff for retried calls: backon's exponential schedule, with ±30 % jitter applied here.
 //!
-//! backon's own jitter adds 0–100 % of the delay; DESIGN section 7 asks for 30 %, so the
+//! backon's own jitter adds 0–100 % of the delay; docs/contract.md §5 asks for 30 %, so the
 //! schedule is built without it and [`next_delay`] spreads each delay over `[0.7 d, 1.3 d]`.
 //! A peer's `Retry-After` (429, 503) lengthens the wait, and one longer than the policy's
 //! largest delay ends the retries rather than hold the caller.

@@ -1,4 +1,4 @@
-//! Scheduled jobs (DESIGN section 9): expiration, reminder, reconciliation, archiving and event
+//! Scheduled jobs (docs/contract.md §8): expiration, reminder, reconciliation, archiving and event
 //! reminder, each run on one replica at a time.
 //!
 //! A [`Job`] does one bounded, idempotent pass in [`Job::run_once`]: it asks the hot read model

@@ -1,4 +1,4 @@
-//! Command routes under `/api/v1/orders` (DESIGN section 5.2).
+//! Command routes under `/api/v1/orders` (docs/contract.md §3.3).
 //!
 //! Each handler parses its body into domain types (400 on anything malformed), sends one command
 //! through [`OrderStore::execute`](crate::store::OrderStore::execute), and answers with the order
@@ -440,7 +440,7 @@ pub async fn cancel_order(
     order_answer(&done.order)
 }
 
-/// `POST /api/v1/orders/{id}/refunds`: the refund saga (DESIGN section 7, [`crate::saga`]).
+/// `POST /api/v1/orders/{id}/refunds`: the refund saga (docs/contract.md §5, [`crate::saga`]).
 ///
 /// The order's own rules are checked before any call goes out (409 at once); then the peers'
 /// facts, then payment-service's `initiateRefund`. Answers 200 with the order once refunded,
@@ -672,7 +672,7 @@ impl BodyKind {
 /// I/O), and stops where the handler would reach the store.
 ///
 /// It exists so that fuzzing exercises the production decoders instead of a copy; the
-/// invariant it lets tests state is DESIGN section 5's "malformed input is 4xx, never 500".
+/// invariant it lets tests state is docs/contract.md §3.1's "malformed input is 4xx, never 500".
 ///
 /// # Errors
 /// The [`ApiError`] the handler would answer with.

@@ -1,4 +1,4 @@
-//! Liveness, readiness (DESIGN section 5.3) and the published event contract. Unauthenticated:
+//! Liveness, readiness (docs/contract.md §3.4) and the published event contract. Unauthenticated:
 //! load balancers and other teams' tooling call them.
 
 use std::time::Duration;

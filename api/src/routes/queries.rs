@@ -1,4 +1,4 @@
-//! The internal query routes of DESIGN section 5.1, served from the order read models.
+//! The internal query routes of docs/contract.md §3.2, served from the order read models.
 //!
 //! | route | policy | answer |
 //! |---|---|---|
@@ -23,7 +23,7 @@
 //! model every 25 ms, until the order's version is at least `N`, for up to `READ_WAIT_MS`
 //! (2 s by default). If the read model is still behind then, it answers 503 with
 //! `Retry-After: 1`; an order that is not in the read model at all counts as behind when
-//! `minVersion` is given.
+//! `minVersion` is above 0. `minVersion=0` asks for nothing and reads like no parameter.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -278,7 +278,8 @@ fn number(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>
     Ok(Some(digits.parse().unwrap_or(u64::MAX)))
 }
 
-/// Reads through `fetch`; without `min_version` that is one read (404 when absent). With it,
+/// Reads through `fetch`; without `min_version` (or with 0) that is one read (404 when
+/// absent). With it,
 /// reads again every [`READ_POLL`] until the version is at least `min_version`, for up to the
 /// configured wait, then answers 503 with Retry-After.
 async fn read_at_least<T, F, Fut>(
@@ -294,7 +295,9 @@ where
     let deadline = Instant::now() + Duration::from_millis(state.settings.read_wait_ms);
     loop {
         let found = fetch().await.map_err(read_error)?;
-        let Some(min) = min_version else {
+        // Every order is at version 0 or more, so `minVersion=0` waits for nothing: an order
+        // the read model lacks is unknown (404) at once, as without the parameter.
+        let Some(min) = min_version.filter(|&m| m > 0) else {
             return found.ok_or_else(not_found);
         };
         if let Some(current) = found.filter(|v| version(v) >= min) {

@@ -1,5 +1,5 @@
 //! The facts a refund depends on, gathered from the peers before the aggregate decides
-//! (DESIGN section 7). Each fact that does not allow the refund becomes a refusal, and the
+//! (docs/contract.md §5). Each fact that does not allow the refund becomes a refusal, and the
 //! aggregate refuses a refund with any refusal; the aggregate itself stays pure.
 //!
 //! - Payment: payment-service must say the payment is refundable. Its fallback is "not

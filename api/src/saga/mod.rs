@@ -1,4 +1,4 @@
-//! The refund saga (DESIGN section 7): request, initiate, record.
+//! The refund saga (docs/contract.md §5): request, initiate, record.
 //!
 //! 1. The order's own rules are checked first, with no call out: a refund the order's state
 //!    forbids (not paid, refunds locked by a dispute, nothing left, too much asked) is refused

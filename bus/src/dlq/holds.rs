@@ -138,11 +138,7 @@ impl Holds {
     /// key is [`provisional_key`] of the message's stream sequence until [`Self::settle`] moves
     /// it to the DLQ sequence. With `replaces` (a hold key), the row takes the replaced row's
     /// place in the queue (a redriven message parked again); otherwise it joins the end.
-    /// Repeating the call for the same message changes nothing but the error and `in_flight`.
-    ///
-    /// `in_flight` marks a message that is being retried rather than parked: the order's later
-    /// messages then wait (are retried) behind it instead of being parked behind it, and its
-    /// own success releases the row.
+    /// Repeating the call for the same message changes nothing but the error.
     ///
     /// # Errors
     /// [`BusError::Database`].
@@ -153,7 +149,6 @@ impl Holds {
         family: Option<Family>,
         error: &str,
         replaces: Option<i64>,
-        in_flight: bool,
     ) -> Result<(), BusError> {
         let key = provisional_key(stream_sequence);
         let mut tx = self.pool.begin().await?;
@@ -168,10 +163,10 @@ impl Holds {
             _ => None,
         };
         sqlx::query(
-            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error, family, redriving)
-             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5, $6, $7)
+            "INSERT INTO dlq_holds (dlq_stream, dlq_seq, order_id, position, error, family)
+             VALUES ($1, $2, $3, COALESCE($4, nextval('dlq_hold_position')), $5, $6)
              ON CONFLICT (dlq_stream, dlq_seq)
-             DO UPDATE SET redriving = EXCLUDED.redriving, error = EXCLUDED.error",
+             DO UPDATE SET redriving = false, error = EXCLUDED.error",
         )
         .bind(&self.dlq_stream)
         .bind(key)
@@ -179,7 +174,6 @@ impl Holds {
         .bind(inherited)
         .bind(error)
         .bind(family.map(Family::as_str))
-        .bind(in_flight)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -223,9 +217,9 @@ impl Holds {
         Ok(())
     }
 
-    /// Drops reservations older than `age`: a message retried or being parked comes back
-    /// within its redelivery backoff, so a reservation that old belongs to a message the
-    /// broker gave up on (a deleted consumer or stream), and would hold its order for good.
+    /// Drops reservations older than `age`: a message being parked comes back within its
+    /// redelivery backoff, so a reservation that old belongs to a message whose deliveries ran
+    /// out while parking kept failing, and would otherwise hold its order for good.
     ///
     /// # Errors
     /// [`BusError::Database`].

@@ -1,4 +1,4 @@
-//! The dead-letter stream `ORDER_SERVICE_DLQ` (DESIGN section 8): where inbound messages that
+//! The dead-letter stream `ORDER_SERVICE_DLQ` (docs/contract.md §6.5): where inbound messages that
 //! cannot succeed are parked, listed and redriven from.
 //!
 //! - A parked message is published to `dlq.order-service.<original subject>` with its body and

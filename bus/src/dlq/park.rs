@@ -37,7 +37,27 @@ pub struct Parcel<'a> {
     pub replaces: Option<i64>,
 }
 
+/// Tries to move a reservation onto its DLQ sequence before giving up on a park whose publish
+/// was acknowledged: a park that fails here is redelivered and, past the duplicate window,
+/// published a second time.
+const SETTLE_TRIES: u32 = 3;
+
 impl DeadLetters {
+    async fn settle(&self, stream_sequence: u64, dlq_seq: u64) -> Result<(), BusError> {
+        let mut tries = 1;
+        loop {
+            match self.holds.settle(stream_sequence, dlq_seq).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < SETTLE_TRIES => {
+                    tracing::warn!(error = %e, dlq.seq = dlq_seq, "cannot settle a hold; retrying");
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Holds its order, then publishes the message to `dlq.order-service.<subject>` and moves
     /// the hold onto the message's DLQ sequence. The hold comes first so that a publish that
     /// fails leaves the order held while the message is redelivered. Parking the same delivery
@@ -82,7 +102,6 @@ impl DeadLetters {
                     parcel.family,
                     &error,
                     parcel.replaces,
-                    false,
                 )
                 .await?;
         }
@@ -94,9 +113,7 @@ impl DeadLetters {
             .await
             .map_err(broker)?;
         if parcel.order_id.is_some() {
-            self.holds
-                .settle(parcel.stream_sequence, ack.sequence)
-                .await?;
+            self.settle(parcel.stream_sequence, ack.sequence).await?;
         }
         metrics::counter!("dlq_parked_total").increment(1);
         tracing::warn!(

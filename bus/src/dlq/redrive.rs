@@ -121,7 +121,9 @@ impl DeadLetters {
     /// Marks the order's queue as redriving, then republishes it head first.
     async fn redrive_order(&self, order: Uuid, report: &mut RedriveReport) -> Result<(), BusError> {
         let queue = self.holds.start_redrive(order).await?;
-        for row in queue {
+        // A reservation's message is not in the dead-letter stream: it is still being
+        // redelivered from its own stream, and parks (or succeeds) by itself.
+        for row in queue.into_iter().filter(|r| !r.is_reservation()) {
             if self.redrive_one(row.seq()).await? {
                 report.republished.push(row.seq());
             } else if !row.redriving {

@@ -1,4 +1,4 @@
-//! The inbound message: `{"id", "type", "payload": {"orderId", ...}}` (DESIGN section 8), parsed
+//! The inbound message: `{"id", "type", "payload": {"orderId", ...}}` (docs/contract.md §6.3), parsed
 //! in stages so that every rejection says exactly what was wrong.
 //!
 //! Strict where a mistake would change an order: the envelope fields and every payload field
@@ -368,9 +368,9 @@ mod tests {
         parse(family, subject, v.to_string().as_bytes(), 64 * 1024)
     }
 
-    /// The shapes of `../shared/examples/inbound-*.json`, inlined so the crate builds alone.
+    /// The example messages of docs/contract.md §6.3, as the producers send them.
     #[test]
-    fn the_shared_examples_parse() {
+    fn the_contract_examples_parse() {
         let examples = [
             (
                 Family::Payment,

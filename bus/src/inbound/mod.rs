@@ -1,4 +1,4 @@
-//! Inbound events: payment, dispute and ticket messages that drive orders (DESIGN section 8),
+//! Inbound events: payment, dispute and ticket messages that drive orders (docs/contract.md §6),
 //! applied with an exactly-once effect.
 //!
 //! - [`family`]: the three subject families, one durable pull consumer each (nats-server 2.9

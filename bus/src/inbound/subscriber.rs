@@ -527,24 +527,6 @@ impl<H: InboundHandler> Subscriber<H> {
             return outcome;
         }
         deferred.insert(message.order_id);
-        // While it is retried, the order's later messages of this family wait behind it (in
-        // this batch through `deferred`, in later ones through this row). Best effort: when
-        // the database is what failed, the row cannot be written either.
-        if let Err(e) = self
-            .dead_letters
-            .holds()
-            .reserve(
-                ctx.stream_sequence,
-                message.order_id,
-                Some(self.config.family),
-                reason,
-                replaces,
-                true,
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "cannot hold the order while the message is retried");
-        }
         let delay = self.config.retry_delay(ctx.attempt);
         tracing::info!(attempt = ctx.attempt, retry_in = ?delay, reason, "inbound message will be retried");
         self.nak(msg, delay).await;

@@ -1,4 +1,4 @@
-//! The reliability suite of issue #10: scenarios R1–R9 against real `order-service serve`
+//! The reliability suite of docs/reliability.md: scenarios R1–R9 against real `order-service serve`
 //! processes, a private Postgres or nats-server where a scenario stops one, and the shared ones
 //! otherwise (each scenario on its own database, stream, subject prefix and dead-letter stream).
 //!

@@ -1,4 +1,4 @@
-//! The scenarios of issue #10. Each returns `Ok` only when every figure meets its bar; the
+//! The reliability scenarios (docs/reliability.md). Each returns `Ok` only when every figure meets its bar; the
 //! figures are printed (and written by [`super::report`]) before the verdict, so a failing run
 //! still shows what it measured.
 //!
