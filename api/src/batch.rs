@@ -9,6 +9,11 @@
 //! batch. Alone, a request is still sent at once, so nothing waits for a batch to fill, and one
 //! batch in flight at a time keeps a single pool connection busy, not one per request.
 //!
+//! A caller may stop waiting (its request's deadline passed, or its client went away): its
+//! request is left out of the batch it would have joined, and a batch whose callers have all
+//! stopped waiting is dropped where it stands (a pool wait, a statement on a dead connection),
+//! so that the requests queued behind it are not held up by work nobody waits for.
+//!
 //! Depends on tokio and the metrics facade only: what a batch does (and how it falls back when
 //! its statement fails) belongs to its user.
 
@@ -113,7 +118,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 
     /// Queues `input` for the next batch and waits for its output; `None` when the batch did
-    /// not answer it (see [`Batcher`]).
+    /// not answer it (see [`Batcher`]). Dropping the returned future withdraws the request.
     pub async fn submit(&self, input: I) -> Option<O> {
         let queue = self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(QUEUE);
@@ -139,7 +144,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 }
 
 /// The batcher's task: waits for a request, takes every other one already waiting (up to
-/// `max`), runs them as one batch, answers, and does it again. Ends when every [`Batcher`]
+/// `max`) whose caller still waits, runs them as one batch, answers, and does it again. A batch
+/// whose callers have all stopped waiting is dropped unfinished. Ends when every [`Batcher`]
 /// clone is gone.
 async fn run_batches<I, O>(
     mut queue: mpsc::Receiver<Job<I, O>>,
@@ -157,11 +163,21 @@ async fn run_batches<I, O>(
                 Err(_) => break,
             }
         }
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         batches.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!(metric).record(jobs.len() as f64);
-        let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
+        let (inputs, mut replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
             jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
-        let outputs = run(inputs).await;
+        let outputs = tokio::select! {
+            outputs = run(inputs) => outputs,
+            _ = futures::future::join_all(replies.iter_mut().map(oneshot::Sender::closed)) => {
+                metrics::counter!("batches_abandoned_total", "batch" => metric).increment(1);
+                continue;
+            }
+        };
         // A missing output drops its reply, which its caller sees as `None`.
         for (reply, output) in replies.into_iter().zip(outputs) {
             let _ = reply.send(output);
@@ -249,6 +265,61 @@ mod tests {
             2,
             "and when the batcher ends"
         );
+    }
+
+    /// The inputs of every batch started, in order.
+    type Seen = Arc<std::sync::Mutex<Vec<Vec<u32>>>>;
+
+    /// A batcher whose batches take `takes` each, the first one forever, and record what
+    /// they were given.
+    fn slow(takes: Duration) -> (Batcher<u32, u32>, Seen) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let batcher = Batcher::new(8, "test_batch_size", move |inputs: Vec<u32>| {
+            let first = {
+                let mut seen = record.lock().unwrap();
+                seen.push(inputs.clone());
+                seen.len() == 1
+            };
+            Box::pin(async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(takes).await;
+                inputs
+            }) as BatchFuture<u32>
+        });
+        (batcher, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_batch_is_dropped_once_its_callers_stop_waiting() {
+        let (batcher, seen) = slow(Duration::from_millis(10));
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), batcher.submit(1)).await;
+        assert!(gave_up.is_err(), "the first batch never finishes");
+        let answered = tokio::time::timeout(Duration::from_secs(1), batcher.submit(2)).await;
+        assert_eq!(answered, Ok(Some(2)), "the next batch was not held up");
+        assert_eq!(*seen.lock().unwrap(), [vec![1], vec![2]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_withdrawn_while_queued_is_left_out_of_its_batch() {
+        let (batcher, seen) = slow(Duration::from_millis(10));
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { tokio::time::timeout(Duration::from_secs(2), batcher.submit(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Queued behind the stuck batch: one gives up before it ends, one waits longer.
+        let (withdrawn, waited) = futures::future::join(
+            tokio::time::timeout(Duration::from_secs(1), batcher.submit(2)),
+            tokio::time::timeout(Duration::from_secs(5), batcher.submit(3)),
+        )
+        .await;
+        assert!(first.await.unwrap().is_err());
+        assert!(withdrawn.is_err());
+        assert_eq!(waited, Ok(Some(3)));
+        assert_eq!(*seen.lock().unwrap(), [vec![1], vec![3]]);
     }
 
     #[tokio::test]

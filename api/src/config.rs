@@ -245,6 +245,14 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Milliseconds a request may spend on the database in all, from its arrival: pool waits,
+    /// batch queues, statements and retries of every call it makes share this one deadline
+    /// (time spent waiting on peer services does not count). Past it the request answers 503
+    /// with Retry-After. Keep it well below REQUEST_TIMEOUT_SECS and the callers' own timeouts,
+    /// so that during a database outage they hear back instead of giving up.
+    #[arg(long, env = "REQUEST_DB_DEADLINE_MS", default_value_t = 5_000)]
+    pub request_db_deadline_ms: u64,
+
     /// Seconds an HTTP/1 client has to send a request's complete headers (counted from the
     /// first read, so an idle keep-alive connection is closed after it too). Without it a
     /// client sending headers byte by byte (slowloris) holds a connection forever. 0 disables.
@@ -455,6 +463,11 @@ impl Settings {
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The request database deadline as a duration (at least 1 ms).
+    pub fn request_db_deadline(&self) -> Duration {
+        Duration::from_millis(self.request_db_deadline_ms.max(1))
     }
 
     /// The HTTP/1 header read timeout, `None` when disabled with 0.

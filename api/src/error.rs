@@ -17,6 +17,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::context;
+use crate::deadline::DeadlinePassed;
 
 /// Everything an API call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,8 @@ pub enum ApiError {
     /// 502: a peer service answered with an error.
     #[error("{0}")]
     BadGateway(String),
-    /// 503: a dependency is down or the read model is behind; retry after `retry_after` s.
+    /// 503: a dependency is down or did not answer within the request's database deadline,
+    /// or the read model is behind; retry after `retry_after` s.
     #[error("{message}")]
     Unavailable {
         message: String,
@@ -126,6 +128,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<DeadlinePassed> for ApiError {
+    fn from(_: DeadlinePassed) -> Self {
+        Self::Unavailable {
+            message: "the database did not answer in time; retry shortly".into(),
+            retry_after: Some(1),
+        }
     }
 }
 

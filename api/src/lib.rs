@@ -18,6 +18,7 @@
 //! - [`saga`]: the refund saga and the loop that finishes refunds left half-way.
 //! - [`error`], [`extract`], [`context`]: the error body, extractors and per-request context.
 //! - [`db`]: pool, database creation and migrations.
+//! - [`deadline`]: one deadline per request for all of its database work.
 //! - [`inbound`]: payment, dispute and ticket messages turned into commands; DLQ wiring.
 //! - [`jobs`]: scheduled jobs, one leader per job, their breakers and status.
 //! - [`metrics`], [`openapi`]: the operations surface: Prometheus `/metrics` with HTTP RED
@@ -30,6 +31,7 @@ pub mod clients;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod extract;
 pub mod inbound;

@@ -30,7 +30,7 @@ use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::routes::{commands, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
-use crate::{context, db, error, jobs, openapi, workers};
+use crate::{context, db, deadline, error, jobs, openapi, workers};
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
 /// extractor and `from_fn_with_state` layer of every request, and cloning the handles one by
@@ -135,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs_route::router(&state))
         .with_state(state)
         // Layers run bottom-up on the way in: the last added is the outermost.
+        .layer(middleware::from_fn_with_state(
+            settings.request_db_deadline(),
+            deadline::request_deadline,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout(),

@@ -6,6 +6,9 @@
 //! run after commit and swallow errors, and it does not hand back the changed aggregate. Read
 //! models are built from the commit-safe feed instead, and the caller gets the aggregate as the
 //! command left it.
+//!
+//! Inside a request, each public method runs within the request's database deadline
+//! ([`crate::deadline`]), a command's retries included; background callers have none.
 
 use std::collections::HashMap;
 
@@ -17,6 +20,7 @@ use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::deadline::within_deadline;
 use crate::error::ApiError;
 
 /// How many times a command is re-decided after losing a race for the same sequence number.
@@ -102,13 +106,16 @@ impl OrderStore {
     /// Loads an order; `None` when it does not exist.
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when Postgres is unreachable, `Internal` otherwise.
+    /// [`ApiError::Unavailable`] when Postgres is unreachable or the request's database
+    /// deadline passes, `Internal` otherwise.
     pub async fn load(&self, id: Uuid) -> Result<Option<Order>, ApiError> {
-        let mut ctx = self
-            .inner
-            .load_aggregate(&id.to_string())
-            .await
-            .map_err(store_error)?;
+        let mut ctx = within_deadline("load", async {
+            self.inner
+                .load_aggregate(&id.to_string())
+                .await
+                .map_err(store_error)
+        })
+        .await?;
         let order = ctx.aggregate().clone();
         Ok(order.exists().then_some(order))
     }
@@ -123,7 +130,8 @@ impl OrderStore {
     ///
     /// # Errors
     /// Domain refusals map to 400/404/409 by kind; a race lost `MAX_ATTEMPTS` times is 409;
-    /// an unreachable database is 503.
+    /// an unreachable database, or the request's database deadline passing (across every
+    /// attempt), is 503.
     pub async fn execute(
         &self,
         id: Uuid,
@@ -133,7 +141,11 @@ impl OrderStore {
     ) -> Result<Executed, ApiError> {
         let started = std::time::Instant::now();
         let name = command_name(&command());
-        let result = self.decide_and_append(id, metadata, check, command).await;
+        let result = within_deadline(
+            "command",
+            self.decide_and_append(id, metadata, check, command),
+        )
+        .await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         result
@@ -206,7 +218,8 @@ impl OrderStore {
     /// replay, or 409).
     ///
     /// # Errors
-    /// Domain refusals (400), an unreachable database (503).
+    /// Domain refusals (400), an unreachable database or the request's database deadline
+    /// passing (503).
     pub async fn create(
         &self,
         id: Uuid,
@@ -215,7 +228,7 @@ impl OrderStore {
     ) -> Result<Created, ApiError> {
         let started = std::time::Instant::now();
         let name = command_name(&command);
-        let result = self.create_unmetered(id, metadata, command).await;
+        let result = within_deadline("command", self.create_unmetered(id, metadata, command)).await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         result
@@ -297,7 +310,8 @@ impl OrderStore {
     /// An order's stored events in sequence order, upcast to current versions.
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when Postgres is unreachable.
+    /// [`ApiError::Unavailable`] when Postgres is unreachable or the request's database
+    /// deadline passes.
     pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, ApiError> {
         let rows: Vec<(
             i64,
@@ -306,16 +320,19 @@ impl OrderStore {
             serde_json::Value,
             serde_json::Value,
             chrono::DateTime<chrono::Utc>,
-        )> = sqlx::query_as(
-            "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
+        )> = within_deadline("history", async {
+            sqlx::query_as(
+                "SELECT sequence, event_type, event_version, payload, metadata, recorded_at
                    FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
                   ORDER BY sequence",
-        )
-        .bind(ORDER_AGGREGATE_TYPE)
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
+            )
+            .bind(ORDER_AGGREGATE_TYPE)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sqlx_error)
+        })
+        .await?;
         Ok(rows
             .into_iter()
             .map(

@@ -14,6 +14,7 @@ mod inbound;
 mod jobs;
 mod logs;
 mod ops;
+mod outage;
 mod read_side;
 mod refunds;
 mod relay;

@@ -18,6 +18,7 @@ use super::keys::{valid_service_name, KeyRing};
 use super::nonce::{NonceStore, MAX_NONCE_LEN};
 use super::policy::{CallerPolicy, RoutePolicy};
 use super::signing::{v1_header, v2_header, verify_v1, verify_v2};
+use crate::deadline::{within_deadline, DeadlinePassed};
 use crate::error::ApiError;
 
 /// How far a request's timestamp may be from this server's clock, either side.
@@ -45,6 +46,14 @@ enum Rejection {
     BadCredentials,
     Replayed,
     Store(sqlx::Error),
+    /// The request's database deadline passed before the record was made.
+    Deadline(DeadlinePassed),
+}
+
+impl From<DeadlinePassed> for Rejection {
+    fn from(passed: DeadlinePassed) -> Self {
+        Self::Deadline(passed)
+    }
 }
 
 impl Rejection {
@@ -56,6 +65,7 @@ impl Rejection {
             Self::BadCredentials => "bad_credentials",
             Self::Replayed => "replayed",
             Self::Store(_) => "store_error",
+            Self::Deadline(_) => "store_deadline",
         }
     }
 
@@ -73,6 +83,7 @@ impl Rejection {
             Self::Store(e) => ApiError::Internal(
                 anyhow::Error::new(e).context("recording a request nonce failed"),
             ),
+            Self::Deadline(passed) => passed.into(),
             Self::Malformed | Self::BadCredentials | Self::Replayed => {
                 ApiError::Unauthorized(INVALID_CREDENTIALS)
             }
@@ -281,15 +292,18 @@ impl Authenticator {
     /// (hmac-v2), recorded atomically in the store all replicas share.
     ///
     /// # Errors
-    /// 401 on a replay; [`ApiError::Internal`] or 503 when the nonce store fails.
+    /// 401 on a replay; [`ApiError::Internal`] or 503 when the nonce store fails, and 503 when
+    /// the request's database deadline passes first.
     pub async fn record(&self, policy: RoutePolicy, admission: &Admission) -> Result<(), ApiError> {
         let service = admission.caller.service.as_str();
-        let first_use = self
-            .inner
-            .nonces
-            .record(service, &admission.replay_key, admission.expires_at)
-            .await
-            .map_err(Rejection::Store);
+        let first_use = within_deadline("nonce", async {
+            self.inner
+                .nonces
+                .record(service, &admission.replay_key, admission.expires_at)
+                .await
+                .map_err(Rejection::Store)
+        })
+        .await;
         match first_use {
             Ok(true) => Ok(()),
             Ok(false) => Err(reject(policy, Some(service), Rejection::Replayed)),

@@ -19,6 +19,7 @@ use tower_resilience::circuitbreaker::CircuitBreakerError;
 
 use crate::auth::{signing, KeyRing};
 use crate::context::RequestContext;
+use crate::deadline;
 
 use super::breaker::{BreakerState, Breakers};
 use super::error::{ClientConfigError, ClientError, PeerBody};
@@ -235,8 +236,15 @@ impl PeerClient {
         })
     }
 
+    /// Sends `call` with its retries. Waiting on the peer holds the request's database deadline
+    /// back ([`deadline::paused`]): the peer has timeouts of its own, and the database work
+    /// before and after the call should not lose its time to it.
     #[tracing::instrument(skip_all, fields(peer = self.service(), operation = call.operation.name))]
     async fn send(&self, call: &Call<'_>) -> Result<PeerResponse, ClientError> {
+        deadline::paused(self.send_retrying(call)).await
+    }
+
+    async fn send_retrying(&self, call: &Call<'_>) -> Result<PeerResponse, ClientError> {
         let ctx = propagation::current();
         let retryable = call.operation.kind == Kind::Read || call.idempotency_key.is_some();
         let policy = self.inner.options.retry;

@@ -24,6 +24,11 @@
 //! (2 s by default). If the read model is still behind then, it answers 503 with
 //! `Retry-After: 1`; an order that is not in the read model at all counts as behind when
 //! `minVersion` is above 0. `minVersion=0` asks for nothing and reads like no parameter.
+//!
+//! # Outages
+//! Every read runs within the request's database deadline (`REQUEST_DB_DEADLINE_MS`, see
+//! [`crate::deadline`]): when the database does not answer by then, the route answers 503 with
+//! `Retry-After`, as it does when the database refuses outright.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +48,7 @@ use tokio::time::Instant;
 
 use crate::auth::{authenticate, RoutePolicy};
 use crate::context::RequestContext;
+use crate::deadline::within_deadline;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, OrderIdPath};
 use crate::startup::AppState;
@@ -251,10 +257,12 @@ pub async fn orders_without_tickets(
         })
         .transpose()?;
     let criteria = WithoutTickets::new(minutes_old, status, limit);
-    let orders =
+    let orders = within_deadline("read", async {
         queries::without_tickets(&state.pool, &criteria, ctx.tenant_id.as_deref(), Utc::now())
             .await
-            .map_err(read_error)?;
+            .map_err(read_error)
+    })
+    .await?;
     Ok(Json(json!({
         "orders": orders,
         "count": orders.len(),
@@ -281,7 +289,9 @@ fn number(params: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>
 /// Reads through `fetch`; without `min_version` (or with 0) that is one read (404 when
 /// absent). With it,
 /// reads again every [`READ_POLL`] until the version is at least `min_version`, for up to the
-/// configured wait, then answers 503 with Retry-After.
+/// configured wait, then answers 503 with Retry-After. Each read runs within the request's
+/// database deadline, so a read wait longer than what is left of it ends at the deadline, also
+/// with 503.
 async fn read_at_least<T, F, Fut>(
     state: &AppState,
     min_version: Option<u64>,
@@ -294,7 +304,7 @@ where
 {
     let deadline = Instant::now() + Duration::from_millis(state.settings.read_wait_ms);
     loop {
-        let found = fetch().await.map_err(read_error)?;
+        let found = within_deadline("read", async { fetch().await.map_err(read_error) }).await?;
         // Every order is at version 0 or more, so `minVersion=0` waits for nothing: an order
         // the read model lacks is unknown (404) at once, as without the parameter.
         let Some(min) = min_version.filter(|&m| m > 0) else {
