@@ -319,6 +319,12 @@ pub struct Settings {
     )]
     pub inbound_backoff_ms: Vec<u64>,
 
+    /// Check every `payment.succeeded` with payment-service (`getPaymentStatus`: succeeded, same
+    /// order, amount and currency) before it confirms an order. Unset: on in production, off
+    /// otherwise.
+    #[arg(long, env = "INBOUND_VERIFY_PAYMENTS")]
+    pub inbound_verify_payments: Option<bool>,
+
     /// Attempts at an inbound message before it is parked as "retries used up".
     #[arg(long, env = "INBOUND_MAX_DELIVER", default_value_t = 10)]
     pub inbound_max_deliver: i64,
@@ -461,6 +467,12 @@ impl Settings {
     }
 
     /// The request timeout as a duration.
+    /// Whether inbound payments are checked with payment-service before they confirm.
+    pub fn verify_inbound_payments(&self) -> bool {
+        self.inbound_verify_payments
+            .unwrap_or(self.app_env == AppEnv::Production)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
