@@ -29,7 +29,7 @@ CALL_BODY_FLAG="--body"            # JSON request body
 CALL_AS_FLAG="--as"                # the calling service whose key signs the request
 CALL_TENANT_FLAG="--tenant"        # sent as X-Tenant-ID
 CALL_EXTRA_ARGS=()                 # e.g. (--url "http://$HTTP_ADDR") if `call` needs the address
-CALLER="${DEMO_CALLER:-api-gateway}"   # open to commands and the history (docs/contract.md §4)
+CALLER="${DEMO_CALLER:-api-gateway}"   # open to create, reserve and the history (docs/contract.md §4)
 
 # --- Environment of the demo service -------------------------------------------------------
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -10,6 +10,9 @@ use crate::store::OrderStore;
 /// `order-service call METHOD PATH`: sends one signed request (hmac-v1) to a running service
 /// and prints the answer. Exits non-zero on a non-2xx status, so scripts can chain calls.
 ///
+/// A redirect is printed like any other answer, never followed: following it would hand the
+/// signed headers, nonce included, to whatever host the `Location` names.
+///
 /// # Errors
 /// When the request cannot be sent or the answer is not 2xx.
 pub async fn call(
@@ -39,6 +42,7 @@ pub async fn call(
     let base = base_url.map_or_else(|| format!("http://{}", settings.http_addr), str::to_owned);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut request = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .build()?
         .request(
             method.clone(),

@@ -16,8 +16,44 @@ pub enum AppEnv {
     Production,
 }
 
-/// The secret every existing service uses in development; refused in production.
+/// The secret every existing service uses in development; refused in production, and off a
+/// loopback `HTTP_ADDR` in any environment.
 pub const DEV_SECRET: &str = "dev-internal-secret-change-me";
+
+/// Variables that look like settings of this service but are not read, each with the name that
+/// is. Start-up refuses them: a deployment that sets one would otherwise run without what it
+/// meant to configure (per-service keys, here), and nothing would say so.
+pub const MISNAMED_SETTINGS: &[(&str, &str)] = &[("INTERNAL_SERVICE_KEYS", "SERVICE_KEYS")];
+
+/// Settings refused before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable from [`MISNAMED_SETTINGS`] is set.
+    #[error("{set} is set, but this service reads {read}: rename it")]
+    Misnamed {
+        /// The name found in the environment.
+        set: &'static str,
+        /// The name this service reads.
+        read: &'static str,
+    },
+}
+
+/// Refuses an environment that sets a variable from [`MISNAMED_SETTINGS`]; `names` are the
+/// environment's variable names.
+///
+/// # Errors
+/// [`ConfigError::Misnamed`] for the first such variable.
+pub fn refuse_misnamed<K: AsRef<std::ffi::OsStr>>(
+    names: impl IntoIterator<Item = K>,
+) -> Result<(), ConfigError> {
+    for name in names {
+        let name = name.as_ref();
+        if let Some((set, read)) = MISNAMED_SETTINGS.iter().find(|(set, _)| name == *set) {
+            return Err(ConfigError::Misnamed { set, read });
+        }
+    }
+    Ok(())
+}
 
 /// All settings of `order-service`. Each field documents its variable in `--help`.
 #[derive(Clone, Args)]
@@ -59,6 +95,16 @@ pub struct Settings {
     /// Replicas of the stream when this service creates it (1 on a single server).
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
     pub nats_stream_replicas: usize,
+
+    /// Hours an event stays in the events stream when this service creates or updates it (0:
+    /// no limit). Keep it at most INBOX_RETENTION_HOURS: a message the stream can still
+    /// redeliver is then still in the inbox, and is recognised rather than applied twice.
+    #[arg(long, env = "NATS_STREAM_MAX_AGE_HOURS", default_value_t = 168)]
+    pub nats_stream_max_age_hours: u64,
+
+    /// Bytes the events stream may hold (0: no limit); past it the oldest events are dropped.
+    #[arg(long, env = "NATS_STREAM_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub nats_stream_max_bytes: u64,
 
     /// Run the outbox relay in this process; across replicas one leads and the rest stand by.
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -105,7 +151,8 @@ pub struct Settings {
     #[arg(long, env = "INTERNAL_SERVICE_SECRET_PREVIOUS", hide_env_values = true)]
     pub internal_service_secret_previous: Option<String>,
 
-    /// Per-service keys: `payment-service=KEY|PREVIOUS,ticket-service=KEY`.
+    /// Per-service keys: `payment-service=KEY|PREVIOUS,ticket-service=KEY`. (Start-up refuses
+    /// `INTERNAL_SERVICE_KEYS`, which is not read.)
     #[arg(long, env = "SERVICE_KEYS", hide_env_values = true)]
     pub service_keys: Option<String>,
 
@@ -117,7 +164,10 @@ pub struct Settings {
     )]
     pub allowed_internal_services: String,
 
-    /// Per-route caller overrides: `orders.items=blockchain-service|ticket-service;jobs=api-gateway`.
+    /// Per-route caller overrides, `route=service|service;...`, for example
+    /// `orders.confirm=payment-service;jobs=api-gateway`. Routes: orders.read, orders.items,
+    /// orders.create, orders.reserve, orders.confirm, orders.cancel, orders.refunds,
+    /// orders.tickets, orders.events, jobs.
     #[arg(long, env = "ROUTE_CALLERS")]
     pub route_callers: Option<String>,
 
@@ -243,6 +293,18 @@ pub struct Settings {
     #[arg(long, env = "DLQ_STREAM", default_value = "ORDER_SERVICE_DLQ")]
     pub dlq_stream: String,
 
+    /// Hours a parked message stays in the dead-letter stream (0, the default: no limit). A
+    /// parked message holds its order until it is redriven or discarded; one that aged out
+    /// would leave its order held with nothing to redrive.
+    #[arg(long, env = "DLQ_STREAM_MAX_AGE_HOURS", default_value_t = 0)]
+    pub dlq_stream_max_age_hours: u64,
+
+    /// Bytes the dead-letter stream may hold (0: no limit). When it is full, new parks are
+    /// refused (logged as errors, the message redelivered to try again) rather than older
+    /// parked messages dropped.
+    #[arg(long, env = "DLQ_STREAM_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub dlq_stream_max_bytes: u64,
+
     /// Milliseconds an inbound delivery may stay unacknowledged before it is redelivered.
     #[arg(long, env = "INBOUND_ACK_WAIT_MS", default_value_t = 30_000)]
     pub inbound_ack_wait_ms: u64,
@@ -256,6 +318,12 @@ pub struct Settings {
         default_value = "1000,5000,30000,120000,300000"
     )]
     pub inbound_backoff_ms: Vec<u64>,
+
+    /// Check every `payment.succeeded` with payment-service (`getPaymentStatus`: succeeded, same
+    /// order, amount and currency) before it confirms an order. Unset: on in production, off
+    /// otherwise.
+    #[arg(long, env = "INBOUND_VERIFY_PAYMENTS")]
+    pub inbound_verify_payments: Option<bool>,
 
     /// Attempts at an inbound message before it is parked as "retries used up".
     #[arg(long, env = "INBOUND_MAX_DELIVER", default_value_t = 10)]
@@ -349,6 +417,8 @@ impl Settings {
         config.stream.duplicate_window =
             Duration::from_secs(self.nats_duplicate_window_secs.max(1));
         config.stream.replicas = self.nats_stream_replicas.max(1);
+        config.stream.max_age = hours(self.nats_stream_max_age_hours);
+        config.stream.max_bytes = byte_limit(self.nats_stream_max_bytes);
         config.ensure_stream = self.nats_create_stream;
         config.batch_size = self.relay_batch_size.max(1);
         config.idle_poll = Duration::from_millis(self.relay_poll_ms.max(1));
@@ -397,6 +467,12 @@ impl Settings {
     }
 
     /// The request timeout as a duration.
+    /// Whether inbound payments are checked with payment-service before they confirm.
+    pub fn verify_inbound_payments(&self) -> bool {
+        self.inbound_verify_payments
+            .unwrap_or(self.app_env == AppEnv::Production)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
@@ -456,6 +532,19 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+/// A JetStream age limit from hours; zero stays zero, JetStream's "no limit".
+pub(crate) fn hours(hours: u64) -> Duration {
+    Duration::from_secs(hours.saturating_mul(3600))
+}
+
+/// A JetStream size limit from bytes; zero is "no limit".
+pub(crate) fn byte_limit(bytes: u64) -> i64 {
+    match bytes {
+        0 => order_bus::stream::NO_BYTE_LIMIT,
+        b => i64::try_from(b).unwrap_or(i64::MAX),
+    }
+}
+
 /// Hides a password in a connection URL.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -470,6 +559,18 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misnamed_settings_are_refused() {
+        assert_eq!(refuse_misnamed(["PATH", "SERVICE_KEYS"]), Ok(()));
+        assert_eq!(
+            refuse_misnamed(["PATH", "INTERNAL_SERVICE_KEYS"]),
+            Err(ConfigError::Misnamed {
+                set: "INTERNAL_SERVICE_KEYS",
+                read: "SERVICE_KEYS"
+            })
+        );
+    }
 
     #[test]
     fn passwords_never_show_in_debug_output() {

@@ -160,6 +160,12 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<context::InvalidTenantId> for ApiError {
+    fn from(e: context::InvalidTenantId) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         Self::BadRequest(format!("invalid path parameter: {}", rejection.body_text()))

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use async_nats::jetstream::Context;
 use chrono::Utc;
 use order_bus::dlq::{DeadLetters, DlqConfig};
+use order_bus::inbound::message::PaymentSucceeded;
 use order_bus::inbound::{
     Family, HandleError, InboundEvent, InboundHandler, InboundMessage, MessageContext, Subscriber,
     SubscriberConfig,
@@ -37,6 +38,7 @@ use order_domain::commands::{
 use order_domain::{Order, OrderCommand, OrderEvent};
 use sqlx::PgPool;
 
+use crate::clients::PaymentClient;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::store::OrderStore;
@@ -48,12 +50,64 @@ pub const ACTOR: &str = "order-service/inbound";
 #[derive(Debug, Clone)]
 pub struct OrderInboundHandler {
     store: OrderStore,
+    /// When set, every `payment.succeeded` is checked with payment-service first.
+    payments: Option<PaymentClient>,
 }
 
 impl OrderInboundHandler {
-    /// A handler writing through `store`.
+    /// A handler writing through `store`, taking payment messages at their word.
     pub fn new(store: OrderStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            payments: None,
+        }
+    }
+
+    /// Checks every `payment.succeeded` with payment-service before it settles the order: the
+    /// one message that turns money into tickets is not taken on the broker's word alone.
+    #[must_use]
+    pub fn verifying_payments(mut self, payments: PaymentClient) -> Self {
+        self.payments = Some(payments);
+        self
+    }
+
+    /// Fails closed: a payment that cannot be verified now is retried (and parked once the
+    /// retries are used up); one payment-service does not vouch for is parked at once.
+    async fn verify(&self, msg: &InboundMessage, p: &PaymentSucceeded) -> Result<(), HandleError> {
+        let Some(payments) = &self.payments else {
+            return Ok(());
+        };
+        let status = payments
+            .verify_payment(&p.payment_intent_id)
+            .await
+            .map_err(|e| {
+                HandleError::Transient(format!(
+                    "cannot verify the payment with payment-service: {}",
+                    e.public_message()
+                ))
+            })?;
+        let same_currency = match (&status.currency, &p.currency) {
+            (Some(theirs), Some(ours)) => theirs.eq_ignore_ascii_case(ours),
+            _ => false,
+        };
+        let vouched = status.payment_intent_id == p.payment_intent_id
+            && status.status.eq_ignore_ascii_case("succeeded")
+            && status.order_id == Some(msg.order_id)
+            && status.amount_cents == Some(p.amount_cents)
+            && same_currency;
+        if vouched {
+            Ok(())
+        } else {
+            metrics::counter!("inbound_payments_unverified_total").increment(1);
+            tracing::warn!(
+                payment.intent = %p.payment_intent_id,
+                "payment-service does not vouch for this payment; parked"
+            );
+            Err(HandleError::Permanent(
+                "payment-service does not confirm this payment (status, order, amount or currency differ)"
+                    .to_owned(),
+            ))
+        }
     }
 }
 
@@ -65,6 +119,7 @@ impl InboundHandler for OrderInboundHandler {
         let id = msg.order_id;
         let result = match &msg.event {
             InboundEvent::PaymentSucceeded(p) => {
+                self.verify(msg, p).await?;
                 store
                     .execute(id, &metadata, exists, || {
                         OrderCommand::SettlePayment(SettlePayment {
@@ -272,6 +327,8 @@ pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
     c.duplicate_window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
     c.replicas = settings.nats_stream_replicas.max(1);
     c.ensure_stream = settings.nats_create_stream;
+    c.max_age = crate::config::hours(settings.dlq_stream_max_age_hours);
+    c.max_bytes = crate::config::byte_limit(settings.dlq_stream_max_bytes);
     c
 }
 
@@ -295,7 +352,10 @@ pub async fn consume(
     };
     let jetstream =
         order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
-    let handler = OrderInboundHandler::new(state.store.clone());
+    let mut handler = OrderInboundHandler::new(state.store.clone());
+    if state.settings.verify_inbound_payments() {
+        handler = handler.verifying_payments(state.clients.payment.clone());
+    }
     subscriber(
         &state.settings,
         family,

@@ -142,6 +142,8 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    order_api::config::refuse_misnamed(std::env::vars_os().map(|(name, _)| name))
+        .context("refusing to start")?;
     rustls_provider();
     telemetry::init(cli.settings.app_env);
     match cli.command.unwrap_or(Command::Serve) {

@@ -566,13 +566,14 @@ mod tests {
                 "{schema}.{field}"
             );
         }
-        // Not blank: a character `str::trim` keeps, so exactly the chars outside White_Space.
+        // Not blank: a character `str::trim` keeps, so exactly the chars outside White_Space;
+        // and no U+0000 anywhere.
         let white: String = (0..=u32::from(char::MAX))
             .filter_map(char::from_u32)
             .filter(|c| c.is_whitespace())
             .map(|c| format!("\\u{:04x}", u32::from(c)))
             .collect();
-        let not_blank = format!("[^{white}]");
+        let not_blank = format!("^[^\\u0000]*[^{white}\\u0000][^\\u0000]*$");
         for (schema, field) in [
             ("CreateOrderBody", "userId"),
             ("ConfirmBody", "paymentIntentId"),

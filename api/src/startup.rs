@@ -21,9 +21,11 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{authenticate, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy};
+use crate::auth::{
+    authenticate, AuthConfigError, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy,
+};
 use crate::clients::ServiceClients;
-use crate::config::{AppEnv, Settings};
+use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::routes::{commands, health, jobs as jobs_route, queries};
@@ -87,21 +89,37 @@ pub const SENSITIVE: [HeaderName; 4] = [
 /// The full router with its middleware stack.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
+    // Each command is guarded by its own caller policy (crate::auth::RoutePolicy).
+    let guard = |policy| middleware::from_fn_with_state(state.auth.guard(policy), authenticate);
     let commands = Router::new()
-        .route("/api/v1/orders", post(commands::create_order))
-        .route("/api/v1/orders/{id}/reserve", post(commands::reserve_order))
-        .route("/api/v1/orders/{id}/confirm", post(commands::confirm_order))
-        .route("/api/v1/orders/{id}/cancel", post(commands::cancel_order))
-        .route("/api/v1/orders/{id}/refunds", post(commands::refund_order))
+        .route(
+            "/api/v1/orders",
+            post(commands::create_order).route_layer(guard(RoutePolicy::OrdersCreate)),
+        )
+        .route(
+            "/api/v1/orders/{id}/reserve",
+            post(commands::reserve_order).route_layer(guard(RoutePolicy::OrdersReserve)),
+        )
+        .route(
+            "/api/v1/orders/{id}/confirm",
+            post(commands::confirm_order).route_layer(guard(RoutePolicy::OrdersConfirm)),
+        )
+        .route(
+            "/api/v1/orders/{id}/cancel",
+            post(commands::cancel_order).route_layer(guard(RoutePolicy::OrdersCancel)),
+        )
+        .route(
+            "/api/v1/orders/{id}/refunds",
+            post(commands::refund_order).route_layer(guard(RoutePolicy::OrdersRefunds)),
+        )
         .route(
             "/api/v1/orders/{id}/tickets",
-            post(commands::record_tickets),
+            post(commands::record_tickets).route_layer(guard(RoutePolicy::OrdersTickets)),
         )
-        .route("/api/v1/orders/{id}/events", get(commands::order_events))
-        .route_layer(middleware::from_fn_with_state(
-            state.auth.guard(RoutePolicy::OrdersCommands),
-            authenticate,
-        ));
+        .route(
+            "/api/v1/orders/{id}/events",
+            get(commands::order_events).route_layer(guard(RoutePolicy::OrdersEvents)),
+        );
 
     Router::new()
         .route("/health/live", get(health::live))
@@ -281,13 +299,22 @@ impl Application {
 }
 
 /// Builds request authentication from settings. In production a missing, default or short
-/// secret stops start-up here rather than letting the service accept weakly signed calls.
+/// secret stops start-up here rather than letting the service accept weakly signed calls. In
+/// any environment, so does the published development secret (the default outside production)
+/// on an address that is not loopback: `APP_ENV` defaults to development, and a forgotten
+/// `APP_ENV` must not put a service anyone can sign for on the network.
 fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authenticator> {
     let keys = KeyRing::from_config(
         Some(&settings.shared_secret()),
         settings.internal_service_secret_previous.as_deref(),
         settings.service_keys.as_deref(),
     )?;
+    if !settings.http_addr.ip().is_loopback() && keys.holds(DEV_SECRET.as_bytes()) {
+        return Err(AuthConfigError::DevelopmentSecretExposed {
+            addr: settings.http_addr,
+        })
+        .context("refusing to start with the development secret");
+    }
     if settings.app_env == AppEnv::Production {
         keys.validate_for_production()
             .context("refusing to start with a weak INTERNAL_SERVICE_SECRET or service key")?;

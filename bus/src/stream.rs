@@ -1,5 +1,5 @@
 //! The events stream (`TICKETTOKEN_EVENTS`, docs/contract.md §6): created when missing, brought up
-//! to date when its subjects or duplicate window drifted.
+//! to date when its subjects, duplicate window or retention limits drifted.
 //!
 //! Only settings nats-server 2.9 understands are used (the crate is built without async-nats's
 //! `server_2_10+` features, so newer fields do not even compile). The duplicate window is what
@@ -23,6 +23,16 @@ pub const DEFAULT_STREAM: &str = "TICKETTOKEN_EVENTS";
 /// server's id table stays small.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The default age limit of the events stream: a week. It matches the default retention of
+/// handled ids in the inbox, so a message the stream can still redeliver is still recognised.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The default size limit of the events stream: 10 GiB. Past it the oldest events go first.
+pub const DEFAULT_MAX_BYTES: i64 = 10 * 1024 * 1024 * 1024;
+
+/// JetStream's "no limit" for a size.
+pub const NO_BYTE_LIMIT: i64 = -1;
+
 /// What the events stream must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSpec {
@@ -31,6 +41,10 @@ pub struct StreamSpec {
     pub subjects: Vec<String>,
     pub duplicate_window: Duration,
     pub replicas: usize,
+    /// Age past which events are dropped; zero for no limit.
+    pub max_age: Duration,
+    /// Size past which the oldest events are dropped; [`NO_BYTE_LIMIT`] for none.
+    pub max_bytes: i64,
 }
 
 impl StreamSpec {
@@ -42,6 +56,8 @@ impl StreamSpec {
             subjects: subjects.stream_subjects(),
             duplicate_window,
             replicas: 1,
+            max_age: DEFAULT_MAX_AGE,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
 
@@ -56,6 +72,8 @@ impl StreamSpec {
             discard: DiscardPolicy::Old,
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas.max(1),
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
             ..Config::default()
         }
     }
@@ -65,13 +83,13 @@ impl StreamSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamOutcome {
     Created,
-    /// Existed; subjects were added or the duplicate window was changed.
+    /// Existed; subjects were added, or the duplicate window or a limit was changed.
     Updated,
     Unchanged,
 }
 
-/// Creates the stream if missing; otherwise adds missing subjects and sets the duplicate window.
-/// Subjects an operator added are kept.
+/// Creates the stream if missing; otherwise adds missing subjects and sets the duplicate window
+/// and the retention limits. Subjects an operator added are kept.
 ///
 /// # Errors
 /// [`BusError::StreamMismatch`] when the existing stream cannot be made to fit (memory storage);
@@ -120,13 +138,24 @@ async fn update_if_needed(
         .filter(|s| !have.contains(s))
         .cloned()
         .collect();
-    if missing.is_empty() && config.duplicate_window == spec.duplicate_window {
+    let same_limits = config.duplicate_window == spec.duplicate_window
+        && config.max_age == spec.max_age
+        && config.max_bytes == spec.max_bytes;
+    if missing.is_empty() && same_limits {
         return Ok(StreamOutcome::Unchanged);
     }
     config.subjects.extend(missing.iter().cloned());
     config.duplicate_window = spec.duplicate_window;
+    config.max_age = spec.max_age;
+    config.max_bytes = spec.max_bytes;
     js.update_stream(&config).await.map_err(broker)?;
-    tracing::info!(added = ?missing, duplicate_window = ?spec.duplicate_window, "updated the events stream");
+    tracing::info!(
+        added = ?missing,
+        duplicate_window = ?spec.duplicate_window,
+        max_age = ?spec.max_age,
+        max_bytes = spec.max_bytes,
+        "updated the events stream"
+    );
     Ok(StreamOutcome::Updated)
 }
 
@@ -152,6 +181,8 @@ mod tests {
         let config = spec.config();
         assert_eq!(config.storage, StorageType::File);
         assert_eq!(config.duplicate_window, Duration::from_secs(120));
+        assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.max_bytes, 10 * 1024 * 1024 * 1024);
         assert_eq!(
             config.subjects,
             ["p.order.>", "p.payment.>", "p.dispute.>", "p.ticket.>"]

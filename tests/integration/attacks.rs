@@ -882,3 +882,125 @@ async fn attack_matrix(pool: PgPool) {
     );
     assert_eq!(types, ["OrderCreated"], "an attack changed the order");
 }
+
+/// The answer to a present but invalid `X-Tenant-ID`.
+const TENANT_REFUSED: &str = "X-Tenant-ID must be sent once, as 1 to 128 visible ASCII characters";
+
+/// A present `X-Tenant-ID` is one valid value or the request is refused. Read as "no tenant", a
+/// malformed value would lift the tenant scoping: with a 300-character value a caller could
+/// read and cancel another tenant's order.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_malformed_tenant_id_is_refused_never_read_as_no_tenant(pool: PgPool) {
+    let a = app(pool).await;
+    let order = create_order(&a).await;
+    visible_to_owner(&a, &order).await;
+    let events = format!("/api/v1/orders/{order}/events");
+    let read = format!("/internal/orders/{order}");
+    let cancel = format!("/api/v1/orders/{order}/cancel");
+    let refused = Expect::Refused(400, Some(TENANT_REFUSED));
+    let long = "t".repeat(300);
+    let mut m = Matrix::default();
+
+    // The attack: another tenant's order, read and cancelled with an over-long tenant.
+    let h = v1_signed("payment-service", now_ms(), &nonce(), "GET", &read);
+    let got = send(&a, Method::GET, &read, h.clone(), Some(&long), None).await;
+    m.check("tenant_300_chars_read", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(&a, Method::GET, &events, h.clone(), Some(&long), None).await;
+    m.check("tenant_300_chars_history", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "POST", &cancel);
+    let got = send(
+        &a,
+        Method::POST,
+        &cancel,
+        h.clone(),
+        Some(&long),
+        Some(&json!({"reason": "not yours"})),
+    )
+    .await;
+    m.check("tenant_300_chars_cancel", refused, &got, &credentials(&h));
+
+    // Each other malformed shape, on the history.
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(&a, Method::GET, &events, h.clone(), Some(""), None).await;
+    m.check("tenant_blank", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(&a, Method::GET, &events, h.clone(), Some("tenant a"), None).await;
+    m.check("tenant_inner_space", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = raw(
+        &a,
+        &head("GET", &events, &h, "X-Tenant-ID: t\u{e9}nant-a\r\n"),
+        b"",
+        SLACK,
+    )
+    .await;
+    m.check("tenant_non_ascii", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(
+        &a,
+        Method::GET,
+        &events,
+        with(h.clone(), "x-tenant-id", "tenant-b"),
+        Some("tenant-a"),
+        None,
+    )
+    .await;
+    m.check("tenant_sent_twice", refused, &got, &credentials(&h));
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "POST", "/api/v1/orders");
+    let got = send(
+        &a,
+        Method::POST,
+        "/api/v1/orders",
+        h.clone(),
+        Some(&long),
+        Some(&order_body()),
+    )
+    .await;
+    m.check("tenant_300_chars_create", refused, &got, &credentials(&h));
+
+    // Controls: the longest valid tenant is another tenant (404), the owner sees its order.
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(
+        &a,
+        Method::GET,
+        &events,
+        h.clone(),
+        Some(&long[..128]),
+        None,
+    )
+    .await;
+    m.check(
+        "tenant_128_chars_is_another_tenant",
+        Expect::Refused(404, None),
+        &got,
+        &credentials(&h),
+    );
+    let h = v1_signed("api-gateway", now_ms(), &nonce(), "GET", &events);
+    let got = send(&a, Method::GET, &events, h.clone(), Some("tenant-a"), None).await;
+    m.check(
+        "tenant_owner_reads",
+        Expect::Accepted(200),
+        &got,
+        &credentials(&h),
+    );
+    let history: Value = serde_json::from_str(&got.body).unwrap_or_default();
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+
+    let report = m.report();
+    println!("{report}");
+    assert!(
+        m.rows.iter().all(|r| r.failure.is_none()),
+        "tenant header failures:\n{report}"
+    );
+    assert_eq!(
+        types,
+        ["OrderCreated"],
+        "a malformed tenant changed the order"
+    );
+}

@@ -106,6 +106,11 @@ async fn bad_create_bodies_are_400_with_a_reason(pool: PgPool) {
             "items[0].unitPriceCents must be at most 1000000000000000",
         ),
         (
+            "NUL in a text",
+            with(&|b| b["userId"] = json!("user\u{0}1")),
+            "userId must not contain U+0000",
+        ),
+        (
             "tax over the bound",
             with(&|b| b["taxCents"] = json!(i64::MAX)),
             "taxCents must be at most",
@@ -183,6 +188,17 @@ async fn what_the_document_calls_valid_is_accepted(pool: PgPool) {
     )
     .await;
     assert_error_body(status, &answer, 400, "Bad Request");
+    // U+0000 is refused up front: the events' jsonb cannot store it.
+    let (status, answer) = json_of(
+        app.post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            &json!({"reason": "a\u{0}b"}),
+        )
+        .await,
+    )
+    .await;
+    let message = assert_error_body(status, &answer, 400, "Bad Request");
+    assert!(message.contains("U+0000"), "{message}");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -308,7 +324,7 @@ async fn commands_the_state_forbids_are_409_saying_why(pool: PgPool) {
     let post = |route: &str, body: Value| {
         let path = format!("/api/v1/orders/{id}/{route}");
         let app = &app;
-        async move { json_of(app.post(&path, &body).await).await }
+        async move { json_of(app.post_keyed(&path, "key-1", &body).await).await }
     };
     let (status, body) = post("refunds", json!({"reason": "x"})).await;
     assert!(assert_error_body(status, &body, 409, "Conflict")

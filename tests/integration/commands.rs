@@ -53,7 +53,7 @@ async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {
 
     let refund = json!({"amountCents": 5000, "reason": "customer request"});
     let (status, body) = json_of(
-        app.post(&format!("/api/v1/orders/{id}/refunds"), &refund)
+        app.post_keyed(&format!("/api/v1/orders/{id}/refunds"), "refund-1", &refund)
             .await,
     )
     .await;
@@ -62,8 +62,9 @@ async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {
     assert_eq!(body["order"]["refundedCents"], 5000);
 
     let (status, body) = json_of(
-        app.post(
+        app.post_keyed(
             &format!("/api/v1/orders/{id}/refunds"),
+            "refund-2",
             &json!({"reason": "rest"}),
         )
         .await,

@@ -37,7 +37,7 @@ fn timestamp() -> impl Strategy<Value = String> {
 }
 
 fn nonce() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9_+/=-]{1,64}"
+    "[A-Fa-f0-9_-]{1,64}"
 }
 
 fn method() -> impl Strategy<Value = String> {

@@ -1473,3 +1473,83 @@ async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool)
     let seqs: Vec<u64> = queue.iter().map(|r| r.seq()).collect();
     assert_eq!(seqs, [poison.dlq_seq, later.dlq_seq], "{queue:?}");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_payment_confirms_only_what_payment_service_vouches_for(pool: PgPool) {
+    let peers = order_tests::peers::Peers::start().await;
+    let h = Harness::new(pool, |s| {
+        peers.configure(s);
+        s.inbound_max_deliver = 2;
+    })
+    .await;
+    let payments = h.subscriber_with(
+        Family::Payment,
+        h.handler()
+            .verifying_payments(h.app.state.clients.payment.clone()),
+    );
+    let (genuine, forged, unknown, no_currency) = (
+        h.new_order().await,
+        h.new_order().await,
+        h.new_order().await,
+        h.new_order().await,
+    );
+    let status = |intent: &str, order: Uuid, amount: i64| {
+        order_tests::peers::Reply::ok(json!({"paymentIntentId": intent, "status": "succeeded",
+            "refundable": true, "orderId": order, "amountCents": amount, "currency": "USD"}))
+    };
+    peers.payment.on(
+        "GET",
+        "/internal/payments/pi_genuine/status",
+        vec![status("pi_genuine", genuine, TOTAL)],
+    );
+    // A forged message: payment-service knows the intent, for another order and amount.
+    peers.payment.on(
+        "GET",
+        "/internal/payments/pi_forged/status",
+        vec![status("pi_forged", genuine, 1)],
+    );
+    peers.payment.on(
+        "GET",
+        "/internal/payments/pi_unknown/status",
+        vec![order_tests::peers::Reply::status(404)],
+    );
+
+    h.publish(&paid("m-genuine", genuine, "pi_genuine", TOTAL))
+        .await;
+    h.publish(&paid("m-forged", forged, "pi_forged", TOTAL))
+        .await;
+    h.publish(&paid("m-unknown", unknown, "pi_unknown", TOTAL))
+        .await;
+    h.publish(&json!({"id": "m-no-currency", "type": "payment.succeeded",
+        "payload": {"orderId": no_currency, "paymentIntentId": "pi_nc", "amountCents": TOTAL}}))
+        .await;
+    let r = run_until(&payments, |r| r.processed + r.parked >= 4).await;
+    assert_eq!((r.processed, r.parked), (1, 3), "{r:?}");
+
+    assert_eq!(h.order(genuine).await.status, OrderStatus::Paid);
+    for id in [forged, unknown, no_currency] {
+        let order = h.order(id).await;
+        assert_eq!(order.status, OrderStatus::Pending, "{id} was confirmed");
+        assert!(order.rejected_payments.is_empty(), "no money to give back");
+    }
+    let parked = h.parked().await;
+    let error_of = |id: &str| {
+        parked
+            .iter()
+            .find(|p| p.message_id.as_deref() == Some(id))
+            .map(|p| p.error.clone())
+            .unwrap_or_else(|| panic!("{id} parked: {parked:?}"))
+    };
+    assert!(
+        error_of("m-forged").contains("payment-service does not confirm this payment"),
+        "{parked:?}"
+    );
+    assert!(
+        error_of("m-unknown").starts_with("retries used up"),
+        "unverifiable is retried first: {parked:?}"
+    );
+    assert!(
+        error_of("m-no-currency").contains("`payload.currency` must not be empty"),
+        "{parked:?}"
+    );
+}

@@ -605,3 +605,89 @@ async fn request_id_is_echoed_with_a_traceparent(pool: PgPool) {
     );
     assert_eq!(events["events"][0]["metadata"]["traceparent"], traceparent);
 }
+
+/// Per-service keys are read from `SERVICE_KEYS` only; a deployment that sets
+/// `INTERNAL_SERVICE_KEYS` would run without the keys it meant to set, so the binary refuses to
+/// start and names both variables. (Needs the binary: `cargo build -p order-api --bin
+/// order-service`, as `just test` does.)
+#[tokio::test]
+async fn the_binary_refuses_the_misnamed_service_keys_variable() {
+    let output = tokio::process::Command::new(order_tests::soak::service_binary())
+        .arg("serve")
+        .env(
+            "INTERNAL_SERVICE_KEYS",
+            "payment-service=payment-key-0123456789abcdef0123",
+        )
+        .env_remove("SERVICE_KEYS")
+        // Nothing listens here: without the refusal, start-up fails on the database instead.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("APP_ENV", "test")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the binary exits")
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("INTERNAL_SERVICE_KEYS is set, but this service reads SERVICE_KEYS"),
+        "{stderr}"
+    );
+}
+
+/// `order-service call` shows a redirect instead of following it: a follow would send the
+/// signed headers, nonce and all, to wherever the `Location` points.
+#[tokio::test]
+async fn the_call_command_never_follows_redirects() {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    order_tests::install_crypto();
+    let landed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&landed);
+    let app = axum::Router::new()
+        .route(
+            "/start",
+            get(|| async {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, "/landed")],
+                )
+            }),
+        )
+        .route(
+            "/landed",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let settings = order_api::config::Settings::for_tests("postgres://unused");
+    let result = order_api::cli::call(
+        &settings,
+        "GET",
+        "/start",
+        None,
+        "api-gateway",
+        None,
+        Some(&url),
+    )
+    .await;
+    assert_eq!(
+        landed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    let error = result.expect_err("a redirect is not a success").to_string();
+    assert!(error.contains("307"), "{error}");
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use order_tests::soak::procs::PrivatePostgres;
-use order_tests::{order_body, spawn_app, v1_headers, TestApp};
+use order_tests::{default_caller, order_body, spawn_app, v1_headers, TestApp};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ impl Load {
             .request(method.clone(), format!("{}{path}", self.base))
             .header("x-tenant-id", "tenant-a");
         let service = if kind == Kind::Command {
-            "api-gateway"
+            default_caller(path)
         } else {
             "payment-service"
         };

@@ -110,13 +110,13 @@ async fn paid_order(app: &TestApp, peers: &Peers, tickets: &[&str], body: Value)
 
 async fn refund(app: &TestApp, id: &str, body: Value, key: Option<&str>) -> (u16, Value) {
     let traceparent = format!("00-{TRACE}-b7ad6b7169203331-01");
-    let mut headers = vec![
+    // Without a key of its own, each call is a new refund, under a fresh key.
+    let fresh = Uuid::new_v4().to_string();
+    let headers = vec![
         ("x-tenant-id", "tenant-a"),
         ("traceparent", traceparent.as_str()),
+        ("idempotency-key", key.unwrap_or(&fresh)),
     ];
-    if let Some(k) = key {
-        headers.push(("idempotency-key", k));
-    }
     let resp = app
         .send(
             Method::POST,
@@ -269,7 +269,10 @@ async fn the_orders_own_rules_refuse_before_any_call_goes_out(pool: PgPool) {
             Method::POST,
             &format!("/api/v1/orders/{paid}/refunds"),
             Auth::v1("api-gateway"),
-            &[("x-tenant-id", "tenant-b")],
+            &[
+                ("x-tenant-id", "tenant-b"),
+                ("idempotency-key", "other-tenant"),
+            ],
             Some(&json!({"reason": "r"})),
         )
         .await;
@@ -948,8 +951,9 @@ async fn with_the_default_peers_a_partial_then_a_full_refund_go_through(pool: Pg
     .await;
     assert_eq!(status, 200);
     let (status, body) = json_of(
-        app.post(
+        app.post_keyed(
             &format!("/api/v1/orders/{id}/refunds"),
+            "refund-a",
             &json!({"amountCents": 5000, "reason": "a"}),
         )
         .await,
@@ -961,8 +965,9 @@ async fn with_the_default_peers_a_partial_then_a_full_refund_go_through(pool: Pg
         "{body}"
     );
     let (status, body) = json_of(
-        app.post(
+        app.post_keyed(
             &format!("/api/v1/orders/{id}/refunds"),
+            "refund-rest",
             &json!({"reason": "rest"}),
         )
         .await,
@@ -975,4 +980,78 @@ async fn with_the_default_peers_a_partial_then_a_full_refund_go_through(pool: Pg
     );
     assert_eq!(refund_calls(&peers), 2);
     all_verified(&peers);
+}
+
+/// payment-service's refusal text is its own, of any size: what reaches the 502 answer and the
+/// `RefundFailed` event is cut to about 200 characters.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_long_refusal_reason_is_cut_in_the_answer_and_the_event(pool: PgPool) {
+    let peers = Peers::start().await;
+    let app = app(pool.clone(), &peers, |_| {}).await;
+    let id = paid_order(&app, &peers, &[], order_body()).await;
+    let long = format!("declined: {}", "x".repeat(20_000));
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund_refused(&long)],
+    );
+    let (status, body) = refund(&app, &id, json!({"amountCents": 1000, "reason": "r"}), None).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("declined: xxx"), "{message}");
+    assert!(
+        message.chars().count() < 400,
+        "{} characters",
+        message.len()
+    );
+
+    let reason: String = sqlx::query_scalar(
+        "SELECT COALESCE(payload -> 'RefundFailed' ->> 'reason', payload ->> 'reason') FROM events \
+         WHERE aggregate_id = $1 AND event_type = 'RefundFailed'",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .expect("RefundFailed event");
+    assert!(reason.starts_with("declined: xxx"), "{reason}");
+    assert!(
+        reason.chars().count() <= 201,
+        "{} characters",
+        reason.chars().count()
+    );
+}
+
+/// `Idempotency-Key` is required: without it a retried request would start another refund. The
+/// refusal comes before anything is recorded or any call goes out.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refund_without_an_idempotency_key_is_422(pool: PgPool) {
+    let peers = Peers::start().await;
+    let app = app(pool.clone(), &peers, |_| {}).await;
+    let id = paid_order(&app, &peers, &[], order_body()).await;
+    peers.payment.on(
+        "POST",
+        "/internal/refunds",
+        vec![Reply::refund("succeeded")],
+    );
+    let resp = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/orders/{id}/refunds"),
+            Auth::v1("api-gateway"),
+            &[("x-tenant-id", "tenant-a")],
+            Some(&json!({"amountCents": 1000, "reason": "r"})),
+        )
+        .await;
+    let (status, body) = json_of(resp).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "Unprocessable Entity", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Idempotency-Key is required"),
+        "{body}"
+    );
+    assert_eq!(refund_calls(&peers), 0);
+    assert_eq!(event_types(&pool, &id).await[1..], ["OrderConfirmed"]);
 }

@@ -1168,6 +1168,58 @@ impl Drop for NatsServer {
     }
 }
 
+/// The events and dead-letter streams are created with retention limits from the settings
+/// (defaults: a week and 10 GiB for events; no age limit, 1 GiB and new parks refused when full
+/// for the dead letters), never unbounded.
+#[sqlx::test(migrations = "../migrations")]
+async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
+    use async_nats::jetstream::stream::DiscardPolicy;
+
+    let tag = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut settings = order_api::config::Settings::for_tests("postgres://unused");
+    settings.nats_stream = format!("LIMITS_{tag}");
+    settings.dlq_stream = format!("LIMITS_DLQ_{tag}");
+    settings.nats_subject_prefix = format!("limits{tag}.");
+    let js = async_nats::jetstream::new(
+        async_nats::connect(nats_url())
+            .await
+            .expect("NATS answers (set NATS_URL)"),
+    );
+
+    order_bus::ensure_stream(&js, &settings.relay_config().stream)
+        .await
+        .expect("events stream");
+    let mut dlq_config = settings.dlq_config();
+    dlq_config.ensure_stream = true;
+    order_bus::dlq::DeadLetters::new(js.clone(), pool, dlq_config)
+        .ensure_stream()
+        .await
+        .expect("dead-letter stream");
+    let limits = |name: String| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.expect("stream");
+            let config = stream.info().await.expect("info").config.clone();
+            js.delete_stream(&name).await.expect("cleanup");
+            (config.max_age, config.max_bytes, config.discard)
+        }
+    };
+    let events = limits(settings.nats_stream.clone()).await;
+    let dead_letters = limits(settings.dlq_stream.clone()).await;
+    assert_eq!(
+        events,
+        (
+            Duration::from_secs(7 * 24 * 3600),
+            10 * 1024 * 1024 * 1024,
+            DiscardPolicy::Old
+        )
+    );
+    assert_eq!(
+        dead_letters,
+        (Duration::ZERO, 1024 * 1024 * 1024, DiscardPolicy::New)
+    );
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;

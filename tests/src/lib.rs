@@ -204,12 +204,30 @@ impl TestApp {
         req.send().await.expect("request reaches the app")
     }
 
-    /// A signed POST as api-gateway for tenant `tenant-a`.
+    /// A signed POST for tenant `tenant-a`, as the caller the route is open to by default
+    /// ([`default_caller`]).
     pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.post_as(default_caller(path), path, body).await
+    }
+
+    /// [`Self::post`] with `Idempotency-Key: key`.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> Response {
         self.send(
             Method::POST,
             path,
-            Auth::v1("api-gateway"),
+            Auth::v1(default_caller(path)),
+            &[("x-tenant-id", "tenant-a"), ("idempotency-key", key)],
+            Some(body),
+        )
+        .await
+    }
+
+    /// A signed POST as `service` for tenant `tenant-a`.
+    pub async fn post_as(&self, service: &str, path: &str, body: &Value) -> Response {
+        self.send(
+            Method::POST,
+            path,
+            Auth::v1(service),
             &[("x-tenant-id", "tenant-a")],
             Some(body),
         )
@@ -228,6 +246,19 @@ impl TestApp {
         assert_eq!(resp.status(), 201, "create failed");
         let body: Value = resp.json().await.expect("JSON");
         body["order"].clone()
+    }
+}
+
+/// The caller a command route is open to by default: payment-service confirms, ticket-service
+/// records tickets, api-gateway sends the rest.
+pub fn default_caller(path: &str) -> &'static str {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    if path.ends_with("/confirm") {
+        "payment-service"
+    } else if path.ends_with("/tickets") {
+        "ticket-service"
+    } else {
+        "api-gateway"
     }
 }
 

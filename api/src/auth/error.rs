@@ -5,7 +5,7 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthConfigError {
     /// An entry of the per-service key list is not `service=KEY[|PREVIOUS]`.
-    #[error("INTERNAL_SERVICE_KEYS entry {position}: {reason} (expected service=KEY[|PREVIOUS])")]
+    #[error("SERVICE_KEYS entry {position}: {reason} (expected service=KEY[|PREVIOUS])")]
     MalformedServiceKey {
         /// 1-based position of the entry in the comma-separated list.
         position: usize,
@@ -37,8 +37,17 @@ pub enum AuthConfigError {
         reason: &'static str,
     },
     /// A route-callers override names a route policy that does not exist.
-    #[error("ROUTE_CALLERS: unknown route `{0}` (known: orders.read, orders.items, orders.commands, jobs)")]
+    #[error(
+        "ROUTE_CALLERS: unknown route `{0}` (known: {known})",
+        known = super::RoutePolicy::known_names()
+    )]
     UnknownRoute(String),
+    /// A route-callers override names all commands at once; each has a policy of its own.
+    #[error(
+        "ROUTE_CALLERS: `{0}` names no route; each command has its own (known: {known})",
+        known = super::RoutePolicy::known_names()
+    )]
+    RouteSplit(String),
     /// A route-callers override names a caller that the allowlist would refuse anyway.
     #[error("ROUTE_CALLERS: route `{route}` names `{service}`, which is not in ALLOWED_INTERNAL_SERVICES")]
     CallerNotAllowed {
@@ -46,6 +55,15 @@ pub enum AuthConfigError {
         route: &'static str,
         /// The service missing from the allowlist.
         service: String,
+    },
+    /// The published development secret on an address other hosts can reach.
+    #[error(
+        "the development secret is accepted only on a loopback HTTP_ADDR, and {addr} is not: \
+         set INTERNAL_SERVICE_SECRET (and any SERVICE_KEYS) to keys of your own"
+    )]
+    DevelopmentSecretExposed {
+        /// The configured `HTTP_ADDR`.
+        addr: std::net::SocketAddr,
     },
     /// Production needs `INTERNAL_SERVICE_SECRET`.
     #[error("INTERNAL_SERVICE_SECRET is not set")]

@@ -101,7 +101,7 @@ fn non_blank(value: Option<&str>) -> Option<&str> {
 
 impl KeyRing {
     /// Builds the ring from the raw settings: `INTERNAL_SERVICE_SECRET`,
-    /// `INTERNAL_SERVICE_SECRET_PREVIOUS` and `INTERNAL_SERVICE_KEYS`
+    /// `INTERNAL_SERVICE_SECRET_PREVIOUS` and `SERVICE_KEYS`
     /// (`payment-service=KEY[|PREVIOUS],ticket-service=KEY`). Blank values count as unset.
     /// Keys cannot contain `,` or `|`; `=` is fine (base64 padding).
     ///
@@ -148,6 +148,16 @@ impl KeyRing {
             .map(|k| k.current.expose_secret())
     }
 
+    /// Whether `secret` is one of the keys, current or previous, shared or per service.
+    pub fn holds(&self, secret: &[u8]) -> bool {
+        self.inner
+            .shared
+            .iter()
+            .chain(self.inner.per_service.values())
+            .flat_map(KeyPair::iter)
+            .any(|key| key == secret)
+    }
+
     /// Refuses to run production with a missing, default or short (< 32 bytes) secret, for the
     /// shared secret, per-service keys and previous keys alike (a weak previous key is as good
     /// as a weak current one to an attacker).
@@ -162,7 +172,7 @@ impl KeyRing {
             .ok_or(AuthConfigError::MissingSecret)?;
         check_pair(shared, "INTERNAL_SERVICE_SECRET", None)?;
         for (service, pair) in &self.inner.per_service {
-            check_pair(pair, "INTERNAL_SERVICE_KEYS", Some(service))?;
+            check_pair(pair, "SERVICE_KEYS", Some(service))?;
         }
         Ok(())
     }
@@ -222,7 +232,7 @@ fn parse_service_keys(list: &str) -> Result<BTreeMap<String, KeyPair>, AuthConfi
         }
         if !valid_service_name(service) {
             return Err(AuthConfigError::InvalidServiceName {
-                setting: "INTERNAL_SERVICE_KEYS",
+                setting: "SERVICE_KEYS",
                 name: service.to_owned(),
             });
         }
@@ -240,7 +250,7 @@ fn parse_service_keys(list: &str) -> Result<BTreeMap<String, KeyPair>, AuthConfi
         }
         if keys.contains_key(service) {
             return Err(AuthConfigError::Duplicate {
-                setting: "INTERNAL_SERVICE_KEYS",
+                setting: "SERVICE_KEYS",
                 name: service.to_owned(),
             });
         }
@@ -317,7 +327,7 @@ mod tests {
         assert_eq!(
             err,
             AuthConfigError::Duplicate {
-                setting: "INTERNAL_SERVICE_KEYS",
+                setting: "SERVICE_KEYS",
                 name: "a".into()
             }
         );

@@ -28,7 +28,7 @@ pub use middleware::{
     authenticate, check_offline, Admission, Authenticator, RouteGuard, DEFAULT_WINDOW,
     INVALID_CREDENTIALS, TIMESTAMP_EXPIRED,
 };
-pub use nonce::{NonceStore, MAX_NONCE_LEN};
+pub use nonce::{NonceStore, MAX_NONCE_LEN, PURGE_MARGIN};
 pub use policy::{CallerPolicy, RoutePolicy, DEFAULT_ALLOWED_SERVICES};
 pub use signing::{
     canonical_v1, canonical_v2, sign_v1, sign_v2, v1_headers, v2_headers, verify_v1, verify_v2,

@@ -25,6 +25,14 @@ use crate::db::HeldConnection;
 /// a caller cannot grow the table's rows or index at will.
 pub const MAX_NONCE_LEN: usize = 128;
 
+/// How long past its expiry a record is kept. Expiry is the request's timestamp plus the
+/// window, by the replica's clock that checked it, while the purge compares it with the
+/// database's clock: a replica whose clock runs behind the database's still accepts the
+/// timestamp after the database's clock has passed the expiry, and without this margin the
+/// record would be gone by then, opening a replay. Clock skew beyond the margin is an outage to
+/// fix, not a case to tolerate.
+pub const PURGE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// Rows deleted per statement by [`NonceStore::purge_expired`], so a purge never holds long
 /// locks or builds one huge transaction.
 const PURGE_BATCH: i64 = 5_000;
@@ -88,20 +96,24 @@ impl NonceStore {
         }
     }
 
-    /// Deletes expired rows in batches and returns how many went. Meant for a periodic job; the
-    /// table only needs rows whose timestamp could still pass the window.
+    /// Deletes rows expired for longer than [`PURGE_MARGIN`], in batches, and returns how
+    /// many went. Meant for a periodic job; the table only needs rows whose timestamp could
+    /// still pass the window on some replica.
     ///
     /// # Errors
     /// The database failed; rows deleted by earlier batches stay deleted.
     #[tracing::instrument(name = "auth.nonce.purge", skip_all)]
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
+        let margin_secs = PURGE_MARGIN.as_secs_f64();
         let mut total = 0;
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM auth_nonces WHERE ctid IN \
-                 (SELECT ctid FROM auth_nonces WHERE expires_at < now() LIMIT $1)",
+                 (SELECT ctid FROM auth_nonces \
+                  WHERE expires_at < now() - make_interval(secs => $2) LIMIT $1)",
             )
             .bind(PURGE_BATCH)
+            .bind(margin_secs)
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -332,11 +344,17 @@ mod tests {
     }
 
     #[sqlx::test(migrations = "../migrations")]
-    async fn purge_removes_only_expired_rows(pool: PgPool) {
+    async fn purge_removes_only_rows_expired_beyond_the_margin(pool: PgPool) {
         let store = NonceStore::new(pool.clone());
-        let past = Utc::now() - Duration::seconds(1);
+        let margin = Duration::from_std(PURGE_MARGIN).unwrap();
+        let past = Utc::now() - margin - Duration::seconds(1);
+        let just_expired = Utc::now() - Duration::seconds(1);
         let later = Utc::now() + Duration::minutes(5);
         assert!(store.record("payment-service", "old", past).await.unwrap());
+        assert!(store
+            .record("payment-service", "recent", just_expired)
+            .await
+            .unwrap());
         assert!(store.record("payment-service", "new", later).await.unwrap());
         assert_eq!(store.purge_expired().await.unwrap(), 1);
         assert_eq!(store.purge_expired().await.unwrap(), 0);
@@ -344,7 +362,11 @@ mod tests {
             .fetch_one(&pool)
             .await
             .unwrap();
-        assert_eq!(left, 1);
+        assert_eq!(left, 2);
         assert!(!store.record("payment-service", "new", later).await.unwrap());
+        assert!(!store
+            .record("payment-service", "recent", later)
+            .await
+            .unwrap());
     }
 }

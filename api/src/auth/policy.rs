@@ -1,5 +1,5 @@
 //! Who may call what: the allowlist of known callers and, on top of it, the callers each group
-//! of routes is open to (docs/contract.md §4).
+//! of routes is open to (docs/contract.md §4), one group per command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -20,24 +20,45 @@ pub const DEFAULT_ALLOWED_SERVICES: &[&str] = &[
 
 /// A group of routes sharing one set of allowed callers. The names are stable: configuration
 /// (`ROUTE_CALLERS`) refers to them.
+///
+/// Each command has a policy of its own, so that a caller is trusted with only the commands
+/// its job needs: marking an order paid, in particular, is payment-service's word alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoutePolicy {
     /// `GET /internal/orders/{id}`, `for-payment` and `without-tickets`.
     OrdersRead,
     /// `GET /internal/orders/{id}/items`.
     OrdersItems,
-    /// The commands under `/api/v1/orders` and the event history.
-    OrdersCommands,
+    /// `POST /api/v1/orders`.
+    OrdersCreate,
+    /// `POST /api/v1/orders/{id}/reserve`.
+    OrdersReserve,
+    /// `POST /api/v1/orders/{id}/confirm`.
+    OrdersConfirm,
+    /// `POST /api/v1/orders/{id}/cancel`.
+    OrdersCancel,
+    /// `POST /api/v1/orders/{id}/refunds`.
+    OrdersRefunds,
+    /// `POST /api/v1/orders/{id}/tickets`.
+    OrdersTickets,
+    /// `GET /api/v1/orders/{id}/events`.
+    OrdersEvents,
     /// `/internal/jobs`.
     Jobs,
 }
 
 impl RoutePolicy {
     /// Every policy, for iteration in configuration and docs.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 10] = [
         Self::OrdersRead,
         Self::OrdersItems,
-        Self::OrdersCommands,
+        Self::OrdersCreate,
+        Self::OrdersReserve,
+        Self::OrdersConfirm,
+        Self::OrdersCancel,
+        Self::OrdersRefunds,
+        Self::OrdersTickets,
+        Self::OrdersEvents,
         Self::Jobs,
     ];
 
@@ -46,17 +67,34 @@ impl RoutePolicy {
         match self {
             Self::OrdersRead => "orders.read",
             Self::OrdersItems => "orders.items",
-            Self::OrdersCommands => "orders.commands",
+            Self::OrdersCreate => "orders.create",
+            Self::OrdersReserve => "orders.reserve",
+            Self::OrdersConfirm => "orders.confirm",
+            Self::OrdersCancel => "orders.cancel",
+            Self::OrdersRefunds => "orders.refunds",
+            Self::OrdersTickets => "orders.tickets",
+            Self::OrdersEvents => "orders.events",
             Self::Jobs => "jobs",
         }
     }
 
-    /// The callers docs/contract.md §4 opens this route group to.
+    /// The callers docs/contract.md §4 opens this route group to, unless `ROUTE_CALLERS` says
+    /// otherwise.
     pub fn default_callers(self) -> &'static [&'static str] {
         match self {
             Self::OrdersRead => &["payment-service"],
             Self::OrdersItems => &["blockchain-service", "ticket-service"],
-            Self::OrdersCommands => &[
+            // The buyer's side of the life cycle comes through the gateway.
+            Self::OrdersCreate | Self::OrdersReserve | Self::OrdersCancel => &["api-gateway"],
+            // Only the service that took the money may say it was taken.
+            Self::OrdersConfirm => &["payment-service"],
+            // Refunds asked for through the gateway, and those started on payment-service's
+            // side.
+            Self::OrdersRefunds => &["api-gateway", "payment-service"],
+            Self::OrdersTickets => &["ticket-service"],
+            // Reading the history changes nothing; every service that drives an order may
+            // look at how it got where it is.
+            Self::OrdersEvents => &[
                 "api-gateway",
                 "payment-service",
                 "ticket-service",
@@ -64,6 +102,11 @@ impl RoutePolicy {
             ],
             Self::Jobs => &["api-gateway", "payment-service"],
         }
+    }
+
+    /// Every stable name, comma-separated (for error messages).
+    pub fn known_names() -> String {
+        Self::ALL.map(Self::name).join(", ")
     }
 }
 
@@ -80,7 +123,12 @@ impl FromStr for RoutePolicy {
         Self::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| AuthConfigError::UnknownRoute(s.to_owned()))
+            .ok_or_else(|| match s {
+                // Not "unknown": the operator meant the commands, and has to choose the
+                // callers of each one.
+                "orders.commands" => AuthConfigError::RouteSplit(s.to_owned()),
+                _ => AuthConfigError::UnknownRoute(s.to_owned()),
+            })
     }
 }
 
@@ -261,8 +309,14 @@ mod tests {
         let open = |route| p.callers(route).collect::<Vec<_>>();
         assert_eq!(open(OrdersRead), ["payment-service"]);
         assert_eq!(open(OrdersItems), ["blockchain-service", "ticket-service"]);
+        assert_eq!(open(OrdersCreate), ["api-gateway"]);
+        assert_eq!(open(OrdersReserve), ["api-gateway"]);
+        assert_eq!(open(OrdersCancel), ["api-gateway"]);
+        assert_eq!(open(OrdersConfirm), ["payment-service"]);
+        assert_eq!(open(OrdersRefunds), ["api-gateway", "payment-service"]);
+        assert_eq!(open(OrdersTickets), ["ticket-service"]);
         assert_eq!(
-            open(OrdersCommands),
+            open(OrdersEvents),
             [
                 "api-gateway",
                 "event-service",
@@ -277,9 +331,40 @@ mod tests {
         assert!(p.allows("payment-service", OrdersRead));
         assert!(!p.allows("blockchain-service", OrdersRead));
         assert!(p.allows("blockchain-service", OrdersItems));
-        assert!(!p.allows("blockchain-service", OrdersCommands));
-        assert!(!p.allows("unknown-service", OrdersCommands));
-        assert!(!p.allows("", OrdersCommands));
+        for command in [
+            OrdersCreate,
+            OrdersReserve,
+            OrdersConfirm,
+            OrdersCancel,
+            OrdersRefunds,
+            OrdersTickets,
+            OrdersEvents,
+        ] {
+            assert!(!p.allows("blockchain-service", command), "{command}");
+            assert!(!p.allows("unknown-service", command), "{command}");
+            assert!(!p.allows("", command), "{command}");
+        }
+        // Known callers, each kept to its own commands.
+        for caller in ["api-gateway", "ticket-service", "event-service"] {
+            assert!(!p.allows(caller, OrdersConfirm), "{caller}");
+        }
+        for caller in ["payment-service", "ticket-service", "event-service"] {
+            assert!(!p.allows(caller, OrdersCreate), "{caller}");
+            assert!(!p.allows(caller, OrdersCancel), "{caller}");
+        }
+        assert!(!p.allows("api-gateway", OrdersTickets));
+        assert!(!p.allows("ticket-service", OrdersRefunds));
+    }
+
+    #[test]
+    fn command_policies_are_overridden_one_by_one() {
+        let p = CallerPolicy::from_config(None, Some("orders.confirm=payment-service|api-gateway"))
+            .unwrap();
+        assert!(p.allows("api-gateway", OrdersConfirm));
+        assert!(!p.allows("api-gateway", OrdersTickets));
+        let err = CallerPolicy::from_config(None, Some("orders.commands=api-gateway")).unwrap_err();
+        assert_eq!(err, AuthConfigError::RouteSplit("orders.commands".into()));
+        assert!(err.to_string().contains("orders.confirm"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,14 @@ pub struct PaymentStatus {
     #[serde(default)]
     pub status: String,
     pub refundable: bool,
+    /// The order, amount and currency of the payment, when payment-service names them: what
+    /// an inbound `payment.succeeded` is checked against.
+    #[serde(default)]
+    pub order_id: Option<Uuid>,
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
     /// Set on the fallback answer: payment-service could not be asked, so `refundable` is the
     /// safe default, not its word.
     #[serde(skip)]
@@ -75,6 +83,9 @@ impl PaymentStatus {
             payment_intent_id: payment_intent_id.to_owned(),
             status: "unknown".to_owned(),
             refundable: false,
+            order_id: None,
+            amount_cents: None,
+            currency: None,
             fallback: true,
         }
     }
@@ -195,6 +206,21 @@ impl PaymentClient {
             Err(e) => refusal(&e, refund.refund_id).ok_or(e),
             answer => answer,
         }
+    }
+
+    /// payment-service's word on a payment, with no fallback: a payment that cannot be verified
+    /// must not confirm an order (fail closed).
+    ///
+    /// # Errors
+    /// The [`ClientError`] of the call when payment-service could not answer.
+    pub async fn verify_payment(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<PaymentStatus, ClientError> {
+        let target = format!("/internal/payments/{}/status", segment(payment_intent_id));
+        self.peer
+            .get_json::<PaymentStatus>(GET_PAYMENT_STATUS, &target)
+            .await
     }
 
     /// Whether the payment can be refunded; "not refundable" when payment-service cannot say.

@@ -45,6 +45,7 @@ pub(crate) const MAX_EXPIRY_SECS: i64 = 86_400;
 // MAX_INTENT_ID, MAX_TICKETS, MAX_TEXT). A text that must not be blank has a character outside
 // Unicode's White_Space, the set `str::trim` removes; the class is spelled out because `\S`
 // differs between regex engines (U+0085 is white space to Rust and Python, not to ECMA-262).
+// No text may hold U+0000, which Postgres cannot store in the events' jsonb.
 
 /// `POST /api/v1/orders` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -53,7 +54,7 @@ pub struct CreateOrderBody {
     /// The buyer; not blank.
     #[schema(
         min_length = 1,
-        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        pattern = "^[^\\u0000]*[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*$"
     )]
     pub user_id: String,
     pub event_id: Uuid,
@@ -118,7 +119,7 @@ pub struct ConfirmBody {
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        pattern = "^[^\\u0000]*[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*$"
     )]
     pub payment_intent_id: String,
     /// The amount captured; it must equal the order's `totalCents` (409 otherwise).
@@ -138,7 +139,7 @@ pub struct CancelBody {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        pattern = "^[^\\u0000]*[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*$"
     )]
     pub reason: String,
 }
@@ -155,7 +156,7 @@ pub struct RefundBody {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        pattern = "^[^\\u0000]*[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*$"
     )]
     pub reason: String,
 }
@@ -178,7 +179,7 @@ pub struct TicketBody {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = "[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        pattern = "^[^\\u0000]*[^\\u0009\\u000a\\u000b\\u000c\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000\\u2001\\u2002\\u2003\\u2004\\u2005\\u2006\\u2007\\u2008\\u2009\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\u0000][^\\u0000]*$"
     )]
     pub ticket_id: String,
 }
@@ -262,13 +263,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     path = "/api/v1/orders",
     tag = "commands",
     params(
-        ("x-tenant-id" = String, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "The tenant the order belongs to: 1 to 128 visible ASCII characters (required; 400 without)"),
-        ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$", description = "1 to 255 visible ASCII characters; a repeat with the same key answers the first answer again"),
+        ("x-tenant-id" = String, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "The tenant the order belongs to (required): sent once, 1 to 128 visible ASCII characters"),
+        ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([\\t -~]*[!-~])?$", description = "1 to 255 visible ASCII characters; a repeat with the same key answers the first answer again"),
     ),
     request_body = CreateOrderBody,
     responses(
         (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing or invalid", body = crate::openapi::ErrorBody),
         (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
@@ -350,6 +351,7 @@ pub async fn create_order(
 /// quantity outside 1..=50 or an amount above [`MAX_AMOUNT_CENTS`]); item ids derive from the
 /// order id and the position.
 fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, Vec<NewLineItem>)> {
+    no_nul("userId", &body.user_id)?;
     let currency = Currency::parse(&body.currency)?;
     amount_bound("feesCents", body.fees_cents)?;
     amount_bound("taxCents", body.tax_cents)?;
@@ -419,7 +421,7 @@ async fn replay_first_answer(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = ReserveBody,
     responses(
@@ -457,7 +459,7 @@ pub async fn reserve_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = ConfirmBody,
     responses(
@@ -497,7 +499,7 @@ pub async fn confirm_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = CancelBody,
     responses(
@@ -537,16 +539,17 @@ pub async fn cancel_order(
 /// answered anything else that settles nothing (5xx, 401, 404, 409, ...), and 503 when it could
 /// not be asked; in those last two cases the message says that the refund stays requested and
 /// the retry loop finishes it.
-/// The refund id is derived from `Idempotency-Key` when given, so a retried request resumes
-/// the same refund instead of starting another.
+/// `Idempotency-Key` is required (422 without it): the refund id is derived from it, so a
+/// retried request resumes the same refund instead of starting another, and a client that
+/// retries after a lost answer cannot pay a refund out twice.
 #[utoipa::path(
     post,
     path = "/api/v1/orders/{id}/refunds",
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
-        ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$", description = "1 to 255 visible ASCII characters; a repeat with the same key answers the first answer again"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
+        ("idempotency-key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]([\\t -~]*[!-~])?$", description = "Required, 1 to 255 visible ASCII characters: the refund's identity, so a repeat with the same key resumes the same refund instead of starting another"),
     ),
     request_body = RefundBody,
     responses(
@@ -555,6 +558,7 @@ pub async fn cancel_order(
         (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
         (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key is missing", body = crate::openapi::ErrorBody),
         (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::openapi::ErrorBody),
         (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::openapi::ErrorBody),
     ),
@@ -567,11 +571,15 @@ pub async fn refund_order(
     headers: HeaderMap,
     AppJson(body): AppJson<RefundBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let key = idempotency_key(&headers)?.ok_or_else(|| {
+        ApiError::Unprocessable(
+            "Idempotency-Key is required: it identifies the refund, so that a retry cannot start \
+             another"
+                .into(),
+        )
+    })?;
     let reason = required_text("reason", &body.reason)?;
-    let refund_id = match idempotency_key(&headers)? {
-        Some(k) => Uuid::new_v5(&REFUND_NS, format!("{id}\n{k}").as_bytes()),
-        None => Uuid::now_v7(),
-    };
+    let refund_id = Uuid::new_v5(&REFUND_NS, format!("{id}\n{key}").as_bytes());
     let request = RefundRequest {
         refund_id,
         amount_cents: body.amount_cents,
@@ -608,7 +616,7 @@ pub async fn refund_order(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     request_body = TicketsBody,
     responses(
@@ -646,7 +654,7 @@ pub async fn record_tickets(
     tag = "commands",
     params(
         ("id" = Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     responses(
         (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),
@@ -695,6 +703,7 @@ pub async fn order_events(
 }
 
 fn check_confirm(body: &ConfirmBody) -> ApiResult<()> {
+    no_nul("paymentIntentId", &body.payment_intent_id)?;
     // Characters, not bytes: the document's `maxLength` counts characters.
     if body.payment_intent_id.trim().is_empty()
         || body.payment_intent_id.chars().count() > MAX_INTENT_ID
@@ -802,7 +811,19 @@ pub(crate) const MAX_TICKETS: usize = 500;
 /// Longest free text (a reason, a ticket id), in characters after trimming.
 pub(crate) const MAX_TEXT: usize = 500;
 
+/// 400 for a text holding U+0000: Postgres's jsonb, where events are stored, cannot hold it,
+/// so it would otherwise fail the append as a 500.
+fn no_nul(field: &str, value: &str) -> ApiResult<()> {
+    if value.contains('\0') {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must not contain U+0000"
+        )));
+    }
+    Ok(())
+}
+
 fn required_text(field: &str, value: &str) -> ApiResult<String> {
+    no_nul(field, value)?;
     let v = value.trim();
     // Characters, not bytes: the document's `maxLength` counts characters.
     if v.is_empty() || v.chars().count() > MAX_TEXT {

@@ -108,7 +108,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
@@ -152,7 +152,7 @@ pub struct OrderBody {
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
@@ -191,7 +191,7 @@ pub async fn order_items(
     tag = "queries",
     params(
         ("id" = uuid::Uuid, Path, description = "The order id (a UUID)"),
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
@@ -229,10 +229,10 @@ pub async fn order_for_payment(
     path = "/internal/orders/without-tickets",
     tag = "queries",
     params(
-        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$", description = "Scopes the call to one tenant: another tenant's order is 404. 1 to 128 visible ASCII characters (docs/contract.md §4.6)"),
-        ("minutesOld" = Option<u32>, Query, minimum = 0, description = "Only orders paid at least this many minutes ago (default 5)"),
+        ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
+        ("minutesOld" = Option<u64>, Query, minimum = 0, description = "Only orders paid at least this many minutes ago (default 5)"),
         ("status" = Option<crate::openapi::OrderStatusDoc>, Query, description = "Only orders in this status (default PAID; any case is accepted)"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "At most this many orders (default 100; above 500 is capped at 500)"),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "At most this many orders (default 100; above 500 is capped at 500)"),
     ),
     responses(
         (status = 200, description = "Paid orders without tickets, oldest payment first", body = crate::openapi::WithoutTicketsAnswer),

@@ -213,7 +213,9 @@ impl RefundSaga {
                 RefundStatus::Failed => {
                     let reason = receipt
                         .reason
-                        .filter(|r| !r.trim().is_empty())
+                        .as_deref()
+                        .map(peer_reason)
+                        .filter(|r| !r.is_empty())
                         .unwrap_or_else(|| "payment-service refused the refund".into());
                     self.record_failure(order_id, refund_id, reason, metadata)
                         .await
@@ -270,6 +272,26 @@ impl RefundSaga {
             reason,
         })
     }
+}
+
+/// Most characters of a peer's refusal text kept in an event or an answer.
+pub const MAX_PEER_REASON_CHARS: usize = 200;
+
+/// A peer's refusal text as it may be stored and shown: trimmed, control characters replaced,
+/// and cut to [`MAX_PEER_REASON_CHARS`] with `…` marking the cut. The text is the peer's, not
+/// ours, so its size and content are not ours to trust: unbounded, it would grow every event
+/// and answer that quotes it.
+pub fn peer_reason(text: &str) -> String {
+    let text = text.trim();
+    let mut cut: String = text
+        .chars()
+        .take(MAX_PEER_REASON_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(MAX_PEER_REASON_CHARS).is_some() {
+        cut.push('…');
+    }
+    cut
 }
 
 /// Why a refund payment-service did not settle needs someone to look, as the `reason` label of
@@ -338,6 +360,18 @@ mod tests {
             retry_after: None,
             body: PeerBody::default(),
         }
+    }
+
+    #[test]
+    fn peer_reasons_are_bounded_and_printable() {
+        assert_eq!(peer_reason("  card closed \n"), "card closed");
+        assert_eq!(peer_reason("a\u{7}b\nc"), "a b c");
+        let long = "é".repeat(5_000);
+        let cut = peer_reason(&long);
+        assert_eq!(cut.chars().count(), MAX_PEER_REASON_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        let exact = "x".repeat(MAX_PEER_REASON_CHARS);
+        assert_eq!(peer_reason(&exact), exact);
     }
 
     #[test]

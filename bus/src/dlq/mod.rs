@@ -60,9 +60,21 @@ pub struct DlqConfig {
     /// Duplicate window of the dead-letter stream: covers a re-park after a crash.
     pub duplicate_window: Duration,
     pub replicas: usize,
-    /// Create the stream when missing (and add missing subjects).
+    /// Create the stream when missing (and add missing subjects, and set the limits).
     pub ensure_stream: bool,
+    /// Age past which parked messages are dropped; zero (the default) for no limit. A parked
+    /// message holds its order until it is redriven or discarded, so one that aged out would
+    /// leave the order held with nothing left to redrive.
+    pub max_age: Duration,
+    /// Size past which new parks are refused ([`DEFAULT_DLQ_MAX_BYTES`] by default,
+    /// [`crate::stream::NO_BYTE_LIMIT`] for none). Refused, not making room: a refused park is
+    /// logged as an error and the message redelivered to try again, while dropping the oldest
+    /// parked message would lose it without a word.
+    pub max_bytes: i64,
 }
+
+/// The default size limit of the dead-letter stream: 1 GiB.
+pub const DEFAULT_DLQ_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 impl DlqConfig {
     /// Defaults for stream `stream`, prefix `prefix` and events stream `events_stream`.
@@ -74,6 +86,8 @@ impl DlqConfig {
             duplicate_window: crate::stream::DEFAULT_DUPLICATE_WINDOW,
             replicas: 1,
             ensure_stream: true,
+            max_age: Duration::ZERO,
+            max_bytes: DEFAULT_DLQ_MAX_BYTES,
         }
     }
 

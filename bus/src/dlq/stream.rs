@@ -1,6 +1,7 @@
-//! Creates the dead-letter stream, or adds missing subjects to it.
+//! Creates the dead-letter stream, or adds missing subjects to it and sets its limits.
 //!
-//! File storage and no limits: a parked message must never age out unnoticed. Only settings
+//! File storage, no age limit by default (a parked message must never age out unnoticed), and a
+//! size limit past which new parks are refused rather than old ones dropped. Only settings
 //! nats-server 2.9 understands are used.
 
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
@@ -22,9 +23,11 @@ impl DeadLetters {
             subjects: self.config.stream_subjects(),
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
-            discard: DiscardPolicy::Old,
+            discard: DiscardPolicy::New,
             duplicate_window: self.config.duplicate_window,
             num_replicas: self.config.replicas.max(1),
+            max_age: self.config.max_age,
+            max_bytes: self.config.max_bytes,
             ..Config::default()
         }
     }
@@ -48,10 +51,16 @@ impl DeadLetters {
                         .into_iter()
                         .filter(|s| !config.subjects.contains(s))
                         .collect();
-                    if missing.is_empty() || !self.config.ensure_stream {
+                    let same_limits = config.max_age == self.config.max_age
+                        && config.max_bytes == self.config.max_bytes
+                        && config.discard == DiscardPolicy::New;
+                    if (missing.is_empty() && same_limits) || !self.config.ensure_stream {
                         return Ok(());
                     }
                     config.subjects.extend(missing);
+                    config.max_age = self.config.max_age;
+                    config.max_bytes = self.config.max_bytes;
+                    config.discard = DiscardPolicy::New;
                     self.jetstream
                         .update_stream(&config)
                         .await

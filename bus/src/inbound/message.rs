@@ -80,7 +80,8 @@ impl InboundEvent {
 pub struct PaymentSucceeded {
     pub payment_intent_id: String,
     pub amount_cents: i64,
-    /// ISO 4217 code; when present it must be the order's currency.
+    /// ISO 4217 code of the money taken; required, and it must be the order's currency for
+    /// the payment to confirm it.
     #[serde(default)]
     pub currency: Option<String>,
 }
@@ -276,6 +277,9 @@ fn typed_event(event_type: &str, payload: &Map<String, Value>) -> Result<Inbound
         "payment.succeeded" => {
             let p: PaymentSucceeded = fields(event_type, payload)?;
             non_empty("paymentIntentId", &p.payment_intent_id)?;
+            // Without the currency, a capture in another currency for the same number of
+            // cents would pass for the order's total.
+            non_empty("currency", p.currency.as_deref().unwrap_or_default())?;
             if p.amount_cents <= 0 {
                 return Err(format!(
                     "payload of {event_type}: `amountCents` must be positive, got {}",

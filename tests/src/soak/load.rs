@@ -144,7 +144,7 @@ async fn post_inner(
         .post(format!("{base}{path}"))
         .header("x-tenant-id", "soak")
         .json(body);
-    for (k, v) in v1_headers("api-gateway", "POST", path) {
+    for (k, v) in v1_headers(crate::default_caller(path), "POST", path) {
         req = req.header(k, v);
     }
     let Ok(resp) = req.send().await else {
