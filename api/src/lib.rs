@@ -9,6 +9,7 @@
 //! - [`config`]: typed settings from the environment.
 //! - [`startup`]: the [`startup::Application`] seam: build, port, run until stopped.
 //! - [`server`]: the HTTP accept loop with header read timeout and head size limit.
+//! - [`oversized`]: a body over the limit is read and discarded before its 413.
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
 //! - [`batch`]: concurrent requests coalesced into one statement per batch (nonces, reads).
 //! - [`lookup`]: by-id order reads, batched.
@@ -39,6 +40,7 @@ pub mod jobs;
 pub mod lookup;
 pub mod metrics;
 pub mod openapi;
+pub mod oversized;
 pub mod routes;
 pub mod saga;
 pub mod server;

@@ -144,6 +144,10 @@ pub fn router(state: AppState) -> Router {
             settings.request_timeout(),
         ))
         .layer(RequestBodyLimitLayer::new(settings.request_body_limit))
+        .layer(middleware::from_fn_with_state(
+            settings.request_body_limit,
+            crate::oversized::drain_oversized,
+        ))
         .layer(middleware::from_fn(error::error_envelope))
         .layer(CatchPanicLayer::new())
         // Outside the panic and error layers, so it counts the status the caller gets.

@@ -360,3 +360,47 @@ async fn unknown_routes_and_methods_answer_the_json_error_body(pool: PgPool) {
     .await;
     assert_error_body(status, &body, 405, "Method Not Allowed");
 }
+
+/// A client that sends its whole body before it reads the answer (Node's fetch without
+/// `Expect: 100-continue`, most HTTP libraries) must still read the 413: the service reads and
+/// discards the rest of an oversized body, up to a bound, instead of closing the connection
+/// under the client's writes.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_oversized_body_sent_whole_still_gets_its_413(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app(pool).await;
+    let body = vec![b' '; 8 * 1024 * 1024];
+    let path = "/api/v1/orders";
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nx-tenant-id: tenant-a\r\n",
+        body.len()
+    );
+    for (k, v) in v1_headers("api-gateway", "POST", path) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+        .write_all(&body)
+        .await
+        .expect("the whole body is taken, not cut off with a reset");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("the answer is readable");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"requestId\""),
+        "the contract's body: {answer}"
+    );
+}
