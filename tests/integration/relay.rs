@@ -977,31 +977,10 @@ async fn relay_backlog_shows_in_readiness(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_worker_in_the_app_publishes_on_its_own(pool: PgPool) {
-    let bus = Bus::connect(&nats_url()).await;
-    let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
-    let app = spawn_app_with(pool.clone(), move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
-        s.relay_poll_ms = 5;
-    })
-    .await;
+    let (bus, app) = app_with_relay(pool).await;
     let order = create_order(&app, "req-worker").await;
-
-    // The worker creates the stream and publishes; wait (bounded) for the message to arrive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = bus.js.get_stream(&bus.stream).await {
-            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= 1 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the in-app relay published nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The worker creates the stream and publishes.
+    wait_for_published(&bus, 1).await;
     let received = bus.read_all().await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].envelope["aggregateId"], order.as_str());
@@ -1222,15 +1201,7 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool) {
-    let bus = Bus::connect(&nats_url()).await;
-    let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
-    let app = spawn_app_with(pool.clone(), move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
-        s.relay_poll_ms = 5;
-    })
-    .await;
+    let (bus, app) = app_with_relay(pool).await;
     let order = create_order(&app, "req-subscribe").await;
     let other = create_order(&app, "req-subscribe-other").await;
     post_ok(
@@ -1240,17 +1211,8 @@ async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool)
     )
     .await;
 
-    // The worker creates the stream on its first round; wait (bounded) for all three events.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = bus.js.get_stream(&bus.stream).await {
-            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= 3 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the relay published too little");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The worker creates the stream on its first round.
+    wait_for_published(&bus, 3).await;
     let id = Uuid::parse_str(&order).expect("uuid");
     let lines = order_api::cli::subscribe(
         &app.state.settings,
@@ -1289,4 +1251,35 @@ async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool)
     let envelope: Value = serde_json::from_str(&json[0]).expect("an envelope");
     assert_eq!(envelope["aggregateId"], order.as_str());
     assert_eq!(envelope["type"], "order.created");
+}
+
+/// An app whose own relay worker publishes into a stream and prefix of this test's.
+async fn app_with_relay(pool: PgPool) -> (Bus, TestApp) {
+    let bus = Bus::connect(&nats_url()).await;
+    let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
+    let app = spawn_app_with(pool, move |s| {
+        s.relay_enabled = true;
+        s.nats_stream = stream;
+        s.nats_subject_prefix = prefix;
+        s.relay_poll_ms = 5;
+    })
+    .await;
+    (bus, app)
+}
+
+/// Waits (bounded) until the test's stream holds at least `n` messages.
+async fn wait_for_published(bus: &Bus, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = bus.js.get_stream(&bus.stream).await {
+            if s.info().await.map(|i| i.state.messages).unwrap_or(0) >= n {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the in-app relay published fewer than {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
