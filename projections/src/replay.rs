@@ -332,7 +332,7 @@ pub struct Rebuild {
     spec: &'static dyn Rebuildable,
     lock: ReplayLock,
     options: RebuildOptions,
-    /// The shadow's checkpoint; only this session moves it.
+    /// The shadow's checkpoint; only this rebuild moves it.
     position: FeedPosition,
     resumed: Option<u64>,
     applied: u64,
@@ -438,7 +438,7 @@ impl Rebuild {
         self.resumed
     }
 
-    /// Events this session applied so far.
+    /// Events this rebuild applied so far.
     pub fn events_applied(&self) -> u64 {
         self.applied
     }
