@@ -3,9 +3,9 @@
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
+use crate::app::store::OrderStore;
 use crate::auth::{signing, KeyRing};
 use crate::config::Settings;
-use crate::store::OrderStore;
 
 /// `order-service call METHOD PATH`: sends one signed request (hmac-v1) to a running service
 /// and prints the answer. Exits non-zero on a non-2xx status, so scripts can chain calls.
@@ -223,7 +223,7 @@ async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::Dea
         .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
     let pool = crate::db::pool(&settings.database_url, 2)?;
-    Ok(crate::inbound::dead_letters(settings, jetstream, pool))
+    Ok(crate::consumers::dead_letters(settings, jetstream, pool))
 }
 
 /// `order-service dlq list`: every parked message, as a table (or JSON lines), oldest first.

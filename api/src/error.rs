@@ -1,6 +1,8 @@
-//! The API's one error type, and the one place errors become HTTP answers.
+//! The HTTP adapter's one error type, and the one place errors become HTTP answers.
 //!
 //! Policy: handlers and extractors return [`ApiError`]. Each variant's doc names its status.
+//! Use cases fail with [`AppError`], which `From<AppError> for ApiError` maps to a status here
+//! and nowhere else.
 //! Every error body is `{"error": <reason phrase>, "message": <text>, "requestId": <id>}`
 //! (docs/contract.md §3.1). Internal errors answer an opaque 500 and are logged exactly once, by
 //! [`error_envelope`], with the request id; their text never reaches the caller. Libraries below
@@ -16,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::app::AppError;
+use crate::clients::ClientError;
 use crate::context;
 use crate::deadline::DeadlinePassed;
 
@@ -131,12 +135,46 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<DeadlinePassed> for ApiError {
-    fn from(_: DeadlinePassed) -> Self {
-        Self::Unavailable {
-            message: "the database did not answer in time; retry shortly".into(),
-            retry_after: Some(1),
+/// The status of each way a use case can fail.
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Invalid(m) => Self::BadRequest(m),
+            AppError::NotFound(m) => Self::NotFound(m),
+            AppError::Rejected(m) => Self::Conflict(m),
+            AppError::KeyReused(m) => Self::Unprocessable(m),
+            AppError::ConcurrentWrite => Self::ConcurrentWrite,
+            AppError::Unavailable {
+                message,
+                retry_after,
+            } => Self::Unavailable {
+                message,
+                retry_after,
+            },
+            AppError::PeerFailed(m) => Self::BadGateway(m),
+            AppError::Internal(e) => Self::Internal(e),
         }
+    }
+}
+
+impl From<DeadlinePassed> for ApiError {
+    fn from(e: DeadlinePassed) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// A domain value refused while parsing a request (an unknown currency).
+impl From<order_domain::OrderError> for ApiError {
+    fn from(e: order_domain::OrderError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// A peer's failure as the caller sees it: 502 when it answered with an error, 503 when it
+/// could not be asked.
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        AppError::from(e).into()
     }
 }
 

@@ -21,6 +21,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::app::commands::Commands;
+use crate::app::queries::Queries;
+use crate::app::store::OrderStore;
 use crate::auth::{
     authenticate, AuthConfigError, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy,
 };
@@ -29,7 +32,6 @@ use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::routes::{commands, health, jobs as jobs_route, queries};
-use crate::store::OrderStore;
 use crate::{context, db, deadline, error, jobs, openapi, workers};
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
@@ -53,6 +55,10 @@ pub struct Shared {
     pub jobs: JobRegistry,
     /// By-id order reads, batched across concurrent requests.
     pub orders: OrderLookup,
+    /// The command use cases the handlers call.
+    pub commands: Commands,
+    /// The lookup use cases the handlers call.
+    pub queries: Queries,
 }
 
 impl std::ops::Deref for AppState {
@@ -196,9 +202,14 @@ impl Application {
         let clients = ServiceClients::from_settings(&settings)
             .context("refusing to start with invalid service client settings")?;
         let nats = connect_nats(&settings.nats_url).await;
+        let store = OrderStore::new(pool.clone());
+        let orders = OrderLookup::new(pool.clone());
+        let read_wait = Duration::from_millis(settings.read_wait_ms);
         let state = AppState(Arc::new(Shared {
-            store: OrderStore::new(pool.clone()),
-            orders: OrderLookup::new(pool.clone()),
+            commands: Commands::new(store.clone(), clients.clone()),
+            queries: Queries::new(pool.clone(), orders.clone(), store.clone(), read_wait),
+            store,
+            orders,
             auth,
             pool,
             nats,

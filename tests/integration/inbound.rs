@@ -13,9 +13,9 @@ use async_nats::jetstream::{self, Context};
 use async_nats::HeaderMap;
 use chrono::Utc;
 use futures::StreamExt;
+use order_api::app::messages::OrderInboundHandler;
+use order_api::app::store::OrderStore;
 use order_api::config::Settings;
-use order_api::inbound::OrderInboundHandler;
-use order_api::store::OrderStore;
 use order_bus::dlq::{DeadLetters, ParkedMessage, RedriveTarget};
 use order_bus::inbound::{
     BatchReport, Family, HandleError, InboundHandler, InboundMessage, Inbox, MessageContext,
@@ -131,7 +131,7 @@ impl Harness {
     }
 
     fn subscriber_with<H: InboundHandler>(&self, family: Family, handler: H) -> Subscriber<H> {
-        order_api::inbound::subscriber(
+        order_api::consumers::subscriber(
             &self.settings,
             family,
             self.js.clone(),
@@ -141,7 +141,7 @@ impl Harness {
     }
 
     fn dead_letters(&self) -> DeadLetters {
-        order_api::inbound::dead_letters(&self.settings, self.js.clone(), self.app.pool.clone())
+        order_api::consumers::dead_letters(&self.settings, self.js.clone(), self.app.pool.clone())
     }
 
     /// Publishes raw bytes on `subject` (unprefixed) and returns the stream sequence.
@@ -234,7 +234,7 @@ async fn run_until<H: InboundHandler>(
     }
 }
 
-fn event_types(history: &[order_api::store::StoredEvent]) -> Vec<&str> {
+fn event_types(history: &[order_api::app::store::StoredEvent]) -> Vec<&str> {
     history.iter().map(|e| e.event_type.as_str()).collect()
 }
 
@@ -1077,10 +1077,13 @@ impl Harness {
     }
 
     /// The refund retry loop over this app, taking refunds at once.
-    fn retrier(&self) -> order_api::saga::RefundRetrier {
-        order_api::saga::RefundRetrier::new(
+    fn retrier(&self) -> order_api::app::refund::RefundRetrier {
+        order_api::app::refund::RefundRetrier::new(
             self.app.pool.clone(),
-            order_api::saga::RefundSaga::new(self.store().clone(), self.app.state.clients.clone()),
+            order_api::app::refund::RefundSaga::new(
+                self.store().clone(),
+                self.app.state.clients.clone(),
+            ),
             Duration::ZERO,
         )
     }

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::join_all;
+use order_api::app::store::OrderStore;
 use order_api::config::Settings;
 use order_api::jobs::{
     self, BreakerPolicy, BreakerState, Job, JobContext, JobRegistry, JobRunner, Tick,
 };
 use order_api::startup::{AppState, Application};
-use order_api::store::OrderStore;
 use order_domain::commands::{
     CancelOrder, ConfirmOrder, CreateOrder, ExpireOrder, RecordTickets, RefundFacts, RequestRefund,
     ReserveOrder, SendReminder,

@@ -17,7 +17,7 @@ use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use order_api::error::ApiError;
+use order_api::app::AppError;
 use order_bus::envelope::event_id;
 use order_bus::relay::{self, jetstream_context};
 use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
@@ -307,7 +307,7 @@ async fn refund(app: &TestApp, order_id: &str, amount_cents: i64) {
     let id: Uuid = order_id.parse().expect("uuid");
     let refund_id = Uuid::new_v4();
     let meta = HashMap::from([("correlationId".to_owned(), "refund-job".to_owned())]);
-    let ok = |_: &order_domain::Order| Ok::<(), ApiError>(());
+    let ok = |_: &order_domain::Order| Ok::<(), AppError>(());
     app.state
         .store
         .execute(id, &meta, ok, || {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use order_api::store::OrderStore;
+use order_api::app::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
 use order_domain::{Currency, OrderCommand, OrderEvent};
