@@ -16,7 +16,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::app::AppError;
 use crate::clients::ClientError;
@@ -93,13 +94,27 @@ impl ApiError {
     }
 }
 
+/// The error body every failure answers with (docs/contract.md §3.1).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// The status's reason phrase, e.g. `Not Found`.
+    #[schema(example = "Not Found")]
+    pub error: String,
+    /// What went wrong, for a human. Never carries internal details.
+    #[schema(example = "order not found")]
+    pub message: String,
+    /// The request's id (`x-request-id`), also echoed as a response header.
+    pub request_id: String,
+}
+
 /// Builds the normative error body with the current request id.
 pub fn error_body(status: StatusCode, message: &str) -> Response {
-    let body = json!({
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "message": message,
-        "requestId": context::current_request_id(),
-    });
+    let body = ErrorBody {
+        error: status.canonical_reason().unwrap_or("Error").to_owned(),
+        message: message.to_owned(),
+        request_id: context::current_request_id(),
+    };
     (status, Json(body)).into_response()
 }
 

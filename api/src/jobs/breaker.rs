@@ -18,7 +18,7 @@ pub struct BreakerPolicy {
 }
 
 /// The breaker's state as `GET /internal/jobs` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     /// Runs go ahead.

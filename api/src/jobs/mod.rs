@@ -102,7 +102,7 @@ impl JobContext {
 }
 
 /// What one run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobReport {
     /// Orders looked at.
@@ -119,6 +119,7 @@ pub struct JobReport {
     pub stopped_early: bool,
     /// Job-specific figures (reconciliation: relay lag, refunds retried).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub details: BTreeMap<&'static str, i64>,
 }
 

@@ -13,7 +13,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::JobReport;
 
 /// The last failure of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
     #[serde(serialize_with = "rfc3339")]
@@ -22,11 +22,12 @@ pub struct LastError {
 }
 
 /// One job's status, as `GET /internal/jobs` answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatusView {
     pub name: String,
     /// e.g. `every 30s`.
+    #[schema(example = "every 30s")]
     pub schedule: String,
     pub interval_seconds: u64,
     /// Whether a runner for this job runs in this replica (`JOBS_ENABLED`).

@@ -11,10 +11,13 @@ use order_domain::values::{IssuedTicket, MAX_AMOUNT_CENTS, QUANTITY_RANGE};
 use order_domain::Currency;
 use order_projections::OrderView;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::answers::{
+    OrderAnswer, OrderEventView, OrderEventsAnswer, RefundAnswer, RefundProgress, RefundView,
+};
 use crate::app::commands::{Confirmation, NewLine, NewOrder, Origin};
 use crate::auth::Caller;
 use crate::context::RequestContext;
@@ -172,9 +175,9 @@ pub struct TicketBody {
     pub ticket_id: String,
 }
 
-/// The answer of every command.
-fn order_answer(order: &OrderView) -> Json<Value> {
-    Json(json!({ "order": order }))
+/// The answer of every command but the refund.
+fn order_answer(order: OrderView) -> Json<OrderAnswer> {
+    Json(OrderAnswer { order })
 }
 
 /// The origin of a request's commands.
@@ -226,11 +229,11 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     ),
     request_body = CreateOrderBody,
     responses(
-        (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing or invalid", body = crate::openapi::ErrorBody),
-        (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
-        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = OrderAnswer),
+        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing or invalid", body = crate::error::ErrorBody),
+        (status = 409, description = "A concurrent write kept winning; retry", body = crate::error::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn create_order(
@@ -239,7 +242,7 @@ pub async fn create_order(
     caller: Caller,
     headers: HeaderMap,
     AppJson(raw): AppJson<Value>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<OrderAnswer>)> {
     let tenant = ctx.tenant_id.clone().ok_or_else(|| {
         ApiError::BadRequest("X-Tenant-ID header is required to create an order".into())
     })?;
@@ -263,7 +266,7 @@ pub async fn create_order(
         event_starts_at: body.event_starts_at,
     };
     let order = state.commands.create(&origin(&ctx, &caller), new).await?;
-    Ok((StatusCode::CREATED, order_answer(&order)))
+    Ok((StatusCode::CREATED, order_answer(order)))
 }
 
 /// The currency and lines of a create body, checked (400 on an unknown currency, a quantity
@@ -320,11 +323,11 @@ fn amount_bound(field: &str, value: i64) -> ApiResult<()> {
     ),
     request_body = ReserveBody,
     responses(
-        (status = 200, description = "Reserved (or already reserved)", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Reserved (or already reserved)", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn reserve_order(
@@ -333,13 +336,13 @@ pub async fn reserve_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<ReserveBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let hold = hold(body.expires_in_seconds)?;
     let order = state
         .commands
         .reserve(id, &origin(&ctx, &caller), hold)
         .await?;
-    Ok(order_answer(&order))
+    Ok(order_answer(order))
 }
 
 /// `POST /api/v1/orders/{id}/confirm`.
@@ -353,11 +356,11 @@ pub async fn reserve_order(
     ),
     request_body = ConfirmBody,
     responses(
-        (status = 200, description = "Paid (a repeat with the same payment intent is a no-op)", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Paid (a repeat with the same payment intent is a no-op)", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn confirm_order(
@@ -366,7 +369,7 @@ pub async fn confirm_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<ConfirmBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     check_confirm(&body)?;
     let confirmation = Confirmation {
         payment_intent_id: body.payment_intent_id,
@@ -377,7 +380,7 @@ pub async fn confirm_order(
         .commands
         .confirm(id, &origin(&ctx, &caller), confirmation)
         .await?;
-    Ok(order_answer(&order))
+    Ok(order_answer(order))
 }
 
 /// `POST /api/v1/orders/{id}/cancel`.
@@ -391,11 +394,11 @@ pub async fn confirm_order(
     ),
     request_body = CancelBody,
     responses(
-        (status = 200, description = "Cancelled", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Cancelled", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn cancel_order(
@@ -404,13 +407,13 @@ pub async fn cancel_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<CancelBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let reason = required_text("reason", &body.reason)?;
     let order = state
         .commands
         .cancel(id, &origin(&ctx, &caller), reason)
         .await?;
-    Ok(order_answer(&order))
+    Ok(order_answer(order))
 }
 
 /// `POST /api/v1/orders/{id}/refunds`: the refund saga (docs/contract.md §5, [`crate::app::refund`]).
@@ -436,14 +439,14 @@ pub async fn cancel_order(
     ),
     request_body = RefundBody,
     responses(
-        (status = 200, description = "Refunded", body = crate::openapi::RefundAnswer),
-        (status = 202, description = "Requested; payment-service is still processing it", body = crate::openapi::RefundAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 422, description = "Idempotency-Key is missing", body = crate::openapi::ErrorBody),
-        (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Refunded", body = RefundAnswer),
+        (status = 202, description = "Requested; payment-service is still processing it", body = RefundAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 422, description = "Idempotency-Key is missing", body = crate::error::ErrorBody),
+        (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::error::ErrorBody),
+        (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn refund_order(
@@ -453,7 +456,7 @@ pub async fn refund_order(
     caller: Caller,
     headers: HeaderMap,
     AppJson(body): AppJson<RefundBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RefundAnswer>)> {
     let key = idempotency_key(&headers)?.ok_or_else(|| {
         ApiError::Unprocessable(
             "Idempotency-Key is required: it identifies the refund, so that a retry cannot start \
@@ -466,17 +469,19 @@ pub async fn refund_order(
         .commands
         .refund(id, &origin(&ctx, &caller), &key, body.amount_cents, reason)
         .await?;
-    let (status, refund_state) = if refund.completed {
-        (StatusCode::OK, "completed")
+    let (status, progress) = if refund.completed {
+        (StatusCode::OK, RefundProgress::Completed)
     } else {
-        (StatusCode::ACCEPTED, "requested")
+        (StatusCode::ACCEPTED, RefundProgress::Requested)
     };
-    let Json(mut answer) = order_answer(&refund.order);
-    answer["refund"] = json!({
-        "id": refund.refund_id,
-        "status": refund_state,
-        "amountCents": refund.amount_cents,
-    });
+    let answer = RefundAnswer {
+        order: refund.order,
+        refund: RefundView {
+            id: refund.refund_id,
+            status: progress,
+            amount_cents: refund.amount_cents,
+        },
+    };
     Ok((status, Json(answer)))
 }
 
@@ -491,11 +496,11 @@ pub async fn refund_order(
     ),
     request_body = TicketsBody,
     responses(
-        (status = 200, description = "Tickets recorded", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Tickets recorded", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn record_tickets(
@@ -504,13 +509,13 @@ pub async fn record_tickets(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<TicketsBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let tickets = issued_tickets(body)?;
     let order = state
         .commands
         .record_tickets(id, &origin(&ctx, &caller), tickets)
         .await?;
-    Ok(order_answer(&order))
+    Ok(order_answer(order))
 }
 
 /// `GET /api/v1/orders/{id}/events`: the order's history, upcast to current versions.
@@ -523,38 +528,42 @@ pub async fn record_tickets(
         ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     responses(
-        (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),
-        (status = 400, description = "Malformed order id", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The order's events in sequence order, upcast to current versions", body = OrderEventsAnswer),
+        (status = 400, description = "Malformed order id", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn order_events(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderEventsAnswer>> {
     let history = state.queries.history(id, ctx.tenant_id.as_deref()).await?;
-    let events: Vec<Value> = history
+    let events = history
         .into_iter()
         .map(|e| {
+            // Stored payloads are externally tagged by type; the answer gives the inner object.
             let payload = match e.payload {
                 Value::Object(mut m) if m.len() == 1 => {
                     m.remove(&e.event_type).unwrap_or(Value::Null)
                 }
                 other => other,
             };
-            json!({
-                "sequence": e.sequence,
-                "type": e.event_type,
-                "version": e.event_version,
-                "timestamp": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "payload": payload,
-                "metadata": e.metadata,
-            })
+            OrderEventView {
+                sequence: e.sequence,
+                event_type: e.event_type,
+                version: e.event_version,
+                timestamp: e.recorded_at,
+                payload,
+                metadata: e.metadata,
+            }
         })
         .collect();
-    Ok(Json(json!({ "orderId": id, "events": events })))
+    Ok(Json(OrderEventsAnswer {
+        order_id: id,
+        events,
+    }))
 }
 
 fn check_confirm(body: &ConfirmBody) -> ApiResult<()> {

@@ -27,10 +27,8 @@ use axum::routing::get;
 use axum::{middleware, Json, Router};
 use order_domain::OrderStatus;
 use order_projections::queries::{ForPayment, WithoutTickets};
-use order_projections::OrderView;
-use serde::Serialize;
-use serde_json::{json, Value};
 
+use super::answers::{OrderAnswer, OrderItemsAnswer, WithoutTicketsAnswer};
 use crate::auth::{authenticate, RoutePolicy};
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
@@ -86,11 +84,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
-        (status = 200, description = "The order", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
-        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The order", body = OrderAnswer),
+        (status = 400, description = "Malformed order id or query parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::error::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn order(
@@ -98,20 +96,13 @@ pub async fn order(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     Params(params): Params,
-) -> ApiResult<Json<OrderBody>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let min_version = number(&params, "minVersion")?;
     let order = state
         .queries
         .order(id, ctx.tenant_id.as_deref(), min_version)
         .await?;
-    Ok(Json(OrderBody { order }))
-}
-
-/// The answer of `GET /internal/orders/{orderId}`, serialized straight to the response: the
-/// route payment-service calls most, so no intermediate `Value` tree.
-#[derive(Debug, Serialize)]
-pub struct OrderBody {
-    order: OrderView,
+    Ok(Json(OrderAnswer { order }))
 }
 
 /// `GET /internal/orders/{orderId}/items`: line items with their ticket ids.
@@ -125,11 +116,11 @@ pub struct OrderBody {
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
-        (status = 200, description = "Line items with their ticket ids", body = crate::openapi::OrderItemsAnswer),
-        (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
-        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Line items with their ticket ids", body = OrderItemsAnswer),
+        (status = 400, description = "Malformed order id or query parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::error::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn order_items(
@@ -137,13 +128,16 @@ pub async fn order_items(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     Params(params): Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderItemsAnswer>> {
     let min_version = number(&params, "minVersion")?;
     let detail = state
         .queries
         .detail(id, ctx.tenant_id.as_deref(), min_version)
         .await?;
-    Ok(Json(json!({ "orderId": id, "items": detail.items })))
+    Ok(Json(OrderItemsAnswer {
+        order_id: id,
+        items: detail.items,
+    }))
 }
 
 /// `GET /internal/orders/{orderId}/for-payment`: what payment-service needs to charge the
@@ -159,11 +153,11 @@ pub async fn order_items(
         ("minVersion" = Option<u64>, Query, minimum = 0, description = "Wait (up to READ_WAIT_MS) until the read model has reached this version of the order; 503 with Retry-After otherwise. An order the event store does not hold is 404, and a version beyond its version there 409, at once"),
     ),
     responses(
-        (status = 200, description = "What a charge needs, and whether it may happen now", body = crate::openapi::ForPaymentAnswer),
-        (status = 400, description = "Malformed order id or query parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::openapi::ErrorBody),
-        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::openapi::ErrorBody),
+        (status = 200, description = "What a charge needs, and whether it may happen now", body = ForPayment),
+        (status = 400, description = "Malformed order id or query parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant), with or without minVersion", body = crate::error::ErrorBody),
+        (status = 409, description = "minVersion is beyond the order's version in the event store: nothing is pending that could reach it", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable, or the read model is still behind minVersion; retry after Retry-After", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn order_for_payment(
@@ -190,20 +184,20 @@ pub async fn order_for_payment(
     params(
         ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
         ("minutesOld" = Option<u64>, Query, minimum = 0, description = "Only orders paid at least this many minutes ago (default 5)"),
-        ("status" = Option<crate::openapi::OrderStatusDoc>, Query, description = "Only orders in this status (default PAID; any case is accepted)"),
+        ("status" = Option<order_projections::view::OrderStatusSchema>, Query, description = "Only orders in this status (default PAID; any case is accepted)"),
         ("limit" = Option<u64>, Query, minimum = 1, description = "At most this many orders (default 100; above 500 is capped at 500)"),
     ),
     responses(
-        (status = 200, description = "Paid orders without tickets, oldest payment first", body = crate::openapi::WithoutTicketsAnswer),
-        (status = 400, description = "A negative or non-numeric number, a zero limit or an unknown status", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Paid orders without tickets, oldest payment first", body = WithoutTicketsAnswer),
+        (status = 400, description = "A negative or non-numeric number, a zero limit or an unknown status", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn orders_without_tickets(
     State(state): State<AppState>,
     ctx: RequestContext,
     Params(params): Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WithoutTicketsAnswer>> {
     // Huge values saturate: an age beyond the epoch matches every paid order, and a limit
     // beyond the cap is capped.
     let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
@@ -230,11 +224,11 @@ pub async fn orders_without_tickets(
         .queries
         .without_tickets(&criteria, ctx.tenant_id.as_deref())
         .await?;
-    Ok(Json(json!({
-        "orders": orders,
-        "count": orders.len(),
-        "criteria": criteria,
-    })))
+    Ok(Json(WithoutTicketsAnswer {
+        count: orders.len(),
+        orders,
+        criteria,
+    }))
 }
 
 /// Parses an optional non-negative integer parameter: decimal digits only (400 otherwise, for
