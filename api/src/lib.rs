@@ -13,7 +13,6 @@
 //! - [`server`]: the HTTP accept loop with header read timeout and head size limit.
 //! - [`oversized`]: a body over the limit is read and discarded before its 413.
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
-//! - [`batch`]: concurrent requests coalesced into one statement per batch (nonces, reads).
 //! - [`lookup`]: by-id order reads, batched.
 //! - [`app`]: the application layer: every use case and its error, [`app::AppError`]. It
 //!   depends on no HTTP or process module.
@@ -30,7 +29,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod batch;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -13,7 +13,6 @@
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
-//! - [`leader`]: leader election on a Postgres session advisory lock.
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
 //! - [`dlq`]: the dead-letter stream `ORDER_SERVICE_DLQ`, per-order holds, list and redrive.
@@ -25,7 +24,6 @@ pub mod encode;
 pub mod envelope;
 pub mod error;
 pub mod inbound;
-pub mod leader;
 pub mod relay;
 pub mod schema;
 pub mod stream;
@@ -33,7 +31,6 @@ pub mod subjects;
 
 pub use envelope::{Envelope, Outgoing};
 pub use error::BusError;
-pub use leader::LeaderLock;
 pub use relay::{Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 pub use stream::{ensure_stream, StreamSpec};
 pub use subjects::Subjects;

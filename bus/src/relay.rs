@@ -2,7 +2,7 @@
 //! after deduplication, in sequence order per order (docs/contract.md §7, invariants 3 and 4).
 //!
 //! One round ([`Relay::run_once`]):
-//! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;
+//! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`]); standbys stop here;
 //! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
 //!    where it last saved it while a fresh load of the checkpoint, on the lock's own connection,
 //!    confirms step 1, and uses the read only if the two agree; the batch after a full one is
@@ -39,8 +39,8 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
-use order_projections::held::HeldConnection;
-use order_projections::{checkpoint, CommitSignal, FeedPosition};
+use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock};
+use order_projections::{checkpoint, FeedPosition};
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -50,7 +50,6 @@ use uuid::Uuid;
 
 use crate::encode::{self, Inspected};
 use crate::error::BusError;
-use crate::leader::LeaderLock;
 use crate::stream::{ensure_stream, StreamSpec, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM};
 use crate::subjects::Subjects;
 

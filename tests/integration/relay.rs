@@ -765,7 +765,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     // Kill the leader's lock session, as a crashed process or a dropped connection would.
     let a = create_order(&app, "req-3").await;
     post_ok(&app, &format!("/api/v1/orders/{a}/reserve"), json!({})).await;
-    let leader = order_bus::leader::holder(&pool, RELAY_CONSUMER)
+    let leader = order_projections::postgres::leader::holder(&pool, RELAY_CONSUMER)
         .await
         .unwrap()
         .expect("someone holds the relay's lock");
@@ -1062,7 +1062,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// asynchronously).
 async fn wait_for_lock_release(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while order_bus::leader::holder(pool, RELAY_CONSUMER)
+    while order_projections::postgres::leader::holder(pool, RELAY_CONSUMER)
         .await
         .unwrap()
         .is_some()

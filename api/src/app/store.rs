@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, EventStore};
 use order_domain::{Order, OrderCommand, OrderEvent, ORDER_AGGREGATE_TYPE};
-use order_projections::CommitSignal;
+use order_projections::postgres::CommitSignal;
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 use uuid::Uuid;

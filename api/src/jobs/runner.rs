@@ -2,7 +2,7 @@
 //! breaker lets it.
 //!
 //! Leadership is the session advisory lock `job:<name>` held on a dedicated connection
-//! ([`order_bus::leader::LeaderLock`]), confirmed with a keepalive on every tick before the job
+//! ([`order_projections::postgres::LeaderLock`]), confirmed with a keepalive on every tick before the job
 //! runs, and released when the loop stops, so a standby replica takes over on its next tick.
 //! A leader that loses its connection mid-run may overlap with the next leader for that run;
 //! jobs act only through idempotent commands, so the overlap changes nothing twice.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use order_bus::leader::LeaderLock;
+use order_projections::postgres::LeaderLock;
 use sqlx::PgPool;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
