@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 pub mod bench;
 pub mod fixtures;
+pub mod helpers;
 pub mod peers;
 pub mod soak;
 

@@ -44,7 +44,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::startup::AppState;
 
-pub use breaker::{Breaker, BreakerPolicy, BreakerState};
+pub use breaker::{JobBreaker, JobBreakerPolicy, JobBreakerState};
 pub use error::JobError;
 pub use runner::{JobRunner, Tick};
 pub use status::{JobRegistry, JobStatusView};
@@ -218,8 +218,8 @@ pub fn all(state: &AppState) -> Vec<Arc<dyn Job>> {
 }
 
 /// The breaker policy from settings.
-pub fn breaker_policy(settings: &Settings) -> BreakerPolicy {
-    BreakerPolicy {
+pub fn breaker_policy(settings: &Settings) -> JobBreakerPolicy {
+    JobBreakerPolicy {
         failures: settings.job_breaker_failures.max(1),
         cool_down: TimeDelta::seconds(
             i64::try_from(settings.job_breaker_cooldown_secs.max(1)).unwrap_or(i64::MAX),
