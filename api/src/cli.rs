@@ -163,11 +163,7 @@ pub async fn subscribe(
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     use futures::StreamExt;
 
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&settings.nats_url)
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let client = connect_nats(settings).await?;
     let jetstream = async_nats::jetstream::new(client);
     let stream = jetstream
         .get_stream(&settings.nats_stream)
@@ -214,13 +210,26 @@ pub async fn subscribe(
     Ok(lines)
 }
 
+/// Connects to NATS once, with the service's credential and TLS settings, for a command that
+/// needs it now (no background retries).
+async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    use order_bus::connect::{redacted, FirstAttempt};
+    let attempt = settings
+        .nats_security()
+        .first_attempt(&settings.nats_url, std::time::Duration::from_secs(5), |o| o)
+        .await?;
+    match attempt {
+        FirstAttempt::Connected(client) => Ok(client),
+        FirstAttempt::Unreachable(reason) => Err(anyhow::anyhow!(
+            "cannot reach NATS at {}: {reason}",
+            redacted(&settings.nats_url)
+        )),
+    }
+}
+
 /// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
 async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&settings.nats_url)
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let client = connect_nats(settings).await?;
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
     let pool = crate::db::pool(&settings.database_url, 2)?;
     Ok(crate::consumers::dead_letters(settings, jetstream, pool))

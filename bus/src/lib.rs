@@ -12,6 +12,7 @@
 //! - [`encode`]: stored events to messages for the relay, copying the stored payload text.
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
+//! - [`connect`]: credentials, TLS and the production rule for the NATS connection.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
@@ -19,6 +20,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod asyncapi;
+pub mod connect;
 pub mod dlq;
 pub mod encode;
 pub mod envelope;

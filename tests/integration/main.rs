@@ -13,6 +13,7 @@ mod fuzz;
 mod inbound;
 mod jobs;
 mod logs;
+mod nats_security;
 mod ops;
 mod outage;
 mod read_side;
