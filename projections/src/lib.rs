@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`feed`]: the commit-safe feed every reader uses, and lag measurement.
 //! - [`checkpoint`]: per-reader positions in the feed.
+//! - [`copies`]: which copy of a projection's tables (live, or one of replay's) a writer targets.
 //! - [`runner`]: drives a [`runner::Projector`] batch by batch, one replica at a time.
 //! - [`refund_saga`]: refunds requested but not finished, for the refund retry loop.
 //! - [`view`]: the order object every API answer uses (docs/contract.md §3.2).
-//! - [`orders`]: the `orders` projector that keeps the order read models, and their rebuild.
+//! - [`orders`]: the `orders` projector that keeps the order read models: its batched writer
+//!   (which replay runs into its copies too), and the full reset and rebuild.
 //! - [`queries`]: reads of those models in the shapes of the `/internal` routes.
 //! - [`replay`]: online rebuilds into shadow tables, the swap, rollback and per-order rebuilds.
 //! - [`postgres`]: Postgres plumbing the crates above share, none of it about orders: the
@@ -19,6 +21,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod checkpoint;
+pub mod copies;
 pub mod error;
 pub mod feed;
 pub mod orders;

@@ -48,11 +48,9 @@ use crate::runner::lock_key;
 
 mod compare;
 mod orders;
-mod params;
 mod tables;
 
 pub use compare::{ColumnDiff, DiffKind, RowDiff, TableComparison};
-pub(crate) use orders::apply_live_batch_and_commit;
 pub use orders::OrdersRebuild;
 use tables::Shape;
 pub use tables::TableSet;
