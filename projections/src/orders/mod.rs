@@ -7,7 +7,7 @@
 //! (a batch retried after a crash, a replay over existing rows) changes nothing.
 
 pub(crate) mod params;
-pub(crate) mod writer;
+pub mod writer;
 
 use chrono::{DateTime, Utc};
 use order_domain::events::{OrderCreated, TicketsIssued};
@@ -33,7 +33,7 @@ impl Projector for OrdersProjector {
         ORDERS_PROJECTION
     }
 
-    /// The batch written by the `writer` module (which replay runs too): the batch's orders read once,
+    /// The batch written by [`writer`] (which replay runs too): the batch's orders read once,
     /// folded in memory and written with one upsert per table, so that the
     /// transaction holds the feed's fence for a few statements rather than two per event. (A
     /// projector catching up on 500 events held it for up to 0.7 s, and the relay with it.)

@@ -1,13 +1,12 @@
 //! The `orders` projection's writer: a batch of events into the order tables of any copy
 //! ([`TableSet`]), the live projector's and replay's alike.
 //!
-//! [`crate::orders::OrdersProjector::apply`] runs one statement per event, which is far too
-//! slow to replay millions and holds the feed's fence too long for the live projector. Here a
-//! batch's events are folded per order in memory,
-//! starting from the rows already in the target tables, and every touched row is written once
-//! with a multi-row upsert. The fold mirrors the live projector statement for statement (it
-//! uses the same [`crate::orders::change_of`] mapping, the same `last_sequence` guard, the same
-//! "first insert wins" for a repeated `OrderCreated`, the same move of an archived order's rows
+//! The per-event `OrdersProjector::apply` runs one statement per event, which is far too slow
+//! to replay millions and holds the feed's fence too long for the live projector. Here a
+//! batch's events are folded per order in memory, starting from the rows already in the
+//! target tables, and every touched row is written once with a multi-row upsert. The fold
+//! mirrors the per-event path statement for statement (it uses the same `change_of` mapping,
+//! the same `last_sequence` guard, the same "first insert wins" for a repeated `OrderCreated`, the same move of an archived order's rows
 //! to the archive tables), so both paths give identical rows; the replay tests compare them row
 //! for row.
 
@@ -59,7 +58,7 @@ const CACHE_GENERATION: usize = 50_000;
 /// becomes the older and the old older is dropped. Archived orders are not kept (they have no
 /// hot row; a miss reads the table and finds none, as before).
 #[derive(Debug, Default)]
-pub(crate) struct RowCache {
+pub struct RowCache {
     recent: HashMap<Uuid, Box<OrderState>>,
     older: HashMap<Uuid, Box<OrderState>>,
 }

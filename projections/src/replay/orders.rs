@@ -1,11 +1,11 @@
 //! The `orders` projection as replay rebuilds it: the live projector's own writer
-//! ([`crate::orders::writer`]) run into replay's copies of the tables, with its row cache
+//! (`crate::orders::writer`) run into replay's copies of the tables, with its row cache
 //! carried from one batch to the next.
 
 use sqlx::PgConnection;
 
 use super::tables::TableSet;
-use super::{BoxFuture, Carry, Rebuildable};
+use super::{BatchRebuild, BatchWriter, BoxFuture, Carried, Rebuildable};
 use crate::error::ProjectionError;
 use crate::feed::DecodedEvent;
 use crate::orders::writer::{apply_batch, RowCache, TABLES};
@@ -28,20 +28,24 @@ impl Rebuildable for OrdersRebuild {
         "order_id"
     }
 
-    fn carry(&self) -> Carry {
-        Box::new(RowCache::default())
+    fn writer(&self) -> Box<dyn BatchWriter + '_> {
+        Box::new(Carried::new(self))
     }
+}
+
+impl BatchRebuild for OrdersRebuild {
+    /// The rows the last batches of a build wrote.
+    type Carry = RowCache;
 
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         set: TableSet,
         events: &'a [DecodedEvent],
-        carry: Option<&'a mut Carry>,
+        carry: &'a mut RowCache,
     ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
-        let cache = carry.and_then(|c| c.downcast_mut::<RowCache>());
         Box::pin(async move {
-            let written = apply_batch(conn, set, events, cache, None).await?;
+            let written = apply_batch(conn, set, events, Some(carry), None).await?;
             Ok(written.rows)
         })
     }
