@@ -206,7 +206,7 @@ pub struct Settings {
     /// Per-route caller overrides, `route=service|service;...`, for example
     /// `orders.confirm=payment-service;jobs=api-gateway`. Routes: orders.read, orders.items,
     /// orders.create, orders.reserve, orders.confirm, orders.cancel, orders.refunds,
-    /// orders.tickets, orders.events, jobs.
+    /// orders.tickets, orders.events, events.feed, jobs.
     #[arg(long, env = "ROUTE_CALLERS")]
     pub route_callers: Option<String>,
 

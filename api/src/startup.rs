@@ -31,7 +31,7 @@ use crate::clients::ServiceClients;
 use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
-use crate::routes::{commands, health, jobs as jobs_route, queries};
+use crate::routes::{commands, events, health, jobs as jobs_route, queries};
 use crate::{context, db, deadline, error, jobs, openapi, workers};
 use order_bus::connect::FirstAttempt;
 
@@ -126,6 +126,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/orders/{id}/events",
             get(commands::order_events).route_layer(guard(RoutePolicy::OrdersEvents)),
+        )
+        .route(
+            "/internal/events",
+            get(events::events).route_layer(guard(RoutePolicy::EventsFeed)),
         );
 
     Router::new()

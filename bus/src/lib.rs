@@ -17,9 +17,12 @@
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
 //! - [`dlq`]: the dead-letter stream `ORDER_SERVICE_DLQ`, per-order holds, list and redrive.
+//! - [`catchup`]: history for subscribers: the paged feed read, the catch-up-then-live
+//!   handoff, and re-publishing a range.
 //! - [`error`]: the crate's error type.
 
 pub mod asyncapi;
+pub mod catchup;
 pub mod connect;
 pub mod dlq;
 pub mod encode;

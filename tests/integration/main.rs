@@ -6,6 +6,7 @@
 mod attacks;
 mod auth_matrix;
 mod bad_input;
+mod catchup;
 mod clients;
 mod commands;
 mod feed;

@@ -7,8 +7,8 @@
 //!
 //! Besides this root ([`TestApp`], signing, bodies): [`helpers`] holds the small helpers the
 //! integration modules share (NATS URL, projecting, the error body), [`peers`] fake peer
-//! services, [`fixtures`] stored-event fixtures, and [`bench`](mod@bench) and [`soak`] the benchmark and
-//! reliability harnesses. It must not be a dependency of any service crate.
+//! services, [`fixtures`] stored-event fixtures, and [`bench`](mod@bench) and [`soak`] the
+//! benchmark and reliability harnesses. It must not be a dependency of any service crate.
 
 use std::sync::Once;
 

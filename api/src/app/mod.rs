@@ -5,7 +5,8 @@
 //! # Parts
 //! - [`commands`]: create (with its idempotency key and order number), reserve, confirm,
 //!   cancel, refund and record tickets.
-//! - [`queries`]: the order lookups, with the wait for a minimum version.
+//! - [`queries`]: the order lookups, with the wait for a minimum version, and the pages of
+//!   the event feed.
 //! - [`refund`]: the refund saga and the loop that finishes refunds left half-way.
 //! - [`messages`]: payment, dispute and ticket messages turned into commands.
 //! - [`store`]: the one write path over the event store.

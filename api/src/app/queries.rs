@@ -27,6 +27,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::Utc;
+use order_bus::catchup::{page, PageQuery};
+use order_bus::{BusError, Subjects};
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::queries::{self, ForPayment, OrderDetail, WithoutTickets};
 use order_projections::{OrderView, ProjectionError};
@@ -157,6 +159,21 @@ impl Queries {
         Ok(history)
     }
 
+    /// One page of the feed for event-stream subscribers (docs/contract.md §6.6): the JSON of
+    /// the envelopes exactly as the relay publishes them, and the cursor after them.
+    ///
+    /// # Errors
+    /// "Not now" when the database is unavailable.
+    pub async fn event_page(&self, subjects: &Subjects, query: &PageQuery) -> AppResult<Vec<u8>> {
+        let read = within_deadline("read", async {
+            page::read_page(&self.pool, subjects, query)
+                .await
+                .map_err(feed_error)
+        })
+        .await?;
+        read.to_json().map_err(AppError::internal)
+    }
+
     /// Reads through `fetch`; without `min_version` (or with 0) that is one read (not found
     /// when absent). With it, reads again every [`READ_POLL`] until the version is at least
     /// `min_version`, for up to the configured wait, then "not now". Nothing pending is waited
@@ -235,4 +252,17 @@ async fn stored_version(pool: &PgPool, id: Uuid, tenant: Option<&str>) -> AppRes
     .await
     .map_err(AppError::from_sqlx)?;
     Ok(last.and_then(|v| u64::try_from(v).ok()))
+}
+
+/// A feed read's failure: an outage is "not now", anything else a bug.
+fn feed_error(e: BusError) -> AppError {
+    if e.is_transient() {
+        tracing::warn!(error = %e, "event feed unavailable");
+        AppError::Unavailable {
+            message: "the database is unavailable; retry shortly".into(),
+            retry_after: Some(1),
+        }
+    } else {
+        AppError::internal(e)
+    }
 }

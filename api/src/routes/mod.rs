@@ -3,6 +3,7 @@
 
 pub mod answers;
 pub mod commands;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod queries;
