@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions, Event, ServerAddr, ServerError};
+use async_nats::{ClientError, ConnectErrorKind, ConnectOptions, Event, ServerAddr, ServerError};
 use secrecy::{ExposeSecret, SecretString};
 
 /// The connection's credential and TLS settings (all optional: none is a development setup).
@@ -393,13 +393,27 @@ impl NatsSecurity {
 /// The client's event callback: a background-retrying client whose credential the server
 /// refuses only gets async-nats's own log line otherwise, which names no setting.
 async fn log_refusals(event: Event) {
-    if let Event::ServerError(ServerError::AuthorizationViolation) = event {
+    if is_refusal(&event) {
         tracing::error!(
             settings = CREDENTIAL_SETTINGS,
-            "NATS refused this service's credential (authorization violation); check \
-             NATS_CREDS_FILE, NATS_NKEY_SEED_FILE or NATS_USER/NATS_PASSWORD (or the \
-             user:password@ of NATS_URL)"
+            event = %event,
+            "NATS refused this service's credential; check NATS_CREDS_FILE, \
+             NATS_NKEY_SEED_FILE or NATS_USER/NATS_PASSWORD (or the user:password@ of NATS_URL)"
         );
+    }
+}
+
+/// Whether `event` is the server refusing the credential: an `-ERR 'Authorization
+/// Violation'` while connected, or a (re)connect attempt refused for it, which async-nats 0.51
+/// reports as a client error carrying the error kind's text.
+fn is_refusal(event: &Event) -> bool {
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => true,
+        Event::ClientError(ClientError::Other(text)) => {
+            *text == ConnectErrorKind::AuthorizationViolation.to_string()
+                || *text == ConnectErrorKind::Authentication.to_string()
+        }
+        _ => false,
     }
 }
 
@@ -627,6 +641,20 @@ mod tests {
             format!("{options:?}").contains("\"_INBOX_order-service\""),
             "{options:?}"
         );
+    }
+
+    #[test]
+    fn refusals_are_told_from_other_client_events() {
+        assert!(is_refusal(&Event::ServerError(
+            ServerError::AuthorizationViolation
+        )));
+        assert!(is_refusal(&Event::ClientError(ClientError::Other(
+            "authorization violation".into()
+        ))));
+        assert!(!is_refusal(&Event::ClientError(ClientError::Other(
+            "IO error".into()
+        ))));
+        assert!(!is_refusal(&Event::Disconnected));
     }
 
     #[test]

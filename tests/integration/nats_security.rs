@@ -68,28 +68,20 @@ impl SecureNats {
             key = dir.path.join("server-key.pem").display(),
         );
         std::fs::write(dir.path.join("server.conf"), config).expect("write the server config");
-        let mut command = Command::new(nats_server());
-        command
-            .arg("-c")
-            .arg(dir.path.join("server.conf"))
-            .arg("-l")
-            .arg(dir.path.join("server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for user in USERS {
-            command.env(password_variable(user), password(user));
-        }
-        let child = command.spawn().expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen: {}",
-                std::fs::read_to_string(dir.path.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_server(&dir.path, port);
         Self { port, dir, child }
+    }
+
+    /// Stops the server (its port and files stay), for [`SecureNats::restart`].
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same files.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_server(&self.dir.path, self.port);
     }
 
     fn url(&self) -> String {
@@ -204,9 +196,34 @@ async fn database_url(pool: &PgPool) -> String {
 
 impl Drop for SecureNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Runs nats-server with `dir`'s server.conf, and waits until it listens on `port`.
+fn spawn_server(dir: &Path, port: u16) -> Child {
+    let mut command = Command::new(nats_server());
+    command
+        .arg("-c")
+        .arg(dir.join("server.conf"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for user in USERS {
+        command.env(password_variable(user), password(user));
+    }
+    let child = command.spawn().expect("nats-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen: {}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 fn nats_server() -> PathBuf {
@@ -688,6 +705,75 @@ async fn dead_letters_are_redriven_with_the_break_glass_account_only(pool: PgPoo
         .await
         .expect("list")
         .is_empty());
+}
+
+/// Log output collected in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_credential_refused_after_background_retries_is_logged_naming_the_settings() {
+    let buffer = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("order_bus=error")
+        .with_writer(buffer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The server is down at start-up, so the client retries in the background; when it comes
+    // back, it refuses the password.
+    let mut nats = SecureNats::start();
+    nats.stop();
+    let mut s = Settings::for_tests("postgres://unused");
+    nats.service_settings(&mut s);
+    s.nats_password = Some("not-the-password".into());
+    let _client = s
+        .nats_security()
+        .connect(&s.nats_url, Duration::from_secs(2), |o| {
+            o.reconnect_delay_callback(|_| Duration::from_millis(100))
+        })
+        .await
+        .expect("an unreachable server is retried in the background");
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !buffer
+        .text()
+        .contains("NATS refused this service's credential")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no error naming the settings was logged:\n{}",
+            buffer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = buffer.text();
+    assert!(text.contains("NATS_USER/NATS_PASSWORD"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
 }
 
 /// `deploy/nats/nats-server.conf` as shipped (with its TLS files made here) is one nats-server
