@@ -44,7 +44,7 @@ pub struct EventsPage {
     params(
         ("after" = Option<String>, Query, pattern = "^(0|[0-9]{1,20}-[0-9]{1,19})$", description = "The `next` of the previous page; absent or 0: from the start"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Events per page, 1 to 1000 (default 100)"),
-        ("types" = Option<String>, Query, description = "Comma-separated event types (`order.created,order.paid`); absent: every type"),
+        ("types" = Option<String>, Query, pattern = "^order\\.(archived|cancelled|confirmed|created|dispute_closed|dispute_opened|dispute_updated|event_reminder_sent|expired|failed|payment_failed|payment_rejected|payment_return_failed|payment_returned|refund_failed|refund_requested|refunded|reminder_sent|reserved|tickets_issued)(,order\\.(archived|cancelled|confirmed|created|dispute_closed|dispute_opened|dispute_updated|event_reminder_sent|expired|failed|payment_failed|payment_rejected|payment_return_failed|payment_returned|refund_failed|refund_requested|refunded|reminder_sent|reserved|tickets_issued))*$", description = "Comma-separated event types (`order.created,order.confirmed`); absent: every type; an unknown type is 400"),
         ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Only this tenant's events. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     responses(
@@ -112,4 +112,31 @@ fn types(raw: Option<&str>) -> ApiResult<BTreeSet<String>> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use order_bus::subjects::all_integration_types;
+
+    /// The `types` pattern of the OpenAPI document lists exactly the known event types.
+    #[test]
+    fn the_documented_types_are_the_known_ones() {
+        let documented: BTreeSet<String> = "archived|cancelled|confirmed|created|dispute_closed|dispute_opened|dispute_updated|event_reminder_sent|expired|failed|payment_failed|payment_rejected|payment_return_failed|payment_returned|refund_failed|refund_requested|refunded|reminder_sent|reserved|tickets_issued"
+            .split('|')
+            .map(|t| format!("order.{t}"))
+            .collect();
+        let known: BTreeSet<String> = all_integration_types()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(
+            documented, known,
+            "update the pattern of `types` in #[utoipa::path]"
+        );
+        // Twice in the pattern, in the list above, and in this line.
+        let source = include_str!("events.rs");
+        assert_eq!(source.matches("archived|cancelled|confirmed|created|dispute_closed|dispute_opened|dispute_updated|event_reminder_sent|expired|failed|payment_failed|payment_rejected|payment_return_failed|payment_returned|refund_failed|refund_requested|refunded|reminder_sent|reserved|tickets_issued").count(), 4);
+    }
 }
