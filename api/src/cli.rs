@@ -165,7 +165,7 @@ pub async fn subscribe(
 
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&settings.nats_url)
+        .connect(order_bus::servers::list(&settings.nats_url))
         .await
         .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
     let jetstream = async_nats::jetstream::new(client);
@@ -218,7 +218,7 @@ pub async fn subscribe(
 async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&settings.nats_url)
+        .connect(order_bus::servers::list(&settings.nats_url))
         .await
         .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());

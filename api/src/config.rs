@@ -70,7 +70,8 @@ pub struct Settings {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// NATS server with JetStream.
+    /// NATS server with JetStream; a comma-separated list for a cluster (the client picks one and
+    /// fails over to the others).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -92,7 +93,8 @@ pub struct Settings {
     #[arg(long, env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     pub nats_duplicate_window_secs: u64,
 
-    /// Replicas of the stream when this service creates it (1 on a single server).
+    /// Replicas of the events and dead-letter streams and of the inbound durable consumers (1 on
+    /// a single server, 3 on a three-node JetStream cluster); an existing stream is moved to it.
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
     pub nats_stream_replicas: usize,
 
@@ -453,6 +455,7 @@ impl Settings {
         c.batch_size = self.inbound_batch_size.max(1);
         c.max_payload_bytes = self.inbound_max_payload_bytes;
         c.idle_poll = Duration::from_millis(self.inbound_poll_ms.max(1));
+        c.replicas = self.nats_stream_replicas.max(1);
         c
     }
 

@@ -342,7 +342,7 @@ async fn connect_nats(url: &str) -> Option<async_nats::Client> {
             let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(10);
             Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(1))
         })
-        .connect(url)
+        .connect(order_bus::servers::list(url))
         .await
     {
         Ok(client) => Some(client),

@@ -12,6 +12,7 @@
 //! - [`encode`]: stored events to messages for the relay, copying the stored payload text.
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
+//! - [`servers`]: `NATS_URL` as a list of servers (a JetStream cluster).
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
 //! - [`leader`]: leader election on a Postgres session advisory lock.
 //! - [`relay`]: the outbox relay loop.
@@ -28,6 +29,7 @@ pub mod inbound;
 pub mod leader;
 pub mod relay;
 pub mod schema;
+pub mod servers;
 pub mod stream;
 pub mod subjects;
 
