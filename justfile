@@ -164,6 +164,11 @@ openapi-check *ARGS: services
         --max-examples 100 --seed 25 --workers 1 --request-timeout 10 \
         --report junit --report-dir report "$@"
 
+# A three-node JetStream cluster on loopback from deploy/nats/cluster.conf (`start`, `stop`,
+# `status`, `kill N`, `restart N`); `start` prints the NATS_URL to give the service
+nats-cluster *ARGS:
+    scripts/nats-cluster.sh "$@"
+
 # Check formatting and lints (clippy warnings are errors)
 lint: _fmt-check _clippy _doc-check
 

@@ -21,3 +21,4 @@ mod relay;
 mod replay;
 mod self_contained;
 mod soak;
+mod topology;

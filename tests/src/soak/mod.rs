@@ -10,6 +10,7 @@
 //! Layout:
 //! - [`procs`]: the processes (service replicas, private nats-server, private Postgres), each
 //!   killed on drop so a failing scenario leaves nothing running.
+//! - [`nats_cluster`]: a three-node JetStream cluster from `deploy/nats/cluster.conf`.
 //! - [`cluster`]: one scenario's database, streams and replicas, removed on drop.
 //! - [`load`]: the mixed command load, recording every command that got a 2xx.
 //! - [`verify`]: the checks (acked commands in the store, every event on NATS once and in
@@ -24,6 +25,7 @@ use serde_json::Value;
 pub mod cluster;
 pub mod feed;
 pub mod load;
+pub mod nats_cluster;
 pub mod procs;
 pub mod scenarios;
 pub mod verify;
