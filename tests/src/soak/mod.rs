@@ -16,6 +16,7 @@
 //! - [`verify`]: the checks (acked commands in the store, every event on NATS once and in
 //!   order, read model equal to a replay).
 //! - [`scenarios`]: R1, R2, R3, R6, R7, R8 and R9.
+//! - [`topology`]: R10 (a JetStream cluster loses nodes).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub mod load;
 pub mod nats_cluster;
 pub mod procs;
 pub mod scenarios;
+pub mod topology;
 pub mod verify;
 
 /// How big a run is.
