@@ -70,6 +70,12 @@ pub struct Settings {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// A streaming standby of DATABASE_URL for the four `/internal` queries (optional; up to
+    /// DB_MAX_CONNECTIONS connections). Everything that writes stays on the primary; when the
+    /// standby is unreachable the primary answers the reads.
+    #[arg(long, env = "READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
     /// NATS server with JetStream; a comma-separated list for a cluster (the client picks one and
     /// fails over to the others).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -518,6 +524,10 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("database_url", &redact_url(&self.database_url))
+            .field(
+                "read_database_url",
+                &self.read_database_url.as_deref().map(redact_url),
+            )
             .field("nats_url", &self.nats_url)
             .field("nats_stream", &self.nats_stream)
             .field("nats_subject_prefix", &self.nats_subject_prefix)

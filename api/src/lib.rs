@@ -13,6 +13,7 @@
 //! - [`auth`]: hmac-v1/v2 verification, caller policy, shared nonce store.
 //! - [`batch`]: concurrent requests coalesced into one statement per batch (nonces, reads).
 //! - [`lookup`]: by-id order reads, batched.
+//! - [`read_side`]: the `/internal` queries on a standby (`READ_DATABASE_URL`), else the primary.
 //! - [`store`]: the command path over postgres-es.
 //! - [`routes`]: handlers, one module per resource.
 //! - [`clients`]: signed, retried, breaker-guarded calls to payment, ticket and event services.
@@ -41,6 +42,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod openapi;
 pub mod oversized;
+pub mod read_side;
 pub mod routes;
 pub mod saga;
 pub mod server;

@@ -28,6 +28,7 @@ use crate::clients::ServiceClients;
 use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
+use crate::read_side::ReadSide;
 use crate::routes::{commands, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
 use crate::{context, db, deadline, error, jobs, openapi, workers};
@@ -53,6 +54,8 @@ pub struct Shared {
     pub jobs: JobRegistry,
     /// By-id order reads, batched across concurrent requests.
     pub orders: OrderLookup,
+    /// Where the `/internal` queries read: the standby of `READ_DATABASE_URL`, else `pool`.
+    pub reads: ReadSide,
 }
 
 impl std::ops::Deref for AppState {
@@ -196,9 +199,17 @@ impl Application {
         let clients = ServiceClients::from_settings(&settings)
             .context("refusing to start with invalid service client settings")?;
         let nats = connect_nats(&settings.nats_url).await;
+        let orders = OrderLookup::new(pool.clone());
+        let reads = ReadSide::new(
+            pool.clone(),
+            orders.clone(),
+            settings.read_database_url.as_deref(),
+            settings.db_max_connections,
+        )?;
         let state = AppState(Arc::new(Shared {
             store: OrderStore::new(pool.clone()),
-            orders: OrderLookup::new(pool.clone()),
+            orders,
+            reads,
             auth,
             pool,
             nats,

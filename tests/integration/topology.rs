@@ -163,3 +163,104 @@ async fn the_cluster_script_starts_and_stops_three_nodes_by_pid() {
         assert!(!alive(p), "pid {p} still runs after stop");
     }
 }
+
+/// The value of an unlabelled series on a `/metrics` page.
+async fn metric(app: &order_tests::TestApp, name: &str) -> Option<f64> {
+    let page = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The four `/internal` reads of `id`, each expected to answer 200.
+async fn read_all_four(app: &order_tests::TestApp, id: &str, version: u64) {
+    for path in [
+        format!("/internal/orders/{id}?minVersion={version}"),
+        format!("/internal/orders/{id}/items?minVersion={version}"),
+        format!("/internal/orders/{id}/for-payment?minVersion={version}"),
+        "/internal/orders/without-tickets?minutesOld=0".to_owned(),
+    ] {
+        let caller = if path.contains("/items") {
+            "ticket-service"
+        } else {
+            "payment-service"
+        };
+        let resp = app.get_as(caller, &path).await;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}
+
+/// With `READ_DATABASE_URL` set, the four `/internal` queries read there: here the "standby"
+/// is the test's own database, reached under its own application name, whose sessions show up
+/// in `pg_stat_activity` once the reads ran.
+#[sqlx::test(migrations = "../migrations")]
+async fn internal_reads_use_the_read_database(pool: sqlx::PgPool) {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("a database")
+        .to_owned();
+    let url = order_tests::soak::cluster::with_database(
+        &order_tests::soak::cluster::shared_admin_url(),
+        &db,
+    );
+    let app = order_tests::spawn_app_with(pool.clone(), |s| {
+        s.read_database_url = Some(url);
+    })
+    .await;
+    let order = app.create_order().await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    let version = order["version"].as_u64().expect("version");
+    read_all_four(&app, &id, version).await;
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = $1 AND application_name = 'order-service-reads'",
+    )
+    .bind(&db)
+    .fetch_one(&pool)
+    .await
+    .expect("pg_stat_activity");
+    assert!(sessions >= 1, "no session of the read pool");
+    assert_eq!(metric(&app, "read_standby_available").await, Some(1.0));
+    assert_eq!(
+        metric(&app, "read_standby_fallbacks_total").await,
+        Some(0.0)
+    );
+}
+
+/// A standby that does not answer (nothing listens on its port) costs no read: the primary
+/// answers all four, the fallbacks are counted, and the standby is marked unavailable.
+#[sqlx::test(migrations = "../migrations")]
+async fn internal_reads_fall_back_to_the_primary_when_the_standby_is_unreachable(
+    pool: sqlx::PgPool,
+) {
+    let app = order_tests::spawn_app_with(pool, |s| {
+        s.read_database_url = Some("postgres://postgres@127.0.0.1:1/standby".to_owned());
+    })
+    .await;
+    let order = app.create_order().await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    let version = order["version"].as_u64().expect("version");
+    let started = std::time::Instant::now();
+    read_all_four(&app, &id, version).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the fallback took {:?}",
+        started.elapsed()
+    );
+    let fallbacks = metric(&app, "read_standby_fallbacks_total")
+        .await
+        .unwrap_or_default();
+    assert!(fallbacks >= 4.0, "{fallbacks} fallbacks counted");
+    assert_eq!(metric(&app, "read_standby_available").await, Some(0.0));
+}

@@ -131,7 +131,7 @@ pub async fn order(
         &state,
         (id, tenant),
         min_version,
-        || state.orders.order(id, tenant),
+        || state.reads.order(id, tenant),
         |o| o.version,
     )
     .await?;
@@ -175,7 +175,11 @@ pub async fn order_items(
         &state,
         (id, tenant),
         min_version,
-        || queries::order_detail(&state.pool, id, tenant),
+        || {
+            state
+                .reads
+                .read(|pool| async move { queries::order_detail(&pool, id, tenant).await })
+        },
         |d| d.order.version,
     )
     .await?;
@@ -214,7 +218,11 @@ pub async fn order_for_payment(
         &state,
         (id, tenant),
         min_version,
-        || queries::order_detail(&state.pool, id, tenant),
+        || {
+            state
+                .reads
+                .read(|pool| async move { queries::order_detail(&pool, id, tenant).await })
+        },
         |d| d.order.version,
     )
     .await?;
@@ -268,7 +276,14 @@ pub async fn orders_without_tickets(
         .transpose()?;
     let criteria = WithoutTickets::new(minutes_old, status, limit);
     let orders = within_deadline("read", async {
-        queries::without_tickets(&state.pool, &criteria, ctx.tenant_id.as_deref(), Utc::now())
+        let tenant = ctx.tenant_id.as_deref();
+        let now = Utc::now();
+        state
+            .reads
+            .read(|pool| {
+                let criteria = &criteria;
+                async move { queries::without_tickets(&pool, criteria, tenant, now).await }
+            })
             .await
             .map_err(read_error)
     })
