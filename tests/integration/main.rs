@@ -14,6 +14,7 @@ mod inbound;
 mod jobs;
 mod logs;
 mod ops;
+mod ops_kit;
 mod outage;
 mod read_side;
 mod refunds;
