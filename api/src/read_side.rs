@@ -12,9 +12,10 @@
 //! an outage (unreachable, shutting down) the standby is left alone for [`STANDBY_RETRY`]
 //! before it is tried again; meanwhile every read goes to the primary. Each read the primary
 //! serves in the standby's place counts in `read_standby_fallbacks_total`, and
-//! `read_standby_available` is 0 while the standby is left alone.
+//! `read_standby_available` is 0 from the standby's outage until a read succeeds there again.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,18 @@ struct Standby {
     orders: OrderLookup,
     /// Until when the standby is left alone after an outage.
     resting_until: Mutex<Option<Instant>>,
+    /// Whether its last read succeeded (or none failed yet): `read_standby_available`.
+    available: AtomicBool,
+}
+
+impl Standby {
+    /// A read succeeded here: available again if it was not.
+    fn answered(&self) {
+        if !self.available.swap(true, Ordering::AcqRel) {
+            tracing::info!("the read standby answers again; reading from it");
+            metrics::gauge!("read_standby_available").set(1.0);
+        }
+    }
 }
 
 /// The pools the `/internal` queries read from. Cheap to clone.
@@ -80,6 +93,7 @@ impl ReadSide {
                     orders: OrderLookup::new(pool.clone()),
                     pool,
                     resting_until: Mutex::new(None),
+                    available: AtomicBool::new(true),
                 }))
             }
         };
@@ -106,7 +120,10 @@ impl ReadSide {
     ) -> Result<Option<OrderView>, ProjectionError> {
         if let Some(standby) = self.usable_standby() {
             match standby.orders.order(id, tenant).await {
-                Ok(found) => return Ok(found),
+                Ok(found) => {
+                    standby.answered();
+                    return Ok(found);
+                }
                 Err(e) => self.fell_back(standby, &e),
             }
         }
@@ -125,7 +142,10 @@ impl ReadSide {
     {
         if let Some(standby) = self.usable_standby() {
             match query(standby.pool.clone()).await {
-                Ok(found) => return Ok(found),
+                Ok(found) => {
+                    standby.answered();
+                    return Ok(found);
+                }
                 Err(e) => self.fell_back(standby, &e),
             }
         }
@@ -148,8 +168,6 @@ impl ReadSide {
             Some(_) => {
                 // Rested: try it again (a failure rests it again at once).
                 *resting = None;
-                metrics::gauge!("read_standby_available").set(1.0);
-                metrics::counter!("read_standby_fallbacks_total").increment(0);
                 Some(standby)
             }
             None => Some(standby),
@@ -164,7 +182,7 @@ impl ReadSide {
                 .resting_until
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if resting.is_none() {
+            if standby.available.swap(false, Ordering::AcqRel) {
                 tracing::warn!(error = %e, retry_in_s = STANDBY_RETRY.as_secs(), "the read standby is unavailable; reading from the primary");
             }
             *resting = Some(Instant::now() + STANDBY_RETRY);
