@@ -16,7 +16,8 @@
 //! - [`verify`]: the checks (acked commands in the store, every event on NATS once and in
 //!   order, read model equal to a replay).
 //! - [`scenarios`]: R1, R2, R3, R6, R7, R8 and R9.
-//! - [`topology`]: R10 (a JetStream cluster loses nodes).
+//! - [`topology`]: R10 (a JetStream cluster loses nodes) and R11 (`/internal` reads from a
+//!   Postgres standby).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -272,24 +272,7 @@ impl PrivatePostgres {
     /// # Errors
     /// When no Postgres server binaries are found, or initdb or the start fails.
     pub fn start() -> anyhow::Result<Self> {
-        let bindir = Self::bindir().context("no initdb/pg_ctl under /usr/lib/postgresql")?;
-        let dir = ScratchDir::new("soak-pg");
-        let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
-        if as_postgres {
-            let id = |flag: &str| -> anyhow::Result<u32> {
-                let out = Command::new("id").args([flag, "postgres"]).output()?;
-                Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-            };
-            std::os::unix::fs::chown(&dir.path, Some(id("-u")?), Some(id("-g")?))
-                .context("chown the cluster's directory")?;
-        }
-        let mut pg = Self {
-            port: free_port(),
-            bindir,
-            dir,
-            as_postgres,
-            running: false,
-        };
+        let mut pg = Self::unstarted("soak-pg")?;
         let data = pg.dir.path.join("data");
         let out = pg
             .command("initdb")
@@ -311,11 +294,71 @@ impl PrivatePostgres {
         Ok(pg)
     }
 
+    /// A cluster directory (handed to the `postgres` user when running as root) and a port,
+    /// nothing in it yet.
+    fn unstarted(prefix: &str) -> anyhow::Result<Self> {
+        let bindir = Self::bindir().context("no initdb/pg_ctl under /usr/lib/postgresql")?;
+        let dir = ScratchDir::new(prefix);
+        let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
+        if as_postgres {
+            let id = |flag: &str| -> anyhow::Result<u32> {
+                let out = Command::new("id").args([flag, "postgres"]).output()?;
+                Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+            };
+            std::os::unix::fs::chown(&dir.path, Some(id("-u")?), Some(id("-g")?))
+                .context("chown the cluster's directory")?;
+        }
+        Ok(Self {
+            port: free_port(),
+            bindir,
+            dir,
+            as_postgres,
+            running: false,
+        })
+    }
+
+    /// A hot standby of this cluster: `pg_basebackup -R` (which writes the connection to the
+    /// primary and `standby.signal`) into a directory of its own, started on its own free port.
+    /// It streams the primary's WAL and answers read-only queries.
+    ///
+    /// # Errors
+    /// When the base backup or the start fails.
+    pub fn start_standby(&self) -> anyhow::Result<Self> {
+        let mut standby = Self::unstarted("soak-pg-standby")?;
+        let data = standby.dir.path.join("data");
+        let out = standby
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        standby.restart()?;
+        Ok(standby)
+    }
+
     fn bindir() -> Option<PathBuf> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+            .filter(|d| {
+                ["initdb", "pg_ctl", "pg_basebackup"]
+                    .iter()
+                    .all(|t| d.join(t).is_file())
+            })
             .collect();
         dirs.sort();
         dirs.pop()

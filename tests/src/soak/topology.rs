@@ -1,6 +1,7 @@
 //! The scenarios of the production topology (docs/reliability.md, docs/scaling.md):
 //! - R10: a three-node JetStream cluster loses its stream leader, then a follower, under mixed
 //!   load (commands over HTTP, payments and disputes consumed from the stream).
+//! - R11: `/internal` reads served by a streaming Postgres standby, which stops midway.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -432,6 +433,310 @@ pub async fn r10(scale: Scale) -> anyhow::Result<()> {
     ensure!(
         lost == 0 && doubled == 0 && not_in_inbox == 0,
         "inbound: {lost} lost, {doubled} applied twice, {not_in_inbox} not in the inbox"
+    );
+    Ok(())
+}
+
+/// What the read-back load of R11 saw.
+#[derive(Debug, Default)]
+struct ReadLog {
+    /// `minVersion` reads that answered 2xx.
+    ok: u64,
+    /// 2xx answers with an older version than asked: read-your-writes broken.
+    stale: u64,
+    /// The documented 503: JSON error body and `Retry-After`.
+    unavailable: u64,
+    /// Anything else: another status, a 503 without its body or header, no answer.
+    other: u64,
+    /// Microseconds each answered read took (its wait for the standby included).
+    waits_us: Vec<u64>,
+}
+
+impl ReadLog {
+    fn add(&mut self, other: &Self) {
+        self.ok += other.ok;
+        self.stale += other.stale;
+        self.unavailable += other.unavailable;
+        self.other += other.other;
+        self.waits_us.extend(&other.waits_us);
+    }
+}
+
+/// A signed GET as payment-service; gives the status, whether a 503 is the documented one, the
+/// body, and how long it took.
+async fn signed_get(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+) -> Option<(u16, bool, Value)> {
+    let mut req = client.get(format!("{base}{path}"));
+    for (k, v) in crate::v1_headers("payment-service", "GET", path) {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().contains_key("retry-after");
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let documented = status == 503 && retry_after && load::is_error_body(&body);
+    Some((status, documented, body))
+}
+
+/// Reads order `id` back with `minVersion=version` through `path` (the order or its
+/// for-payment view) and records the outcome.
+async fn read_back(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    version: u64,
+    log: &mut ReadLog,
+) {
+    let started = Instant::now();
+    let answer = signed_get(client, base, &format!("{path}?minVersion={version}")).await;
+    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match answer {
+        Some((200, _, body)) => {
+            log.ok += 1;
+            log.waits_us.push(took);
+            let seen = body["order"]["version"].as_u64().unwrap_or(0);
+            log.stale += u64::from(seen < version);
+        }
+        Some((503, true, _)) => {
+            log.unavailable += 1;
+            log.waits_us.push(took);
+        }
+        _ => log.other += 1,
+    }
+}
+
+/// One worker of R11: create, reserve, confirm over HTTP, each answer's `version` read back at
+/// once from `/internal` with `minVersion`, alternating the order and its for-payment view, on
+/// the replicas in turn.
+async fn read_back_worker(
+    index: usize,
+    urls: Arc<Vec<String>>,
+    counters: Arc<Counters>,
+    phase: Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
+) -> (Vec<Acked>, [ReadLog; 2]) {
+    let client = load::client();
+    let mut acked = Vec::new();
+    let mut logs = [ReadLog::default(), ReadLog::default()];
+    let mut turn = index;
+    while !stop.is_cancelled() {
+        let mut id = None;
+        let mut total = 0;
+        for step in ["create", "reserve", "confirm"] {
+            turn += 1;
+            let base = &urls[turn % urls.len()];
+            let (path, body) = match (step, id) {
+                ("create", _) => ("/api/v1/orders".to_owned(), crate::order_body()),
+                ("reserve", Some(id)) => (format!("/api/v1/orders/{id}/reserve"), json!({})),
+                (_, Some(id)) => (
+                    format!("/api/v1/orders/{id}/confirm"),
+                    json!({"paymentIntentId": format!("pi_{id}"), "amountCents": total}),
+                ),
+                _ => break,
+            };
+            let answer = load::post(&client, &counters, base, &path, &body).await;
+            let Some(order) = answer.as_ref().map(|a| &a["order"]) else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                break;
+            };
+            let (Some(oid), Some(version)) = (
+                order["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()),
+                order["version"].as_u64(),
+            ) else {
+                break;
+            };
+            id = Some(oid);
+            total = order["totalCents"].as_i64().unwrap_or(total);
+            acked.push(Acked {
+                order: oid,
+                version,
+            });
+            turn += 1;
+            let read_base = &urls[turn % urls.len()];
+            let view = if turn.is_multiple_of(2) {
+                format!("/internal/orders/{oid}")
+            } else {
+                format!("/internal/orders/{oid}/for-payment")
+            };
+            let p = phase.load(std::sync::atomic::Ordering::SeqCst).min(1);
+            read_back(&client, read_base, &view, version, &mut logs[p]).await;
+        }
+    }
+    (acked, logs)
+}
+
+/// The `pct`th percentile of `values` (0 when empty).
+fn percentile(values: &mut [u64], pct: usize) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = (values.len() * pct).div_ceil(100).max(1) - 1;
+    values[rank.min(values.len() - 1)]
+}
+
+/// The sum over the replicas of an unlabelled series on their `/metrics`.
+async fn metric_sum(cluster: &Cluster, name: &str) -> f64 {
+    let client = load::client();
+    let mut sum = 0.0;
+    for url in cluster.urls() {
+        if let Ok(resp) = client.get(format!("{url}/metrics")).send().await {
+            let page = resp.text().await.unwrap_or_default();
+            sum += page
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// R11: a private primary and a hot standby made from it with `pg_basebackup -R`; two
+/// replicas with `READ_DATABASE_URL` on the standby. Every command's answer `version` is read
+/// back at once from `/internal` with `minVersion`. No read answers an older version than it
+/// asked for, and nothing but 2xx and the documented 503 comes back; the share of 503s and the
+/// p99 wait are printed. Midway the standby is stopped: reads move to the primary, still with
+/// nothing but 2xx and the documented 503, and the fallbacks are counted.
+///
+/// # Errors
+/// When a figure misses or the world cannot be set up.
+pub async fn r11(scale: Scale) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let before_stop = scale.secs(6.0, 30.0);
+    let after_stop = scale.secs(5.0, 20.0);
+    let primary = super::procs::PrivatePostgres::start()?;
+    let mut standby = primary.start_standby()?;
+    let tag = super::tag();
+    let db = format!("soak_{tag}");
+    let mut spec = ClusterSpec::new(2).with("READ_DATABASE_URL", standby.url(&db));
+    spec.admin_url = Some(primary.url("postgres"));
+    spec.tag = Some(tag);
+    let cluster = Cluster::start(spec).await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+
+    let stop = CancellationToken::new();
+    let counters = Arc::new(Counters::default());
+    let phase = Arc::new(AtomicUsize::new(0));
+    let urls = Arc::new(cluster.urls());
+    let workers: Vec<_> = (0..scale.pick(4, 8))
+        .map(|w| {
+            tokio::spawn(read_back_worker(
+                w,
+                urls.clone(),
+                counters.clone(),
+                phase.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(before_stop / 2).await;
+    // The standby really serves the reads, and how far it is behind the primary.
+    let reads_on_standby: i64 = {
+        let standby_pool = order_api::db::pool(&standby.url(&db), 1)?;
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'order-service-reads'",
+        )
+        .fetch_one(&standby_pool)
+        .await?;
+        standby_pool.close().await;
+        n
+    };
+    let replay_lag_ms: Option<f64> = sqlx::query_scalar(
+        "SELECT (EXTRACT(EPOCH FROM max(replay_lag)) * 1000)::float8 FROM pg_stat_replication",
+    )
+    .fetch_one(&cluster.pool)
+    .await?;
+    tokio::time::sleep(before_stop / 2).await;
+
+    let fallbacks_before = metric_sum(&cluster, "read_standby_fallbacks_total").await;
+    phase.store(1, Ordering::SeqCst);
+    standby.stop("fast")?;
+    tokio::time::sleep(after_stop).await;
+    let fallbacks = metric_sum(&cluster, "read_standby_fallbacks_total").await - fallbacks_before;
+    let available_while_down = metric_sum(&cluster, "read_standby_available").await;
+
+    stop.cancel();
+    let mut acked = Vec::new();
+    let (mut with_standby, mut without) = (ReadLog::default(), ReadLog::default());
+    for w in workers {
+        let (a, [one, two]) = w.await.unwrap_or_default();
+        acked.extend(a);
+        with_standby.add(&one);
+        without.add(&two);
+    }
+    let totals = counters.snapshot();
+    let missing = verify::missing_acked(&cluster.pool, &acked).await?;
+    let share = |l: &ReadLog| {
+        let answered = l.ok + l.unavailable + l.other;
+        if answered == 0 {
+            0.0
+        } else {
+            l.unavailable as f64 / answered as f64
+        }
+    };
+    let (share_before, share_after) = (share(&with_standby), share(&without));
+    let ms = |l: &mut ReadLog, pct| percentile(&mut l.waits_us, pct) as f64 / 1000.0;
+    let (p50_before_ms, p99_before_ms) = (ms(&mut with_standby, 50), ms(&mut with_standby, 99));
+    let (p50_after_ms, p99_after_ms) = (ms(&mut without, 50), ms(&mut without, 99));
+    report(
+        "R11",
+        scale,
+        &[
+            ("commands_ok", json!(totals.ok)),
+            ("commands_failed", json!(totals.failed())),
+            ("acked_missing_in_store", json!(missing)),
+            ("standby_sessions", json!(reads_on_standby)),
+            ("standby_replay_lag_ms", json!(replay_lag_ms)),
+            ("standby_reads_ok", json!(with_standby.ok)),
+            ("standby_reads_503", json!(with_standby.unavailable)),
+            ("standby_503_share", json!(share_before)),
+            ("standby_read_p50_ms", json!(p50_before_ms)),
+            ("standby_read_p99_ms", json!(p99_before_ms)),
+            ("standby_fallbacks", json!(fallbacks_before)),
+            ("standby_stale", json!(with_standby.stale)),
+            ("standby_other", json!(with_standby.other)),
+            ("stopped_reads_ok", json!(without.ok)),
+            ("stopped_reads_503", json!(without.unavailable)),
+            ("stopped_503_share", json!(share_after)),
+            ("stopped_read_p50_ms", json!(p50_after_ms)),
+            ("stopped_read_p99_ms", json!(p99_after_ms)),
+            ("stopped_stale", json!(without.stale)),
+            ("stopped_other", json!(without.other)),
+            ("fallbacks_counted", json!(fallbacks)),
+            (
+                "standby_available_gauge_while_stopped",
+                json!(available_while_down),
+            ),
+        ],
+    );
+    ensure!(totals.ok > 0, "no command succeeded");
+    ensure!(missing == 0, "{missing} acknowledged commands lost");
+    ensure!(reads_on_standby > 0, "no read session on the standby");
+    ensure!(
+        with_standby.ok > 0,
+        "no read answered while the standby ran"
+    );
+    ensure!(
+        with_standby.stale == 0 && without.stale == 0,
+        "reads older than asked: {} with the standby, {} without",
+        with_standby.stale,
+        without.stale
+    );
+    ensure!(
+        with_standby.other == 0 && without.other == 0,
+        "answers other than 2xx and the documented 503: {} with the standby, {} without",
+        with_standby.other,
+        without.other
+    );
+    ensure!(without.ok > 0, "no read answered after the standby stopped");
+    ensure!(fallbacks > 0.0, "no fallback to the primary was counted");
+    ensure!(
+        available_while_down == 0.0,
+        "read_standby_available stayed {available_while_down} with the standby stopped"
     );
     Ok(())
 }
