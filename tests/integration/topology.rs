@@ -264,3 +264,53 @@ async fn internal_reads_fall_back_to_the_primary_when_the_standby_is_unreachable
     assert!(fallbacks >= 4.0, "{fallbacks} fallbacks counted");
     assert_eq!(metric(&app, "read_standby_available").await, Some(0.0));
 }
+
+/// An events stream created with one replica (a single server's setting) is moved to three
+/// when the service starts with `NATS_STREAM_REPLICAS=3` on the cluster; so is the dead-letter
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_single_replica_stream_is_moved_to_three() {
+    let nats = NatsCluster::start(3).expect("three nats-server nodes");
+    nats.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("JetStream cluster ready");
+    let js = nats.connect().await.expect("connects");
+    let t = order_tests::soak::tag().to_uppercase();
+    let mut settings = order_api::config::Settings::for_tests("postgres://unused");
+    settings.nats_stream = format!("MOVE_{t}");
+    settings.nats_subject_prefix = format!("m{t}.");
+    settings.dlq_stream = format!("MOVE_DLQ_{t}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://unused@127.0.0.1:1/unused")
+        .expect("a lazy pool");
+    let ensure = |settings: order_api::config::Settings| {
+        let (js, pool) = (js.clone(), pool.clone());
+        async move {
+            order_bus::ensure_stream(&js, &settings.relay_config().stream)
+                .await
+                .expect("events stream");
+            let mut dlq = settings.dlq_config();
+            dlq.ensure_stream = true;
+            order_bus::dlq::DeadLetters::new(js, pool, dlq)
+                .ensure_stream()
+                .await
+                .expect("dead-letter stream");
+        }
+    };
+    ensure(settings.clone()).await;
+    for stream in [&settings.nats_stream, &settings.dlq_stream] {
+        let p = placement(&js, stream).await.expect("info");
+        assert_eq!((p.replicas, p.peers.len()), (1, 1), "{stream}: {p:?}");
+    }
+    settings.nats_stream_replicas = 3;
+    ensure(settings.clone()).await;
+    for stream in [&settings.nats_stream, &settings.dlq_stream] {
+        let moved = poll_until(Duration::from_secs(30), || async {
+            let p = placement(&js, stream).await.ok()?;
+            (p.replicas == 3 && p.peers.len() == 3).then_some(p)
+        })
+        .await;
+        assert!(moved.is_some(), "{stream} was not moved to three replicas");
+    }
+    // The streams go with the private cluster.
+}

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context as _};
 use async_nats::jetstream;
 use order_bus::inbound::Family;
 use order_bus::RELAY_CONSUMER;
@@ -250,6 +250,25 @@ async fn inbound_effects(pool: &PgPool, sent: &[Sent]) -> anyhow::Result<(usize,
     Ok((lost, doubled, not_in_inbox))
 }
 
+/// [`verify::bus_check`], tried again (up to three times, 2 s apart) when a JetStream request
+/// times out: with one node down, a request can land while the cluster still moves a group's
+/// leadership (the meta group's too, when the dead node led it).
+async fn bus_check_patiently(cluster: &Cluster) -> anyhow::Result<BusCheck> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match verify::bus_check(&cluster.js, &cluster.stream, &cluster.prefix, &cluster.pool).await
+        {
+            Ok(check) => return Ok(check),
+            Err(e) if attempt < 3 => {
+                eprintln!("R10: reading the stream back failed ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.context("reading the events stream back")),
+        }
+    }
+}
+
 fn bus_figures(b: &BusCheck) -> Vec<(&'static str, Value)> {
     vec![
         ("events", json!(b.stored)),
@@ -304,11 +323,9 @@ pub async fn r10(scale: Scale) -> anyhow::Result<()> {
     tokio::time::sleep(warmup).await;
 
     // 1. The events stream's leader dies.
-    let before = placement(&cluster.js, &cluster.stream).await?;
-    let old_leader = before
-        .leader
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the events stream has no leader: {before:?}"))?;
+    let old_leader = leader_of(&cluster.js, &cluster.stream, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the events stream has no leader"))?;
     let victim = nats
         .index_of(&old_leader)
         .ok_or_else(|| anyhow::anyhow!("unknown leader {old_leader}"))?;
@@ -329,7 +346,8 @@ pub async fn r10(scale: Scale) -> anyhow::Result<()> {
     tokio::time::sleep(between).await;
 
     // 2. It comes back (same ports, same store) and catches up as a follower.
-    nats.restart(victim)?;
+    nats.restart(victim)
+        .context("restarting the killed leader")?;
     let rejoined = poll_until(Duration::from_secs(60), || async {
         let p = placement(&cluster.js, &cluster.stream).await.ok()?;
         (p.peers.len() == 3 && p.peers.contains(&old_leader)).then_some(())
@@ -363,10 +381,11 @@ pub async fn r10(scale: Scale) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the relay did not catch up within 60 s"))?;
     let drained = inbound_drained(&cluster, Duration::from_secs(90)).await;
     let missing = verify::missing_acked(&cluster.pool, &acked).await?;
-    let bus =
-        verify::bus_check(&cluster.js, &cluster.stream, &cluster.prefix, &cluster.pool).await?;
+    let bus = bus_check_patiently(&cluster).await?;
     let log = log.lock().await;
-    let (lost, doubled, not_in_inbox) = inbound_effects(&cluster.pool, &log.acked).await?;
+    let (lost, doubled, not_in_inbox) = inbound_effects(&cluster.pool, &log.acked)
+        .await
+        .context("the inbound effects")?;
     let payments = log
         .acked
         .iter()
