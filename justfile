@@ -53,8 +53,9 @@ test *ARGS: services
     fi
 
 # The reliability suite (docs/reliability.md) at full scale: replicas killed, broker and database stopped,
-# concurrent confirms, poison messages, leader failover, the feed under 24 writers, and the
-# inbound model test over many more delivery schedules (~5 min)
+# concurrent confirms, poison messages, leader failover, the feed under 24 writers, a JetStream
+# cluster losing nodes, reads from a Postgres standby, and the inbound model test over many more
+# delivery schedules (~8 min)
 soak *ARGS: services
     #!/usr/bin/env bash
     set -euo pipefail
