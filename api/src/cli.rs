@@ -163,11 +163,7 @@ pub async fn subscribe(
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     use futures::StreamExt;
 
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(order_bus::servers::list(&settings.nats_url))
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let client = connect_nats(settings).await?;
     let jetstream = async_nats::jetstream::new(client);
     let stream = jetstream
         .get_stream(&settings.nats_stream)
@@ -214,13 +210,26 @@ pub async fn subscribe(
     Ok(lines)
 }
 
+/// Connects to NATS once, with the service's credential and TLS settings, for a command that
+/// needs it now (no background retries).
+async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    use order_bus::connect::{redacted, FirstAttempt};
+    let attempt = settings
+        .nats_security()
+        .first_attempt(&settings.nats_url, std::time::Duration::from_secs(5), |o| o)
+        .await?;
+    match attempt {
+        FirstAttempt::Connected(client) => Ok(client),
+        FirstAttempt::Unreachable(reason) => Err(anyhow::anyhow!(
+            "cannot reach NATS at {}: {reason}",
+            redacted(&settings.nats_url)
+        )),
+    }
+}
+
 /// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
 async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(order_bus::servers::list(&settings.nats_url))
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", settings.nats_url))?;
+    let client = connect_nats(settings).await?;
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
     let pool = crate::db::pool(&settings.database_url, 2)?;
     Ok(crate::inbound::dead_letters(settings, jetstream, pool))
@@ -690,4 +699,138 @@ fn order_summary(
         let _ = writeln!(out, "  {d}");
     }
     out
+}
+
+/// `order-service republish`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepublishArgs {
+    /// Prefix of the subjects to publish on, e.g. `backfill.reporting.` (not the relay's).
+    #[arg(long, value_name = "PREFIX")]
+    pub subject_prefix: String,
+    /// Create this stream for `<PREFIX>order.>` if it does not exist (otherwise the subjects
+    /// must already be captured by a stream).
+    #[arg(long, value_name = "NAME")]
+    pub stream: Option<String>,
+    /// Start after this feed position (a page's `next`; 0: the start). Ignored when resuming.
+    #[arg(long, value_name = "CURSOR", default_value = "0")]
+    pub from_position: String,
+    /// Only events recorded at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this order's events.
+    #[arg(long, value_name = "ID")]
+    pub order: Option<Uuid>,
+    /// Only these event types, comma-separated (`order.created,order.paid`).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// The progress checkpoint's name (default: the prefix); a run resumes from its checkpoint.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Forget the checkpoint and start from --from-position again.
+    #[arg(long)]
+    pub restart: bool,
+    /// Events read per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: i64,
+}
+
+/// `order-service republish`: re-publishes a range of the feed (see
+/// [`order_bus::catchup::republish`]), with a progress bar, and prints a summary. Ctrl-C stops
+/// it after the batch in flight, which is checkpointed; running it again resumes.
+///
+/// # Errors
+/// Bad flags, or when Postgres or NATS fail (what was acknowledged stays checkpointed).
+pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Result<()> {
+    use order_bus::catchup::{FeedCursor, Republish, RepublishFilter};
+    use order_bus::Subjects;
+
+    let subjects = Subjects::new(&args.subject_prefix);
+    if subjects.prefix().is_empty() || subjects == Subjects::new(&settings.nats_subject_prefix) {
+        bail!("--subject-prefix must be set, and differ from the relay's subjects");
+    }
+    let known: std::collections::BTreeSet<String> = order_bus::subjects::all_integration_types()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    if let Some(unknown) = args.types.iter().find(|t| !known.contains(*t)) {
+        bail!("--types: unknown event type '{unknown}'");
+    }
+    let from: FeedCursor = args
+        .from_position
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--from-position: {e}"))?;
+    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let client = connect_nats(settings).await?;
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
+    if let Some(stream) = &args.stream {
+        let window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
+        let mut spec = order_bus::StreamSpec::events(stream, &subjects, window);
+        spec.subjects = vec![subjects.prefixed("order.>")];
+        spec.replicas = settings.nats_stream_replicas.max(1);
+        order_bus::ensure_stream(&jetstream, &spec)
+            .await
+            .with_context(|| format!("cannot create or update stream {stream}"))?;
+    }
+    let job = Republish {
+        pool,
+        jetstream,
+        subjects: subjects.clone(),
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| subjects.prefix().trim_end_matches('.').to_owned()),
+        filter: RepublishFilter {
+            since: args.since,
+            order: args.order.map(|o| o.to_string()),
+            types: args.types.iter().cloned().collect(),
+        },
+        batch_size: args.batch_size.clamp(1, 10_000),
+    };
+    if args.restart {
+        job.reset().await?;
+    }
+    let start = job.start(from).await?;
+    if start != from {
+        eprintln!("resuming {} after {start}", job.checkpoint_name());
+    }
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+    )
+    .bind(start.0.transaction_id.to_string())
+    .bind(start.0.global_position)
+    .fetch_one(&job.pool)
+    .await?;
+    let bar = ReplayBar::new();
+    bar.0.set_prefix("republish");
+    bar.0.set_length(u64::try_from(total).unwrap_or(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_ctrl_c = stop.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after the batch in flight (it is checkpointed)");
+            on_ctrl_c.cancel();
+        }
+    });
+    let result = job
+        .run(from, &stop, |report| bar.0.set_position(report.scanned))
+        .await;
+    watcher.abort();
+    bar.0.finish_and_clear();
+    let report = result?;
+    println!(
+        "republished {} of {} events read to {}order.* ({} already in the stream's duplicate window), \
+         from after {} to after {}{}",
+        report.published,
+        report.scanned,
+        subjects.prefix(),
+        report.duplicates,
+        report.started_after,
+        report.ended_after,
+        if stop.is_cancelled() {
+            "; stopped early: run again to resume"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! secrets and plain-HTTP peers at start-up instead of failing later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -80,6 +81,44 @@ pub struct Settings {
     /// fails over to the others).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+
+    /// A `.creds` file (user JWT and nkey seed) this service presents to NATS.
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+
+    /// A file holding the user nkey seed (`SU…`) this service presents to NATS.
+    #[arg(long, env = "NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+
+    /// User name for NATS user/password auth (with NATS_PASSWORD).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// Password for NATS user/password auth (with NATS_USER).
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// PEM file of the CA that signed the NATS servers' certificates; implies TLS.
+    #[arg(long, env = "NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for servers that verify clients (with NATS_TLS_KEY_FILE).
+    #[arg(long, env = "NATS_TLS_CERT_FILE")]
+    pub nats_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of NATS_TLS_CERT_FILE.
+    #[arg(long, env = "NATS_TLS_KEY_FILE")]
+    pub nats_tls_key_file: Option<PathBuf>,
+
+    /// Refuse a NATS server that does not offer TLS.
+    #[arg(long, env = "NATS_REQUIRE_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub nats_require_tls: bool,
+
+    /// Accept, in production, a NATS connection without TLS or without a credential (logged
+    /// as a warning at start-up). Anyone who can publish `payment.succeeded` on such a broker
+    /// can confirm orders.
+    #[arg(long, env = "NATS_ALLOW_INSECURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub nats_allow_insecure: bool,
 
     /// JetStream stream the outbox relay publishes into.
     #[arg(long, env = "NATS_STREAM", default_value = "TICKETTOKEN_EVENTS")]
@@ -175,7 +214,7 @@ pub struct Settings {
     /// Per-route caller overrides, `route=service|service;...`, for example
     /// `orders.confirm=payment-service;jobs=api-gateway`. Routes: orders.read, orders.items,
     /// orders.create, orders.reserve, orders.confirm, orders.cancel, orders.refunds,
-    /// orders.tickets, orders.events, jobs.
+    /// orders.tickets, orders.events, events.feed, jobs.
     #[arg(long, env = "ROUTE_CALLERS")]
     pub route_callers: Option<String>,
 
@@ -419,6 +458,20 @@ impl Settings {
         }
     }
 
+    /// The NATS connection's credential and TLS settings.
+    pub fn nats_security(&self) -> order_bus::connect::NatsSecurity {
+        order_bus::connect::NatsSecurity {
+            creds_file: self.nats_creds_file.clone(),
+            nkey_seed_file: self.nats_nkey_seed_file.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone().map(secrecy::SecretString::from),
+            tls_ca_file: self.nats_tls_ca_file.clone(),
+            tls_cert_file: self.nats_tls_cert_file.clone(),
+            tls_key_file: self.nats_tls_key_file.clone(),
+            require_tls: self.nats_require_tls,
+        }
+    }
+
     /// The outbox relay's configuration.
     pub fn relay_config(&self) -> order_bus::RelayConfig {
         let mut config = order_bus::RelayConfig::new(&self.nats_stream, &self.nats_subject_prefix);
@@ -528,7 +581,7 @@ impl std::fmt::Debug for Settings {
                 "read_database_url",
                 &self.read_database_url.as_deref().map(redact_url),
             )
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &order_bus::connect::redacted(&self.nats_url))
             .field("nats_stream", &self.nats_stream)
             .field("nats_subject_prefix", &self.nats_subject_prefix)
             .field("relay_enabled", &self.relay_enabled)

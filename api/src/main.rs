@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-publish a range of the event feed under another subject prefix, for a consumer's
+    /// backfill: the relay's bodies and Nats-Msg-Ids, resumable, the relay untouched.
+    Republish(cli::RepublishArgs),
     /// Inspect and redrive the dead-letter stream of inbound messages.
     Dlq {
         #[command(subcommand)]
@@ -174,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Republish(args) => cli::republish(&cli.settings, &args).await,
         Command::Events { order_id, json } => cli::events(&cli.settings, &order_id, json).await,
         Command::Subscribe {
             order,

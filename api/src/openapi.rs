@@ -61,9 +61,10 @@ pub const DOCS_PATH: &str = "/docs";
         queries::order_items,
         queries::order_for_payment,
         queries::orders_without_tickets,
+        crate::routes::events::events,
         jobs::list_jobs,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::routes::events::EventsPage)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Health, metrics and published contracts; unauthenticated"),

@@ -29,9 +29,10 @@ use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::read_side::ReadSide;
-use crate::routes::{commands, health, jobs as jobs_route, queries};
+use crate::routes::{commands, events, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
 use crate::{context, db, deadline, error, jobs, openapi, workers};
+use order_bus::connect::FirstAttempt;
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
 /// extractor and `from_fn_with_state` layer of every request, and cloning the handles one by
@@ -122,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/orders/{id}/events",
             get(commands::order_events).route_layer(guard(RoutePolicy::OrdersEvents)),
+        )
+        .route(
+            "/internal/events",
+            get(events::events).route_layer(guard(RoutePolicy::EventsFeed)),
         );
 
     Router::new()
@@ -198,7 +203,7 @@ impl Application {
         // Before anything connects: a plain-HTTP peer in production stops start-up here.
         let clients = ServiceClients::from_settings(&settings)
             .context("refusing to start with invalid service client settings")?;
-        let nats = connect_nats(&settings.nats_url).await;
+        let nats = Some(connect_nats(&settings).await?);
         let orders = OrderLookup::new(pool.clone());
         let reads = ReadSide::new(
             pool.clone(),
@@ -341,25 +346,52 @@ fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authentica
     Ok(Authenticator::new(keys, callers, NonceStore::new(pool)))
 }
 
-/// Connects to NATS without blocking start-up on it: the client keeps retrying in the
-/// background, and readiness reports the state meanwhile. Reconnect attempts back off to at
-/// most one a second (the client's default is 4 s), so that the relay, which resumes as soon as
-/// the client is connected again, drains a broker outage's backlog within seconds of its end.
-async fn connect_nats(url: &str) -> Option<async_nats::Client> {
-    match async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempts| {
+/// Connects to NATS. A credential the server refuses, a failed TLS handshake or an unreadable
+/// credential file stops start-up with an error naming the setting: retrying cannot fix them.
+/// An unreachable server does not block start-up: the client keeps retrying in the background,
+/// and readiness reports the state meanwhile. Reconnect attempts back off to at most one a
+/// second (the client's default is 4 s), so that the relay, which resumes as soon as the client
+/// is connected again, drains a broker outage's backlog within seconds of its end.
+async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    let security = settings.nats_security();
+    if settings.app_env == AppEnv::Production {
+        if let Some(missing) = security
+            .check_production(&settings.nats_url, settings.nats_allow_insecure)
+            .context("refusing to start")?
+        {
+            tracing::warn!(
+                missing,
+                "NATS_ALLOW_INSECURE=true: connecting to NATS without {missing}; anyone who can \
+                 publish payment.succeeded on this broker can confirm orders"
+            );
+        }
+    }
+    let url = &settings.nats_url;
+    let tune = |options: async_nats::ConnectOptions| {
+        options.reconnect_delay_callback(|attempts| {
             let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(10);
             Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(1))
         })
-        .connect(order_bus::servers::list(url))
+    };
+    let first = security
+        .first_attempt(url, Duration::from_secs(2), tune)
         .await
-    {
-        Ok(client) => Some(client),
-        Err(e) => {
-            tracing::error!(error = %e, "invalid NATS configuration");
-            None
+        .context("refusing to start")?;
+    match first {
+        FirstAttempt::Connected(client) => Ok(client),
+        FirstAttempt::Unreachable(reason) => {
+            tracing::warn!(
+                nats = %order_bus::connect::redacted(url),
+                reason,
+                "NATS is not reachable yet; retrying in the background"
+            );
+            let options = tune(security.options().await.context("refusing to start")?);
+            options
+                .retry_on_initial_connect()
+                .connection_timeout(Duration::from_secs(2))
+                .connect(order_bus::servers::list(url))
+                .await
+                .context("invalid NATS configuration")
         }
     }
 }

@@ -80,6 +80,11 @@ impl Inspected<'_> {
         self.tree.get("tenantId").and_then(Value::as_str)
     }
 
+    /// Where the event is in the feed.
+    pub fn position(&self) -> order_projections::FeedPosition {
+        self.event.position
+    }
+
     /// The order's id.
     pub fn aggregate_id(&self) -> &str {
         self.event.aggregate_id

@@ -13,14 +13,19 @@
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
 //! - [`servers`]: `NATS_URL` as a list of servers (a JetStream cluster).
+//! - [`connect`]: credentials, TLS and the production rule for the NATS connection.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
 //! - [`leader`]: leader election on a Postgres session advisory lock.
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
 //! - [`dlq`]: the dead-letter stream `ORDER_SERVICE_DLQ`, per-order holds, list and redrive.
+//! - [`catchup`]: history for subscribers: the paged feed read, the catch-up-then-live
+//!   handoff, and re-publishing a range.
 //! - [`error`]: the crate's error type.
 
 pub mod asyncapi;
+pub mod catchup;
+pub mod connect;
 pub mod dlq;
 pub mod encode;
 pub mod envelope;

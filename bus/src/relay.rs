@@ -610,7 +610,7 @@ impl Relay {
 /// batch, in batch order. Sending one wave only after the previous one is acknowledged keeps
 /// every order down to one unacknowledged publish at a time; a batch with one event per order
 /// is one wave.
-fn waves<'a>(aggregate_ids: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
+pub(crate) fn waves<'a>(aggregate_ids: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
     let mut waves: Vec<Vec<usize>> = Vec::new();
     let mut events_of: HashMap<&str, usize> = HashMap::new();
     for (i, id) in aggregate_ids.into_iter().enumerate() {
@@ -650,6 +650,51 @@ async fn prepare(
     config: &RelayConfig,
     events: Vec<RawEvent<'_>>,
 ) -> Result<(Vec<Ready>, Option<BusError>), BusError> {
+    let (encoded, refused) = encode_events(conn, &config.subjects, events).await?;
+    let outgoing = encoded
+        .into_iter()
+        .map(|m| Ready {
+            id: m.id,
+            aggregate_id: m.aggregate_id,
+            subject: m.subject.into(),
+            message: PublishMessage::build()
+                .payload(m.body)
+                .headers(m.headers)
+                .expected_stream(&config.stream.name),
+        })
+        .collect();
+    Ok((outgoing, refused))
+}
+
+/// One event's message exactly as the relay publishes it, and where the event is in the feed.
+/// The paged feed read and `order-service republish` send these same bytes.
+#[derive(Debug, Clone)]
+pub struct FeedMessage {
+    pub position: FeedPosition,
+    /// The envelope's id, also its `Nats-Msg-Id`.
+    pub id: Uuid,
+    pub aggregate_id: String,
+    /// The integration type, e.g. `order.created`.
+    pub event_type: String,
+    /// The envelope's `tenantId`.
+    pub tenant_id: String,
+    /// The full (prefixed) subject.
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    /// The envelope as JSON.
+    pub body: bytes::Bytes,
+}
+
+/// Encodes `events` (read from the feed) as the relay publishes them, under `subjects`, up to
+/// (not including) the first one that cannot be published, and the reason that one cannot.
+///
+/// # Errors
+/// [`BusError::Feed`] when the tenant lookup fails.
+pub async fn encode_events(
+    conn: &mut PgConnection,
+    subjects: &Subjects,
+    events: Vec<RawEvent<'_>>,
+) -> Result<(Vec<FeedMessage>, Option<BusError>), BusError> {
     let mut inspected = Vec::with_capacity(events.len());
     let mut refused = None;
     for event in events {
@@ -662,23 +707,23 @@ async fn prepare(
         }
     }
     let tenants = order_tenants(conn, &inspected).await?;
-    let mut outgoing = Vec::with_capacity(inspected.len());
+    let mut encoded = Vec::with_capacity(inspected.len());
     for event in &inspected {
         let tenant = tenants.get(event.aggregate_id()).map(String::as_str);
-        let ready = event.encode(&config.subjects, tenant).and_then(|out| {
-            let message = PublishMessage::build()
-                .payload(out.body()?)
-                .headers(out.headers())
-                .expected_stream(&config.stream.name);
-            Ok(Ready {
+        let message = event.encode(subjects, tenant).and_then(|out| {
+            Ok(FeedMessage {
+                position: event.position(),
+                body: out.body()?,
+                headers: out.headers(),
                 id: out.envelope.id,
                 aggregate_id: out.envelope.aggregate_id,
-                subject: out.subject.into(),
-                message,
+                event_type: out.envelope.event_type,
+                tenant_id: out.envelope.tenant_id,
+                subject: out.subject,
             })
         });
-        match ready {
-            Ok(ready) => outgoing.push(ready),
+        match message {
+            Ok(m) => encoded.push(m),
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -688,7 +733,7 @@ async fn prepare(
     if refused.is_some() {
         metrics::counter!("relay_schema_violations_total").increment(1);
     }
-    Ok((outgoing, refused))
+    Ok((encoded, refused))
 }
 
 /// The messages the relay sends for up to `limit` events after `after` (subject, headers and

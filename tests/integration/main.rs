@@ -6,6 +6,7 @@
 mod attacks;
 mod auth_matrix;
 mod bad_input;
+mod catchup;
 mod clients;
 mod commands;
 mod feed;
@@ -13,6 +14,7 @@ mod fuzz;
 mod inbound;
 mod jobs;
 mod logs;
+mod nats_security;
 mod ops;
 mod ops_kit;
 mod outage;

@@ -43,13 +43,15 @@ pub enum RoutePolicy {
     OrdersTickets,
     /// `GET /api/v1/orders/{id}/events`.
     OrdersEvents,
+    /// `GET /internal/events`.
+    EventsFeed,
     /// `/internal/jobs`.
     Jobs,
 }
 
 impl RoutePolicy {
     /// Every policy, for iteration in configuration and docs.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::OrdersRead,
         Self::OrdersItems,
         Self::OrdersCreate,
@@ -59,6 +61,7 @@ impl RoutePolicy {
         Self::OrdersRefunds,
         Self::OrdersTickets,
         Self::OrdersEvents,
+        Self::EventsFeed,
         Self::Jobs,
     ];
 
@@ -74,6 +77,7 @@ impl RoutePolicy {
             Self::OrdersRefunds => "orders.refunds",
             Self::OrdersTickets => "orders.tickets",
             Self::OrdersEvents => "orders.events",
+            Self::EventsFeed => "events.feed",
             Self::Jobs => "jobs",
         }
     }
@@ -99,6 +103,13 @@ impl RoutePolicy {
                 "payment-service",
                 "ticket-service",
                 "event-service",
+            ],
+            // The services that subscribe to the events stream, catching up on its history.
+            Self::EventsFeed => &[
+                "payment-service",
+                "ticket-service",
+                "event-service",
+                "blockchain-service",
             ],
             Self::Jobs => &["api-gateway", "payment-service"],
         }

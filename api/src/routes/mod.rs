@@ -2,6 +2,7 @@
 //! assembles them with their authentication policy.
 
 pub mod commands;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod queries;

@@ -89,7 +89,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// Query parameters as sent; each route parses the ones it knows and ignores the rest. A query
 /// string that does not decode is 400 with the API's error body.
 #[derive(Debug)]
-pub struct Params(HashMap<String, String>);
+pub struct Params(pub HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
