@@ -72,6 +72,9 @@ fn register_alerted_series() {
     for reason in ["store_error", "store_deadline"] {
         ::metrics::counter!("order_auth_rejections_total", "reason" => reason).increment(0);
     }
+    for transient in ["true", "false"] {
+        ::metrics::counter!("relay_errors_total", "transient" => transient).increment(0);
+    }
     for call in ["command", "read", "nonce"] {
         ::metrics::counter!("request_db_deadline_exceeded_total", "call" => call).increment(0);
     }
