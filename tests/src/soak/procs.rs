@@ -264,6 +264,8 @@ pub struct PrivatePostgres {
     dir: ScratchDir,
     as_postgres: bool,
     running: bool,
+    /// Extra server settings (`name=value`), given as `-c` options at every start.
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
@@ -272,7 +274,16 @@ impl PrivatePostgres {
     /// # Errors
     /// When no Postgres server binaries are found, or initdb or the start fails.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra server settings (`name=value`, each given as `-c`).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
         let mut pg = Self::unstarted("soak-pg")?;
+        pg.settings = settings.iter().map(|s| (*s).to_owned()).collect();
         let data = pg.dir.path.join("data");
         let out = pg
             .command("initdb")
@@ -314,6 +325,7 @@ impl PrivatePostgres {
             dir,
             as_postgres,
             running: false,
+            settings: Vec::new(),
         })
     }
 
@@ -388,11 +400,15 @@ impl PrivatePostgres {
     /// When pg_ctl fails.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path.join("data");
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
              -c max_connections=200",
             self.port
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")

@@ -627,7 +627,16 @@ pub async fn r11(scale: Scale) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let before_stop = scale.secs(6.0, 30.0);
     let after_stop = scale.secs(5.0, 20.0);
-    let primary = super::procs::PrivatePostgres::start()?;
+    // The projector commits its batches asynchronously (feed checkpoints, `Durability::Relaxed`),
+    // and a standby sees a commit only once the primary's WAL writer has flushed it: every
+    // `wal_writer_delay` (200 ms by default) when no synchronous commit flushes it first. With a
+    // read standby the primary runs with 10 ms (docs/operations.md); `SOAK_WAL_WRITER_DELAY`
+    // measures another value.
+    let wal_writer_delay =
+        std::env::var("SOAK_WAL_WRITER_DELAY").unwrap_or_else(|_| "10ms".to_owned());
+    let primary = super::procs::PrivatePostgres::start_with(&[&format!(
+        "wal_writer_delay={wal_writer_delay}"
+    )])?;
     let mut standby = primary.start_standby()?;
     let tag = super::tag();
     let db = format!("soak_{tag}");
@@ -705,6 +714,7 @@ pub async fn r11(scale: Scale) -> anyhow::Result<()> {
         "R11",
         scale,
         &[
+            ("primary_wal_writer_delay", json!(wal_writer_delay)),
             ("commands_ok", json!(totals.ok)),
             ("commands_failed", json!(totals.failed())),
             ("acked_missing_in_store", json!(missing)),
