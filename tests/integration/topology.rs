@@ -27,7 +27,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_service_replicates_its_streams_and_consumers_on_three_nodes() {
     let nats = NatsCluster::start(3).expect("three nats-server nodes");
-    nats.wait_ready(Duration::from_secs(30))
+    nats.wait_ready(Duration::from_secs(60))
         .await
         .expect("JetStream cluster ready");
     let pids: Vec<u32> = nats.nodes.iter().filter_map(|n| n.pid()).collect();
@@ -271,7 +271,7 @@ async fn internal_reads_fall_back_to_the_primary_when_the_standby_is_unreachable
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_single_replica_stream_is_moved_to_three() {
     let nats = NatsCluster::start(3).expect("three nats-server nodes");
-    nats.wait_ready(Duration::from_secs(30))
+    nats.wait_ready(Duration::from_secs(60))
         .await
         .expect("JetStream cluster ready");
     let js = nats.connect().await.expect("connects");

@@ -234,8 +234,9 @@ impl NatsCluster {
         let js = self.connect().await?;
         let replicas = self.nodes.len();
         let name = format!("PROBE_{}", super::tag().to_uppercase());
+        let last_error = std::sync::Mutex::new(String::new());
         let ok = poll_until(within, || {
-            let (js, name) = (js.clone(), name.clone());
+            let (js, name, last_error) = (js.clone(), name.clone(), &last_error);
             async move {
                 let config = stream::Config {
                     name: name.clone(),
@@ -244,17 +245,37 @@ impl NatsCluster {
                     storage: stream::StorageType::Memory,
                     ..Default::default()
                 };
-                js.create_stream(config).await.ok()?;
-                js.delete_stream(&name).await.ok()?;
+                let note = |e: String| {
+                    *last_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+                };
+                // Creating the same stream again is accepted, so a probe whose delete timed out
+                // is simply tried again.
+                if let Err(e) = js.create_stream(config).await {
+                    note(format!("create: {e}"));
+                    return None;
+                }
+                if let Err(e) = js.delete_stream(&name).await {
+                    note(format!("delete: {e}"));
+                    return None;
+                }
                 Some(())
             }
         })
         .await;
-        anyhow::ensure!(
-            ok.is_some(),
-            "JetStream cluster was not ready within {within:?}:\n{}",
-            self.log_tail(0, 20)
-        );
+        if ok.is_none() {
+            let logs: Vec<String> = (0..self.nodes.len())
+                .map(|i| format!("--- {}:\n{}", self.nodes[i].name, self.log_tail(i, 12)))
+                .collect();
+            anyhow::bail!(
+                "JetStream cluster was not ready within {within:?} (last: {}):\n{}",
+                last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                logs.join("\n")
+            );
+        }
         Ok(())
     }
 }
