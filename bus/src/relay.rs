@@ -203,6 +203,8 @@ struct Ready {
     /// The order, which decides the event's wave.
     aggregate_id: String,
     subject: async_nats::Subject,
+    /// The body, kept to tell a re-send of this message from a foreign one with its id.
+    body: bytes::Bytes,
     /// Taken by [`Relay::send`].
     message: PublishMessage,
 }
@@ -536,10 +538,18 @@ impl Relay {
                 futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await;
             for (&i, ack) in wave.iter().zip(acks) {
                 match ack {
-                    Ok(ack) => {
-                        acked[i] = true;
-                        duplicates += u64::from(ack.duplicate);
+                    Ok(ack) if ack.duplicate => {
+                        match self.check_duplicate(&batch[i], ack.sequence).await {
+                            Ok(()) => {
+                                acked[i] = true;
+                                duplicates += 1;
+                            }
+                            Err(e) => {
+                                failure.get_or_insert(e);
+                            }
+                        }
                     }
+                    Ok(_) => acked[i] = true,
                     Err(e) => {
                         failure.get_or_insert_with(|| self.publish_error(&batch[i], &e));
                     }
@@ -552,6 +562,49 @@ impl Relay {
         }
         metrics::counter!("relay_duplicates_total").increment(duplicates);
         (acked.iter().take_while(|&&a| a).count(), failure)
+    }
+
+    /// A "duplicate" acknowledgement means the stream already holds a message with this
+    /// `Nats-Msg-Id` inside its duplicate window. Normally that is this message, re-sent after a
+    /// failure. But the window covers every subject of the stream, and event ids are derived
+    /// from the order id and sequence, so anyone who can publish on the stream (any subject)
+    /// can take an id first, and the real event would be dropped without a word. So the stored
+    /// message is compared with this one: the same subject and body is a re-send; anything
+    /// else fails the round (the relay retries, and succeeds once the window has passed), is
+    /// logged as an error and counted in `relay_foreign_duplicates_total`.
+    async fn check_duplicate(&self, ready: &Ready, sequence: u64) -> Result<(), BusError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let broker = |e: &dyn std::fmt::Display| {
+            BusError::Broker(format!("cannot check the duplicate of {}: {e}", ready.id))
+        };
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&self.config.stream.name)
+            .await
+            .map_err(|e| broker(&e))?;
+        let stored = match stream.get_raw_message(sequence).await {
+            Ok(stored) => stored,
+            // Gone already (purged or aged out): nothing left to compare, nothing was taken.
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(broker(&e)),
+        };
+        if stored.subject == ready.subject && stored.payload == ready.body {
+            return Ok(());
+        }
+        metrics::counter!("relay_foreign_duplicates_total").increment(1);
+        tracing::error!(
+            event.id = %ready.id,
+            subject = %ready.subject,
+            stored.subject = %stored.subject,
+            stored.sequence = sequence,
+            "another message holds this event's Nats-Msg-Id in the stream's duplicate window; \
+             the event is retried until the window has passed"
+        );
+        Err(BusError::Broker(format!(
+            "event {} was refused as a duplicate of stream message {sequence} on {}, which is \
+             not this event",
+            ready.id, stored.subject
+        )))
     }
 
     /// Sends the events of `wave` (indices into `batch`) pipelined, stopping at the first
@@ -657,6 +710,7 @@ async fn prepare(
             id: m.id,
             aggregate_id: m.aggregate_id,
             subject: m.subject.into(),
+            body: m.body.clone(),
             message: PublishMessage::build()
                 .payload(m.body)
                 .headers(m.headers)

@@ -49,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "quick");
     let only: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| a.len() == 2 && a.starts_with('B'))
+        .filter(|a| {
+            a.len() >= 2 && a.starts_with('B') && a[1..].bytes().all(|b| b.is_ascii_digit())
+        })
         .collect();
     let wants = |ids: &[&str]| only.is_empty() || ids.iter().any(|id| only.iter().any(|o| o == id));
     let service_phase = wants(&["B1", "B2", "B3", "B5", "B7", "B8", "B9"]);
@@ -256,6 +258,32 @@ async fn main() -> anyhow::Result<()> {
         // B6 copies a stored OrderCreated: make one when the service phase did not.
         closed_loop(&url, 1, Duration::from_millis(200), create.clone()).await;
     }
+    // B10: backfilling the feed's history through the paged read and through republish, each
+    // ÷ the feed's raw read rate, over the events the phases above wrote (service running).
+    let mut b10_http = vec![];
+    let mut b10_republish = vec![];
+    let mut b10_raw = vec![];
+    for round in 1..=plan.rounds {
+        if !wants(&["B10"]) {
+            break;
+        }
+        if round == 1 && !service_phase {
+            // Something to backfill when the service phase did not write it.
+            closed_loop(&url, 8, Duration::from_secs(2), create.clone()).await;
+        }
+        let tag = format!("BENCH_{}_B10_{round}", std::process::id());
+        let r = order_tests::bench::backfill::round(&pool, &url, &nats_url, &tag).await?;
+        eprintln!(
+            "B10 round {round}/{}: {} events; raw {:.0}/s, HTTP pages {:.0}/s, republish {:.0}/s",
+            plan.rounds, r.events, r.raw_per_second, r.http_per_second, r.republish_per_second
+        );
+        b10_http.push(r.http_per_second / r.raw_per_second);
+        b10_republish.push(r.republish_per_second / r.raw_per_second);
+        b10_raw.push(
+            json!({"round": round, "events": r.events, "raw_read_per_s": r.raw_per_second,
+            "http_pages_per_s": r.http_per_second, "republish_per_s": r.republish_per_second}),
+        );
+    }
     let (_, peak_rss) = service.rss_mib();
     drop(service);
 
@@ -393,6 +421,20 @@ async fn main() -> anyhow::Result<()> {
             goal: "≥ 0.9",
             pass: |r| r >= 0.9,
         },
+        Row {
+            id: "B10",
+            what: "backfill via GET /internal/events ÷ raw feed read, events/s".into(),
+            ratios: b10_http,
+            goal: "≥ 0.2",
+            pass: |r| r >= 0.2,
+        },
+        Row {
+            id: "B10",
+            what: "backfill via republish ÷ raw feed read, events/s".into(),
+            ratios: b10_republish,
+            goal: "≥ 0.1",
+            pass: |r| r >= 0.1,
+        },
     ];
     let mut report = vec![];
     println!(
@@ -455,6 +497,7 @@ async fn main() -> anyhow::Result<()> {
         "rss_mib": {"idle": idle_rss, "peak": peak_rss},
         "raw": raw,
         "b6_raw": b6_raw,
+        "b10_raw": b10_raw,
         "b4": {
             "events": b4_events,
             "generate_seconds": b4_generate_seconds,

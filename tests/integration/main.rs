@@ -21,6 +21,7 @@ mod outage;
 mod read_side;
 mod refunds;
 mod relay;
+mod relay_duplicates;
 mod replay;
 mod self_contained;
 mod soak;

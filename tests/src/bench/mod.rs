@@ -4,6 +4,7 @@
 //!
 //! Loops are bounded in time and count and target only loopback addresses.
 
+pub mod backfill;
 pub mod flow;
 pub mod load;
 pub mod pgbench;
