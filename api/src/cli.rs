@@ -146,10 +146,16 @@ fn summary(payload: &serde_json::Value) -> String {
     .join(" ")
 }
 
+/// The name of `order-service subscribe`'s consumer: the permission model lets order-service
+/// create exactly this one besides its durables (deploy/nats/permissions.conf).
+pub const SUBSCRIBE_CONSUMER: &str = "order-service-cli";
+
 /// `order-service subscribe`: the published events as a subscriber reads them, from the start
-/// of the stream, through an ephemeral consumer that acknowledges nothing (the relay's and the
-/// real subscribers' state is untouched). Returns one line per envelope: a summary, or the
-/// envelope as JSON. Stops after `count` events, or when none came for `wait`.
+/// of the stream, through an ephemeral consumer named [`SUBSCRIBE_CONSUMER`] that acknowledges
+/// nothing (the relay's and the real subscribers' state is untouched), deleted at the end (and
+/// removed by the server a minute after an interrupted run). Two runs at the same time would
+/// share it, and split the events between them. Returns one line per envelope: a summary, or
+/// the envelope as JSON. Stops after `count` events, or when none came for `wait`.
 ///
 /// # Errors
 /// When NATS or the stream cannot be reached.
@@ -161,7 +167,6 @@ pub async fn subscribe(
     json: bool,
 ) -> anyhow::Result<Vec<String>> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    use futures::StreamExt;
 
     let client = connect_nats(settings).await?;
     let jetstream = async_nats::jetstream::new(client);
@@ -170,8 +175,11 @@ pub async fn subscribe(
         .await
         .with_context(|| format!("no stream {}", settings.nats_stream))?;
     let subjects = order_bus::subjects::Subjects::new(&settings.nats_subject_prefix);
+    // One an interrupted run left has moved past the events it delivered: start afresh.
+    let _ = stream.delete_consumer(SUBSCRIBE_CONSUMER).await;
     let consumer = stream
         .create_consumer(pull::Config {
+            name: Some(SUBSCRIBE_CONSUMER.to_owned()),
             filter_subject: subjects.prefixed("order.>"),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::None,
@@ -184,6 +192,23 @@ pub async fn subscribe(
         .messages()
         .await
         .context("cannot read the stream")?;
+    let lines = read_envelopes(&mut messages, order, count, wait, json).await;
+    drop(messages);
+    if let Err(e) = stream.delete_consumer(SUBSCRIBE_CONSUMER).await {
+        tracing::warn!(error = %e, "the consumer {SUBSCRIBE_CONSUMER} was not deleted; the server removes it within a minute");
+    }
+    lines
+}
+
+/// The envelopes `subscribe` prints, read from `messages`.
+async fn read_envelopes(
+    messages: &mut async_nats::jetstream::consumer::pull::Stream,
+    order: Option<Uuid>,
+    count: usize,
+    wait: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt;
     let mut lines = Vec::new();
     while lines.len() < count {
         let Ok(Some(next)) = tokio::time::timeout(wait, messages.next()).await else {
@@ -211,20 +236,13 @@ pub async fn subscribe(
 }
 
 /// Connects to NATS once, with the service's credential and TLS settings, for a command that
-/// needs it now (no background retries).
+/// needs it now (no background retries). The production rule applies as at start-up.
 async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
-    use order_bus::connect::{redacted, FirstAttempt};
-    let attempt = settings
+    settings.check_nats_production()?;
+    Ok(settings
         .nats_security()
-        .first_attempt(&settings.nats_url, std::time::Duration::from_secs(5), |o| o)
-        .await?;
-    match attempt {
-        FirstAttempt::Connected(client) => Ok(client),
-        FirstAttempt::Unreachable(reason) => Err(anyhow::anyhow!(
-            "cannot reach NATS at {}: {reason}",
-            redacted(&settings.nats_url)
-        )),
-    }
+        .connect_once(&settings.nats_url, std::time::Duration::from_secs(5))
+        .await?)
 }
 
 /// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
@@ -233,6 +251,50 @@ async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::Dea
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
     let pool = crate::db::pool(&settings.database_url, 2)?;
     Ok(crate::inbound::dead_letters(settings, jetstream, pool))
+}
+
+/// `order-service streams`: creates the events stream and the dead-letter stream, or adds
+/// missing subjects and brings their limits to the current settings (the same specifications
+/// the relay, the subscribers and the dead-letter stream use when NATS_CREATE_STREAM=true),
+/// then exits. The permission model lets no service do this: it is run with the provisioning
+/// credential (`NATS_USER=nats-admin`), and the service then runs with NATS_CREATE_STREAM=false.
+/// Returns the text to print.
+///
+/// # Errors
+/// When NATS cannot be reached, or JetStream refuses (a credential without the rights).
+pub async fn streams(settings: &Settings) -> anyhow::Result<String> {
+    let client = connect_nats(settings).await?;
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
+    let spec = settings.relay_config().stream;
+    let outcome = order_bus::ensure_stream(&jetstream, &spec)
+        .await
+        .with_context(|| format!("cannot create or update the events stream {}", spec.name))?;
+    let mut dlq_config = settings.dlq_config();
+    dlq_config.ensure_stream = true;
+    // Only the dead-letter stream is touched: the pool is never connected.
+    let unused = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy_with(sqlx::postgres::PgConnectOptions::new());
+    order_bus::dlq::DeadLetters::new(jetstream, unused, dlq_config)
+        .ensure_stream()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or update the dead-letter stream {}",
+                settings.dlq_stream
+            )
+        })?;
+    Ok(format!(
+        "events stream {}: {}\ndead-letter stream {}: ready\n",
+        spec.name,
+        match outcome {
+            order_bus::stream::StreamOutcome::Created => "created",
+            order_bus::stream::StreamOutcome::Updated => "updated",
+            order_bus::stream::StreamOutcome::Unchanged => "unchanged",
+        },
+        settings.dlq_stream
+    ))
 }
 
 /// `order-service dlq list`: every parked message, as a table (or JSON lines), oldest first.
@@ -317,6 +379,10 @@ fn age(d: chrono::Duration) -> String {
     }
 }
 
+/// The break-glass NATS user that may republish dead letters to their original subjects
+/// (deploy/nats/permissions.conf).
+pub const REDRIVE_USER: &str = "order-service-redrive";
+
 /// `order-service dlq redrive`: republishes parked messages to their original subjects. A
 /// message that holds an order brings the order's whole queue, in order.
 ///
@@ -327,11 +393,20 @@ pub async fn dlq_redrive(
     target: order_bus::dlq::RedriveTarget,
 ) -> anyhow::Result<order_bus::dlq::RedriveReport> {
     let dlq = dead_letters(settings).await?;
-    let report = dlq
-        .redrive(target)
-        .await
-        .context("redrive stopped; running it again is safe")?;
-    Ok(report)
+    match dlq.redrive(target).await {
+        Ok(report) => Ok(report),
+        Err(e @ order_bus::BusError::Broker(_))
+            if settings.nats_user.as_deref() != Some(REDRIVE_USER) =>
+        {
+            Err(anyhow::Error::new(e).context(format!(
+                "redrive stopped; running it again is safe. Redrive republishes to payment.*, \
+                 dispute.* and ticket.*, which the service's own NATS user may not publish: \
+                 run it as the break-glass user (NATS_USER={REDRIVE_USER} with its \
+                 NATS_PASSWORD; docs/operations.md)"
+            )))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("redrive stopped; running it again is safe")),
+    }
 }
 
 /// One line per redrive, for the terminal.

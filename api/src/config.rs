@@ -469,7 +469,36 @@ impl Settings {
             tls_cert_file: self.nats_tls_cert_file.clone(),
             tls_key_file: self.nats_tls_key_file.clone(),
             require_tls: self.nats_require_tls,
+            inbox_prefix: Some(self.nats_inbox_prefix()),
         }
+    }
+
+    /// The subject prefix of this service's reply inboxes, `_INBOX_<SERVICE_NAME>`: the
+    /// permission model lets each user subscribe to its own prefix only.
+    pub fn nats_inbox_prefix(&self) -> String {
+        format!("_INBOX_{}", self.service_name)
+    }
+
+    /// The production rule for the NATS connection (TLS and a credential, unless
+    /// NATS_ALLOW_INSECURE=true, which is logged as a warning). Nothing outside production.
+    ///
+    /// # Errors
+    /// When production would connect without TLS or a credential.
+    pub fn check_nats_production(&self) -> Result<(), order_bus::connect::ConnectError> {
+        if self.app_env != AppEnv::Production {
+            return Ok(());
+        }
+        if let Some(missing) = self
+            .nats_security()
+            .check_production(&self.nats_url, self.nats_allow_insecure)?
+        {
+            tracing::warn!(
+                missing,
+                "NATS_ALLOW_INSECURE=true: connecting to NATS without {missing}; anyone who can \
+                 publish payment.succeeded on this broker can confirm orders"
+            );
+        }
+        Ok(())
     }
 
     /// The outbox relay's configuration.

@@ -58,6 +58,10 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Create the events and dead-letter streams, or bring them to the current settings, then
+    /// exit. Run with the provisioning credential (NATS_USER=nats-admin); the service itself
+    /// then runs with NATS_CREATE_STREAM=false.
+    Streams,
     /// Rebuild projections from the events without stopping the service: into shadow tables,
     /// compared with the live ones, then swapped in (or one order in place with --order).
     #[command(args_conflicts_with_subcommands = true)]
@@ -178,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Republish(args) => cli::republish(&cli.settings, &args).await,
+        Command::Streams => {
+            print!("{}", cli::streams(&cli.settings).await?);
+            Ok(())
+        }
         Command::Events { order_id, json } => cli::events(&cli.settings, &order_id, json).await,
         Command::Subscribe {
             order,

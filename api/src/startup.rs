@@ -32,7 +32,6 @@ use crate::read_side::ReadSide;
 use crate::routes::{commands, events, health, jobs as jobs_route, queries};
 use crate::store::OrderStore;
 use crate::{context, db, deadline, error, jobs, openapi, workers};
-use order_bus::connect::FirstAttempt;
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
 /// extractor and `from_fn_with_state` layer of every request, and cloning the handles one by
@@ -346,54 +345,29 @@ fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authentica
     Ok(Authenticator::new(keys, callers, NonceStore::new(pool)))
 }
 
-/// Connects to NATS. A credential the server refuses, a failed TLS handshake or an unreadable
-/// credential file stops start-up with an error naming the setting: retrying cannot fix them.
-/// An unreachable server does not block start-up: the client keeps retrying in the background,
-/// and readiness reports the state meanwhile. Reconnect attempts back off to at most one a
-/// second (the client's default is 4 s), so that the relay, which resumes as soon as the client
-/// is connected again, drains a broker outage's backlog within seconds of its end.
+/// Connects to NATS (the servers of NATS_URL, through [`order_bus::connect::NatsSecurity::connect`]).
+/// A connection the production rule refuses, a credential the server refuses, a failed TLS
+/// handshake or an unreadable credential file stops start-up with an error naming the setting:
+/// retrying cannot fix them. An unreachable server does not block start-up: the client keeps
+/// retrying in the background, and readiness reports the state meanwhile. Reconnect attempts
+/// back off to at most one a second (the client's default is 4 s), so that the relay, which
+/// resumes as soon as the client is connected again, drains a broker outage's backlog within
+/// seconds of its end.
 async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
-    let security = settings.nats_security();
-    if settings.app_env == AppEnv::Production {
-        if let Some(missing) = security
-            .check_production(&settings.nats_url, settings.nats_allow_insecure)
-            .context("refusing to start")?
-        {
-            tracing::warn!(
-                missing,
-                "NATS_ALLOW_INSECURE=true: connecting to NATS without {missing}; anyone who can \
-                 publish payment.succeeded on this broker can confirm orders"
-            );
-        }
-    }
-    let url = &settings.nats_url;
+    settings
+        .check_nats_production()
+        .context("refusing to start")?;
     let tune = |options: async_nats::ConnectOptions| {
         options.reconnect_delay_callback(|attempts| {
             let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(10);
             Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(1))
         })
     };
-    let first = security
-        .first_attempt(url, Duration::from_secs(2), tune)
+    settings
+        .nats_security()
+        .connect(&settings.nats_url, Duration::from_secs(2), tune)
         .await
-        .context("refusing to start")?;
-    match first {
-        FirstAttempt::Connected(client) => Ok(client),
-        FirstAttempt::Unreachable(reason) => {
-            tracing::warn!(
-                nats = %order_bus::connect::redacted(url),
-                reason,
-                "NATS is not reachable yet; retrying in the background"
-            );
-            let options = tune(security.options().await.context("refusing to start")?);
-            options
-                .retry_on_initial_connect()
-                .connection_timeout(Duration::from_secs(2))
-                .connect(order_bus::servers::list(url))
-                .await
-                .context("invalid NATS configuration")
-        }
-    }
+        .context("refusing to start")
 }
 
 #[cfg(test)]

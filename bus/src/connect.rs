@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions};
+use async_nats::{ClientError, ConnectErrorKind, ConnectOptions, Event, ServerAddr, ServerError};
 use secrecy::{ExposeSecret, SecretString};
 
 /// The connection's credential and TLS settings (all optional: none is a development setup).
@@ -25,7 +25,9 @@ pub struct NatsSecurity {
     pub user: Option<String>,
     /// Password for user/password auth.
     pub password: Option<SecretString>,
-    /// PEM file of the CA that signed the server's certificate (added to the system roots).
+    /// PEM file of the CA that signed the servers' certificates. When set, it is the only CA
+    /// the client trusts: async-nats replaces the system roots with it (a server certificate
+    /// from a public CA is then refused).
     pub tls_ca_file: Option<PathBuf>,
     /// PEM client certificate, for servers that verify clients (`verify: true`).
     pub tls_cert_file: Option<PathBuf>,
@@ -33,6 +35,71 @@ pub struct NatsSecurity {
     pub tls_key_file: Option<PathBuf>,
     /// Refuse to talk to a server that does not offer TLS.
     pub require_tls: bool,
+    /// Subject prefix of this client's reply inboxes (`_INBOX_order-service`), so that the
+    /// server's permissions can let each user read its own replies and no one else's. `None`
+    /// keeps the client's default `_INBOX`.
+    pub inbox_prefix: Option<String>,
+}
+
+/// A parsed `NATS_URL`: the comma-separated servers, without any `user:password@`, and the
+/// credential the URLs carried (async-nats does not send a URL's userinfo itself).
+#[derive(Debug, Clone)]
+pub struct ServerList {
+    /// The servers, userinfo removed.
+    pub addrs: Vec<ServerAddr>,
+    /// The `user:password` the URLs carried (percent-decoded), if any.
+    pub user: Option<(String, SecretString)>,
+}
+
+impl ServerList {
+    /// Splits `url` at commas and parses every server. Servers that carry `user:password@`
+    /// must carry the same one.
+    ///
+    /// # Errors
+    /// [`ConnectError::BadUrl`] for an empty list or a server that does not parse;
+    /// [`ConnectError::Inconsistent`] when servers carry different credentials.
+    pub fn parse(url: &str) -> Result<Self, ConnectError> {
+        let mut addrs = Vec::new();
+        let mut user: Option<(String, String)> = None;
+        for server in servers(url) {
+            let addr: ServerAddr = server.parse().map_err(|e: std::io::Error| {
+                ConnectError::BadUrl(format!("{}: {e}", redacted(server)))
+            })?;
+            let mut inner = addr.into_inner();
+            if !inner.username().is_empty() || inner.password().is_some() {
+                let this = (
+                    percent_decode(inner.username()),
+                    percent_decode(inner.password().unwrap_or_default()),
+                );
+                match &user {
+                    Some(seen) if *seen != this => {
+                        return Err(ConnectError::Inconsistent(
+                            "the servers of NATS_URL carry different user:password@ credentials",
+                        ))
+                    }
+                    _ => user = Some(this),
+                }
+                // Setting an empty username and no password cannot fail on a nats/tls URL.
+                let _ = inner.set_username("");
+                let _ = inner.set_password(None);
+            }
+            let addr = ServerAddr::from_url(inner)
+                .map_err(|e| ConnectError::BadUrl(format!("{}: {e}", redacted(server))))?;
+            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            return Err(ConnectError::BadUrl("no server is listed".into()));
+        }
+        Ok(Self {
+            addrs,
+            user: user.map(|(u, p)| (u, SecretString::from(p))),
+        })
+    }
+
+    /// Whether any server is a `tls://` one.
+    pub fn any_tls(&self) -> bool {
+        self.addrs.iter().any(ServerAddr::tls_required)
+    }
 }
 
 /// Why a NATS connection cannot be set up. Each names the setting to fix.
@@ -83,6 +150,14 @@ pub enum ConnectError {
     /// The server list itself cannot be parsed.
     #[error("NATS_URL is not a valid server list: {0}")]
     BadUrl(String),
+    /// No server answered (a one-off command does not retry).
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Unreachable {
+        /// The server list, without any password.
+        url: String,
+        /// Why the last attempt failed.
+        reason: String,
+    },
 }
 
 /// Whether the first attempt to connect failed for a reason retrying cannot fix.
@@ -97,15 +172,17 @@ pub enum FirstAttempt {
 const CREDENTIAL_SETTINGS: &str = "NATS_CREDS_FILE, NATS_NKEY_SEED_FILE or NATS_USER/NATS_PASSWORD";
 
 impl NatsSecurity {
-    /// Whether a credential is configured, here or as `user:password@` in the URL.
+    /// Whether a credential is configured, here or as `user:password@` in the URL (which
+    /// [`NatsSecurity::options`] sends as user/password auth).
     pub fn is_authenticated(&self, url: &str) -> bool {
         self.creds_file.is_some()
             || self.nkey_seed_file.is_some()
             || self.user.is_some()
-            || servers(url).any(|s| s.contains('@'))
+            || ServerList::parse(url).is_ok_and(|list| list.user.is_some())
     }
 
-    /// Whether the connection is TLS: a `tls://` server, `NATS_REQUIRE_TLS`, or a TLS file.
+    /// Whether every connection is TLS for the production rule: every server `tls://`,
+    /// `NATS_REQUIRE_TLS`, or a TLS file.
     pub fn uses_tls(&self, url: &str) -> bool {
         self.require_tls
             || self.tls_ca_file.is_some()
@@ -142,18 +219,35 @@ impl NatsSecurity {
         }
     }
 
-    /// Connect options carrying the credential and TLS settings. Files are read here, so a
-    /// wrong path fails now, naming its setting.
+    /// Whether the client must require TLS of every server, including those it learns from a
+    /// cluster's INFO (which it would otherwise dial as `nats://`): any `tls://` server,
+    /// `NATS_REQUIRE_TLS`, or a TLS file.
+    pub fn tls_in_use(&self, servers: &ServerList) -> bool {
+        self.require_tls
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || servers.any_tls()
+    }
+
+    /// Connect options carrying the credential (from these settings or the URLs' userinfo),
+    /// the TLS settings and the inbox prefix. Files are read here, so a wrong path fails now,
+    /// naming its setting.
     ///
     /// # Errors
     /// [`ConnectError::Unreadable`] or [`ConnectError::Inconsistent`].
-    pub async fn options(&self) -> Result<ConnectOptions, ConnectError> {
+    pub async fn options(&self, servers: &ServerList) -> Result<ConnectOptions, ConnectError> {
+        if servers.user.is_some() && self.user.is_some() {
+            return Err(ConnectError::Inconsistent(
+                "NATS_URL carries user:password@ and NATS_USER is set: use one of them",
+            ));
+        }
         let credentials = usize::from(self.creds_file.is_some())
             + usize::from(self.nkey_seed_file.is_some())
-            + usize::from(self.user.is_some());
+            + usize::from(self.user.is_some() || servers.user.is_some());
         if credentials > 1 {
             return Err(ConnectError::Inconsistent(
-                "set only one of NATS_CREDS_FILE, NATS_NKEY_SEED_FILE and NATS_USER",
+                "set only one of NATS_CREDS_FILE, NATS_NKEY_SEED_FILE and NATS_USER (or \
+                 user:password@ in NATS_URL)",
             ));
         }
         if self.user.is_some() != self.password.is_some() {
@@ -166,7 +260,10 @@ impl NatsSecurity {
                 "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE are set together or not at all",
             ));
         }
-        let mut options = ConnectOptions::new();
+        let mut options = ConnectOptions::new().event_callback(log_refusals);
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
         if let Some(path) = &self.creds_file {
             let text = read("NATS_CREDS_FILE", path).await?;
             options = options
@@ -188,6 +285,9 @@ impl NatsSecurity {
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
         }
+        if let Some((user, password)) = &servers.user {
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
         if let Some(path) = &self.tls_ca_file {
             read("NATS_TLS_CA_FILE", path).await?;
             options = options.add_root_certificates(path.clone());
@@ -197,14 +297,15 @@ impl NatsSecurity {
             read("NATS_TLS_KEY_FILE", key).await?;
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        if self.require_tls || self.tls_ca_file.is_some() || self.tls_cert_file.is_some() {
+        if self.tls_in_use(servers) {
             options = options.require_tls(true);
         }
         Ok(options)
     }
 
-    /// One attempt to connect with these settings. A refused credential or a failed TLS
-    /// handshake is an error; an unreachable server is [`FirstAttempt::Unreachable`].
+    /// One attempt to connect with these settings to the servers of `url` (a comma-separated
+    /// list). A refused credential or a failed TLS handshake is an error; an unreachable
+    /// server is [`FirstAttempt::Unreachable`].
     ///
     /// # Errors
     /// [`ConnectError`] for anything retrying cannot fix.
@@ -214,9 +315,9 @@ impl NatsSecurity {
         timeout: Duration,
         tune: impl FnOnce(ConnectOptions) -> ConnectOptions,
     ) -> Result<FirstAttempt, ConnectError> {
-        let options = tune(self.options().await?).connection_timeout(timeout);
-        // Every node of a cluster's comma-separated list: the client tries them in turn.
-        match options.connect(crate::servers::list(url)).await {
+        let servers = ServerList::parse(url)?;
+        let options = tune(self.options(&servers).await?).connection_timeout(timeout);
+        match options.connect(servers.addrs.as_slice()).await {
             Ok(client) => Ok(FirstAttempt::Connected(client)),
             Err(e) => match e.kind() {
                 ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
@@ -235,6 +336,105 @@ impl NatsSecurity {
             },
         }
     }
+
+    /// Connects to the servers of `url` (a comma-separated list) for a long-running process:
+    /// the first attempt's refused credential or failed TLS handshake is an error, while
+    /// unreachable servers are retried in the background (the client is returned at once and
+    /// connects when a server answers). `tune` adds the caller's options (reconnect delays…)
+    /// and is applied to both the first and the retrying client.
+    ///
+    /// # Errors
+    /// [`ConnectError`] for anything retrying cannot fix.
+    pub async fn connect(
+        &self,
+        url: &str,
+        timeout: Duration,
+        tune: impl Fn(ConnectOptions) -> ConnectOptions,
+    ) -> Result<async_nats::Client, ConnectError> {
+        match self.first_attempt(url, timeout, &tune).await? {
+            FirstAttempt::Connected(client) => Ok(client),
+            FirstAttempt::Unreachable(reason) => {
+                tracing::warn!(
+                    nats = %redacted(url),
+                    reason,
+                    "NATS is not reachable yet; retrying in the background"
+                );
+                let servers = ServerList::parse(url)?;
+                tune(self.options(&servers).await?)
+                    .retry_on_initial_connect()
+                    .connection_timeout(timeout)
+                    .connect(servers.addrs.as_slice())
+                    .await
+                    .map_err(|e| ConnectError::BadUrl(e.to_string()))
+            }
+        }
+    }
+
+    /// Connects once to the servers of `url`, for a command that needs NATS now (no
+    /// background retries).
+    ///
+    /// # Errors
+    /// [`ConnectError`], including [`ConnectError::Unreachable`].
+    pub async fn connect_once(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<async_nats::Client, ConnectError> {
+        match self.first_attempt(url, timeout, |o| o).await? {
+            FirstAttempt::Connected(client) => Ok(client),
+            FirstAttempt::Unreachable(reason) => Err(ConnectError::Unreachable {
+                url: redacted(url),
+                reason,
+            }),
+        }
+    }
+}
+
+/// The client's event callback: a background-retrying client whose credential the server
+/// refuses only gets async-nats's own log line otherwise, which names no setting.
+async fn log_refusals(event: Event) {
+    if is_refusal(&event) {
+        tracing::error!(
+            settings = CREDENTIAL_SETTINGS,
+            event = %event,
+            "NATS refused this service's credential; check NATS_CREDS_FILE, \
+             NATS_NKEY_SEED_FILE or NATS_USER/NATS_PASSWORD (or the user:password@ of NATS_URL)"
+        );
+    }
+}
+
+/// Whether `event` is the server refusing the credential: an `-ERR 'Authorization
+/// Violation'` while connected, or a (re)connect attempt refused for it, which async-nats 0.51
+/// reports as a client error carrying the error kind's text.
+fn is_refusal(event: &Event) -> bool {
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => true,
+        Event::ClientError(ClientError::Other(text)) => {
+            *text == ConnectErrorKind::AuthorizationViolation.to_string()
+                || *text == ConnectErrorKind::Authentication.to_string()
+        }
+        _ => false,
+    }
+}
+
+/// Decodes `%XX` escapes, as a URL's userinfo carries them (`p%40ss` is `p@ss`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The server list with any `user:password@` removed, for messages and logs.
@@ -345,7 +545,7 @@ mod tests {
             ..with_user()
         };
         assert!(matches!(
-            two.options().await,
+            two.options(&local()).await,
             Err(ConnectError::Inconsistent(_))
         ));
         let half = NatsSecurity {
@@ -353,7 +553,7 @@ mod tests {
             ..NatsSecurity::default()
         };
         assert!(matches!(
-            half.options().await,
+            half.options(&local()).await,
             Err(ConnectError::Inconsistent(_))
         ));
         let cert_only = NatsSecurity {
@@ -361,19 +561,100 @@ mod tests {
             ..NatsSecurity::default()
         };
         assert!(matches!(
-            cert_only.options().await,
+            cert_only.options(&local()).await,
             Err(ConnectError::Inconsistent(_))
         ));
         let missing = NatsSecurity {
             creds_file: Some("/nonexistent/order.creds".into()),
             ..NatsSecurity::default()
         };
-        let err = missing.options().await.unwrap_err();
+        let err = missing.options(&local()).await.unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("NATS_CREDS_FILE=/nonexistent/order.creds cannot be read"),
             "{err}"
         );
+    }
+
+    fn local() -> ServerList {
+        ServerList::parse("nats://127.0.0.1:4222").unwrap()
+    }
+
+    #[test]
+    fn a_server_list_is_split_and_its_userinfo_taken_out_of_the_addresses() {
+        let list = ServerList::parse("nats://u:p%40ss@a:4222, nats://u:p%40ss@b:4223,c").unwrap();
+        let addrs: Vec<&str> = list.addrs.iter().map(ServerAddr::as_url_str).collect();
+        assert_eq!(addrs, ["nats://a:4222", "nats://b:4223", "nats://c"]);
+        assert!(list.addrs.iter().all(|a| !a.has_user_pass()));
+        let (user, password) = list.user.expect("the URLs' credential");
+        assert_eq!((user.as_str(), password.expose_secret()), ("u", "p@ss"));
+        assert!(ServerList::parse("nats://a:4222").unwrap().user.is_none());
+        assert!(matches!(
+            ServerList::parse("nats://u:p@a:4222,nats://u:q@b:4222"),
+            Err(ConnectError::Inconsistent(_))
+        ));
+        assert!(matches!(
+            ServerList::parse(" , "),
+            Err(ConnectError::BadUrl(_))
+        ));
+        let err = ServerList::parse("http://u:secret@a:80").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_user_in_the_url_and_nats_user_together_are_refused() {
+        let list = ServerList::parse("nats://u:p@a:4222").unwrap();
+        let err = with_user().options(&list).await.unwrap_err();
+        assert!(err.to_string().contains("NATS_USER"), "{err}");
+        assert!(NatsSecurity::default().options(&list).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn any_tls_server_makes_the_client_require_tls_of_every_server() {
+        // Without it, servers learned from a cluster's INFO are dialled as plain nats://.
+        let required = |list: &str| {
+            let list = ServerList::parse(list).unwrap();
+            async move {
+                let options = NatsSecurity::default().options(&list).await.unwrap();
+                format!("{options:?}").contains("\"tls_required\": true")
+            }
+        };
+        assert!(required("tls://a:4222").await);
+        assert!(required("nats://a:4222,tls://b:4222").await);
+        assert!(!required("nats://a:4222").await);
+        let tls = NatsSecurity {
+            require_tls: true,
+            ..NatsSecurity::default()
+        };
+        let options = tls.options(&local()).await.unwrap();
+        assert!(format!("{options:?}").contains("\"tls_required\": true"));
+    }
+
+    #[tokio::test]
+    async fn the_inbox_prefix_is_the_configured_one() {
+        let prefixed = NatsSecurity {
+            inbox_prefix: Some("_INBOX_order-service".into()),
+            ..NatsSecurity::default()
+        };
+        let options = prefixed.options(&local()).await.unwrap();
+        assert!(
+            format!("{options:?}").contains("\"_INBOX_order-service\""),
+            "{options:?}"
+        );
+    }
+
+    #[test]
+    fn refusals_are_told_from_other_client_events() {
+        assert!(is_refusal(&Event::ServerError(
+            ServerError::AuthorizationViolation
+        )));
+        assert!(is_refusal(&Event::ClientError(ClientError::Other(
+            "authorization violation".into()
+        ))));
+        assert!(!is_refusal(&Event::ClientError(ClientError::Other(
+            "IO error".into()
+        ))));
+        assert!(!is_refusal(&Event::Disconnected));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! permission model of `deploy/nats/permissions.conf` behind TLS with a CA this test makes, and
 //! the service connects to it with its own credential.
 //!
-//! What must hold: the service works over TLS with its credential (relay out, consumers in);
-//! no account but payment-service can put a `payment.succeeded` on the stream, so no one else
-//! can confirm an order; and a credential the server refuses, or a server the CA does not
-//! vouch for, stops start-up with an error that names the setting to fix.
+//! What must hold: the service works over TLS with its credential (relay out, consumers in) on
+//! streams that nats-admin provisioned and it cannot change; no account but payment-service can
+//! put a `payment.succeeded` on the stream, so no one else can confirm an order; each account
+//! reads only its own inbox; the CLI works within order-service's rights (and dead letters are
+//! redriven with the break-glass account); a server list and a URL's `user:password@` work; and
+//! a credential the server refuses, or a server the CA does not vouch for, stops start-up with
+//! an error that names the setting to fix.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, Context};
 use futures::StreamExt;
 use order_api::config::{AppEnv, Settings};
+use order_api::inbound::OrderInboundHandler;
 use order_api::startup::Application;
+use order_api::store::OrderStore;
+use order_bus::dlq::RedriveTarget;
+use order_bus::inbound::Family;
 use order_domain::OrderStatus;
 use order_tests::soak::procs::{free_port, ScratchDir};
 use order_tests::{install_crypto, spawn_app_with, TestApp};
@@ -25,11 +32,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The users of permissions.conf this test connects as.
-const USERS: [&str; 4] = [
+const USERS: [&str; 6] = [
     "order-service",
     "payment-service",
     "ticket-service",
     "event-service",
+    "order-service-redrive",
+    "nats-admin",
 ];
 
 /// A private nats-server with TLS and the platform's permission model.
@@ -41,6 +50,7 @@ struct SecureNats {
 
 impl SecureNats {
     fn start() -> Self {
+        install_crypto();
         let dir = ScratchDir::new("nats-secure");
         write_certificates(&dir.path);
         let port = free_port();
@@ -58,28 +68,20 @@ impl SecureNats {
             key = dir.path.join("server-key.pem").display(),
         );
         std::fs::write(dir.path.join("server.conf"), config).expect("write the server config");
-        let mut command = Command::new(nats_server());
-        command
-            .arg("-c")
-            .arg(dir.path.join("server.conf"))
-            .arg("-l")
-            .arg(dir.path.join("server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for user in USERS {
-            command.env(password_variable(user), password(user));
-        }
-        let child = command.spawn().expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen: {}",
-                std::fs::read_to_string(dir.path.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_server(&dir.path, port);
         Self { port, dir, child }
+    }
+
+    /// Stops the server (its port and files stay), for [`SecureNats::restart`].
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same files.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_server(&self.dir.path, self.port);
     }
 
     fn url(&self) -> String {
@@ -94,18 +96,55 @@ impl SecureNats {
         std::fs::read_to_string(self.dir.path.join("server.log")).unwrap_or_default()
     }
 
-    /// A JetStream client connected as `user`, trusting the test's CA.
-    async fn connect_as(&self, user: &str) -> Context {
-        let client = async_nats::ConnectOptions::new()
+    /// A client connected as `user`, trusting the test's CA, with the inbox prefix the
+    /// permission model gives that user.
+    async fn client_as(&self, user: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
             .user_and_password(user.to_owned(), password(user))
             .add_root_certificates(self.ca_file())
             .require_tls(true)
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
             .connect(self.url())
             .await
-            .unwrap_or_else(|e| panic!("{user} connects: {e}"));
-        let mut js = jetstream::new(client);
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    }
+
+    /// A JetStream client connected as `user` (see [`SecureNats::client_as`]).
+    async fn connect_as(&self, user: &str) -> Context {
+        let mut js = jetstream::new(self.client_as(user).await);
         js.set_timeout(Duration::from_secs(2));
         js
+    }
+
+    /// Settings for the CLI as `user` on this server, on the database of `pool`.
+    async fn cli_settings(&self, user: &str, pool: &PgPool) -> Settings {
+        let mut s = Settings::for_tests(&database_url(pool).await);
+        self.service_settings(&mut s);
+        s.nats_user = Some(user.to_owned());
+        s.nats_password = Some(password(user));
+        s
+    }
+
+    /// Creates both streams as nats-admin with `order-service streams`, as a deployment does.
+    async fn provision(&self, pool: &PgPool) {
+        let admin = self.cli_settings("nats-admin", pool).await;
+        let out = order_api::cli::streams(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("nats-admin provisions the streams: {e:#}\n{}", self.log()));
+        assert!(out.contains("TICKETTOKEN_EVENTS: created"), "{out}");
+    }
+
+    /// Waits up to 5 s for the server log to contain `line`.
+    async fn wait_for_log(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged {line:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The service's settings for this server: its credential, the CA, production names.
@@ -121,14 +160,70 @@ impl SecureNats {
         s.relay_enabled = true;
         s.inbound_enabled = true;
         s.inbound_backoff_ms = vec![50];
+        // The shipped model: nats-admin provisions the streams, the service may not.
+        s.nats_create_stream = false;
     }
+}
+
+/// Asserts that a JetStream API request (`$JS.API.INFO`) through `client` gets its answer,
+/// which proves the connection authenticated, allowed to ask, and able to read its inbox.
+async fn jetstream_answers(client: &async_nats::Client, what: &str) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request("$JS.API.INFO", Vec::<u8>::new().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no JetStream answer {what} within 5 s"))
+    .unwrap_or_else(|e| panic!("no JetStream answer {what}: {e}"));
+    assert!(
+        String::from_utf8_lossy(&answer.payload)
+            .contains("io.nats.jetstream.api.v1.account_info_response"),
+        "{what}: {:?}",
+        answer.payload
+    );
+}
+
+/// The URL of the database behind `pool` (a per-test database).
+async fn database_url(pool: &PgPool) -> String {
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("database name");
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{db}")
 }
 
 impl Drop for SecureNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Runs nats-server with `dir`'s server.conf, and waits until it listens on `port`.
+fn spawn_server(dir: &Path, port: u16) -> Child {
+    let mut command = Command::new(nats_server());
+    command
+        .arg("-c")
+        .arg(dir.join("server.conf"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for user in USERS {
+        command.env(password_variable(user), password(user));
+    }
+    let child = command.spawn().expect("nats-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen: {}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 fn nats_server() -> PathBuf {
@@ -203,6 +298,7 @@ async fn over_tls_with_its_credential_the_service_works_and_only_payment_service
     pool: PgPool,
 ) {
     let nats = SecureNats::start();
+    nats.provision(&pool).await;
     let app = spawn_app_with(pool, |s| nats.service_settings(s)).await;
     let order = app.create_order().await;
     let id: Uuid = order["id"].as_str().expect("id").parse().expect("uuid");
@@ -246,6 +342,28 @@ async fn over_tls_with_its_credential_the_service_works_and_only_payment_service
         "payment-service read order-service's durable"
     );
     assert!(payments.delete_stream("TICKETTOKEN_EVENTS").await.is_err());
+
+    // Nor can order-service change the stream it publishes to: allowing rollups (or adding a
+    // republish rule) would let a leaked credential drop or inject money messages.
+    let order_service = nats.connect_as("order-service").await;
+    let mut config = order_service
+        .get_stream("TICKETTOKEN_EVENTS")
+        .await
+        .expect("order-service sees the stream")
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .clone();
+    config.allow_rollup = true;
+    assert!(
+        order_service.update_stream(&config).await.is_err(),
+        "order-service updated the stream"
+    );
+    nats.wait_for_log(
+        "Publish Violation - User \"order-service\", Subject \"$JS.API.STREAM.UPDATE.TICKETTOKEN_EVENTS\"",
+    )
+    .await;
 
     // Every account but payment-service is refused payment.succeeded, the order's own service
     // included; the order stays pending.
@@ -293,12 +411,17 @@ async fn over_tls_with_its_credential_the_service_works_and_only_payment_service
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Only the two refusals this test provoked: none of the service's own calls.
+    let log = nats.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Violation - User \"order-service\""))
+        .filter(|l| !l.contains("STREAM.UPDATE") && !l.contains("payment.succeeded"))
+        .collect();
     assert!(
-        !nats
-            .log()
-            .contains("Publish Violation - User \"order-service\", Subject \"$JS"),
-        "order-service's own JetStream calls were refused:\n{}",
-        nats.log()
+        refused.is_empty(),
+        "order-service's own calls were refused:\n{}",
+        refused.join("\n")
     );
 }
 
@@ -376,6 +499,283 @@ async fn a_wrong_credential_or_an_unknown_ca_is_a_clear_start_up_error(pool: PgP
         .expect("NATS_ALLOW_INSECURE=true lets it start (with a warning)");
 }
 
+#[sqlx::test(migrations = "../migrations")]
+async fn a_server_list_connects_past_a_dead_server(pool: PgPool) {
+    let nats = SecureNats::start();
+    let dead = free_port();
+    let mut s = Settings::for_tests("postgres://unused");
+    nats.service_settings(&mut s);
+    s.nats_url = format!("tls://127.0.0.1:{dead}, tls://127.0.0.1:{}", nats.port);
+    let client = s
+        .nats_security()
+        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("the second server of the list answers: {e}"));
+    jetstream_answers(&client, "through the live server").await;
+
+    // The service's own start-up takes the same list.
+    s.relay_enabled = false;
+    s.inbound_enabled = false;
+    Application::build_with_pool(s, pool)
+        .await
+        .expect("the service starts with a server list");
+}
+
+#[tokio::test]
+async fn a_user_and_password_in_the_url_is_the_credential_sent() {
+    let nats = SecureNats::start();
+    let mut s = Settings::for_tests("postgres://unused");
+    nats.service_settings(&mut s);
+    s.nats_user = None;
+    s.nats_password = None;
+    s.nats_url = format!(
+        "tls://order-service:{}@127.0.0.1:{}",
+        password("order-service"),
+        nats.port
+    );
+    let client = s
+        .nats_security()
+        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("the URL's credential is accepted: {e}"));
+    jetstream_answers(&client, "as order-service").await;
+    assert!(
+        !nats.log().contains("Authorization Error"),
+        "the server refused the URL's credential:\n{}",
+        nats.log()
+    );
+
+    // Two credentials are one too many.
+    s.nats_user = Some("order-service".into());
+    s.nats_password = Some(password("order-service"));
+    let err = s
+        .nats_security()
+        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NATS_USER"), "{err}");
+    assert!(
+        !err.to_string().contains(&password("order-service")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_account_can_read_another_accounts_inbox() {
+    let nats = SecureNats::start();
+    let snoop = nats.client_as("event-service").await;
+    let mut replies = snoop
+        .subscribe("_INBOX_order-service.>")
+        .await
+        .expect("the subscription is sent");
+    let mut all = snoop.subscribe("_INBOX.>").await.expect("sent");
+    snoop.flush().await.expect("flush");
+    nats.wait_for_log(
+        "Subscription Violation - User \"event-service\", Subject \"_INBOX_order-service.>\"",
+    )
+    .await;
+    nats.wait_for_log("Subscription Violation - User \"event-service\", Subject \"_INBOX.>\"")
+        .await;
+
+    // order-service's replies (a JetStream call with the service's own settings) reach it and
+    // no one else.
+    let mut s = Settings::for_tests("postgres://unused");
+    nats.service_settings(&mut s);
+    let client = s
+        .nats_security()
+        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .await
+        .expect("order-service connects");
+    jetstream_answers(&client, "on order-service's own inbox").await;
+    for sub in [&mut replies, &mut all] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next())
+                .await
+                .ok()
+                .flatten()
+                .is_none(),
+            "event-service read order-service's reply"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_subscribe_command_works_as_order_service_and_respects_the_production_rule(
+    pool: PgPool,
+) {
+    let nats = SecureNats::start();
+    nats.provision(&pool).await;
+    let order_service = nats.connect_as("order-service").await;
+    let envelope = json!({"id": "e1", "type": "order.created", "aggregateId": "a1",
+                          "sequenceNumber": 1, "payload": {}});
+    assert!(stream_takes(&order_service, "order.created", &envelope).await);
+
+    let s = nats.cli_settings("order-service", &pool).await;
+    let lines = order_api::cli::subscribe(&s, None, 5, Duration::from_secs(1), true)
+        .await
+        .unwrap_or_else(|e| panic!("subscribe as order-service: {e:#}\n{}", nats.log()));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\"order.created\""), "{lines:?}");
+    // Its consumer is gone afterwards, and a second run reads from the start again.
+    let admin = nats.connect_as("nats-admin").await;
+    let stream = admin
+        .get_stream("TICKETTOKEN_EVENTS")
+        .await
+        .expect("stream");
+    assert!(stream
+        .get_consumer::<pull::Config>(order_api::cli::SUBSCRIBE_CONSUMER)
+        .await
+        .is_err());
+    let again = order_api::cli::subscribe(&s, None, 5, Duration::from_secs(1), true)
+        .await
+        .expect("subscribe again");
+    assert_eq!(again.len(), 1, "{again:?}");
+
+    // The CLI applies the production rule as start-up does.
+    let mut plain = s.clone();
+    plain.app_env = AppEnv::Production;
+    plain.nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    plain.nats_user = None;
+    plain.nats_password = None;
+    plain.nats_tls_ca_file = None;
+    plain.nats_require_tls = false;
+    let err = order_api::cli::subscribe(&plain, None, 5, Duration::from_secs(1), true)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("refused in production"),
+        "{err:#}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn dead_letters_are_redriven_with_the_break_glass_account_only(pool: PgPool) {
+    let nats = SecureNats::start();
+    nats.provision(&pool).await;
+    let service = nats.cli_settings("order-service", &pool).await;
+    let payments = order_api::inbound::subscriber(
+        &service,
+        Family::Payment,
+        nats.connect_as("order-service").await,
+        pool.clone(),
+        OrderInboundHandler::new(OrderStore::new(pool.clone())),
+    );
+    let payment_service = nats.connect_as("payment-service").await;
+    assert!(stream_takes(&payment_service, "payment.succeeded", &json!("garbage")).await);
+    let mut parked = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while parked == 0 {
+        assert!(Instant::now() < deadline, "nothing parked:\n{}", nats.log());
+        parked += payments.run_once().await.expect("round").parked;
+    }
+    assert_eq!(
+        order_api::cli::dlq_list(&service, true)
+            .await
+            .expect("order-service lists its dead letters")
+            .lines()
+            .count(),
+        1
+    );
+
+    // The service's own credential may not publish payment.*: a clear error, nothing lost.
+    let err = order_api::cli::dlq_redrive(&service, RedriveTarget::All)
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("NATS_USER=order-service-redrive") && text.contains("payment.*"),
+        "{text}"
+    );
+    assert_eq!(
+        order_api::cli::dlq_list(&service, true)
+            .await
+            .expect("list")
+            .lines()
+            .count(),
+        1,
+        "the parked message was lost"
+    );
+
+    let redrive = nats.cli_settings("order-service-redrive", &pool).await;
+    let report = order_api::cli::dlq_redrive(&redrive, RedriveTarget::All)
+        .await
+        .unwrap_or_else(|e| panic!("redrive as order-service-redrive: {e:#}\n{}", nats.log()));
+    assert_eq!(report.republished.len(), 1, "{report:?}");
+    assert!(order_api::cli::dlq_list(&service, true)
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+/// Log output collected in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_credential_refused_after_background_retries_is_logged_naming_the_settings() {
+    let buffer = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("order_bus=error")
+        .with_writer(buffer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The server is down at start-up, so the client retries in the background; when it comes
+    // back, it refuses the password.
+    let mut nats = SecureNats::start();
+    nats.stop();
+    let mut s = Settings::for_tests("postgres://unused");
+    nats.service_settings(&mut s);
+    s.nats_password = Some("not-the-password".into());
+    let _client = s
+        .nats_security()
+        .connect(&s.nats_url, Duration::from_secs(2), |o| {
+            o.reconnect_delay_callback(|_| Duration::from_millis(100))
+        })
+        .await
+        .expect("an unreachable server is retried in the background");
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !buffer
+        .text()
+        .contains("NATS refused this service's credential")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no error naming the settings was logged:\n{}",
+            buffer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = buffer.text();
+    assert!(text.contains("NATS_USER/NATS_PASSWORD"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+}
+
 /// `deploy/nats/nats-server.conf` as shipped (with its TLS files made here) is one nats-server
 /// accepts.
 #[test]
@@ -391,6 +791,11 @@ fn the_shipped_server_configuration_is_valid() {
     let shipped =
         std::fs::read_to_string(deploy.join("nats-server.conf")).expect("read nats-server.conf");
     assert!(shipped.contains("/etc/nats/tls/") && shipped.contains("include \"permissions.conf\""));
+    // Monitoring names every connection and subscription: loopback only.
+    assert!(
+        shipped.contains("http: \"127.0.0.1:8222\"") && !shipped.contains("http_port"),
+        "monitoring is exposed beyond loopback:\n{shipped}"
+    );
     let config = shipped
         .replace("/etc/nats/tls/", &format!("{}/", dir.path.display()))
         .replace(
