@@ -41,6 +41,7 @@ CALLERS = {
     "/api/v1/orders/{id}/refunds": "payment-service",
     "/api/v1/orders/{id}/tickets": "ticket-service",
     "/api/v1/orders/{id}/events": "api-gateway",
+    "/internal/events": "event-service",
     "/internal/orders/{id}": "payment-service",
     "/internal/orders/{id}/for-payment": "payment-service",
     "/internal/orders/without-tickets": "payment-service",

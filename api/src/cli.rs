@@ -3,9 +3,9 @@
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
+use crate::app::store::OrderStore;
 use crate::auth::{signing, KeyRing};
 use crate::config::Settings;
-use crate::store::OrderStore;
 
 /// `order-service call METHOD PATH`: sends one signed request (hmac-v1) to a running service
 /// and prints the answer. Exits non-zero on a non-2xx status, so scripts can chain calls.
@@ -250,7 +250,7 @@ async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::Dea
     let client = connect_nats(settings).await?;
     let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
     let pool = crate::db::pool(&settings.database_url, 2)?;
-    Ok(crate::inbound::dead_letters(settings, jetstream, pool))
+    Ok(crate::consumers::dead_letters(settings, jetstream, pool))
 }
 
 /// `order-service streams`: creates the events stream and the dead-letter stream, or adds
@@ -820,8 +820,20 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
     use order_bus::Subjects;
 
     let subjects = Subjects::new(&args.subject_prefix);
-    if subjects.prefix().is_empty() || subjects == Subjects::new(&settings.nats_subject_prefix) {
-        bail!("--subject-prefix must be set, and differ from the relay's subjects");
+    let relay_subjects = Subjects::new(&settings.nats_subject_prefix).stream_subjects();
+    let sample = subjects.prefixed("order.created");
+    if subjects.prefix().is_empty()
+        || relay_subjects
+            .iter()
+            .any(|pattern| subject_matches(pattern, &sample))
+    {
+        bail!(
+            "--subject-prefix must be set, and its subjects must not fall in the events stream \
+             {} ({}): live subscribers would receive the copies, and the two would share one \
+             duplicate window",
+            settings.nats_stream,
+            relay_subjects.join(", ")
+        );
     }
     let known: std::collections::BTreeSet<String> = order_bus::subjects::all_integration_types()
         .into_iter()
@@ -853,7 +865,7 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
         name: args
             .name
             .clone()
-            .unwrap_or_else(|| subjects.prefix().trim_end_matches('.').to_owned()),
+            .unwrap_or_else(|| default_republish_name(&subjects, args)),
         filter: RepublishFilter {
             since: args.since,
             order: args.order.map(|o| o.to_string()),
@@ -908,4 +920,50 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
         }
     );
     Ok(())
+}
+
+/// The checkpoint name when `--name` is not given: the prefix, plus a digest of the filters when
+/// there are any, so that a run with other filters on the same prefix starts afresh rather than
+/// resuming past the end of another run's range.
+fn default_republish_name(subjects: &order_bus::Subjects, args: &RepublishArgs) -> String {
+    use sha2::Digest as _;
+    let prefix = subjects.prefix().trim_end_matches('.').to_owned();
+    if args.since.is_none() && args.order.is_none() && args.types.is_empty() {
+        return prefix;
+    }
+    let mut types = args.types.clone();
+    types.sort();
+    let filters = format!("{:?}|{:?}|{types:?}", args.since, args.order);
+    let digest = sha2::Sha256::digest(filters.as_bytes());
+    format!("{prefix}+{}", hex::encode(&digest[..4]))
+}
+
+/// Whether NATS subject `pattern` (with `*` and a final `>`) matches `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod republish_tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_nats_wildcards() {
+        assert!(subject_matches("order.>", "order.backfill.order.created"));
+        assert!(subject_matches("t1.order.>", "t1.order.created"));
+        assert!(subject_matches("order.*", "order.created"));
+        assert!(!subject_matches("order.*", "order.a.b"));
+        assert!(!subject_matches("order.>", "order"));
+        assert!(!subject_matches("order.>", "backfill.order.created"));
+        assert!(!subject_matches("payment.>", "backfill.order.created"));
+    }
 }

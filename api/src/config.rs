@@ -549,7 +549,7 @@ impl Settings {
 
     /// The dead-letter stream's configuration.
     pub fn dlq_config(&self) -> order_bus::dlq::DlqConfig {
-        crate::inbound::dlq_config(self)
+        crate::consumers::dlq_config(self)
     }
 
     /// How long handled inbound ids are kept.

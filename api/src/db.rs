@@ -1,7 +1,5 @@
 //! Postgres: the pool, creating the database when missing, and the embedded migrations.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,7 +16,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 ///
 /// Connections are not pinged before each use (sqlx's default): the ping is a round trip per
 /// query, a third of a create's database time. A connection broken by a database restart
-/// fails its next query instead; that request answers 503 (an outage, see `store::sqlx_error`),
+/// fails its next query instead; that request answers 503 (an outage, see `app::AppError::from_sqlx`),
 /// sqlx drops the connection, and the next request gets a fresh one.
 ///
 /// # Errors
@@ -33,29 +31,6 @@ pub fn pool(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .test_before_acquire(false)
         .connect_lazy_with(options))
 }
-
-/// The batchers' kept connections (the type lives with the feed readers, which keep one too).
-pub use order_projections::held::HeldConnection;
-
-/// [`HeldConnection::release`] as a batcher's idle hook ([`crate::batch::Batcher::on_idle`]),
-/// with the idle time it is meant for: long against the gaps between batches under load, short
-/// against a pool's close.
-pub fn idle_hook(
-    held: &HeldConnection,
-) -> (
-    Duration,
-    impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
-) {
-    let held = held.clone();
-    let hook = move || {
-        let held = held.clone();
-        Box::pin(async move { held.release().await }) as Pin<Box<dyn Future<Output = ()> + Send>>
-    };
-    (HELD_IDLE, hook)
-}
-
-/// How long a batcher keeps its [`HeldConnection`] without a batch to run.
-const HELD_IDLE: Duration = Duration::from_millis(50);
 
 /// Creates the database if missing, then applies pending migrations.
 ///

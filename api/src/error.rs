@@ -1,6 +1,8 @@
-//! The API's one error type, and the one place errors become HTTP answers.
+//! The HTTP adapter's one error type, and the one place errors become HTTP answers.
 //!
 //! Policy: handlers and extractors return [`ApiError`]. Each variant's doc names its status.
+//! Use cases fail with [`AppError`], which `From<AppError> for ApiError` maps to a status here
+//! and nowhere else.
 //! Every error body is `{"error": <reason phrase>, "message": <text>, "requestId": <id>}`
 //! (docs/contract.md §3.1). Internal errors answer an opaque 500 and are logged exactly once, by
 //! [`error_envelope`], with the request id; their text never reaches the caller. Libraries below
@@ -14,8 +16,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::app::AppError;
+use crate::clients::ClientError;
 use crate::context;
 use crate::deadline::DeadlinePassed;
 
@@ -89,13 +94,27 @@ impl ApiError {
     }
 }
 
+/// The error body every failure answers with (docs/contract.md §3.1).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// The status's reason phrase, e.g. `Not Found`.
+    #[schema(example = "Not Found")]
+    pub error: String,
+    /// What went wrong, for a human. Never carries internal details.
+    #[schema(example = "order not found")]
+    pub message: String,
+    /// The request's id (`x-request-id`), also echoed as a response header.
+    pub request_id: String,
+}
+
 /// Builds the normative error body with the current request id.
 pub fn error_body(status: StatusCode, message: &str) -> Response {
-    let body = json!({
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "message": message,
-        "requestId": context::current_request_id(),
-    });
+    let body = ErrorBody {
+        error: status.canonical_reason().unwrap_or("Error").to_owned(),
+        message: message.to_owned(),
+        request_id: context::current_request_id(),
+    };
     (status, Json(body)).into_response()
 }
 
@@ -131,12 +150,46 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<DeadlinePassed> for ApiError {
-    fn from(_: DeadlinePassed) -> Self {
-        Self::Unavailable {
-            message: "the database did not answer in time; retry shortly".into(),
-            retry_after: Some(1),
+/// The status of each way a use case can fail.
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Invalid(m) => Self::BadRequest(m),
+            AppError::NotFound(m) => Self::NotFound(m),
+            AppError::Rejected(m) => Self::Conflict(m),
+            AppError::KeyReused(m) => Self::Unprocessable(m),
+            AppError::ConcurrentWrite => Self::ConcurrentWrite,
+            AppError::Unavailable {
+                message,
+                retry_after,
+            } => Self::Unavailable {
+                message,
+                retry_after,
+            },
+            AppError::PeerFailed(m) => Self::BadGateway(m),
+            AppError::Internal(e) => Self::Internal(e),
         }
+    }
+}
+
+impl From<DeadlinePassed> for ApiError {
+    fn from(e: DeadlinePassed) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// A domain value refused while parsing a request (an unknown currency).
+impl From<order_domain::OrderError> for ApiError {
+    fn from(e: order_domain::OrderError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// A peer's failure as the caller sees it: 502 when it answered with an error, 503 when it
+/// could not be asked.
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        AppError::from(e).into()
     }
 }
 

@@ -1,7 +1,7 @@
 //! By-id order reads (`GET /internal/orders/{orderId}`), batched across concurrent requests.
 //!
 //! payment-service reads orders by id far more than anything else, and each read is one
-//! primary-key lookup whose cost is nearly all per statement (see [`crate::batch`]). So the
+//! primary-key lookup whose cost is nearly all per statement (see [`order_projections::postgres::batch`]). So the
 //! lookups of concurrent requests go to the hot read model as one `= ANY($1)` statement, one
 //! batch at a time. Anything that batch cannot answer exactly as
 //! [`order_projections::queries::order`] would goes to that function itself, on its own:
@@ -14,14 +14,13 @@
 
 use std::collections::HashMap;
 
+use order_projections::postgres::batch::{self, BatchFuture, Batcher};
+use order_projections::postgres::HeldConnection;
 use order_projections::queries;
 use order_projections::view::OrderView;
 use order_projections::ProjectionError;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-use crate::batch::{BatchFuture, Batcher};
-use crate::db::HeldConnection;
 
 /// Most ids looked up by one statement.
 const MAX_BATCH: usize = 128;
@@ -37,7 +36,7 @@ impl OrderLookup {
     /// Lookups over `pool`, whose database holds the read models.
     pub fn new(pool: PgPool) -> Self {
         let held = HeldConnection::new(pool.clone());
-        let (idle, release) = crate::db::idle_hook(&held);
+        let (idle, release) = batch::idle_hook(&held);
         let batcher = Batcher::new(MAX_BATCH, "order_lookup_batch_size", move |ids| {
             Box::pin(hot_batch(held.clone(), ids)) as BatchFuture<_>
         })

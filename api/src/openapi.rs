@@ -4,10 +4,10 @@
 //! Swagger UI's assets are compiled into the binary (`utoipa-swagger-ui` with `vendored`), so
 //! neither the build nor the page needs the network.
 //!
-//! Most handlers answer `serde_json::Value` built with `json!`; the `*Doc` and `*Answer` types
-//! here describe those bodies for the document only. Each mirrors a serialised type of the
-//! projections or jobs modules field by field (`ops` integration tests compare real answers with
-//! the document's required fields, so a drift shows up there).
+//! The answers' schemas are derived from the types the handlers send
+//! ([`crate::routes::answers`], the read models' own types, [`crate::error::ErrorBody`]), so
+//! this module holds no shape of its own: only the document's root, the security rule and the
+//! routes that serve it.
 //!
 //! Security is added by [`SecuritySchemes`] rather than repeated on every handler:
 //! docs/contract.md §4 makes it a rule of the path (every route under `/api` and `/internal`
@@ -19,12 +19,10 @@ use std::sync::OnceLock;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
-use uuid::Uuid;
 
 use crate::routes::{commands, health, jobs, queries};
 
@@ -64,7 +62,7 @@ pub const DOCS_PATH: &str = "/docs";
         crate::routes::events::events,
         jobs::list_jobs,
     ),
-    components(schemas(ErrorBody, crate::routes::events::EventsPage)),
+    components(schemas(crate::error::ErrorBody, crate::routes::events::EventsPage)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Health, metrics and published contracts; unauthenticated"),
@@ -74,274 +72,6 @@ pub const DOCS_PATH: &str = "/docs";
     ),
 )]
 pub struct ApiDoc;
-
-/// The error body every failure answers with (docs/contract.md §3.1, [`crate::error`]).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorBody {
-    /// The status's reason phrase, e.g. `Not Found`.
-    #[schema(example = "Not Found")]
-    pub error: String,
-    /// What went wrong, for a human. Never carries internal details.
-    #[schema(example = "order not found")]
-    pub message: String,
-    /// The request's id (`x-request-id`), also echoed as a response header.
-    pub request_id: String,
-}
-
-/// Life-cycle status of an order (the normative wire names).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatusDoc {
-    Pending,
-    Reserved,
-    Paid,
-    Cancelled,
-    Expired,
-    Refunded,
-    PartiallyRefunded,
-    Failed,
-}
-
-/// The order object (mirrors `order_projections::OrderView`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderDoc {
-    pub id: Uuid,
-    pub order_number: String,
-    pub tenant_id: String,
-    pub user_id: String,
-    pub event_id: Uuid,
-    pub status: OrderStatusDoc,
-    pub subtotal_cents: i64,
-    pub fees_cents: i64,
-    pub tax_cents: i64,
-    pub total_cents: i64,
-    /// ISO 4217 code.
-    pub currency: String,
-    pub payment_intent_id: Option<String>,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-    pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub refunded_cents: i64,
-    pub refunds_locked: bool,
-    pub ticket_count: u32,
-    /// The aggregate's version; pass it as `minVersion` to read your own write.
-    pub version: u64,
-}
-
-/// `{"order": {...}}`: the answer of every command and of `GET /internal/orders/{id}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OrderAnswer {
-    pub order: OrderDoc,
-}
-
-/// The refund part of a refund command's answer.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RefundDoc {
-    pub id: Uuid,
-    /// `completed` (200) or `requested` (202, still processing).
-    #[schema(example = "completed")]
-    pub status: String,
-    pub amount_cents: Option<i64>,
-}
-
-/// The answer of `POST /api/v1/orders/{id}/refunds`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RefundAnswer {
-    pub order: OrderDoc,
-    pub refund: RefundDoc,
-}
-
-/// One stored event of an order's history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OrderEventDoc {
-    pub sequence: i64,
-    /// The event type, e.g. `OrderCreated`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub version: String,
-    pub timestamp: chrono::DateTime<chrono::Utc>,
-    /// The event's payload, upcast to the current version.
-    pub payload: serde_json::Value,
-    /// Request, trace, correlation and causation ids, actor, tenant.
-    pub metadata: serde_json::Value,
-}
-
-/// The answer of `GET /api/v1/orders/{id}/events`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderEventsAnswer {
-    pub order_id: Uuid,
-    pub events: Vec<OrderEventDoc>,
-}
-
-/// One line item with its tickets (mirrors `order_projections::queries::OrderItemView`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderItemDoc {
-    pub id: Uuid,
-    pub ticket_type_id: Uuid,
-    pub quantity: u32,
-    pub unit_price_cents: i64,
-    pub ticket_ids: Vec<String>,
-}
-
-/// The answer of `GET /internal/orders/{id}/items`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderItemsAnswer {
-    pub order_id: Uuid,
-    pub items: Vec<OrderItemDoc>,
-}
-
-/// The criteria `without-tickets` applied, defaults filled in.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WithoutTicketsCriteriaDoc {
-    pub minutes_old: u32,
-    pub status: OrderStatusDoc,
-    pub limit: u32,
-}
-
-/// The answer of `GET /internal/orders/without-tickets`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WithoutTicketsAnswer {
-    pub orders: Vec<OrderDoc>,
-    pub count: usize,
-    pub criteria: WithoutTicketsCriteriaDoc,
-}
-
-/// The order part of `for-payment` (mirrors `order_projections::queries::PaymentOrder`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymentOrderDoc {
-    pub id: Uuid,
-    pub order_number: String,
-    pub total_cents: i64,
-    pub currency: String,
-    pub status: OrderStatusDoc,
-    pub payment_intent_id: Option<String>,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    pub version: u64,
-}
-
-/// One line of `for-payment`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymentItemDoc {
-    pub id: Uuid,
-    pub ticket_type_id: Uuid,
-    pub quantity: u32,
-    pub unit_price_cents: i64,
-}
-
-/// Why an order cannot be charged now.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PaymentRefusalDoc {
-    OrderExpired,
-    InvalidStatus,
-    AlreadyPaid,
-    ZeroTotal,
-    NoItems,
-}
-
-/// Whether the order can be charged now.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymentContextDoc {
-    pub item_count: usize,
-    pub ticket_count: u32,
-    pub can_process_payment: bool,
-    pub is_expired: bool,
-    pub validation_errors: Vec<PaymentRefusalDoc>,
-}
-
-/// The answer of `GET /internal/orders/{id}/for-payment`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ForPaymentAnswer {
-    pub order: PaymentOrderDoc,
-    pub items: Vec<PaymentItemDoc>,
-    pub payment_context: PaymentContextDoc,
-}
-
-/// A job's last failure.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobErrorDoc {
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub message: String,
-}
-
-/// One job's status in this replica (mirrors `crate::jobs::JobStatusView`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobStatusDoc {
-    pub name: String,
-    #[schema(example = "every 30s")]
-    pub schedule: String,
-    pub interval_seconds: u64,
-    pub enabled: bool,
-    pub leader: bool,
-    pub running: bool,
-    pub last_run: Option<chrono::DateTime<chrono::Utc>>,
-    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
-    pub last_error: Option<JobErrorDoc>,
-    pub consecutive_failures: u32,
-    /// `closed`, `open` or `half-open`.
-    #[schema(example = "closed")]
-    pub breaker: String,
-    pub breaker_open_until: Option<chrono::DateTime<chrono::Utc>>,
-    pub next_run: Option<chrono::DateTime<chrono::Utc>>,
-    /// What the last successful run did: examined, acted, unchanged, refused, alerts,
-    /// stoppedEarly.
-    pub last_report: Option<serde_json::Value>,
-}
-
-/// The answer of `GET /internal/jobs`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobsAnswer {
-    pub jobs: Vec<JobStatusDoc>,
-}
-
-/// `{"status": "ok"}` of liveness.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LiveAnswer {
-    #[schema(example = "ok")]
-    pub status: String,
-}
-
-/// One readiness check: `ok`, or `failing` with a reason. The relay check also reports
-/// `backlog`, `secondsBehind`, `fenced` and `maxBacklog`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadyCheckDoc {
-    #[schema(example = "ok")]
-    pub status: String,
-    pub reason: Option<String>,
-}
-
-/// The readiness checks by name.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadyChecksDoc {
-    pub postgres: ReadyCheckDoc,
-    pub nats: ReadyCheckDoc,
-    pub relay: ReadyCheckDoc,
-    /// Fails when the database's transaction ids are behind the feed's stored ones (after a
-    /// logical restore); the reason names the fix.
-    pub feed: ReadyCheckDoc,
-}
-
-/// The answer of `GET /health/ready`, 200 or 503 alike.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadyAnswer {
-    /// `ready` or `not ready`.
-    #[schema(example = "ready")]
-    pub status: String,
-    pub checks: ReadyChecksDoc,
-}
 
 /// The headers of each HMAC scheme, as `(security scheme name, header, description)`.
 const HMAC_V1: [(&str, &str, &str); 4] = [

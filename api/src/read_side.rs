@@ -6,7 +6,7 @@
 //! A standby is behind the primary by its replication lag, so a read there may answer an older
 //! version of an order. `minVersion` keeps read-your-writes honest as before: the route reads
 //! again until the standby has replayed that version, for up to `READ_WAIT_MS`, then answers
-//! 503 with `Retry-After` (routes/queries.rs). A read without it may be as old as the lag.
+//! 503 with `Retry-After` (app/queries.rs). A read without it may be as old as the lag.
 //!
 //! When the standby fails a read, that read is served by the primary, and while the failure is
 //! an outage (unreachable, shutting down) the standby is left alone for [`STANDBY_RETRY`]

@@ -21,6 +21,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::app::commands::Commands;
+use crate::app::queries::Queries;
+use crate::app::store::OrderStore;
 use crate::auth::{
     authenticate, AuthConfigError, Authenticator, CallerPolicy, KeyRing, NonceStore, RoutePolicy,
 };
@@ -30,7 +33,6 @@ use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::read_side::ReadSide;
 use crate::routes::{commands, events, health, jobs as jobs_route, queries};
-use crate::store::OrderStore;
 use crate::{context, db, deadline, error, jobs, openapi, workers};
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
@@ -54,8 +56,10 @@ pub struct Shared {
     pub jobs: JobRegistry,
     /// By-id order reads, batched across concurrent requests.
     pub orders: OrderLookup,
-    /// Where the `/internal` queries read: the standby of `READ_DATABASE_URL`, else `pool`.
-    pub reads: ReadSide,
+    /// The command use cases the handlers call.
+    pub commands: Commands,
+    /// The lookup use cases the handlers call.
+    pub queries: Queries,
 }
 
 impl std::ops::Deref for AppState {
@@ -203,6 +207,7 @@ impl Application {
         let clients = ServiceClients::from_settings(&settings)
             .context("refusing to start with invalid service client settings")?;
         let nats = Some(connect_nats(&settings).await?);
+        let store = OrderStore::new(pool.clone());
         let orders = OrderLookup::new(pool.clone());
         let reads = ReadSide::new(
             pool.clone(),
@@ -210,10 +215,12 @@ impl Application {
             settings.read_database_url.as_deref(),
             settings.db_max_connections,
         )?;
+        let read_wait = Duration::from_millis(settings.read_wait_ms);
         let state = AppState(Arc::new(Shared {
-            store: OrderStore::new(pool.clone()),
+            commands: Commands::new(store.clone(), clients.clone()),
+            queries: Queries::new(pool.clone(), reads, store.clone(), read_wait),
+            store,
             orders,
-            reads,
             auth,
             pool,
             nats,

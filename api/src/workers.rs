@@ -11,7 +11,7 @@ use order_projections::{OrdersProjector, ProjectionRunner};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::saga::{RefundRetrier, RefundSaga};
+use crate::app::refund::{RefundRetrier, RefundSaga};
 use crate::startup::AppState;
 
 /// How often expired nonces are purged from the shared replay store.
@@ -30,9 +30,13 @@ pub fn spawn_all(state: &AppState, stop: &CancellationToken, tracker: &TaskTrack
     tracker.spawn(retry_refunds(state.clone(), stop.clone()));
     if state.settings.inbound_enabled {
         for family in order_bus::inbound::Family::ALL {
-            tracker.spawn(crate::inbound::consume(state.clone(), family, stop.clone()));
+            tracker.spawn(crate::consumers::consume(
+                state.clone(),
+                family,
+                stop.clone(),
+            ));
         }
-        tracker.spawn(crate::inbound::purge_inbox(state.clone(), stop.clone()));
+        tracker.spawn(crate::consumers::purge_inbox(state.clone(), stop.clone()));
     }
     tracker.spawn(project_orders(state.clone(), stop.clone()));
     tracker.spawn(measure_backlogs(state.clone(), stop.clone()));

@@ -7,9 +7,9 @@
 //! needs. An event whose stored version is not current is upcast through the tree-based
 //! [`FeedEvent`] path first, as every other reader of the feed does.
 //!
-//! The result is the envelope [`Outgoing::from_feed`] builds for the same event: the same
-//! fields, and the same payload JSON but for the order of its keys (Postgres keeps `jsonb`
-//! keys shortest first). A re-send of an event is still byte-identical, since the stored
+//! The result is the envelope the test-only reference `Outgoing::from_feed` builds for the
+//! same event: the same fields, and the same payload JSON but for the order of its keys
+//! (Postgres keeps `jsonb` keys shortest first). A re-send of an event is still byte-identical, since the stored
 //! text does not change.
 
 use std::borrow::Cow;
@@ -91,7 +91,8 @@ impl Inspected<'_> {
     }
 
     /// The event's envelope around its payload text, after validating the payload against its
-    /// schema. `order_tenant` is as for [`Outgoing::from_feed`].
+    /// schema. `order_tenant` is the tenant the order was created under, for events whose own
+    /// payload and metadata do not name one.
     ///
     /// # Errors
     /// [`BusError::Codec`] for an event type with no subject; [`BusError::SchemaViolation`]

@@ -8,7 +8,6 @@ use std::borrow::Cow;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
-use order_projections::FeedEvent;
 use schemars::JsonSchema;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -174,6 +173,9 @@ pub struct Source<'a> {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The tree-based reference the relay's encoder (`crate::encode`) is tested against; only
+/// tests build envelopes this way.
+#[cfg(test)]
 impl Outgoing {
     /// Maps a feed event to its envelope. `order_tenant` is the tenant the order was created
     /// under, for events whose own payload and metadata do not name one.
@@ -181,7 +183,7 @@ impl Outgoing {
     /// # Errors
     /// [`BusError::Codec`] for an event type that has no subject.
     pub fn from_feed(
-        event: &FeedEvent,
+        event: &order_projections::FeedEvent,
         subjects: &Subjects,
         order_tenant: Option<&str>,
     ) -> Result<Self, BusError> {
@@ -336,7 +338,7 @@ fn is_id(s: &str, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use order_projections::FeedPosition;
+    use order_projections::{FeedEvent, FeedPosition};
     use serde_json::json;
 
     use super::*;

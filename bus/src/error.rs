@@ -34,6 +34,16 @@ pub enum BusError {
     Leader(String),
 }
 
+impl From<order_projections::postgres::LeaderError> for BusError {
+    fn from(e: order_projections::postgres::LeaderError) -> Self {
+        use order_projections::postgres::LeaderError;
+        match e {
+            LeaderError::Database(e) => Self::Database(e),
+            LeaderError::Timeout(m) => Self::Leader(m),
+        }
+    }
+}
+
 impl BusError {
     /// Whether retrying later can succeed (an outage) or not (bad data, a misconfiguration):
     /// the relay backs off on the first kind and raises an alert on the second.

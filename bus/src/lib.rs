@@ -15,7 +15,6 @@
 //! - [`servers`]: `NATS_URL` as a list of servers (a JetStream cluster).
 //! - [`connect`]: credentials, TLS and the production rule for the NATS connection.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
-//! - [`leader`]: leader election on a Postgres session advisory lock.
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
 //! - [`dlq`]: the dead-letter stream `ORDER_SERVICE_DLQ`, per-order holds, list and redrive.
@@ -31,7 +30,6 @@ pub mod encode;
 pub mod envelope;
 pub mod error;
 pub mod inbound;
-pub mod leader;
 pub mod relay;
 pub mod schema;
 pub mod servers;
@@ -40,7 +38,6 @@ pub mod subjects;
 
 pub use envelope::{Envelope, Outgoing};
 pub use error::BusError;
-pub use leader::LeaderLock;
 pub use relay::{Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 pub use stream::{ensure_stream, StreamSpec};
 pub use subjects::Subjects;

@@ -2,7 +2,7 @@
 //! after deduplication, in sequence order per order (docs/contract.md §7, invariants 3 and 4).
 //!
 //! One round ([`Relay::run_once`]):
-//! 1. confirm leadership (a session advisory lock, see [`crate::leader`]); standbys stop here;
+//! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`]); standbys stop here;
 //! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
 //!    where it last saved it while a fresh load of the checkpoint, on the lock's own connection,
 //!    confirms step 1, and uses the read only if the two agree; the batch after a full one is
@@ -39,8 +39,8 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
-use order_projections::held::HeldConnection;
-use order_projections::{checkpoint, CommitSignal, FeedPosition};
+use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock};
+use order_projections::{checkpoint, FeedPosition};
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -50,7 +50,6 @@ use uuid::Uuid;
 
 use crate::encode::{self, Inspected};
 use crate::error::BusError;
-use crate::leader::LeaderLock;
 use crate::stream::{ensure_stream, StreamSpec, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM};
 use crate::subjects::Subjects;
 
@@ -203,8 +202,6 @@ struct Ready {
     /// The order, which decides the event's wave.
     aggregate_id: String,
     subject: async_nats::Subject,
-    /// The body, kept to tell a re-send of this message from a foreign one with its id.
-    body: bytes::Bytes,
     /// Taken by [`Relay::send`].
     message: PublishMessage,
 }
@@ -569,8 +566,8 @@ impl Relay {
     /// failure. But the window covers every subject of the stream, and event ids are derived
     /// from the order id and sequence, so anyone who can publish on the stream (any subject)
     /// can take an id first, and the real event would be dropped without a word. So the stored
-    /// message is compared with this one: the same subject and body is a re-send; anything
-    /// else fails the round (the relay retries, and succeeds once the window has passed), is
+    /// message is read back: on this event's subject it is a re-send; on any other subject, or
+    /// gone, it fails the round (the relay retries, and succeeds once the window has passed), is
     /// logged as an error and counted in `relay_foreign_duplicates_total`.
     async fn check_duplicate(&self, ready: &Ready, sequence: u64) -> Result<(), BusError> {
         use async_nats::jetstream::stream::RawMessageErrorKind;
@@ -584,11 +581,20 @@ impl Relay {
             .map_err(|e| broker(&e))?;
         let stored = match stream.get_raw_message(sequence).await {
             Ok(stored) => stored,
-            // Gone already (purged or aged out): nothing left to compare, nothing was taken.
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
+            // Deleted or purged inside the window: the event is not in the stream, so it is not
+            // published; the retry goes through once the window has passed.
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                return Err(BusError::Broker(format!(
+                    "event {} was refused as a duplicate of stream message {sequence}, which is \
+                     gone; retrying once the duplicate window has passed",
+                    ready.id
+                )))
+            }
             Err(e) => return Err(broker(&e)),
         };
-        if stored.subject == ready.subject && stored.payload == ready.body {
+        // The subject decides: only this service may publish on `order.>` (deploy/nats/), and a
+        // re-send after a deploy that changed the encoding has another body for the same event.
+        if stored.subject == ready.subject {
             return Ok(());
         }
         metrics::counter!("relay_foreign_duplicates_total").increment(1);
@@ -704,13 +710,15 @@ async fn prepare(
     events: Vec<RawEvent<'_>>,
 ) -> Result<(Vec<Ready>, Option<BusError>), BusError> {
     let (encoded, refused) = encode_events(conn, &config.subjects, events).await?;
+    if refused.is_some() {
+        metrics::counter!("relay_schema_violations_total").increment(1);
+    }
     let outgoing = encoded
         .into_iter()
         .map(|m| Ready {
             id: m.id,
             aggregate_id: m.aggregate_id,
             subject: m.subject.into(),
-            body: m.body.clone(),
             message: PublishMessage::build()
                 .payload(m.body)
                 .headers(m.headers)
@@ -783,9 +791,6 @@ pub async fn encode_events(
                 break;
             }
         }
-    }
-    if refused.is_some() {
-        metrics::counter!("relay_schema_violations_total").increment(1);
     }
     Ok((encoded, refused))
 }

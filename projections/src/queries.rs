@@ -20,10 +20,10 @@ use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
 use crate::error::ProjectionError;
-use crate::view::{rfc3339, OrderView};
+use crate::view::{rfc3339, OrderStatusSchema, OrderView};
 
 /// One line item with the tickets issued against it (`/items`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItemView {
     pub id: Uuid,
@@ -243,12 +243,13 @@ fn detail_of(id: Uuid, rows: &[PgRow]) -> Result<OrderDetail, ProjectionError> {
 }
 
 /// The criteria of `without-tickets`, as echoed back in its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WithoutTickets {
     /// Only orders paid at least this many minutes ago.
     pub minutes_old: u32,
     /// Only orders in this status.
+    #[schema(value_type = OrderStatusSchema)]
     pub status: OrderStatus,
     /// At most this many orders (already capped at [`WithoutTickets::MAX_LIMIT`]).
     pub limit: u32,
@@ -315,7 +316,7 @@ pub async fn without_tickets<'e>(
 }
 
 /// Why payment-service must not charge an order now (the module doc lists the codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentRefusal {
     OrderExpired,
@@ -326,13 +327,14 @@ pub enum PaymentRefusal {
 }
 
 /// The order part of `for-payment`: what a charge needs, and the version to confirm against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentOrder {
     pub id: Uuid,
     pub order_number: String,
     pub total_cents: i64,
     pub currency: String,
+    #[schema(value_type = OrderStatusSchema)]
     pub status: OrderStatus,
     pub payment_intent_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
@@ -341,7 +343,7 @@ pub struct PaymentOrder {
 }
 
 /// One line item of `for-payment` (no ticket ids: payment does not need them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentItem {
     pub id: Uuid,
@@ -351,7 +353,7 @@ pub struct PaymentItem {
 }
 
 /// Whether the order can be charged now, and if not, every reason why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentContext {
     /// Number of line items.
@@ -365,7 +367,7 @@ pub struct PaymentContext {
 }
 
 /// The answer of `GET /internal/orders/{orderId}/for-payment`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForPayment {
     pub order: PaymentOrder,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::feed::{read_after, FeedEvent};
-use crate::wake::{CommitSignal, CommitWatch};
+use crate::postgres::{CommitSignal, CommitWatch};
 
 /// How long [`ProjectionRunner::catch_up`] waits before looking at the feed again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(10);

@@ -7,10 +7,13 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use order_domain::{Order, OrderStatus};
 use serde::{Serialize, Serializer};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 /// The normative order object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub id: Uuid,
@@ -18,11 +21,13 @@ pub struct OrderView {
     pub tenant_id: String,
     pub user_id: String,
     pub event_id: Uuid,
+    #[schema(value_type = OrderStatusSchema)]
     pub status: OrderStatus,
     pub subtotal_cents: i64,
     pub fees_cents: i64,
     pub tax_cents: i64,
     pub total_cents: i64,
+    /// ISO 4217 code.
     pub currency: String,
     pub payment_intent_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
@@ -36,7 +41,32 @@ pub struct OrderView {
     pub refunded_cents: i64,
     pub refunds_locked: bool,
     pub ticket_count: u32,
+    /// The aggregate's version; pass it as `minVersion` to read your own write.
     pub version: u64,
+}
+
+/// The schema of an order's status, named `OrderStatus` in the OpenAPI document: the wire
+/// names of [`OrderStatus::ALL`]. The domain crate stays free of documentation crates, so the
+/// schema is built here from its list rather than derived there.
+#[derive(Debug)]
+pub struct OrderStatusSchema;
+
+impl PartialSchema for OrderStatusSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(OrderStatus::ALL.iter().map(|s| s.as_str())))
+            .description(Some(
+                "Life-cycle status of an order (the normative wire names)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for OrderStatusSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "OrderStatus".into()
+    }
 }
 
 impl OrderView {

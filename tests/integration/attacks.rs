@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use order_tests::{json_of, nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app_with, TestApp};
+use order_tests::{nonce, now_ms, order_body, sign_v1, sign_v2, spawn_app_with, TestApp};
 use order_tests::{Auth, SECRET};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -407,12 +407,6 @@ async fn app(pool: PgPool) -> TestApp {
     .await
 }
 
-async fn create_order(app: &TestApp) -> String {
-    let (status, body) = json_of(app.post("/api/v1/orders", &order_body()).await).await;
-    assert_eq!(status, 201, "{body}");
-    body["order"]["id"].as_str().expect("id").to_owned()
-}
-
 /// Waits until the projector shows `order` to its own tenant, so that a 404 for another tenant
 /// cannot come from a read model that is merely behind.
 async fn visible_to_owner(app: &TestApp, order: &str) {
@@ -443,8 +437,14 @@ async fn attack_matrix(pool: PgPool) {
         .expect("second pool");
     let a = app(pool).await;
     let b = app(pool_b).await;
-    let order = create_order(&a).await;
-    let other_order = create_order(&a).await;
+    let order = a.create_order().await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let other_order = a.create_order().await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     visible_to_owner(&a, &order).await;
 
     let events = format!("/api/v1/orders/{order}/events");
@@ -892,7 +892,10 @@ const TENANT_REFUSED: &str = "X-Tenant-ID must be sent once, as 1 to 128 visible
 #[sqlx::test(migrations = "../migrations")]
 async fn a_malformed_tenant_id_is_refused_never_read_as_no_tenant(pool: PgPool) {
     let a = app(pool).await;
-    let order = create_order(&a).await;
+    let order = a.create_order().await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     visible_to_owner(&a, &order).await;
     let events = format!("/api/v1/orders/{order}/events");
     let read = format!("/internal/orders/{order}");

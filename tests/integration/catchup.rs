@@ -12,6 +12,7 @@ use order_api::cli::RepublishArgs;
 use order_bus::catchup::{CatchUp, FeedPage, Republish, RepublishFilter};
 use order_bus::relay::{self, jetstream_context};
 use order_bus::{Envelope, Relay, RelayConfig, RelayOutcome, Subjects, RELAY_CONSUMER};
+use order_tests::helpers::nats_url;
 use order_tests::{json_of, order_body, spawn_app, Auth, TestApp};
 use reqwest::Method;
 use serde_json::value::RawValue;
@@ -19,10 +20,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// This test's stream and prefix on the shared server, deleted when dropped.
 struct TestStream {
@@ -226,7 +223,8 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
         assert_eq!(status, 200, "{body}");
         let page: FeedPage = serde_json::from_value(body).expect("a page");
         for event in page.events {
-            if catch_up.accept(&event.aggregate_id, event.sequence_number) {
+            if catch_up.is_new(&event.aggregate_id, event.sequence_number) {
+                catch_up.processed(&event.aggregate_id, event.sequence_number);
                 delivered.push(event);
             }
         }
@@ -248,7 +246,7 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
         .get_stream(&bus.name)
         .await
         .expect("stream")
-        .create_consumer(catch_up.live_consumer(&live_filter))
+        .create_consumer(catch_up.live_consumer("reporting", &live_filter))
         .await
         .expect("live consumer");
     let expected = committed(&pool).await;
@@ -266,7 +264,8 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
             .expect("a message")
             .expect("readable");
         let event: Envelope = serde_json::from_slice(&message.payload).expect("envelope");
-        if catch_up.accept(&event.aggregate_id, event.sequence_number) {
+        if catch_up.is_new(&event.aggregate_id, event.sequence_number) {
+            catch_up.processed(&event.aggregate_id, event.sequence_number);
             delivered.push(event);
         }
         message.ack().await.expect("ack");
@@ -468,6 +467,16 @@ async fn republish_stops_and_resumes_without_duplicates_and_leaves_the_relay_alo
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--subject-prefix"), "{err}");
+    // Under the events stream's own subjects, live subscribers would get the copies.
+    args.subject_prefix = "order.backfill.".into();
+    let err = order_api::cli::republish(&settings, &args)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("must not fall in the events stream"),
+        "{err}"
+    );
     args.subject_prefix = prefix.clone();
     args.types = vec!["order.bogus".into()];
     let err = order_api::cli::republish(&settings, &args)

@@ -13,9 +13,9 @@ use async_nats::jetstream::{self, Context};
 use async_nats::HeaderMap;
 use chrono::Utc;
 use futures::StreamExt;
+use order_api::app::messages::OrderInboundHandler;
+use order_api::app::store::OrderStore;
 use order_api::config::Settings;
-use order_api::inbound::OrderInboundHandler;
-use order_api::store::OrderStore;
 use order_bus::dlq::{DeadLetters, ParkedMessage, RedriveTarget};
 use order_bus::inbound::{
     BatchReport, Family, HandleError, InboundHandler, InboundMessage, Inbox, MessageContext,
@@ -24,6 +24,7 @@ use order_bus::inbound::{
 use order_domain::commands::CreateOrder;
 use order_domain::values::{Currency, NewLineItem};
 use order_domain::{Order, OrderCommand, OrderStatus};
+use order_tests::helpers::nats_url;
 use order_tests::{spawn_app_with, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -33,10 +34,6 @@ mod model;
 
 /// 2 × 50.00 + 2.50 fees + 1.20 tax.
 const TOTAL: i64 = 10_370;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// Deletes the test's streams when dropped, also when the test panics.
 struct Cleanup {
@@ -131,7 +128,7 @@ impl Harness {
     }
 
     fn subscriber_with<H: InboundHandler>(&self, family: Family, handler: H) -> Subscriber<H> {
-        order_api::inbound::subscriber(
+        order_api::consumers::subscriber(
             &self.settings,
             family,
             self.js.clone(),
@@ -141,7 +138,7 @@ impl Harness {
     }
 
     fn dead_letters(&self) -> DeadLetters {
-        order_api::inbound::dead_letters(&self.settings, self.js.clone(), self.app.pool.clone())
+        order_api::consumers::dead_letters(&self.settings, self.js.clone(), self.app.pool.clone())
     }
 
     /// Publishes raw bytes on `subject` (unprefixed) and returns the stream sequence.
@@ -198,7 +195,7 @@ impl Harness {
 }
 
 /// Creates an order with a chosen id through the command path: one line of 2 × 50.00.
-async fn create_order(store: &OrderStore, id: Uuid) -> Order {
+async fn create_stored_order(store: &OrderStore, id: Uuid) -> Order {
     create_order_with_item(store, id, Uuid::new_v4()).await
 }
 
@@ -234,18 +231,18 @@ async fn run_until<H: InboundHandler>(
     }
 }
 
-fn event_types(history: &[order_api::store::StoredEvent]) -> Vec<&str> {
+fn event_types(history: &[order_api::app::store::StoredEvent]) -> Vec<&str> {
     history.iter().map(|e| e.event_type.as_str()).collect()
 }
 
 #[sqlx::test(migrations = "../migrations")]
 async fn payment_messages_confirm_or_record_failures_with_the_message_as_cause(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let a = create_order(h.store(), Uuid::new_v4())
+    let a = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
-    let b = create_order(h.store(), Uuid::new_v4())
+    let b = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -296,11 +293,11 @@ async fn payment_messages_confirm_or_record_failures_with_the_message_as_cause(p
 #[sqlx::test(migrations = "../migrations")]
 async fn dispute_messages_lock_refunds_and_unlock_them_only_when_won(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let won = create_order(h.store(), Uuid::new_v4())
+    let won = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
-    let lost = create_order(h.store(), Uuid::new_v4())
+    let lost = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -357,7 +354,7 @@ async fn dispute_messages_lock_refunds_and_unlock_them_only_when_won(pool: PgPoo
 #[sqlx::test(migrations = "../migrations")]
 async fn ticket_issued_records_tickets_against_line_items(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let order = create_order(h.store(), Uuid::new_v4()).await;
+    let order = create_stored_order(h.store(), Uuid::new_v4()).await;
     let (id, item) = (order.id.expect("id"), order.items[0].id);
     h.publish(&paid("p", id, "pi_t", TOTAL)).await;
     assert_eq!(
@@ -392,7 +389,7 @@ async fn ticket_issued_records_tickets_against_line_items(pool: PgPool) {
 async fn a_redelivery_after_a_crash_before_the_ack_changes_nothing(pool: PgPool) {
     // A short ack wait, so the deliveries the "crashed" process never acked come back soon.
     let h = Harness::new(pool, |s| s.inbound_ack_wait_ms = 300).await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -475,7 +472,7 @@ async fn a_redelivery_after_a_crash_before_the_ack_changes_nothing(pool: PgPool)
 #[sqlx::test(migrations = "../migrations")]
 async fn the_same_id_published_again_under_other_msg_ids_changes_the_order_once(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -530,11 +527,11 @@ async fn the_same_id_published_again_under_other_msg_ids_changes_the_order_once(
 #[sqlx::test(migrations = "../migrations")]
 async fn every_bad_input_is_parked_with_a_clear_error_and_the_consumer_keeps_going(pool: PgPool) {
     let h = Harness::new(pool, |s| s.inbound_max_payload_bytes = 4_096).await;
-    let known = create_order(h.store(), Uuid::new_v4())
+    let known = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
-    let good = create_order(h.store(), Uuid::new_v4())
+    let good = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -685,7 +682,7 @@ impl InboundHandler for Outage {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_database_outage_is_retried_not_parked(pool: PgPool) {
     let h = Harness::new(pool, |s| s.inbound_max_deliver = 5).await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -702,7 +699,7 @@ async fn a_database_outage_is_retried_not_parked(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn an_outage_longer_than_the_retries_parks_the_message_as_retries_used_up(pool: PgPool) {
     let h = Harness::new(pool, |s| s.inbound_max_deliver = 3).await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -728,7 +725,7 @@ async fn an_outage_longer_than_the_retries_parks_the_message_as_retries_used_up(
 async fn a_parked_order_holds_its_later_messages_and_redrive_replays_them_in_order(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
     let late = Uuid::new_v4(); // messages arrive before the order exists here
-    let other = create_order(h.store(), Uuid::new_v4())
+    let other = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -858,7 +855,7 @@ async fn create_order_expiring(
 #[sqlx::test(migrations = "../migrations")]
 async fn a_redriven_message_that_fails_again_keeps_its_place_until_discarded(pool: PgPool) {
     let h = Harness::new(pool, |_| {}).await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -959,7 +956,7 @@ async fn dlq_list_and_redrive_work_end_to_end_through_the_cli(pool: PgPool) {
 
     // The order shows up; `dlq redrive --all` sends both back. The payment now succeeds; the
     // garbage cannot, and is parked again under a new sequence.
-    create_order(h.store(), late).await;
+    create_stored_order(h.store(), late).await;
     let report = order_api::cli::dlq_redrive(&settings, RedriveTarget::All)
         .await
         .expect("redrive --all");
@@ -996,7 +993,7 @@ async fn the_workers_consume_inbound_messages_when_enabled(pool: PgPool) {
         s.inbound_poll_ms = 20;
     })
     .await;
-    let id = create_order(h.store(), Uuid::new_v4())
+    let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
         .expect("id");
@@ -1070,17 +1067,20 @@ async fn the_inbox_purge_keeps_recent_ids(pool: PgPool) {
 impl Harness {
     /// A new order's id (see [`create_order`]).
     async fn new_order(&self) -> Uuid {
-        create_order(self.store(), Uuid::new_v4())
+        create_stored_order(self.store(), Uuid::new_v4())
             .await
             .id
             .expect("id")
     }
 
     /// The refund retry loop over this app, taking refunds at once.
-    fn retrier(&self) -> order_api::saga::RefundRetrier {
-        order_api::saga::RefundRetrier::new(
+    fn retrier(&self) -> order_api::app::refund::RefundRetrier {
+        order_api::app::refund::RefundRetrier::new(
             self.app.pool.clone(),
-            order_api::saga::RefundSaga::new(self.store().clone(), self.app.state.clients.clone()),
+            order_api::app::refund::RefundSaga::new(
+                self.store().clone(),
+                self.app.state.clients.clone(),
+            ),
             Duration::ZERO,
         )
     }

@@ -11,19 +11,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::join_all;
+use order_api::app::store::OrderStore;
 use order_api::config::Settings;
 use order_api::jobs::{
-    self, BreakerPolicy, BreakerState, Job, JobContext, JobRegistry, JobRunner, Tick,
+    self, Job, JobBreakerPolicy, JobBreakerState, JobContext, JobRegistry, JobRunner, Tick,
 };
 use order_api::startup::{AppState, Application};
-use order_api::store::OrderStore;
 use order_domain::commands::{
     CancelOrder, ConfirmOrder, CreateOrder, ExpireOrder, RecordTickets, RefundFacts, RequestRefund,
     ReserveOrder, SendReminder,
 };
 use order_domain::values::{Currency, IssuedTicket, NewLineItem};
 use order_domain::{Order, OrderCommand};
-use order_projections::{queries, OrdersProjector, ProjectionRunner, ORDERS_PROJECTION};
+use order_projections::{queries, ORDERS_PROJECTION};
 use order_tests::peers::{Peer, Reply};
 use order_tests::{json_of, spawn_app, spawn_app_with, TestApp};
 use reqwest::Method;
@@ -150,10 +150,7 @@ impl Orders {
 
     /// Brings the order read models up to date.
     async fn project(&self) {
-        ProjectionRunner::new(self.pool.clone(), OrdersProjector, 500)
-            .catch_up()
-            .await
-            .expect("projection catches up");
+        order_tests::helpers::project(&self.pool).await;
     }
 
     /// Events of `event_type` across all orders.
@@ -186,8 +183,8 @@ fn job(state: &AppState, name: &str) -> Arc<dyn Job> {
         .unwrap_or_else(|| panic!("no job named {name}"))
 }
 
-fn policy() -> BreakerPolicy {
-    BreakerPolicy {
+fn policy() -> JobBreakerPolicy {
+    JobBreakerPolicy {
         failures: 3,
         cool_down: TimeDelta::seconds(60),
     }
@@ -759,7 +756,7 @@ async fn leadership_fails_over_when_the_leader_releases_or_dies(pool: PgPool) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Breaker
+// JobBreaker
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_failing_job_opens_its_breaker_and_a_probe_after_the_cool_down_closes_it(pool: PgPool) {
@@ -780,7 +777,7 @@ async fn a_failing_job_opens_its_breaker_and_a_probe_after_the_cool_down_closes_
     let mut r = JobRunner::new(
         app.state.pool.clone(),
         job(&app.state, "reconciliation"),
-        BreakerPolicy {
+        JobBreakerPolicy {
             failures: 2,
             cool_down: TimeDelta::seconds(60),
         },
@@ -789,12 +786,12 @@ async fn a_failing_job_opens_its_breaker_and_a_probe_after_the_cool_down_closes_
     let stop = CancellationToken::new();
     let t0 = o.at(0);
     assert!(matches!(r.tick(t0, &stop).await, Tick::Failed(_)));
-    assert_eq!(r.breaker().state(t0), BreakerState::Closed);
+    assert_eq!(r.breaker().state(t0), JobBreakerState::Closed);
     let t1 = t0 + TimeDelta::seconds(1);
     assert!(matches!(r.tick(t1, &stop).await, Tick::Failed(_)));
-    assert_eq!(r.breaker().state(t1), BreakerState::Open);
+    assert_eq!(r.breaker().state(t1), JobBreakerState::Open);
     let status = registry.get("reconciliation", t1).expect("status");
-    assert_eq!(status.breaker, BreakerState::Open);
+    assert_eq!(status.breaker, JobBreakerState::Open);
     assert_eq!(status.consecutive_failures, 2);
     let error = status.last_error.expect("last error");
     assert!(
@@ -811,19 +808,19 @@ async fn a_failing_job_opens_its_breaker_and_a_probe_after_the_cool_down_closes_
 
     // After the cool-down one probe runs; it succeeds and the breaker closes.
     let t3 = t1 + TimeDelta::seconds(61);
-    assert_eq!(r.breaker().state(t3), BreakerState::HalfOpen);
+    assert_eq!(r.breaker().state(t3), JobBreakerState::HalfOpen);
     assert_eq!(
         registry.get("reconciliation", t3).map(|s| s.breaker),
-        Some(BreakerState::HalfOpen)
+        Some(JobBreakerState::HalfOpen)
     );
     match r.tick(t3, &stop).await {
         Tick::Ran(report) => assert_eq!(report.acted, 1, "{report:?}"),
         other => panic!("the probe should have run: {other:?}"),
     }
-    assert_eq!(r.breaker().state(t3), BreakerState::Closed);
+    assert_eq!(r.breaker().state(t3), JobBreakerState::Closed);
     let status = registry.get("reconciliation", t3).expect("status");
     assert_eq!(status.consecutive_failures, 0);
-    assert_eq!(status.breaker, BreakerState::Closed);
+    assert_eq!(status.breaker, JobBreakerState::Closed);
     assert_eq!(status.last_success, Some(t3));
     assert_eq!(o.count_for(id, "TicketsIssued").await, 1);
     r.release().await;

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, Context};
 use futures::StreamExt;
+use order_api::app::messages::OrderInboundHandler;
+use order_api::app::store::OrderStore;
 use order_api::config::{AppEnv, Settings};
-use order_api::inbound::OrderInboundHandler;
 use order_api::startup::Application;
-use order_api::store::OrderStore;
 use order_bus::dlq::RedriveTarget;
 use order_bus::inbound::Family;
 use order_domain::OrderStatus;
@@ -653,7 +653,7 @@ async fn dead_letters_are_redriven_with_the_break_glass_account_only(pool: PgPoo
     let nats = SecureNats::start();
     nats.provision(&pool).await;
     let service = nats.cli_settings("order-service", &pool).await;
-    let payments = order_api::inbound::subscriber(
+    let payments = order_api::consumers::subscriber(
         &service,
         Family::Payment,
         nats.connect_as("order-service").await,

@@ -475,7 +475,7 @@ async fn openapi_schemas_describe_real_answers(pool: PgPool) {
     let doc = openapi(&app).await;
 
     let created = app.create_order().await;
-    assert_matches_schema(&doc, "OrderDoc", &created);
+    assert_matches_schema(&doc, "OrderView", &created);
 
     let id = created["id"].as_str().expect("id");
     let (status, events) = json_of(
@@ -485,7 +485,7 @@ async fn openapi_schemas_describe_real_answers(pool: PgPool) {
     .await;
     assert_eq!(status, 200);
     assert_matches_schema(&doc, "OrderEventsAnswer", &events);
-    assert_matches_schema(&doc, "OrderEventDoc", &events["events"][0]);
+    assert_matches_schema(&doc, "OrderEventView", &events["events"][0]);
 
     let (status, missing) = json_of(
         app.get_as(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use order_api::store::OrderStore;
+use order_api::app::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::events::OrderCreated;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
@@ -20,6 +20,7 @@ use order_projections::{
     checkpoint, orders, queries, FeedEvent, OrderView, OrdersProjector, ProjectionError,
     ProjectionRunner, Projector, RunOnce, ORDERS_PROJECTION,
 };
+use order_tests::helpers::{assert_error_body, project};
 use order_tests::{json_of, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -53,15 +54,6 @@ const ORDER_KEYS: [&str; 20] = [
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/// Applies every committed event to the read model (bounded, so a stuck feed fails the test).
-async fn project(pool: &PgPool) {
-    let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, 500);
-    tokio::time::timeout(Duration::from_secs(30), runner.catch_up())
-        .await
-        .expect("the projector caught up in time")
-        .expect("projection succeeds");
-}
-
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v
         .as_object()
@@ -69,11 +61,6 @@ fn keys(v: &Value) -> Vec<String> {
         .unwrap_or_default();
     k.sort();
     k
-}
-
-fn assert_error_body(body: &Value, error: &str) {
-    assert_eq!(keys(body), ["error", "message", "requestId"], "{body}");
-    assert_eq!(body["error"], error, "{body}");
 }
 
 async fn get(app: &TestApp, service: &str, path: &str) -> (u16, Value) {

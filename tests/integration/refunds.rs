@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use order_api::saga::{RefundRetrier, RefundSaga, RetryPass};
+use order_api::app::refund::{RefundRetrier, RefundSaga, RetryPass};
 use order_domain::commands::{RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_tests::peers::{unreachable_url, Peers, Reply};

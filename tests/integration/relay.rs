@@ -17,13 +17,14 @@ use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use order_api::error::ApiError;
+use order_api::app::AppError;
 use order_bus::envelope::event_id;
 use order_bus::relay::{self, jetstream_context};
 use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_projections::checkpoint;
+use order_tests::helpers::nats_url;
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -31,10 +32,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// A stream name and subject prefix no other test uses.
 fn unique_names() -> (String, String) {
@@ -277,7 +274,7 @@ async fn assert_exactly_once_in_order(bus: &Bus, pool: &PgPool) -> Vec<Received>
 }
 
 /// Creates an order as api-gateway for tenant-a with a known request id and trace.
-async fn create_order(app: &TestApp, request_id: &str) -> String {
+async fn create_traced_order(app: &TestApp, request_id: &str) -> String {
     let resp = app
         .send(
             Method::POST,
@@ -307,7 +304,7 @@ async fn refund(app: &TestApp, order_id: &str, amount_cents: i64) {
     let id: Uuid = order_id.parse().expect("uuid");
     let refund_id = Uuid::new_v4();
     let meta = HashMap::from([("correlationId".to_owned(), "refund-job".to_owned())]);
-    let ok = |_: &order_domain::Order| Ok::<(), ApiError>(());
+    let ok = |_: &order_domain::Order| Ok::<(), AppError>(());
     app.state
         .store
         .execute(id, &meta, ok, || {
@@ -336,9 +333,9 @@ async fn refund(app: &TestApp, order_id: &str, amount_cents: i64) {
 /// create → reserve → confirm → refund on the first order, create → cancel on the second,
 /// create → reserve on the third.
 async fn scripted_run(app: &TestApp) -> Vec<String> {
-    let a = create_order(app, "req-relay-a").await;
-    let b = create_order(app, "req-relay-b").await;
-    let c = create_order(app, "req-relay-c").await;
+    let a = create_traced_order(app, "req-relay-a").await;
+    let b = create_traced_order(app, "req-relay-b").await;
+    let c = create_traced_order(app, "req-relay-c").await;
     post_ok(app, &format!("/api/v1/orders/{a}/reserve"), json!({})).await;
     post_ok(app, &format!("/api/v1/orders/{c}/reserve"), json!({})).await;
     post_ok(
@@ -473,8 +470,8 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
-    create_order(&app, "req-1").await;
-    create_order(&app, "req-2").await;
+    create_traced_order(&app, "req-1").await;
+    create_traced_order(&app, "req-2").await;
     drain(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
@@ -512,7 +509,7 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
-    create_order(&app, "req-1").await;
+    create_traced_order(&app, "req-1").await;
     drain(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
     scripted_run(&app).await;
@@ -559,7 +556,7 @@ async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caugh
     let relay = bus.relay(&relay_pool);
     let in_use = || relay_pool.size() - relay_pool.num_idle() as u32;
 
-    create_order(&app, "req-1").await;
+    create_traced_order(&app, "req-1").await;
     wait_visible(&pool).await;
     assert!(matches!(
         relay.run_once().await.unwrap(),
@@ -570,7 +567,7 @@ async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caugh
         1,
         "the read connection is kept after a round with work"
     );
-    create_order(&app, "req-2").await;
+    create_traced_order(&app, "req-2").await;
     wait_visible(&pool).await;
     assert!(matches!(
         relay.run_once().await.unwrap(),
@@ -584,7 +581,7 @@ async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caugh
     wait_until("the read connection is back in the pool", || in_use() == 0).await;
 
     // Still leading, still relaying: the next round takes a connection again.
-    create_order(&app, "req-3").await;
+    create_traced_order(&app, "req-3").await;
     wait_visible(&pool).await;
     assert!(matches!(
         relay.run_once().await.unwrap(),
@@ -617,7 +614,7 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let bus = Bus::with_client(&server.url(), client.clone());
     let relay = bus.relay(&pool);
 
-    create_order(&app, "req-before").await;
+    create_traced_order(&app, "req-before").await;
     assert_eq!(drain(&relay, &pool).await, 1);
     let published_before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
@@ -628,8 +625,8 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     .await;
 
     // Commands only write Postgres: they succeed while the broker is gone.
-    let a = create_order(&app, "req-during-1").await;
-    create_order(&app, "req-during-2").await;
+    let a = create_traced_order(&app, "req-during-1").await;
+    create_traced_order(&app, "req-during-2").await;
     post_ok(&app, &format!("/api/v1/orders/{a}/reserve"), json!({})).await;
     wait_visible(&pool).await;
     let err = relay.run_once().await.expect_err("no broker, no publish");
@@ -679,12 +676,12 @@ async fn relay_keeps_each_orders_sequence_when_a_publish_mid_batch_fails(pool: P
     // three confirmed. The fourth order's event comes after the failing ones in the feed.
     let mut orders = Vec::new();
     for name in ["a", "b", "c"] {
-        orders.push(create_order(&app, &format!("req-seq-{name}")).await);
+        orders.push(create_traced_order(&app, &format!("req-seq-{name}")).await);
     }
     for order in &orders {
         post_ok(&app, &format!("/api/v1/orders/{order}/reserve"), json!({})).await;
     }
-    create_order(&app, "req-seq-late").await;
+    create_traced_order(&app, "req-seq-late").await;
     for order in &orders {
         post_ok(
             &app,
@@ -750,8 +747,8 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     let first = bus.relay(&pool);
     let second = bus.relay(&pool);
 
-    create_order(&app, "req-1").await;
-    create_order(&app, "req-2").await;
+    create_traced_order(&app, "req-1").await;
+    create_traced_order(&app, "req-2").await;
     wait_visible(&pool).await;
     assert!(matches!(
         first.run_once().await.unwrap(),
@@ -763,9 +760,9 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     assert_eq!(bus.message_count().await, 2);
 
     // Kill the leader's lock session, as a crashed process or a dropped connection would.
-    let a = create_order(&app, "req-3").await;
+    let a = create_traced_order(&app, "req-3").await;
     post_ok(&app, &format!("/api/v1/orders/{a}/reserve"), json!({})).await;
-    let leader = order_bus::leader::holder(&pool, RELAY_CONSUMER)
+    let leader = order_projections::postgres::leader::holder(&pool, RELAY_CONSUMER)
         .await
         .unwrap()
         .expect("someone holds the relay's lock");
@@ -791,7 +788,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     assert!(!first.is_leader().await);
 
     // A clean hand-over: the new leader shuts down and the old one carries on at once.
-    create_order(&app, "req-4").await;
+    create_traced_order(&app, "req-4").await;
     second.shutdown().await;
     assert_eq!(drain(&first, &pool).await, 1);
     assert_exactly_once_in_order(&bus, &pool).await;
@@ -804,7 +801,7 @@ async fn relay_stops_at_an_event_that_breaks_its_schema(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
-    let good = create_order(&app, "req-good").await;
+    let good = create_traced_order(&app, "req-good").await;
     // A stored OrderReserved without its expiresAt: the published contract requires it.
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -815,7 +812,7 @@ async fn relay_stops_at_an_event_that_breaks_its_schema(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    create_order(&app, "req-after").await;
+    create_traced_order(&app, "req-after").await;
     wait_visible(&pool).await;
 
     let err = loop {
@@ -960,11 +957,11 @@ async fn relay_backlog_shows_in_readiness(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
-    create_order(&app, "req-1").await;
+    create_traced_order(&app, "req-1").await;
     let body = wait_for_backlog(&app, 1).await;
     assert_eq!(body["checks"]["relay"]["status"], "ok", "{body}");
 
-    create_order(&app, "req-2").await;
+    create_traced_order(&app, "req-2").await;
     let body = wait_for_backlog(&app, 2).await;
     assert_eq!(body["checks"]["relay"]["status"], "failing", "{body}");
     assert_eq!(body["status"], "not ready");
@@ -978,7 +975,7 @@ async fn relay_backlog_shows_in_readiness(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_worker_in_the_app_publishes_on_its_own(pool: PgPool) {
     let (bus, app) = app_with_relay(pool).await;
-    let order = create_order(&app, "req-worker").await;
+    let order = create_traced_order(&app, "req-worker").await;
     // The worker creates the stream and publishes.
     wait_for_published(&bus, 1).await;
     let received = bus.read_all().await;
@@ -1010,7 +1007,7 @@ async fn relay_worker_is_woken_by_a_commit_not_its_poll(pool: PgPool) {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for n in 1..=3_u64 {
-        create_order(&app, &format!("req-wake-{n}")).await;
+        create_traced_order(&app, &format!("req-wake-{n}")).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut s = bus.js.get_stream(&bus.stream).await.expect("stream");
@@ -1062,7 +1059,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// asynchronously).
 async fn wait_for_lock_release(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while order_bus::leader::holder(pool, RELAY_CONSUMER)
+    while order_projections::postgres::leader::holder(pool, RELAY_CONSUMER)
         .await
         .unwrap()
         .is_some()
@@ -1202,8 +1199,8 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn the_subscribe_command_reads_an_orders_events_as_published(pool: PgPool) {
     let (bus, app) = app_with_relay(pool).await;
-    let order = create_order(&app, "req-subscribe").await;
-    let other = create_order(&app, "req-subscribe-other").await;
+    let order = create_traced_order(&app, "req-subscribe").await;
+    let other = create_traced_order(&app, "req-subscribe-other").await;
     post_ok(
         &app,
         &format!("/api/v1/orders/{order}/cancel"),

@@ -12,13 +12,10 @@ use order_bus::relay::{self, jetstream_context};
 use order_bus::{Relay, RelayConfig, RelayOutcome, Subjects, RELAY_CONSUMER};
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::{feed, FeedPosition};
+use order_tests::helpers::nats_url;
 use order_tests::spawn_app;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// Counts the messages on `subject` in `stream`.
 async fn on_subject(js: &jetstream::Context, stream: &str, subject: &str) -> usize {

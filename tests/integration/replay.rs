@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use order_api::store::OrderStore;
+use order_api::app::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
 use order_domain::{Currency, OrderCommand, OrderEvent};
@@ -62,7 +62,7 @@ impl Projector for PerEvent {
 }
 
 /// Applies every committed event to the live read model, one event at a time.
-async fn project(pool: &PgPool) {
+async fn project_per_event(pool: &PgPool) {
     let runner = ProjectionRunner::new(pool.clone(), PerEvent, 500);
     tokio::time::timeout(Duration::from_secs(60), runner.catch_up())
         .await
@@ -621,7 +621,7 @@ async fn a_rebuild_equals_the_live_read_model_row_for_row(pool: PgPool) {
     )
     .await
     .expect("relay checkpoint");
-    project(&pool).await;
+    project_per_event(&pool).await;
     let live = rows(&pool, TableSet::Live).await;
     // Two orders were archived: their rows moved to the archive tables.
     assert_eq!(live[0].len(), ids.len() - 2);
@@ -718,7 +718,7 @@ async fn a_rebuild_equals_the_live_read_model_row_for_row(pool: PgPool) {
     );
     // The live projector carries on over the new tables.
     let more = s.paid_order().await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert_eq!(order_row(&pool, more).await["last_sequence"], 6);
     assert!(fresh_comparison(&pool).await.is_identical());
 }
@@ -802,7 +802,7 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
             )
             .await;
     }
-    project(&pool).await;
+    project_per_event(&pool).await;
     let per_event = rows(&pool, TableSet::Live).await;
     let position = checkpoint::load(&pool, ORDERS_PROJECTION)
         .await
@@ -961,7 +961,7 @@ async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps
     order_projections::orders::reset(&pool)
         .await
         .expect("reset");
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert_eq!(rows(&pool, TableSet::Live).await, batched);
 }
 
@@ -986,7 +986,7 @@ async fn a_rebuild_while_commands_keep_arriving_ends_consistent(pool: PgPool) {
         })
     };
     // The live checkpoint is past the first batch before the rebuild starts chasing it.
-    project(&pool).await;
+    project_per_event(&pool).await;
     let mut writer = Writer::start(s.clone());
     writer.wait_for_more(3).await;
 
@@ -1014,7 +1014,7 @@ async fn a_rebuild_while_commands_keep_arriving_ends_consistent(pool: PgPool) {
     writer.wait_for_more(6).await;
     let commands = writer.stop().await;
     assert!(commands >= 27, "{commands}");
-    project(&pool).await;
+    project_per_event(&pool).await;
     live_stop.cancel();
     live.await.expect("projector task");
 
@@ -1045,7 +1045,7 @@ async fn an_interrupted_rebuild_resumes_from_the_shadow_checkpoint(pool: PgPool)
     for _ in 0..6 {
         s.paid_order().await;
     }
-    project(&pool).await;
+    project_per_event(&pool).await;
     let total = 6 * 6;
 
     let mut r = replay::Rebuild::start(&pool, orders(), options(5))
@@ -1121,7 +1121,7 @@ async fn a_shadow_emptied_by_crash_recovery_is_rebuilt_not_resumed(pool: PgPool)
     for _ in 0..3 {
         s.paid_order().await;
     }
-    project(&pool).await;
+    project_per_event(&pool).await;
     let mut r = replay::Rebuild::start(&pool, orders(), options(4))
         .await
         .expect("start");
@@ -1162,7 +1162,7 @@ async fn a_shadow_emptied_by_crash_recovery_is_rebuilt_not_resumed(pool: PgPool)
 async fn a_shadow_from_an_older_schema_is_rebuilt_not_resumed(pool: PgPool) {
     let s = Script::new(&pool);
     s.paid_order().await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     let mut r = replay::Rebuild::start(&pool, orders(), options(2))
         .await
         .expect("start");
@@ -1196,7 +1196,7 @@ async fn a_shadow_from_an_older_schema_is_rebuilt_not_resumed(pool: PgPool) {
 async fn a_second_concurrent_rebuild_is_refused(pool: PgPool) {
     let s = Script::new(&pool);
     s.paid_order().await;
-    project(&pool).await;
+    project_per_event(&pool).await;
 
     let mut first = replay::Rebuild::start(&pool, orders(), options(100))
         .await
@@ -1252,7 +1252,7 @@ async fn the_dry_run_diff_shows_a_corrupted_row(pool: PgPool) {
         }
         v
     };
-    project(&pool).await;
+    project_per_event(&pool).await;
     let (bad, bad_item, gone) = (ids[0], ids[1], ids[2]);
     sqlx::query(
         "UPDATE order_read SET status = 'CANCELLED', ticket_count = 40 WHERE order_id = $1",
@@ -1347,7 +1347,7 @@ async fn rollback_restores_the_previous_tables(pool: PgPool) {
     let s = Script::new(&pool);
     let a = s.paid_order().await;
     let b = s.create("tenant-a", &[(1, 700)], -20, 15).await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert!(matches!(
         replay::rollback(&pool, orders(), 100).await,
         Err(ProjectionError::NothingToRollBack { .. })
@@ -1366,7 +1366,7 @@ async fn rollback_restores_the_previous_tables(pool: PgPool) {
 
     // The service moves on after the swap.
     s.confirm(b, -10).await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert_eq!(order_row(&pool, b).await["status"], "PAID");
 
     let rolled = replay::rollback(&pool, orders(), 100)
@@ -1402,7 +1402,7 @@ async fn rollback_restores_the_previous_tables(pool: PgPool) {
     // The live projector keeps working on whichever tables are live.
     s.confirm(s.create("tenant-a", &[(1, 100)], -5, 15).await, -4)
         .await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert!(fresh_comparison(&pool).await.is_identical());
 
     // Cleaning up drops the copies replay keeps; then there is nothing to roll back.
@@ -1433,7 +1433,7 @@ async fn an_order_rebuild_fixes_one_order_and_leaves_the_others(pool: PgPool) {
     let a = s.paid_order().await;
     let b = s.paid_order().await;
     let c = s.paid_order().await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     let original = rows(&pool, TableSet::Live).await;
     for id in [a, b] {
         sqlx::query(
@@ -1506,7 +1506,7 @@ async fn an_order_rebuild_fixes_one_order_and_leaves_the_others(pool: PgPool) {
         .expect("order ahead of the checkpoint");
     assert_eq!(ahead.events, 6);
     assert_eq!(order_row(&pool, c).await, before);
-    project(&pool).await;
+    project_per_event(&pool).await;
     assert_eq!(order_row(&pool, c).await["last_sequence"], 7);
 
     // An archived order's rows are in the archive tables, and go back there.
@@ -1524,7 +1524,7 @@ async fn an_order_rebuild_fixes_one_order_and_leaves_the_others(pool: PgPool) {
         OrderCommand::ArchiveOrder(ArchiveOrder { now: s.at(-1) }),
     )
     .await;
-    project(&pool).await;
+    project_per_event(&pool).await;
     let archived = rows_of(&rows(&pool, TableSet::Live).await, d);
     assert_eq!(
         archived.iter().map(Vec::len).collect::<Vec<_>>(),

@@ -4,6 +4,11 @@
 //!
 //! The signer here is written independently of the server's verifier (straight
 //! from docs/contract.md §4), so a bug shared by both cannot hide.
+//!
+//! Besides this root ([`TestApp`], signing, bodies): [`helpers`] holds the small helpers the
+//! integration modules share (NATS URL, projecting, the error body), [`peers`] fake peer
+//! services, [`fixtures`] stored-event fixtures, and [`bench`](mod@bench) and [`soak`] the
+//! benchmark and reliability harnesses. It must not be a dependency of any service crate.
 
 use std::sync::Once;
 
@@ -17,6 +22,7 @@ use sqlx::PgPool;
 
 pub mod bench;
 pub mod fixtures;
+pub mod helpers;
 pub mod peers;
 pub mod soak;
 

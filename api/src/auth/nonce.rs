@@ -3,7 +3,7 @@
 //! the same request at once cannot both accept it.
 //!
 //! Every signed request records one nonce, so under load this is one write transaction per
-//! request. Concurrent records are therefore batched ([`crate::batch`]): whatever records are
+//! request. Concurrent records are therefore batched ([`order_projections::postgres::batch`]): whatever records are
 //! waiting go in one statement (`unnest` … `ON CONFLICT DO NOTHING RETURNING`), one statement
 //! at a time; while it runs, the next records queue up and become the next batch.
 //! (More statements in flight measured slower: with `just bench quick B8` on 2 cores, signed
@@ -16,10 +16,9 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use order_projections::postgres::batch::{self, BatchFuture, Batcher};
+use order_projections::postgres::HeldConnection;
 use sqlx::PgPool;
-
-use crate::batch::{BatchFuture, Batcher};
-use crate::db::HeldConnection;
 
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
@@ -60,7 +59,7 @@ impl NonceStore {
     /// A store over the service's pool; the table comes from the migrations.
     pub fn new(pool: PgPool) -> Self {
         let (batch_pool, held) = (pool.clone(), HeldConnection::new(pool.clone()));
-        let (idle, release) = crate::db::idle_hook(&held);
+        let (idle, release) = batch::idle_hook(&held);
         let batcher = Batcher::new(MAX_BATCH, "auth_nonce_batch_size", move |records| {
             Box::pin(record_batch(batch_pool.clone(), held.clone(), records)) as BatchFuture<_>
         })

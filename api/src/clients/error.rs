@@ -1,15 +1,14 @@
-//! The clients' errors, and the one place they become HTTP answers.
+//! The clients' errors.
 //!
-//! [`ClientError`] says what went wrong with one call to a peer; `From<ClientError> for ApiError`
-//! maps it once: a peer that answered with an error is 502, a peer that could not be asked
-//! (unreachable, too slow, breaker open) is 503. Messages name the peer and the operation, never
-//! a URL, a header or the peer's own error text.
+//! [`ClientError`] says what went wrong with one call to a peer; the application maps it once
+//! (`From<ClientError> for AppError`): a peer that answered with an error is a peer failure
+//! (502 over HTTP), a peer that could not be asked (unreachable, too slow, breaker open) is
+//! "not now" (503). Messages name the peer and the operation, never a URL, a header or the
+//! peer's own error text.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use crate::error::ApiError;
 
 /// The body of a peer's error answer. It is kept so that a typed client can read an error
 /// answer its contract defines (payment-service's refusal of a refund); it is never shown to a
@@ -161,26 +160,6 @@ impl ClientError {
             Self::InvalidRequest { .. } => {
                 format!("the {operation} request to {service} could not be built")
             }
-        }
-    }
-}
-
-impl From<ClientError> for ApiError {
-    fn from(e: ClientError) -> Self {
-        let message = e.public_message();
-        match e {
-            ClientError::Status { .. } | ClientError::InvalidResponse { .. } => {
-                Self::BadGateway(message)
-            }
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => Self::Unavailable {
-                message: format!("{message}; retry shortly"),
-                retry_after: Some(1),
-            },
-            ClientError::BreakerOpen { .. } => Self::Unavailable {
-                message: format!("{message}; retry later"),
-                retry_after: Some(5),
-            },
-            e @ ClientError::InvalidRequest { .. } => Self::internal(e),
         }
     }
 }

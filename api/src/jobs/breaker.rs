@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// When a job's breaker opens, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerPolicy {
+pub struct JobBreakerPolicy {
     /// Consecutive failed runs that open the breaker (at least 1).
     pub failures: u32,
     /// How long an open breaker skips runs.
@@ -18,9 +18,9 @@ pub struct BreakerPolicy {
 }
 
 /// The breaker's state as `GET /internal/jobs` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum BreakerState {
+pub enum JobBreakerState {
     /// Runs go ahead.
     Closed,
     /// Runs are skipped until the cool-down ends.
@@ -29,7 +29,7 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-impl BreakerState {
+impl JobBreakerState {
     /// The wire name: `closed`, `open`, `half-open`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,15 +42,15 @@ impl BreakerState {
 
 /// A job's breaker.
 #[derive(Debug, Clone)]
-pub struct Breaker {
-    policy: BreakerPolicy,
+pub struct JobBreaker {
+    policy: JobBreakerPolicy,
     consecutive_failures: u32,
     open_until: Option<DateTime<Utc>>,
 }
 
-impl Breaker {
+impl JobBreaker {
     /// A closed breaker.
-    pub fn new(policy: BreakerPolicy) -> Self {
+    pub fn new(policy: JobBreakerPolicy) -> Self {
         Self {
             policy,
             consecutive_failures: 0,
@@ -59,17 +59,17 @@ impl Breaker {
     }
 
     /// The state at `now`.
-    pub fn state(&self, now: DateTime<Utc>) -> BreakerState {
+    pub fn state(&self, now: DateTime<Utc>) -> JobBreakerState {
         match self.open_until {
-            None => BreakerState::Closed,
-            Some(until) if now < until => BreakerState::Open,
-            Some(_) => BreakerState::HalfOpen,
+            None => JobBreakerState::Closed,
+            Some(until) if now < until => JobBreakerState::Open,
+            Some(_) => JobBreakerState::HalfOpen,
         }
     }
 
     /// Whether a run may go ahead at `now` (closed, or half-open for a probe).
     pub fn admits(&self, now: DateTime<Utc>) -> bool {
-        self.state(now) != BreakerState::Open
+        self.state(now) != JobBreakerState::Open
     }
 
     /// Failed runs in a row, up to now.
@@ -105,8 +105,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn policy() -> BreakerPolicy {
-        BreakerPolicy {
+    fn policy() -> JobBreakerPolicy {
+        JobBreakerPolicy {
             failures: 3,
             cool_down: TimeDelta::seconds(60),
         }
@@ -118,28 +118,28 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_and_probes_after_the_cool_down() {
-        let mut b = Breaker::new(policy());
+        let mut b = JobBreaker::new(policy());
         b.failed(t(0));
         b.failed(t(1));
-        assert_eq!(b.state(t(1)), BreakerState::Closed);
+        assert_eq!(b.state(t(1)), JobBreakerState::Closed);
         b.failed(t(2));
-        assert_eq!(b.state(t(2)), BreakerState::Open);
+        assert_eq!(b.state(t(2)), JobBreakerState::Open);
         assert!(!b.admits(t(61)));
-        assert_eq!(b.state(t(62)), BreakerState::HalfOpen);
+        assert_eq!(b.state(t(62)), JobBreakerState::HalfOpen);
         assert!(b.admits(t(62)));
         b.succeeded();
-        assert_eq!(b.state(t(62)), BreakerState::Closed);
+        assert_eq!(b.state(t(62)), JobBreakerState::Closed);
         assert_eq!(b.consecutive_failures(), 0);
     }
 
     #[test]
     fn a_failed_probe_opens_it_again_at_once() {
-        let mut b = Breaker::new(policy());
+        let mut b = JobBreaker::new(policy());
         for s in 0..3 {
             b.failed(t(s));
         }
         b.failed(t(100));
-        assert_eq!(b.state(t(100)), BreakerState::Open);
+        assert_eq!(b.state(t(100)), JobBreakerState::Open);
         assert_eq!(b.open_until(), Some(t(160)));
         assert_eq!(b.consecutive_failures(), 4);
     }
@@ -148,13 +148,13 @@ mod tests {
     fn wire_names_are_kebab_case() {
         assert_eq!(
             serde_json::to_value([
-                BreakerState::Closed,
-                BreakerState::Open,
-                BreakerState::HalfOpen
+                JobBreakerState::Closed,
+                JobBreakerState::Open,
+                JobBreakerState::HalfOpen
             ])
             .unwrap_or_default(),
             serde_json::json!(["closed", "open", "half-open"])
         );
-        assert_eq!(BreakerState::HalfOpen.as_str(), "half-open");
+        assert_eq!(JobBreakerState::HalfOpen.as_str(), "half-open");
     }
 }

@@ -5,8 +5,8 @@
 use order_projections::ProjectionError;
 use uuid::Uuid;
 
+use crate::app::error::AppError;
 use crate::clients::ClientError;
-use crate::error::ApiError;
 
 /// Why a run stopped before finishing its batch.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum JobError {
     Command {
         order_id: Uuid,
         #[source]
-        source: ApiError,
+        source: AppError,
     },
     /// A peer service could not give the facts the job needs (unreachable, too slow, 5xx,
     /// breaker open).

@@ -10,7 +10,7 @@ use order_projections::queries::{JobCandidate, JobScan};
 
 use super::sweep::{self, Outcome, Sweep};
 use super::{JobContext, JobError};
-use crate::store::OrderStore;
+use crate::app::store::OrderStore;
 
 /// The job's name and lock suffix.
 pub const NAME: &str = "event-reminder";

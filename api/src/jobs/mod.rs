@@ -44,7 +44,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::startup::AppState;
 
-pub use breaker::{Breaker, BreakerPolicy, BreakerState};
+pub use breaker::{JobBreaker, JobBreakerPolicy, JobBreakerState};
 pub use error::JobError;
 pub use runner::{JobRunner, Tick};
 pub use status::{JobRegistry, JobStatusView};
@@ -102,7 +102,7 @@ impl JobContext {
 }
 
 /// What one run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobReport {
     /// Orders looked at.
@@ -119,6 +119,7 @@ pub struct JobReport {
     pub stopped_early: bool,
     /// Job-specific figures (reconciliation: relay lag, refunds retried).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub details: BTreeMap<&'static str, i64>,
 }
 
@@ -217,8 +218,8 @@ pub fn all(state: &AppState) -> Vec<Arc<dyn Job>> {
 }
 
 /// The breaker policy from settings.
-pub fn breaker_policy(settings: &Settings) -> BreakerPolicy {
-    BreakerPolicy {
+pub fn breaker_policy(settings: &Settings) -> JobBreakerPolicy {
+    JobBreakerPolicy {
         failures: settings.job_breaker_failures.max(1),
         cool_down: TimeDelta::seconds(
             i64::try_from(settings.job_breaker_cooldown_secs.max(1)).unwrap_or(i64::MAX),

@@ -29,10 +29,10 @@ use uuid::Uuid;
 
 use super::sweep::{self, Outcome, Sweep, SweepJob};
 use super::{Job, JobContext, JobError, JobReport};
+use crate::app::refund::RefundRetrier;
+use crate::app::store::OrderStore;
 use crate::clients::{propagation, ticket, ClientError, TicketClient};
 use crate::context::RequestContext;
-use crate::saga::RefundRetrier;
-use crate::store::OrderStore;
 
 /// The job's name and lock suffix.
 pub const NAME: &str = "reconciliation";

@@ -2,7 +2,7 @@
 //! breaker lets it.
 //!
 //! Leadership is the session advisory lock `job:<name>` held on a dedicated connection
-//! ([`order_bus::leader::LeaderLock`]), confirmed with a keepalive on every tick before the job
+//! ([`order_projections::postgres::LeaderLock`]), confirmed with a keepalive on every tick before the job
 //! runs, and released when the loop stops, so a standby replica takes over on its next tick.
 //! A leader that loses its connection mid-run may overlap with the next leader for that run;
 //! jobs act only through idempotent commands, so the overlap changes nothing twice.
@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use order_bus::leader::LeaderLock;
+use order_projections::postgres::LeaderLock;
 use sqlx::PgPool;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{Breaker, BreakerPolicy, BreakerState};
+use super::breaker::{JobBreaker, JobBreakerPolicy, JobBreakerState};
 use super::status::{JobRegistry, LastError, StatusHandle};
 use super::{Job, JobContext, JobError, JobReport};
 
@@ -41,7 +41,7 @@ pub enum Tick {
 pub struct JobRunner {
     job: Arc<dyn Job>,
     lock: LeaderLock,
-    breaker: Breaker,
+    breaker: JobBreaker,
     status: StatusHandle,
 }
 
@@ -50,11 +50,11 @@ impl JobRunner {
     pub fn new(
         pool: PgPool,
         job: Arc<dyn Job>,
-        policy: BreakerPolicy,
+        policy: JobBreakerPolicy,
         registry: &JobRegistry,
     ) -> Self {
         let status = registry.register(job.name(), &job.schedule(), job.interval());
-        let breaker = Breaker::new(policy);
+        let breaker = JobBreaker::new(policy);
         status.update(|s| {
             s.enabled = true;
             s.breaker = Some(breaker.clone());
@@ -78,7 +78,7 @@ impl JobRunner {
     }
 
     /// The job's breaker.
-    pub fn breaker(&self) -> &Breaker {
+    pub fn breaker(&self) -> &JobBreaker {
         &self.breaker
     }
 
@@ -104,7 +104,7 @@ impl JobRunner {
                 until: self.breaker.open_until(),
             };
         }
-        let probe = self.breaker.state(now) == BreakerState::HalfOpen;
+        let probe = self.breaker.state(now) == JobBreakerState::HalfOpen;
         let ctx = JobContext::with_stop(now, stop.clone());
         self.status.update(|s| {
             s.running = true;
@@ -164,7 +164,7 @@ impl JobRunner {
             }
         };
         self.status.update(|s| s.running = false);
-        let open = self.breaker.state(now) == BreakerState::Open;
+        let open = self.breaker.state(now) == JobBreakerState::Open;
         metrics::gauge!("job_breaker_open", "job" => name).set(if open { 1.0 } else { 0.0 });
         metrics::gauge!("job_consecutive_failures", "job" => name)
             .set(f64::from(self.breaker.consecutive_failures()));

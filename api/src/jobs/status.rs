@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use order_projections::view::{rfc3339, rfc3339_opt};
 use serde::Serialize;
 
-use super::breaker::{Breaker, BreakerState};
+use super::breaker::{JobBreaker, JobBreakerState};
 use super::JobReport;
 
 /// The last failure of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
     #[serde(serialize_with = "rfc3339")]
@@ -22,11 +22,12 @@ pub struct LastError {
 }
 
 /// One job's status, as `GET /internal/jobs` answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatusView {
     pub name: String,
     /// e.g. `every 30s`.
+    #[schema(example = "every 30s")]
     pub schedule: String,
     pub interval_seconds: u64,
     /// Whether a runner for this job runs in this replica (`JOBS_ENABLED`).
@@ -44,7 +45,7 @@ pub struct JobStatusView {
     pub last_error: Option<LastError>,
     pub consecutive_failures: u32,
     /// `closed`, `open` or `half-open`.
-    pub breaker: BreakerState,
+    pub breaker: JobBreakerState,
     /// Until when an open breaker skips runs.
     #[serde(serialize_with = "rfc3339_opt")]
     pub breaker_open_until: Option<DateTime<Utc>>,
@@ -67,7 +68,7 @@ pub struct JobStatus {
     pub last_run: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_error: Option<LastError>,
-    pub breaker: Option<Breaker>,
+    pub breaker: Option<JobBreaker>,
     pub next_run: Option<DateTime<Utc>>,
     pub last_report: Option<JobReport>,
 }
@@ -87,12 +88,12 @@ impl JobStatus {
             consecutive_failures: self
                 .breaker
                 .as_ref()
-                .map_or(0, Breaker::consecutive_failures),
+                .map_or(0, JobBreaker::consecutive_failures),
             breaker: self
                 .breaker
                 .as_ref()
-                .map_or(BreakerState::Closed, |b| b.state(now)),
-            breaker_open_until: self.breaker.as_ref().and_then(Breaker::open_until),
+                .map_or(JobBreakerState::Closed, |b| b.state(now)),
+            breaker_open_until: self.breaker.as_ref().and_then(JobBreaker::open_until),
             next_run: self.next_run,
             last_report: self.last_report.clone(),
         }
@@ -170,7 +171,7 @@ impl JobRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::BreakerPolicy;
+    use crate::jobs::JobBreakerPolicy;
     use chrono::TimeDelta;
 
     #[test]
@@ -182,7 +183,7 @@ mod tests {
         let now = Utc::now();
         a.update(|s| {
             s.enabled = true;
-            let mut breaker = Breaker::new(BreakerPolicy {
+            let mut breaker = JobBreaker::new(JobBreakerPolicy {
                 failures: 1,
                 cool_down: TimeDelta::seconds(10),
             });
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(
             r.get("expiration", now + TimeDelta::seconds(11))
                 .map(|v| v.breaker),
-            Some(BreakerState::HalfOpen)
+            Some(JobBreakerState::HalfOpen)
         );
     }
 }

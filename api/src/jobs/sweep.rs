@@ -17,8 +17,7 @@ use order_projections::queries::{self, JobCandidate, JobScan, ScanPosition};
 use sqlx::PgPool;
 
 use super::{Job, JobContext, JobError, JobReport};
-use crate::error::ApiError;
-use crate::store::OrderStore;
+use crate::app::store::OrderStore;
 
 /// What acting on one order came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +144,9 @@ impl<S: Sweep> Job for SweepJob<S> {
     }
 }
 
-/// Sends `command` to `order` on behalf of job `job` and classifies the result.
+/// Sends `command` to `order` on behalf of job `job` and classifies the result: a refusal by
+/// the order itself (or a vanished order) is permanent for this command, so the job moves on
+/// instead of failing the run.
 ///
 /// # Errors
 /// [`JobError::Command`] for a transient failure (database down, a race lost every time).
@@ -163,7 +164,7 @@ pub async fn command(
     {
         Ok(done) if done.events.is_empty() => Ok(Outcome::Unchanged),
         Ok(_) => Ok(Outcome::Acted),
-        Err(e) if is_refusal(&e) => {
+        Err(e) if e.is_permanent() => {
             tracing::info!(job, order.id = %order.order_id, reason = %e, "order refused the job's command");
             Ok(Outcome::Refused)
         }
@@ -172,18 +173,6 @@ pub async fn command(
             source,
         }),
     }
-}
-
-/// A refusal by the order itself (or a vanished order): permanent for this command, so the
-/// job moves on instead of failing the run.
-pub fn is_refusal(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::NotFound(_)
-            | ApiError::Conflict(_)
-            | ApiError::BadRequest(_)
-            | ApiError::Unprocessable(_)
-    )
 }
 
 /// The metadata of events a job records: the run as request, correlation and cause, the job

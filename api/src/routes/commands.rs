@@ -1,38 +1,29 @@
 //! Command routes under `/api/v1/orders` (docs/contract.md §3.3).
 //!
-//! Each handler parses its body into domain types (400 on anything malformed), sends one command
-//! through [`OrderStore::execute`](crate::store::OrderStore::execute), and answers with the order
-//! as the aggregate left it, so the caller reads its own write before projections catch up.
-
-use std::collections::HashMap;
+//! Each handler parses its body into domain types (400 on anything malformed), calls one use
+//! case of [`crate::app::commands`], and answers with the order as the command left it.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
-use order_domain::commands::*;
-use order_domain::values::{IssuedTicket, NewLineItem, MAX_AMOUNT_CENTS, QUANTITY_RANGE};
-use order_domain::{Currency, Order, OrderCommand};
+use order_domain::values::{IssuedTicket, MAX_AMOUNT_CENTS, QUANTITY_RANGE};
+use order_domain::Currency;
 use order_projections::OrderView;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::answers::{
+    OrderAnswer, OrderEventView, OrderEventsAnswer, RefundAnswer, RefundProgress, RefundView,
+};
+use crate::app::commands::{Confirmation, NewLine, NewOrder, Origin};
 use crate::auth::Caller;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, whole, AppJson, OrderIdPath};
-use crate::saga::{RefundRequest, RefundSaga, Settled};
 use crate::startup::AppState;
-use crate::store::Created;
-
-/// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
-const IDEMPOTENT_ORDER_NS: Uuid = Uuid::from_u128(0x04de_0000_0000_0000_0000_0000_0000_0001);
-/// Namespace of line-item ids derived from `(order id, position)`.
-const ITEM_NS: Uuid = Uuid::from_u128(0x17e3_0000_0000_0000_0000_0000_0000_0002);
-/// Namespace of refund ids derived from `(order id, Idempotency-Key)`.
-const REFUND_NS: Uuid = Uuid::from_u128(0x0ef0_0000_0000_0000_0000_0000_0000_0003);
 
 /// Default hold of a new or reserved order: 15 minutes.
 const DEFAULT_EXPIRY_SECS: i64 = 900;
@@ -184,55 +175,25 @@ pub struct TicketBody {
     pub ticket_id: String,
 }
 
-/// The answer of every command.
-fn order_answer(order: &Order) -> ApiResult<Json<Value>> {
-    let view = OrderView::from_aggregate(order).ok_or_else(|| {
-        ApiError::internal(anyhow::anyhow!("command answered with an uncreated order"))
-    })?;
-    Ok(Json(json!({ "order": view })))
+/// The answer of every command but the refund.
+fn order_answer(order: OrderView) -> Json<OrderAnswer> {
+    Json(OrderAnswer { order })
 }
 
-/// Event metadata: who asked, on whose behalf, and which request and trace it belongs to.
-fn metadata(ctx: &RequestContext, caller: &Caller) -> HashMap<String, String> {
-    let mut m = HashMap::from([
-        ("requestId".to_owned(), ctx.request_id.clone()),
-        ("traceId".to_owned(), ctx.trace_id.clone()),
-        ("correlationId".to_owned(), ctx.request_id.clone()),
-        ("causationId".to_owned(), ctx.request_id.clone()),
-        ("actor".to_owned(), caller.service.clone()),
-    ]);
-    if let Some(tp) = &ctx.traceparent {
-        m.insert("traceparent".to_owned(), tp.clone());
-    }
-    if let Some(t) = &ctx.tenant_id {
-        m.insert("tenantId".to_owned(), t.clone());
-    }
-    if let Some(u) = &ctx.user_id {
-        m.insert("userId".to_owned(), u.clone());
-    }
-    m
+/// The origin of a request's commands.
+fn origin(ctx: &RequestContext, caller: &Caller) -> Origin {
+    Origin::of_request(ctx, &caller.service)
 }
 
-/// Orders of another tenant do not exist for a caller scoped to a tenant.
-fn tenant_guard(ctx: &RequestContext) -> impl Fn(&Order) -> Result<(), ApiError> + '_ {
-    move |order: &Order| match &ctx.tenant_id {
-        Some(t) if order.exists() && *t != order.tenant_id => Err(not_found()),
-        _ => Ok(()),
-    }
-}
-
-fn not_found() -> ApiError {
-    ApiError::NotFound("order not found".into())
-}
-
-fn expiry(now: DateTime<Utc>, seconds: Option<i64>) -> ApiResult<DateTime<Utc>> {
+/// How long an order is held (default 15 minutes); 400 outside 1 s to [`MAX_EXPIRY_SECS`].
+fn hold(seconds: Option<i64>) -> ApiResult<Duration> {
     let secs = seconds.unwrap_or(DEFAULT_EXPIRY_SECS);
     if !(1..=MAX_EXPIRY_SECS).contains(&secs) {
         return Err(ApiError::BadRequest(format!(
             "expiresInSeconds must be between 1 and {MAX_EXPIRY_SECS}, got {secs}"
         )));
     }
-    Ok(now + Duration::seconds(secs))
+    Ok(Duration::seconds(secs))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
@@ -268,11 +229,11 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     ),
     request_body = CreateOrderBody,
     responses(
-        (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing or invalid", body = crate::openapi::ErrorBody),
-        (status = 409, description = "A concurrent write kept winning; retry", body = crate::openapi::ErrorBody),
-        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 201, description = "Order placed; with a repeated Idempotency-Key, the first answer again", body = OrderAnswer),
+        (status = 400, description = "Malformed body (outside the schema's bounds), or X-Tenant-ID missing or invalid", body = crate::error::ErrorBody),
+        (status = 409, description = "A concurrent write kept winning; retry", body = crate::error::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn create_order(
@@ -281,76 +242,36 @@ pub async fn create_order(
     caller: Caller,
     headers: HeaderMap,
     AppJson(raw): AppJson<Value>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<OrderAnswer>)> {
     let tenant = ctx.tenant_id.clone().ok_or_else(|| {
         ApiError::BadRequest("X-Tenant-ID header is required to create an order".into())
     })?;
     let request_hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let body: CreateOrderBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let key = idempotency_key(&headers)?;
-    let order_id = match &key {
-        Some(k) => Uuid::new_v5(&IDEMPOTENT_ORDER_NS, format!("{tenant}\n{k}").as_bytes()),
-        None => Uuid::now_v7(),
-    };
-    let (currency, items) = create_lines(order_id, &body)?;
-
-    let mut meta = metadata(&ctx, &caller);
-    meta.insert("requestHash".to_owned(), request_hash.clone());
-    if let Some(k) = &key {
-        meta.insert("idempotencyKey".to_owned(), k.clone());
-    }
-    let now = Utc::now();
-    let expires_at = expiry(now, body.expires_in_seconds)?;
-    let order_number = format!(
-        "ORD-{}-{}",
-        now.format("%Y%m%d"),
-        &order_id.simple().to_string().to_uppercase()[26..]
-    );
-    let command = OrderCommand::CreateOrder(CreateOrder {
-        order_id,
-        order_number,
-        tenant_id: tenant,
+    let idempotency_key = idempotency_key(&headers)?;
+    let (currency, lines) = create_lines(&body)?;
+    let hold = hold(body.expires_in_seconds)?;
+    let new = NewOrder {
+        tenant,
+        idempotency_key,
+        request_hash,
         user_id: body.user_id,
         event_id: body.event_id,
         currency,
-        items,
+        lines,
         fees_cents: body.fees_cents,
         tax_cents: body.tax_cents,
-        expires_at,
+        hold,
         event_starts_at: body.event_starts_at,
-        now,
-    });
-    // Append first, read only on a repeat: the primary key on (order id, sequence 1) makes
-    // "create unless it exists" atomic, so the common case is one round trip.
-    let created = match state.store.create(order_id, &meta, command).await {
-        Ok(created) => created,
-        // A repeat is answered like the first even if deciding it again today would fail
-        // (an event that has started since, say): the key promises the first answer.
-        Err(refused) if key.is_some() => {
-            return match replay_first_answer(&state, order_id, &request_hash).await? {
-                Some(first) => Ok(first),
-                None => Err(refused),
-            };
-        }
-        Err(e) => return Err(e),
     };
-    match created {
-        Created::New(done) => Ok((StatusCode::CREATED, order_answer(&done.order)?)),
-        // A repeat of the key, or two requests with one key raced: answer like the first.
-        Created::AlreadyExists if key.is_some() => {
-            replay_first_answer(&state, order_id, &request_hash)
-                .await?
-                .ok_or(ApiError::ConcurrentWrite)
-        }
-        Created::AlreadyExists => Err(ApiError::ConcurrentWrite),
-    }
+    let order = state.commands.create(&origin(&ctx, &caller), new).await?;
+    Ok((StatusCode::CREATED, order_answer(order)))
 }
 
-/// The currency and line items of a create body, checked (400 on an unknown currency, a
-/// quantity outside 1..=50 or an amount above [`MAX_AMOUNT_CENTS`]); item ids derive from the
-/// order id and the position.
-fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, Vec<NewLineItem>)> {
+/// The currency and lines of a create body, checked (400 on an unknown currency, a quantity
+/// outside 1..=50 or an amount above [`MAX_AMOUNT_CENTS`]).
+fn create_lines(body: &CreateOrderBody) -> ApiResult<(Currency, Vec<NewLine>)> {
     no_nul("userId", &body.user_id)?;
     let currency = Currency::parse(&body.currency)?;
     amount_bound("feesCents", body.fees_cents)?;
@@ -370,8 +291,7 @@ fn create_lines(order_id: Uuid, body: &CreateOrderBody) -> ApiResult<(Currency, 
                     ))
                 })?;
             amount_bound(&format!("items[{i}].unitPriceCents"), item.unit_price_cents)?;
-            Ok(NewLineItem {
-                id: Uuid::new_v5(&ITEM_NS, format!("{order_id}:{i}").as_bytes()),
+            Ok(NewLine {
                 ticket_type_id: item.ticket_type_id,
                 quantity,
                 unit_price_cents: item.unit_price_cents,
@@ -392,28 +312,6 @@ fn amount_bound(field: &str, value: i64) -> ApiResult<()> {
     Ok(())
 }
 
-/// For an idempotent create: the first answer (the order right after `OrderCreated`) if the
-/// order exists and was created from the same body; 422 if from another body.
-async fn replay_first_answer(
-    state: &AppState,
-    order_id: Uuid,
-    request_hash: &str,
-) -> ApiResult<Option<(StatusCode, Json<Value>)>> {
-    let history = state.store.history(order_id).await?;
-    let Some(first) = history.first() else {
-        return Ok(None);
-    };
-    if first.metadata.get("requestHash").and_then(Value::as_str) != Some(request_hash) {
-        return Err(ApiError::Unprocessable(
-            "this Idempotency-Key was already used with a different request body".into(),
-        ));
-    }
-    let event = serde_json::from_value(first.payload.clone()).map_err(ApiError::internal)?;
-    let mut order = Order::default();
-    order.apply(&event);
-    Ok(Some((StatusCode::CREATED, order_answer(&order)?)))
-}
-
 /// `POST /api/v1/orders/{id}/reserve`.
 #[utoipa::path(
     post,
@@ -425,11 +323,11 @@ async fn replay_first_answer(
     ),
     request_body = ReserveBody,
     responses(
-        (status = 200, description = "Reserved (or already reserved)", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Reserved (or already reserved)", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn reserve_order(
@@ -438,18 +336,13 @@ pub async fn reserve_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<ReserveBody>,
-) -> ApiResult<Json<Value>> {
-    let expires_at = expiry(Utc::now(), body.expires_in_seconds)?;
-    let done = state
-        .store
-        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
-            OrderCommand::ReserveOrder(ReserveOrder {
-                expires_at,
-                now: Utc::now(),
-            })
-        })
+) -> ApiResult<Json<OrderAnswer>> {
+    let hold = hold(body.expires_in_seconds)?;
+    let order = state
+        .commands
+        .reserve(id, &origin(&ctx, &caller), hold)
         .await?;
-    order_answer(&done.order)
+    Ok(order_answer(order))
 }
 
 /// `POST /api/v1/orders/{id}/confirm`.
@@ -463,11 +356,11 @@ pub async fn reserve_order(
     ),
     request_body = ConfirmBody,
     responses(
-        (status = 200, description = "Paid (a repeat with the same payment intent is a no-op)", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Paid (a repeat with the same payment intent is a no-op)", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn confirm_order(
@@ -476,20 +369,18 @@ pub async fn confirm_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<ConfirmBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     check_confirm(&body)?;
-    let done = state
-        .store
-        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
-            OrderCommand::ConfirmOrder(ConfirmOrder {
-                payment_intent_id: body.payment_intent_id.clone(),
-                amount_cents: body.amount_cents,
-                expected_version: body.expected_version,
-                now: Utc::now(),
-            })
-        })
+    let confirmation = Confirmation {
+        payment_intent_id: body.payment_intent_id,
+        amount_cents: body.amount_cents,
+        expected_version: body.expected_version,
+    };
+    let order = state
+        .commands
+        .confirm(id, &origin(&ctx, &caller), confirmation)
         .await?;
-    order_answer(&done.order)
+    Ok(order_answer(order))
 }
 
 /// `POST /api/v1/orders/{id}/cancel`.
@@ -503,11 +394,11 @@ pub async fn confirm_order(
     ),
     request_body = CancelBody,
     responses(
-        (status = 200, description = "Cancelled", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Cancelled", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn cancel_order(
@@ -516,21 +407,16 @@ pub async fn cancel_order(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<CancelBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let reason = required_text("reason", &body.reason)?;
-    let done = state
-        .store
-        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
-            OrderCommand::CancelOrder(CancelOrder {
-                reason: reason.clone(),
-                now: Utc::now(),
-            })
-        })
+    let order = state
+        .commands
+        .cancel(id, &origin(&ctx, &caller), reason)
         .await?;
-    order_answer(&done.order)
+    Ok(order_answer(order))
 }
 
-/// `POST /api/v1/orders/{id}/refunds`: the refund saga (docs/contract.md §5, [`crate::saga`]).
+/// `POST /api/v1/orders/{id}/refunds`: the refund saga (docs/contract.md §5, [`crate::app::refund`]).
 ///
 /// The order's own rules are checked before any call goes out (409 at once); then the peers'
 /// facts, then payment-service's `initiateRefund`. Answers 200 with the order once refunded,
@@ -553,14 +439,14 @@ pub async fn cancel_order(
     ),
     request_body = RefundBody,
     responses(
-        (status = 200, description = "Refunded", body = crate::openapi::RefundAnswer),
-        (status = 202, description = "Requested; payment-service is still processing it", body = crate::openapi::RefundAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 422, description = "Idempotency-Key is missing", body = crate::openapi::ErrorBody),
-        (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Refunded", body = RefundAnswer),
+        (status = 202, description = "Requested; payment-service is still processing it", body = RefundAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 422, description = "Idempotency-Key is missing", body = crate::error::ErrorBody),
+        (status = 502, description = "payment-service explicitly refused the refund (recorded as failed), or answered without settling it (the refund stays requested and is retried)", body = crate::error::ErrorBody),
+        (status = 503, description = "payment-service could not be asked (the refund stays requested and is retried), or the database is unavailable", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn refund_order(
@@ -570,7 +456,7 @@ pub async fn refund_order(
     caller: Caller,
     headers: HeaderMap,
     AppJson(body): AppJson<RefundBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RefundAnswer>)> {
     let key = idempotency_key(&headers)?.ok_or_else(|| {
         ApiError::Unprocessable(
             "Idempotency-Key is required: it identifies the refund, so that a retry cannot start \
@@ -579,33 +465,23 @@ pub async fn refund_order(
         )
     })?;
     let reason = required_text("reason", &body.reason)?;
-    let refund_id = Uuid::new_v5(&REFUND_NS, format!("{id}\n{key}").as_bytes());
-    let request = RefundRequest {
-        refund_id,
-        amount_cents: body.amount_cents,
-        reason,
-    };
-    let saga = RefundSaga::new(state.store.clone(), state.clients.clone());
-    let settled = saga
-        .run(id, &request, &metadata(&ctx, &caller), tenant_guard(&ctx))
+    let refund = state
+        .commands
+        .refund(id, &origin(&ctx, &caller), &key, body.amount_cents, reason)
         .await?;
-    let (status, refund_state) = match &settled {
-        Settled::Completed(_) => (StatusCode::OK, "completed"),
-        Settled::Pending(_) => (StatusCode::ACCEPTED, "requested"),
-        Settled::Failed { reason, .. } => {
-            return Err(ApiError::BadGateway(format!(
-                "payment-service did not refund: {reason}; refund {refund_id} is recorded as failed"
-            )))
-        }
+    let (status, progress) = if refund.completed {
+        (StatusCode::OK, RefundProgress::Completed)
+    } else {
+        (StatusCode::ACCEPTED, RefundProgress::Requested)
     };
-    let order = settled.order();
-    let amount = order
-        .refunds
-        .iter()
-        .find(|r| r.refund_id == refund_id)
-        .map(|r| r.amount_cents);
-    let Json(mut answer) = order_answer(order)?;
-    answer["refund"] = json!({ "id": refund_id, "status": refund_state, "amountCents": amount });
+    let answer = RefundAnswer {
+        order: refund.order,
+        refund: RefundView {
+            id: refund.refund_id,
+            status: progress,
+            amount_cents: refund.amount_cents,
+        },
+    };
     Ok((status, Json(answer)))
 }
 
@@ -620,11 +496,11 @@ pub async fn refund_order(
     ),
     request_body = TicketsBody,
     responses(
-        (status = 200, description = "Tickets recorded", body = crate::openapi::OrderAnswer),
-        (status = 400, description = "Malformed body or parameter", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Tickets recorded", body = OrderAnswer),
+        (status = 400, description = "Malformed body or parameter", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 409, description = "The order's state forbids the command, or a concurrent write kept winning", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn record_tickets(
@@ -633,18 +509,13 @@ pub async fn record_tickets(
     ctx: RequestContext,
     caller: Caller,
     AppJson(body): AppJson<TicketsBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OrderAnswer>> {
     let tickets = issued_tickets(body)?;
-    let done = state
-        .store
-        .execute(id, &metadata(&ctx, &caller), tenant_guard(&ctx), || {
-            OrderCommand::RecordTickets(RecordTickets {
-                tickets: tickets.clone(),
-                now: Utc::now(),
-            })
-        })
+    let order = state
+        .commands
+        .record_tickets(id, &origin(&ctx, &caller), tickets)
         .await?;
-    order_answer(&done.order)
+    Ok(order_answer(order))
 }
 
 /// `GET /api/v1/orders/{id}/events`: the order's history, upcast to current versions.
@@ -657,49 +528,42 @@ pub async fn record_tickets(
         ("x-tenant-id" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]+$", description = "Scopes the call to one tenant: another tenant's order is 404. Sent once, 1 to 128 visible ASCII characters; anything else is 400"),
     ),
     responses(
-        (status = 200, description = "The order's events in sequence order, upcast to current versions", body = crate::openapi::OrderEventsAnswer),
-        (status = 400, description = "Malformed order id", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The order's events in sequence order, upcast to current versions", body = OrderEventsAnswer),
+        (status = 400, description = "Malformed order id", body = crate::error::ErrorBody),
+        (status = 404, description = "No such order (or not visible to this tenant)", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn order_events(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
-) -> ApiResult<Json<Value>> {
-    let history = state.store.history(id).await?;
-    let Some(first) = history.first() else {
-        return Err(not_found());
-    };
-    let owner = first
-        .payload
-        .get("OrderCreated")
-        .and_then(|c| c.get("tenantId"))
-        .and_then(Value::as_str);
-    if ctx.tenant_id.as_deref().is_some_and(|t| Some(t) != owner) {
-        return Err(not_found());
-    }
-    let events: Vec<Value> = history
+) -> ApiResult<Json<OrderEventsAnswer>> {
+    let history = state.queries.history(id, ctx.tenant_id.as_deref()).await?;
+    let events = history
         .into_iter()
         .map(|e| {
+            // Stored payloads are externally tagged by type; the answer gives the inner object.
             let payload = match e.payload {
                 Value::Object(mut m) if m.len() == 1 => {
                     m.remove(&e.event_type).unwrap_or(Value::Null)
                 }
                 other => other,
             };
-            json!({
-                "sequence": e.sequence,
-                "type": e.event_type,
-                "version": e.event_version,
-                "timestamp": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "payload": payload,
-                "metadata": e.metadata,
-            })
+            OrderEventView {
+                sequence: e.sequence,
+                event_type: e.event_type,
+                version: e.event_version,
+                timestamp: e.recorded_at,
+                payload,
+                metadata: e.metadata,
+            }
         })
         .collect();
-    Ok(Json(json!({ "orderId": id, "events": events })))
+    Ok(Json(OrderEventsAnswer {
+        order_id: id,
+        events,
+    }))
 }
 
 fn check_confirm(body: &ConfirmBody) -> ApiResult<()> {
@@ -779,12 +643,12 @@ pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> ApiResult<()> {
             let raw: Value = json(bytes)?;
             let body: CreateOrderBody = serde_json::from_value(raw)
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-            create_lines(Uuid::nil(), &body)?;
-            expiry(Utc::now(), body.expires_in_seconds)?;
+            create_lines(&body)?;
+            hold(body.expires_in_seconds)?;
         }
         BodyKind::Reserve => {
             let body: ReserveBody = json(bytes)?;
-            expiry(Utc::now(), body.expires_in_seconds)?;
+            hold(body.expires_in_seconds)?;
         }
         BodyKind::Confirm => check_confirm(&json(bytes)?)?,
         BodyKind::Cancel => {

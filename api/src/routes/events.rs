@@ -14,10 +14,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use order_bus::catchup::{page, FeedCursor, PageQuery};
 use order_bus::subjects::all_integration_types;
-use order_bus::BusError;
 
 use crate::context::RequestContext;
-use crate::deadline::within_deadline;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::truncate;
 use crate::routes::queries::Params;
@@ -51,8 +49,8 @@ pub struct EventsPage {
     ),
     responses(
         (status = 200, description = "A page of envelopes and the cursor after it", body = EventsPage),
-        (status = 400, description = "Malformed cursor, limit or type", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The database is unavailable; retry after Retry-After", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed cursor, limit or type", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry after Retry-After", body = crate::error::ErrorBody),
     ),
 )]
 pub async fn events(
@@ -72,13 +70,7 @@ pub async fn events(
         tenant: ctx.tenant_id.clone(),
     };
     let subjects = order_bus::Subjects::new(&state.settings.nats_subject_prefix);
-    let read = within_deadline("read", async {
-        page::read_page(&state.pool, &subjects, &query)
-            .await
-            .map_err(feed_error)
-    })
-    .await?;
-    let body = read.to_json().map_err(ApiError::internal)?;
+    let body = state.queries.event_page(&subjects, &query).await?;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -120,16 +112,4 @@ fn types(raw: Option<&str>) -> ApiResult<BTreeSet<String>> {
             }
         })
         .collect()
-}
-
-fn feed_error(e: BusError) -> ApiError {
-    if e.is_transient() {
-        tracing::warn!(error = %e, "event feed unavailable");
-        ApiError::Unavailable {
-            message: "the database is unavailable; retry shortly".into(),
-            retry_after: Some(1),
-        }
-    } else {
-        ApiError::internal(e)
-    }
 }

@@ -7,8 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use order_bus::relay::{self, RELAY_CONSUMER};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::answers::{LiveAnswer, ReadyAnswer, ReadyCheck, ReadyChecks};
 use crate::startup::AppState;
 
 /// `GET /health/live`: the process is up and serving.
@@ -16,10 +17,10 @@ use crate::startup::AppState;
     get,
     path = "/health/live",
     tag = "operations",
-    responses((status = 200, description = "The process is up", body = crate::openapi::LiveAnswer)),
+    responses((status = 200, description = "The process is up", body = LiveAnswer)),
 )]
-pub async fn live() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn live() -> Json<LiveAnswer> {
+    Json(LiveAnswer { status: "ok" })
 }
 
 /// `GET /health/ready`: Postgres answers, NATS is connected, the outbox relay is not far
@@ -33,11 +34,11 @@ pub async fn live() -> Json<Value> {
     path = "/health/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Postgres, NATS, the relay and the feed are fine", body = crate::openapi::ReadyAnswer),
-        (status = 503, description = "At least one check fails; each failing check gives its reason", body = crate::openapi::ReadyAnswer),
+        (status = 200, description = "Postgres, NATS, the relay and the feed are fine", body = ReadyAnswer),
+        (status = 503, description = "At least one check fails; each failing check gives its reason", body = ReadyAnswer),
     ),
 )]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyAnswer>) {
     let postgres = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
@@ -54,10 +55,6 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     let (relay_ok, relay) = relay_check(&state).await;
     let feed = feed_check(&state).await;
-    let check = |r: &Result<(), String>| match r {
-        Ok(()) => json!({ "status": "ok" }),
-        Err(reason) => json!({ "status": "failing", "reason": reason }),
-    };
     let ok = postgres.is_ok() && nats.is_ok() && relay_ok && feed.is_ok();
     let status = if ok {
         StatusCode::OK
@@ -66,16 +63,20 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({
-            "status": if ok { "ready" } else { "not ready" },
-            "checks": { "postgres": check(&postgres), "nats": check(&nats), "relay": relay,
-                        "feed": check(&feed) },
-        })),
+        Json(ReadyAnswer {
+            status: if ok { "ready" } else { "not ready" },
+            checks: ReadyChecks {
+                postgres: ReadyCheck::of(&postgres),
+                nats: ReadyCheck::of(&nats),
+                relay,
+                feed: ReadyCheck::of(&feed),
+            },
+        }),
     )
 }
 
 /// The relay's backlog against the configured limit.
-async fn relay_check(state: &AppState) -> (bool, Value) {
+async fn relay_check(state: &AppState) -> (bool, ReadyCheck) {
     let max = state.settings.relay_ready_max_backlog;
     let measured = tokio::time::timeout(
         Duration::from_secs(2),
@@ -85,26 +86,22 @@ async fn relay_check(state: &AppState) -> (bool, Value) {
     match measured {
         Ok(Ok(lag)) => {
             let ok = lag.events_behind <= max;
-            let mut body = json!({
-                "status": if ok { "ok" } else { "failing" },
-                "backlog": lag.events_behind,
-                "secondsBehind": lag.seconds_behind,
-                "fenced": lag.events_fenced,
-                "maxBacklog": max,
-            });
-            if !ok {
-                body["reason"] = json!(format!(
+            let mut check = if ok {
+                ReadyCheck::ok()
+            } else {
+                ReadyCheck::failing(format!(
                     "{} events wait for the relay (limit {max})",
                     lag.events_behind
-                ));
-            }
-            (ok, body)
+                ))
+            };
+            check.backlog = Some(lag.events_behind);
+            check.seconds_behind = Some(lag.seconds_behind);
+            check.fenced = Some(lag.events_fenced);
+            check.max_backlog = Some(max);
+            (ok, check)
         }
-        Ok(Err(_)) => (
-            false,
-            json!({ "status": "failing", "reason": "backlog unmeasurable" }),
-        ),
-        Err(_) => (false, json!({ "status": "failing", "reason": "timed out" })),
+        Ok(Err(_)) => (false, ReadyCheck::failing("backlog unmeasurable")),
+        Err(_) => (false, ReadyCheck::failing("timed out")),
     }
 }
 

@@ -7,8 +7,11 @@
 //! 1. Note the stream's last sequence `S` **before** reading any page.
 //! 2. Page `GET /internal/events` from the start until a page says `caughtUp`.
 //! 3. Consume the stream from `S + 1` (a consumer with `DeliverPolicy::ByStartSequence`).
-//! 4. Deliver an event only if its `sequenceNumber` is above the last one delivered for its
-//!    order; drop the rest as duplicates.
+//! 4. Handle an event only if its `sequenceNumber` is above the last one handled for its
+//!    order, and mark it handled only once handling succeeded; acknowledge the rest as
+//!    duplicates. The live consumer has one unacknowledged message at a time, so a redelivery
+//!    is never overtaken by the order's next event. The marks live in memory: a subscriber that
+//!    restarts mid-handoff starts again from step 1 (or keeps the marks in its own store).
 //!
 //! Why nothing is lost: the relay publishes an event only once it is behind the feed's fence,
 //! so every message at or below `S` was readable by the pages, which all started after `S`
@@ -67,20 +70,27 @@ impl CatchUp {
         self.start_sequence
     }
 
-    /// Step 4: whether the event `sequence` of `order` is new (deliver it) or a duplicate.
-    pub fn accept(&mut self, order: &str, sequence: i64) -> bool {
+    /// Step 4: whether the event `sequence` of `order` is new (handle it) or a duplicate
+    /// (acknowledge it and move on). It changes nothing: call [`CatchUp::processed`] once the
+    /// event is handled, so that an event whose handling failed, and comes back, is still new.
+    pub fn is_new(&mut self, order: &str, sequence: i64) -> bool {
+        let new = self.last.get(order).is_none_or(|last| sequence > *last);
+        if !new {
+            self.duplicates += 1;
+        }
+        new
+    }
+
+    /// Records that the event `sequence` of `order` has been handled.
+    pub fn processed(&mut self, order: &str, sequence: i64) {
         let last = self.last.entry(order.to_owned()).or_insert(0);
         if sequence > *last {
             *last = sequence;
             self.delivered += 1;
-            true
-        } else {
-            self.duplicates += 1;
-            false
         }
     }
 
-    /// Events accepted so far.
+    /// Events handled so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
     }
@@ -108,8 +118,10 @@ impl CatchUp {
         loop {
             let page = fetch(cursor).await?;
             for event in page.events {
-                if self.accept(&event.aggregate_id, event.sequence_number) {
+                if self.is_new(&event.aggregate_id, event.sequence_number) {
+                    let (order, sequence) = (event.aggregate_id.clone(), event.sequence_number);
                     deliver(event);
+                    self.processed(&order, sequence);
                 }
             }
             cursor = page.next;
@@ -119,14 +131,19 @@ impl CatchUp {
         }
     }
 
-    /// Step 3: the live consumer's configuration: every message after the noted sequence on
-    /// `filter_subject` (for example `order.>`), acknowledged one by one.
-    pub fn live_consumer(&self, filter_subject: &str) -> pull::Config {
+    /// Step 3: the live consumer's configuration: the durable `name` (a subscriber may only
+    /// create consumers named after itself under deploy/nats/), every message after the noted
+    /// sequence on `filter_subject` (for example `order.>`; use the same types as the pages),
+    /// acknowledged one by one, one unacknowledged message at a time so that a redelivery
+    /// cannot be overtaken by the order's next event.
+    pub fn live_consumer(&self, name: &str, filter_subject: &str) -> pull::Config {
         pull::Config {
+            durable_name: Some(name.to_owned()),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: self.start_sequence + 1,
             },
             ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 1,
             filter_subject: filter_subject.to_owned(),
             ..Default::default()
         }
@@ -140,16 +157,35 @@ mod tests {
     #[test]
     fn each_orders_events_pass_once_in_sequence_order() {
         let mut c = CatchUp::after_sequence(41);
+        let live = c.live_consumer("reporting", "order.>");
         assert_eq!(
-            c.live_consumer("order.>").deliver_policy,
+            live.deliver_policy,
             DeliverPolicy::ByStartSequence { start_sequence: 42 }
         );
-        assert!(c.accept("a", 1));
-        assert!(c.accept("a", 2));
-        assert!(c.accept("b", 1));
-        assert!(!c.accept("a", 2), "the overlap is dropped");
-        assert!(!c.accept("a", 1));
-        assert!(c.accept("a", 3));
+        assert_eq!(live.max_ack_pending, 1);
+        let handle = |c: &mut CatchUp, order: &str, seq: i64| {
+            let new = c.is_new(order, seq);
+            if new {
+                c.processed(order, seq);
+            }
+            new
+        };
+        assert!(handle(&mut c, "a", 1));
+        assert!(handle(&mut c, "a", 2));
+        assert!(handle(&mut c, "b", 1));
+        assert!(!handle(&mut c, "a", 2), "the overlap is dropped");
+        assert!(!handle(&mut c, "a", 1));
+        assert!(handle(&mut c, "a", 3));
         assert_eq!((c.delivered(), c.duplicates()), (4, 2));
+    }
+
+    #[test]
+    fn an_event_whose_handling_failed_is_still_new_when_it_comes_back() {
+        let mut c = CatchUp::after_sequence(0);
+        assert!(c.is_new("a", 1));
+        // Handling failed: not marked; the redelivery is new.
+        assert!(c.is_new("a", 1));
+        c.processed("a", 1);
+        assert!(!c.is_new("a", 1));
     }
 }

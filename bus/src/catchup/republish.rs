@@ -127,11 +127,10 @@ impl Republish {
             let recorded: Vec<_> = read.iter().map(|e| e.recorded_at).collect();
             let count = read.len();
             let (messages, refused) = encode_events(&mut conn, &self.subjects, read).await?;
-            if let Some(e) = refused.filter(|_| messages.is_empty()) {
-                return Err(e);
-            }
             let Some(last) = messages.last().map(|m| m.position) else {
-                break;
+                return Err(refused.unwrap_or_else(|| {
+                    BusError::Codec("the feed returned events but none was encoded".into())
+                }));
             };
             let chosen: Vec<FeedMessage> = messages
                 .into_iter()
@@ -146,6 +145,11 @@ impl Republish {
             report.duplicates += duplicates;
             report.ended_after = FeedCursor(last);
             progress(&report);
+            // Stopped at an event that cannot be published (as the relay is): what came
+            // before it is out and checkpointed; say why the run ends here.
+            if let Some(e) = refused {
+                return Err(e);
+            }
             if i64::try_from(count).unwrap_or(i64::MAX) < self.batch_size {
                 break;
             }

@@ -562,7 +562,7 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
     let mismatch_confirmed = verify::confirmed_events(&cluster.pool, mismatch_order).await?;
 
     // Redrive: the order now exists, so its parked payment takes effect.
-    let store = order_api::store::OrderStore::new(cluster.pool.clone());
+    let store = order_api::app::store::OrderStore::new(cluster.pool.clone());
     create_with_id(&store, later).await?;
     let redrive = cluster
         .cli(&["dlq", "redrive", "--order", &later.to_string()])
@@ -617,7 +617,7 @@ pub async fn r7(scale: Scale) -> anyhow::Result<()> {
 }
 
 /// Creates order `id` through the command path (for a message that arrived before its order).
-async fn create_with_id(store: &order_api::store::OrderStore, id: Uuid) -> anyhow::Result<()> {
+async fn create_with_id(store: &order_api::app::store::OrderStore, id: Uuid) -> anyhow::Result<()> {
     use order_domain::commands::CreateOrder;
     use order_domain::values::{Currency, NewLineItem};
     use order_domain::OrderCommand;

@@ -13,15 +13,15 @@
 use std::collections::HashMap;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateContext, AggregateError, EventStore};
-use order_domain::{Order, OrderCommand, OrderError, OrderEvent, ORDER_AGGREGATE_TYPE};
-use order_projections::CommitSignal;
+use cqrs_es::{AggregateContext, EventStore};
+use order_domain::{Order, OrderCommand, OrderEvent, ORDER_AGGREGATE_TYPE};
+use order_projections::postgres::CommitSignal;
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::app::error::AppError;
 use crate::deadline::within_deadline;
-use crate::error::ApiError;
 
 /// How many times a command is re-decided after losing a race for the same sequence number.
 /// Each retry reloads the order, so idempotent repeats (a second confirm with the same payment
@@ -50,8 +50,8 @@ pub enum Created {
 enum Appended {
     /// Another writer took one of the sequence numbers first: reload and decide again.
     Conflict,
-    /// Anything else, already mapped for the API.
-    Failed(ApiError),
+    /// Anything else.
+    Failed(AppError),
 }
 
 /// The write side: loads orders and appends their events.
@@ -106,14 +106,14 @@ impl OrderStore {
     /// Loads an order; `None` when it does not exist.
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when Postgres is unreachable or the request's database
+    /// [`AppError::Unavailable`] when Postgres is unreachable or the request's database
     /// deadline passes, `Internal` otherwise.
-    pub async fn load(&self, id: Uuid) -> Result<Option<Order>, ApiError> {
+    pub async fn load(&self, id: Uuid) -> Result<Option<Order>, AppError> {
         let mut ctx = within_deadline("load", async {
             self.inner
                 .load_aggregate(&id.to_string())
                 .await
-                .map_err(store_error)
+                .map_err(AppError::from_event_store)
         })
         .await?;
         let order = ctx.aggregate().clone();
@@ -129,16 +129,16 @@ impl OrderStore {
     /// retries included, since that is the latency callers see.
     ///
     /// # Errors
-    /// Domain refusals map to 400/404/409 by kind; a race lost `MAX_ATTEMPTS` times is 409;
-    /// an unreachable database, or the request's database deadline passing (across every
-    /// attempt), is 503.
+    /// The domain's refusal by kind, or `check`'s; [`AppError::ConcurrentWrite`] for a race
+    /// lost `MAX_ATTEMPTS` times; [`AppError::Unavailable`] for an unreachable database or the
+    /// request's database deadline passing (across every attempt).
     pub async fn execute(
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
-        check: impl Fn(&Order) -> Result<(), ApiError>,
+        check: impl Fn(&Order) -> Result<(), AppError>,
         command: impl Fn() -> OrderCommand,
-    ) -> Result<Executed, ApiError> {
+    ) -> Result<Executed, AppError> {
         let started = std::time::Instant::now();
         let name = command_name(&command());
         let result = within_deadline(
@@ -156,20 +156,20 @@ impl OrderStore {
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
-        check: impl Fn(&Order) -> Result<(), ApiError>,
+        check: impl Fn(&Order) -> Result<(), AppError>,
         command: impl Fn() -> OrderCommand,
-    ) -> Result<Executed, ApiError> {
+    ) -> Result<Executed, AppError> {
         let aggregate_id = id.to_string();
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self
                 .inner
                 .load_aggregate(&aggregate_id)
                 .await
-                .map_err(store_error)?
+                .map_err(AppError::from_event_store)?
                 .aggregate()
                 .clone();
             check(&current)?;
-            let events = current.decide(command()).map_err(ApiError::from)?;
+            let events = current.decide(command()).map_err(AppError::from)?;
             if events.is_empty() {
                 return Ok(Executed {
                     order: current,
@@ -208,24 +208,24 @@ impl OrderStore {
                 Err(Appended::Failed(e)) => return Err(e),
             }
         }
-        Err(ApiError::ConcurrentWrite)
+        Err(AppError::ConcurrentWrite)
     }
 
     /// Creates an order without reading first: the command is decided against an empty order
     /// and appended as sequence 1, so a create is one round trip. The primary key settles a
     /// race or a repeat: when sequence 1 already exists the answer is
     /// [`Created::AlreadyExists`], and the caller decides what a repeat means (idempotent
-    /// replay, or 409).
+    /// replay, or a lost race).
     ///
     /// # Errors
-    /// Domain refusals (400), an unreachable database or the request's database deadline
-    /// passing (503).
+    /// The domain's refusal, an unreachable database or the request's database deadline
+    /// passing ([`AppError::Unavailable`]).
     pub async fn create(
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
         command: OrderCommand,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, AppError> {
         let started = std::time::Instant::now();
         let name = command_name(&command);
         let result = within_deadline("command", self.create_unmetered(id, metadata, command)).await;
@@ -239,9 +239,9 @@ impl OrderStore {
         id: Uuid,
         metadata: &HashMap<String, String>,
         command: OrderCommand,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, AppError> {
         let empty = Order::default();
-        let events = empty.decide(command).map_err(ApiError::from)?;
+        let events = empty.decide(command).map_err(AppError::from)?;
         match self.append(&id.to_string(), 0, &events, metadata).await {
             Ok(()) => {
                 let mut order = empty;
@@ -269,7 +269,7 @@ impl OrderStore {
         events: &[OrderEvent],
         metadata: &HashMap<String, String>,
     ) -> Result<(), Appended> {
-        let first = i64::try_from(after).map_err(|e| Appended::Failed(ApiError::internal(e)))? + 1;
+        let first = i64::try_from(after).map_err(|e| Appended::Failed(AppError::internal(e)))? + 1;
         let sequences: Vec<i64> = (first..).take(events.len()).collect();
         let types: Vec<&str> = events.iter().map(OrderEvent::event_type).collect();
         let versions: Vec<&str> = events.iter().map(OrderEvent::event_version).collect();
@@ -277,9 +277,9 @@ impl OrderStore {
             .iter()
             .map(serde_json::to_value)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Appended::Failed(ApiError::internal(e)))?;
+            .map_err(|e| Appended::Failed(AppError::internal(e)))?;
         let metadata =
-            serde_json::to_value(metadata).map_err(|e| Appended::Failed(ApiError::internal(e)))?;
+            serde_json::to_value(metadata).map_err(|e| Appended::Failed(AppError::internal(e)))?;
         let inserted = sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                  payload, metadata)
@@ -303,16 +303,16 @@ impl OrderStore {
                 Ok(())
             }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Appended::Conflict),
-            Err(e) => Err(Appended::Failed(sqlx_error(e))),
+            Err(e) => Err(Appended::Failed(AppError::from_sqlx(e))),
         }
     }
 
     /// An order's stored events in sequence order, upcast to current versions.
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when Postgres is unreachable or the request's database
+    /// [`AppError::Unavailable`] when Postgres is unreachable or the request's database
     /// deadline passes.
-    pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, ApiError> {
+    pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, AppError> {
         let rows: Vec<(
             i64,
             String,
@@ -330,7 +330,7 @@ impl OrderStore {
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await
-            .map_err(sqlx_error)
+            .map_err(AppError::from_sqlx)
         })
         .await?;
         Ok(rows
@@ -358,17 +358,6 @@ impl OrderStore {
     }
 }
 
-impl From<OrderError> for ApiError {
-    fn from(e: OrderError) -> Self {
-        use order_domain::ErrorKind;
-        match e.kind() {
-            ErrorKind::Invalid => Self::BadRequest(e.to_string()),
-            ErrorKind::NotFound => Self::NotFound(e.to_string()),
-            ErrorKind::Conflict => Self::Conflict(e.to_string()),
-        }
-    }
-}
-
 /// The command's metric label: one fixed value per variant, so labels stay bounded.
 fn command_name(command: &OrderCommand) -> &'static str {
     match command {
@@ -390,37 +379,5 @@ fn command_name(command: &OrderCommand) -> &'static str {
         OrderCommand::SendReminder(_) => "send_reminder",
         OrderCommand::SendEventReminder(_) => "send_event_reminder",
         OrderCommand::ArchiveOrder(_) => "archive_order",
-    }
-}
-
-/// Maps a framework error, telling an outage (503) from a bug (500).
-fn store_error(e: AggregateError<OrderError>) -> ApiError {
-    match e {
-        AggregateError::UserError(e) => e.into(),
-        AggregateError::AggregateConflict => ApiError::ConcurrentWrite,
-        AggregateError::DatabaseConnectionError(e) => unavailable(&e.to_string()),
-        AggregateError::UnexpectedError(e) | AggregateError::DeserializationError(e) => {
-            match e.downcast::<sqlx::Error>() {
-                Ok(sqlx) => sqlx_error(*sqlx),
-                Err(other) => ApiError::Internal(anyhow::anyhow!(other)),
-            }
-        }
-    }
-}
-
-/// Connection-level sqlx failures are an outage; anything else is a bug.
-pub fn sqlx_error(e: sqlx::Error) -> ApiError {
-    if order_projections::error::is_outage(&e) {
-        unavailable(&e.to_string())
-    } else {
-        ApiError::internal(e)
-    }
-}
-
-fn unavailable(cause: &str) -> ApiError {
-    tracing::warn!(error = %cause, "database unavailable");
-    ApiError::Unavailable {
-        message: "the database is unavailable; retry shortly".into(),
-        retry_after: Some(1),
     }
 }

@@ -1,4 +1,4 @@
-//! Coalescing of concurrent database work into batches: what the nonce store and the by-id
+//! Coalescing of concurrent database work into batches: what the API's nonce store and by-id
 //! order reads share.
 //!
 //! Under load the cost of a one-row statement is mostly the statement, not the row: a round
@@ -14,8 +14,8 @@
 //! stopped waiting is dropped where it stands (a pool wait, a statement on a dead connection),
 //! so that the requests queued behind it are not held up by work nobody waits for.
 //!
-//! Depends on tokio and the metrics facade only: what a batch does (and how it falls back when
-//! its statement fails) belongs to its user.
+//! Depends on tokio and the metrics facade (and [`HeldConnection`], for [`idle_hook`]) only:
+//! what a batch does (and how it falls back when its statement fails) belongs to its user.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +24,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+
+use super::held::HeldConnection;
 
 /// Requests waiting for a batch; a full queue makes callers wait (backpressure).
 const QUEUE: usize = 4_096;
@@ -202,6 +204,26 @@ async fn next_job<I, O>(
     hook().await;
     queue.recv().await
 }
+
+/// [`HeldConnection::release`] as a batcher's idle hook ([`Batcher::on_idle`]),
+/// with the idle time it is meant for: long against the gaps between batches under load, short
+/// against a pool's close.
+pub fn idle_hook(
+    held: &HeldConnection,
+) -> (
+    Duration,
+    impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+) {
+    let held = held.clone();
+    let hook = move || {
+        let held = held.clone();
+        Box::pin(async move { held.release().await }) as Pin<Box<dyn Future<Output = ()> + Send>>
+    };
+    (HELD_IDLE, hook)
+}
+
+/// How long a batcher keeps its [`HeldConnection`] without a batch to run.
+const HELD_IDLE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

@@ -13,10 +13,24 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use std::future::Future;
+use std::pin::Pin;
+
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::error::BusError;
+/// Why leadership could not be checked or given up.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// No connection could be opened, or a lock statement failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The lock attempt did not answer in time.
+    #[error("leader lock: {0}")]
+    Timeout(String),
+}
+
+/// A statement run on the lock's own connection ([`LeaderLock::confirm_with`]).
+pub type LockQuery<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
 /// How long a keepalive or lock attempt may take before the connection is presumed dead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,8 +61,8 @@ fn lock_key(name: &str) -> String {
 /// status pages ("who leads?") and for operators who need to end a stuck leader's session.
 ///
 /// # Errors
-/// [`BusError::Database`] when the query fails.
-pub async fn holder(pool: &PgPool, name: &str) -> Result<Option<i32>, BusError> {
+/// [`LeaderError::Database`] when the query fails.
+pub async fn holder(pool: &PgPool, name: &str) -> Result<Option<i32>, LeaderError> {
     // A bigint advisory key shows in pg_locks split into classid (high half) and objid (low
     // half), with objsubid = 1.
     let pid = sqlx::query_scalar(
@@ -90,8 +104,8 @@ impl LeaderLock {
     /// `false`: another replica may take over at once, so this one must stop.
     ///
     /// # Errors
-    /// [`BusError::Database`] when no connection can be opened or the lock query fails.
-    pub async fn ensure(&mut self) -> Result<bool, BusError> {
+    /// [`LeaderError::Database`] when no connection can be opened or the lock query fails.
+    pub async fn ensure(&mut self) -> Result<bool, LeaderError> {
         if self.pool.is_closed() {
             // The application is shutting down (or a test is tearing its database down): the
             // detached connection would otherwise outlive the pool and keep the database busy.
@@ -157,7 +171,7 @@ impl LeaderLock {
             }
             Err(_) => {
                 self.lost();
-                Err(BusError::Leader(format!(
+                Err(LeaderError::Timeout(format!(
                     "lock attempt for {} took longer than {CHECK_TIMEOUT:?}",
                     self.name
                 )))
@@ -176,7 +190,7 @@ impl LeaderLock {
     /// again from scratch.
     pub async fn confirm_with<T, E: std::fmt::Display>(
         &mut self,
-        query: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>>,
+        query: impl for<'c> FnOnce(&'c mut PgConnection) -> LockQuery<'c, T, E>,
     ) -> Option<T> {
         if !self.held || self.pool.is_closed() {
             return None;
@@ -210,7 +224,7 @@ impl LeaderLock {
     ///
     /// # Errors
     /// When the unlock or close fails; the lock is released with the session either way.
-    pub async fn release(&mut self) -> Result<(), BusError> {
+    pub async fn release(&mut self) -> Result<(), LeaderError> {
         let was_held = std::mem::take(&mut self.held);
         if let Some(mut conn) = self.conn.take() {
             if was_held {

@@ -1,6 +1,5 @@
-//! Inbound events turned into commands (docs/contract.md §6): the application's
-//! [`InboundHandler`], and builders that wire the bus's subscribers and dead-letter stream from
-//! settings.
+//! Inbound messages turned into commands (docs/contract.md §6): the application's
+//! [`InboundHandler`], which the bus's subscribers call (their wiring is `crate::consumers`).
 //!
 //! | type | command |
 //! |---|---|
@@ -15,33 +14,28 @@
 //! between the effect and the inbox record harmless. The message id becomes the events'
 //! correlation and causation id, and the NATS `traceparent` header their trace.
 //!
-//! Errors are classified once here: a refusal by the order (unknown order, a rule) is permanent
-//! and parks the message; an outage (database down, lost write races, a bug that may be
-//! environmental) and a message that may apply later (tickets before the payment) are transient
-//! and retried for a bounded time. A message whose effect is moot is acknowledged as a no-op.
+//! Errors are classified once here, by [`AppError::is_permanent`]: a refusal by the order
+//! (unknown order, a rule) is permanent and parks the message; an outage (database down, lost
+//! write races, a bug that may be environmental) and a message that may apply later (tickets
+//! before the payment) are transient and retried for a bounded time. A message whose effect is moot is acknowledged as a no-op.
 //! A captured payment that cannot confirm its order is never refused: it is recorded as
 //! rejected with its refund requested, which the refund retry loop carries out.
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::Context;
 use chrono::Utc;
-use order_bus::dlq::{DeadLetters, DlqConfig};
 use order_bus::inbound::message::PaymentSucceeded;
 use order_bus::inbound::{
-    Family, HandleError, InboundEvent, InboundHandler, InboundMessage, MessageContext, Subscriber,
-    SubscriberConfig,
+    HandleError, InboundEvent, InboundHandler, InboundMessage, MessageContext,
 };
 use order_domain::commands::{
     CloseDispute, OpenDispute, RecordPaymentFailure, RecordTickets, SettlePayment, UpdateDispute,
 };
 use order_domain::{Order, OrderCommand, OrderEvent};
-use sqlx::PgPool;
 
+use crate::app::error::AppError;
+use crate::app::store::OrderStore;
 use crate::clients::PaymentClient;
-use crate::config::Settings;
-use crate::error::ApiError;
-use crate::store::OrderStore;
 
 /// The actor recorded in the metadata of events caused by inbound messages.
 pub const ACTOR: &str = "order-service/inbound";
@@ -230,7 +224,7 @@ fn report(msg: &InboundMessage, events: &[OrderEvent]) {
 /// (the payment and ticket consumers run independently), so the message is retried for the
 /// bounded time the consumer's backoff allows, then parked; on a closed order the aggregate's
 /// own refusal parks it.
-fn paid_or_closed(order: &Order) -> Result<(), ApiError> {
+fn paid_or_closed(order: &Order) -> Result<(), AppError> {
     exists(order)?;
     if order.status.is_open() {
         return Err(not_yet("the order is not paid yet"));
@@ -239,37 +233,29 @@ fn paid_or_closed(order: &Order) -> Result<(), ApiError> {
 }
 
 /// A refusal that may not hold later: classified as transient (see [`classify`]).
-fn not_yet(message: &str) -> ApiError {
-    ApiError::Unavailable {
+fn not_yet(message: &str) -> AppError {
+    AppError::Unavailable {
         message: message.to_owned(),
         retry_after: None,
     }
 }
 
 /// Refuses messages for orders this service does not know (a permanent failure).
-fn exists(order: &Order) -> Result<(), ApiError> {
+fn exists(order: &Order) -> Result<(), AppError> {
     if order.exists() {
         Ok(())
     } else {
-        Err(ApiError::NotFound("order not found".to_owned()))
+        Err(AppError::order_not_found())
     }
 }
 
 /// Permanent: the order refuses the message as it is, and always will. Transient: the refusal
-/// came from the infrastructure.
-pub fn classify(e: ApiError) -> HandleError {
+/// came from the infrastructure, or from an order not yet ready for the message.
+pub fn classify(e: AppError) -> HandleError {
     match e {
-        ApiError::BadRequest(m)
-        | ApiError::NotFound(m)
-        | ApiError::Conflict(m)
-        | ApiError::Unprocessable(m) => HandleError::Permanent(m),
-        ApiError::Unauthorized(m) => HandleError::Permanent(m.to_owned()),
-        ApiError::Forbidden => HandleError::Permanent("forbidden".to_owned()),
-        ApiError::PayloadTooLarge => HandleError::Permanent(ApiError::PayloadTooLarge.to_string()),
-        ApiError::ConcurrentWrite => HandleError::Transient(ApiError::ConcurrentWrite.to_string()),
-        ApiError::BadGateway(m) => HandleError::Transient(m),
-        ApiError::Unavailable { message, .. } => HandleError::Transient(message),
-        ApiError::Internal(e) => HandleError::Transient(format!("internal error: {e:#}")),
+        e if e.is_permanent() => HandleError::Permanent(e.to_string()),
+        AppError::Internal(e) => HandleError::Transient(format!("internal error: {e:#}")),
+        e => HandleError::Transient(e.to_string()),
     }
 }
 
@@ -291,109 +277,4 @@ pub fn metadata(msg: &InboundMessage, ctx: &MessageContext) -> HashMap<String, S
         }
     }
     m
-}
-
-/// The dead-letter stream as configured.
-pub fn dead_letters(settings: &Settings, jetstream: Context, pool: PgPool) -> DeadLetters {
-    DeadLetters::new(jetstream, pool, settings.dlq_config())
-}
-
-/// The subscriber of one family as configured, over `handler`.
-pub fn subscriber<H: InboundHandler>(
-    settings: &Settings,
-    family: Family,
-    jetstream: Context,
-    pool: PgPool,
-    handler: H,
-) -> Subscriber<H> {
-    let config: SubscriberConfig = settings.subscriber_config(family);
-    let dlq = dead_letters(settings, jetstream.clone(), pool.clone());
-    let subscriber = Subscriber::new(jetstream, pool, config, dlq, handler);
-    if settings.nats_create_stream {
-        // The same stream specification as the relay's, so neither undoes the other's update.
-        subscriber.with_events_stream(settings.relay_config().stream)
-    } else {
-        subscriber
-    }
-}
-
-/// The DLQ configuration's stream settings follow the events stream's.
-pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
-    let mut c = DlqConfig::new(
-        &settings.dlq_stream,
-        &settings.nats_subject_prefix,
-        &settings.nats_stream,
-    );
-    c.duplicate_window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
-    c.replicas = settings.nats_stream_replicas.max(1);
-    c.ensure_stream = settings.nats_create_stream;
-    c.max_age = crate::config::hours(settings.dlq_stream_max_age_hours);
-    c.max_bytes = crate::config::byte_limit(settings.dlq_stream_max_bytes);
-    c
-}
-
-/// How often the inbox is purged of ids older than the retention.
-const INBOX_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Hold reservations older than this belong to messages the broker stopped delivering: a
-/// message being parked comes back within its backoff (under an hour in all).
-const RESERVATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
-
-/// The worker of one inbound family: consumes until `stop`. Every replica runs it; replicas
-/// share the durable consumer, so each message goes to one of them.
-pub async fn consume(
-    state: crate::startup::AppState,
-    family: Family,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let Some(client) = state.nats.clone() else {
-        tracing::error!(%family, "NATS is not configured; inbound messages are not consumed");
-        return;
-    };
-    let jetstream =
-        order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
-    let mut handler = OrderInboundHandler::new(state.store.clone());
-    if state.settings.verify_inbound_payments() {
-        handler = handler.verifying_payments(state.clients.payment.clone());
-    }
-    subscriber(
-        &state.settings,
-        family,
-        jetstream,
-        state.pool.clone(),
-        handler,
-    )
-    .run_until_stopped(stop)
-    .await;
-}
-
-/// Keeps the inbox bounded: ids older than the retention are deleted (hourly).
-pub async fn purge_inbox(
-    state: crate::startup::AppState,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let inbox = order_bus::inbound::Inbox::new(state.pool.clone());
-    let holds = order_bus::dlq::Holds::new(state.pool.clone(), &state.settings.dlq_stream);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(INBOX_PURGE_EVERY) => {}
-        }
-        match inbox
-            .purge_older_than(state.settings.inbox_retention())
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "purged old inbox ids"),
-            Err(e) => tracing::warn!(error = %e, "inbox purge failed; will retry"),
-        }
-        match holds
-            .purge_reservations_older_than(RESERVATION_MAX_AGE)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(purged = n, "dropped stale hold reservations"),
-            Err(e) => tracing::warn!(error = %e, "hold reservation purge failed; will retry"),
-        }
-    }
 }

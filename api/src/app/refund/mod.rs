@@ -13,7 +13,7 @@
 //! ([`payment::refusal`] says why nothing else counts). After any other outcome of step 3 (the
 //! peer down or slow, a 5xx, any other 4xx, an answer that does not parse) the provider may
 //! have paid or may yet pay, so the refund stays requested with its amount reserved, the caller
-//! gets a 502/503 that says so, and the [`retry`] loop asks again under the same idempotency
+//! gets a peer failure or "not now" that says so, and the [`retrier`] loop asks again under the same idempotency
 //! key until payment-service settles it, as it does for a refund left between steps 2 and 4 by
 //! a crash. Causes that retries alone will not fix (401, 403, 404, ...) also raise
 //! `refunds_unsettled_total{reason}` (see `unsettled_reason`). Repeating a request with the
@@ -22,7 +22,7 @@
 //! [`payment::refusal`]: crate::clients::payment::refusal
 
 pub mod facts;
-pub mod retry;
+pub mod retrier;
 
 use std::collections::HashMap;
 
@@ -32,11 +32,11 @@ use order_domain::values::RefundState;
 use order_domain::{Order, OrderCommand};
 use uuid::Uuid;
 
+use crate::app::error::AppError;
+use crate::app::store::OrderStore;
 use crate::clients::{ClientError, RefundInstruction, RefundStatus, ServiceClients};
-use crate::error::ApiError;
-use crate::store::OrderStore;
 
-pub use retry::{RefundRetrier, RetryPass};
+pub use retrier::{RefundRetrier, RetryPass};
 
 /// What the caller asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +76,6 @@ pub struct RefundSaga {
     clients: ServiceClients,
 }
 
-fn not_found() -> ApiError {
-    ApiError::NotFound("order not found".into())
-}
-
 impl RefundSaga {
     /// A saga over the event store and the peers.
     pub fn new(store: OrderStore, clients: ServiceClients) -> Self {
@@ -90,8 +86,9 @@ impl RefundSaga {
     /// loaded order before anything else (tenant scoping).
     ///
     /// # Errors
-    /// 404 for an unknown order; 400/409 when the order's rules or the peers' facts refuse the
-    /// refund (nothing recorded); 502/503 when payment-service could not be asked or answered
+    /// Not found for an unknown order; invalid or rejected when the order's rules or the peers'
+    /// facts refuse the refund (nothing recorded); a peer failure or "not now" when
+    /// payment-service could not be asked or answered
     /// anything but a receipt or an explicit refusal, in which case the refund stays requested
     /// and is retried.
     #[tracing::instrument(skip_all, fields(order.id = %order_id, refund.id = %request.refund_id))]
@@ -100,9 +97,13 @@ impl RefundSaga {
         order_id: Uuid,
         request: &RefundRequest,
         metadata: &HashMap<String, String>,
-        check: impl Fn(&Order) -> Result<(), ApiError>,
-    ) -> Result<Settled, ApiError> {
-        let order = self.store.load(order_id).await?.ok_or_else(not_found)?;
+        check: impl Fn(&Order) -> Result<(), AppError>,
+    ) -> Result<Settled, AppError> {
+        let order = self
+            .store
+            .load(order_id)
+            .await?
+            .ok_or_else(AppError::order_not_found)?;
         check(&order)?;
         let command = |facts: RefundFacts| {
             OrderCommand::RequestRefund(RequestRefund {
@@ -132,20 +133,24 @@ impl RefundSaga {
     /// already settled is reported as it is. Used by [`Self::run`] and by the retry loop.
     ///
     /// # Errors
-    /// 404/409 for an unknown order or refund; 502/503 when payment-service could not settle
-    /// it now (the refund stays requested).
+    /// Not found or rejected for an unknown order or refund; a peer failure or "not now" when
+    /// payment-service could not settle it now (the refund stays requested).
     #[tracing::instrument(skip_all, fields(order.id = %order_id, refund.id = %refund_id))]
     pub async fn finish(
         &self,
         order_id: Uuid,
         refund_id: Uuid,
         metadata: &HashMap<String, String>,
-    ) -> Result<Settled, ApiError> {
-        let order = self.store.load(order_id).await?.ok_or_else(not_found)?;
+    ) -> Result<Settled, AppError> {
+        let order = self
+            .store
+            .load(order_id)
+            .await?
+            .ok_or_else(AppError::order_not_found)?;
         // A refund of the order, or the return of a payment the order rejected: both go to
         // payment-service the same way, each against its own payment intent.
         let Some(refund) = order.owed_refund(refund_id) else {
-            return Err(ApiError::Conflict(format!(
+            return Err(AppError::Rejected(format!(
                 "refund {refund_id} is not known on this order"
             )));
         };
@@ -165,7 +170,7 @@ impl RefundSaga {
             // The refund stays requested, reserved and visible; a person decides after a loss.
             metrics::counter!("refunds_unsettled_total", "reason" => "disputed").increment(1);
             tracing::warn!("refund held: the order has an open or lost dispute");
-            return Err(ApiError::Unavailable {
+            return Err(AppError::Unavailable {
                 message: format!(
                     "refunds are locked by a dispute; refund {refund_id} stays requested and \
                      is retried once the dispute is won"
@@ -250,7 +255,7 @@ impl RefundSaga {
         refund_id: Uuid,
         reason: String,
         metadata: &HashMap<String, String>,
-    ) -> Result<Settled, ApiError> {
+    ) -> Result<Settled, AppError> {
         let done = self
             .store
             .execute(
@@ -328,16 +333,16 @@ fn unsettled_reason(e: &ClientError) -> Option<&'static str> {
     }
 }
 
-/// The answer when payment-service could not settle a refund now: 502 or 503 as the client
-/// error maps, with a message that says the refund is not lost.
-fn still_requested(e: ClientError, refund_id: Uuid) -> ApiError {
+/// The error when payment-service could not settle a refund now: a peer failure or "not now"
+/// as the client error maps, with a message that says the refund is not lost.
+fn still_requested(e: ClientError, refund_id: Uuid) -> AppError {
     let message = format!(
         "{}; refund {refund_id} is recorded as requested and will be retried automatically",
         e.public_message()
     );
-    match ApiError::from(e) {
-        ApiError::BadGateway(_) => ApiError::BadGateway(message),
-        ApiError::Unavailable { retry_after, .. } => ApiError::Unavailable {
+    match AppError::from(e) {
+        AppError::PeerFailed(_) => AppError::PeerFailed(message),
+        AppError::Unavailable { retry_after, .. } => AppError::Unavailable {
             message,
             retry_after,
         },
@@ -409,8 +414,8 @@ mod tests {
     fn a_status_answer_says_the_refund_stays_requested() {
         let id = Uuid::nil();
         for s in [401, 404, 409, 422] {
-            let ApiError::BadGateway(message) = still_requested(status(s), id) else {
-                panic!("a {s} is a 502");
+            let AppError::PeerFailed(message) = still_requested(status(s), id) else {
+                panic!("a {s} is a peer failure");
             };
             assert_eq!(
                 message,

@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{RefundSaga, Settled};
+use crate::app::error::AppError;
 use crate::clients::propagation;
 use crate::context::RequestContext;
-use crate::error::ApiError;
 
 /// Events the projector applies per transaction.
 const PROJECTION_BATCH: i64 = 500;
@@ -153,8 +153,8 @@ impl RefundRetrier {
             }
             // The order or the refund is gone, or the refund already settled another way: there
             // is nothing left to finish. These come from the event store only: payment-service's
-            // own 404 or 409 arrive as a 502 and keep the refund for the next attempt.
-            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => {
+            // own 404 or 409 arrive as a peer failure and keep the refund for the next attempt.
+            Err(e @ (AppError::NotFound(_) | AppError::Rejected(_))) => {
                 tracing::warn!(error = %e, "pending refund cannot be finished; dropping it");
                 (true, "dropped")
             }

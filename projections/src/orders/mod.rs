@@ -6,6 +6,9 @@
 //! live rows. Each update is guarded by the row's `last_sequence`, so an event applied twice
 //! (a batch retried after a crash, a replay over existing rows) changes nothing.
 
+pub(crate) mod params;
+pub mod writer;
+
 use chrono::{DateTime, Utc};
 use order_domain::events::{OrderCreated, TicketsIssued};
 use order_domain::{OrderEvent, OrderStatus};
@@ -13,9 +16,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::checkpoint;
+use crate::copies::TableSet;
 use crate::error::ProjectionError;
 use crate::feed::{DecodedEvent, FeedEvent};
-use crate::replay::{apply_live_batch_and_commit, OrdersRebuild, Rebuildable, TableSet};
 use crate::runner::{lock_key, ProjectionRunner, Projector};
 
 /// The projection's name: its checkpoint and its advisory-lock key.
@@ -30,8 +33,8 @@ impl Projector for OrdersProjector {
         ORDERS_PROJECTION
     }
 
-    /// The batch written as replay writes it ([`crate::replay::OrdersRebuild`]): the batch's
-    /// orders read once, folded in memory and written with one upsert per table, so that the
+    /// The batch written by [`writer`] (which replay runs too): the batch's orders read once,
+    /// folded in memory and written with one upsert per table, so that the
     /// transaction holds the feed's fence for a few statements rather than two per event. (A
     /// projector catching up on 500 events held it for up to 0.7 s, and the relay with it.)
     /// The replay tests compare this path with [`Projector::apply`], row for row.
@@ -40,21 +43,19 @@ impl Projector for OrdersProjector {
         conn: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), ProjectionError> {
-        OrdersRebuild
-            .apply_batch(conn, TableSet::Live, &decode_batch(events)?, None)
-            .await?;
+        writer::apply_batch(conn, TableSet::Live, &decode_batch(events)?, None, None).await?;
         Ok(())
     }
 
     /// [`Self::apply_batch`] with the checkpoint and the commit in the same simple query, the
-    /// rows written in as literals (`crate::replay`'s `params`).
+    /// rows written in as literals (the `params` module).
     async fn apply_batch_and_commit(
         &self,
         conn: &mut PgConnection,
         events: &[FeedEvent],
         commit: &str,
     ) -> Result<bool, ProjectionError> {
-        apply_live_batch_and_commit(conn, &decode_batch(events)?, commit).await
+        writer::apply_live_batch_and_commit(conn, &decode_batch(events)?, commit).await
     }
 
     async fn apply(
@@ -112,8 +113,8 @@ fn decode_batch(events: &[FeedEvent]) -> Result<Vec<DecodedEvent>, ProjectionErr
 }
 
 /// What one event (other than `OrderCreated`) changes on the order row; `None` keeps the value.
-/// Shared with the batched rebuild ([`crate::replay`]), so both paths derive rows from events
-/// through this one mapping.
+/// Shared with the batched [`writer`], so both paths derive rows from events through this one
+/// mapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Change {
     pub(crate) occurred_at: DateTime<Utc>,

@@ -1,0 +1,31 @@
+//! The application layer: what the service does, whoever asks. Every use case is here,
+//! whatever delivers it (an HTTP handler, an inbound message, a job, the refund loop), and
+//! each answers with the domain's types or its own, and fails with [`AppError`].
+//!
+//! # Parts
+//! - [`commands`]: create (with its idempotency key and order number), reserve, confirm,
+//!   cancel, refund and record tickets.
+//! - [`queries`]: the order lookups, with the wait for a minimum version, and the pages of
+//!   the event feed.
+//! - [`refund`]: the refund saga and the loop that finishes refunds left half-way.
+//! - [`messages`]: payment, dispute and ticket messages turned into commands.
+//! - [`store`]: the one write path over the event store.
+//! - [`error`]: [`AppError`], and its classification into permanent and transient.
+//!
+//! The jobs' actions (`crate::jobs`) send their commands through [`store`] and classify its
+//! errors the same way.
+//!
+//! # Must not depend on
+//! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`, `crate::auth`'s
+//! middleware, `crate::openapi`, `crate::server`), the process (`crate::startup`,
+//! `crate::workers`, `crate::cli`, `crate::config`), or the NATS wiring (`crate::consumers`).
+//! Status codes, headers and wire shapes of answers are decided there, not here.
+
+pub mod commands;
+pub mod error;
+pub mod messages;
+pub mod queries;
+pub mod refund;
+pub mod store;
+
+pub use error::{AppError, AppResult};
