@@ -53,8 +53,9 @@ test *ARGS: services
     fi
 
 # The reliability suite (docs/reliability.md) at full scale: replicas killed, broker and database stopped,
-# concurrent confirms, poison messages, leader failover, the feed under 24 writers, and the
-# inbound model test over many more delivery schedules (~5 min)
+# concurrent confirms, poison messages, leader failover, the feed under 24 writers, a JetStream
+# cluster losing nodes, reads from a Postgres standby, and the inbound model test over many more
+# delivery schedules (~8 min)
 soak *ARGS: services
     #!/usr/bin/env bash
     set -euo pipefail
@@ -163,6 +164,23 @@ openapi-check *ARGS: services
         --checks all --exclude-checks ignored_auth,negative_data_rejection \
         --max-examples 100 --seed 25 --workers 1 --request-timeout 10 \
         --report junit --report-dir report "$@"
+
+# Check the operations kit in deploy/: promtool on the alert rules and their unit tests, and
+# nats-server on the cluster configuration (`just test` checks the same, plus the metric names)
+deploy-check:
+    promtool check rules deploy/prometheus/order-service.rules.yml
+    promtool test rules deploy/prometheus/order-service.rules.test.yml
+    NATS_SERVER_NAME=n0 NATS_LISTEN=127.0.0.1:4222 NATS_MONITOR_LISTEN=127.0.0.1:8222 \
+        NATS_STORE_DIR=/tmp/nats-conf-check NATS_CLUSTER_NAME=orders \
+        NATS_CLUSTER_LISTEN=127.0.0.1:6222 NATS_ROUTE_1=nats://127.0.0.1:6222 \
+        NATS_ROUTE_2=nats://127.0.0.1:6223 NATS_ROUTE_3=nats://127.0.0.1:6224 \
+        nats-server -c deploy/nats/cluster.conf -t
+    python3 -m json.tool deploy/grafana/order-service.json >/dev/null
+
+# A three-node JetStream cluster on loopback from deploy/nats/cluster.conf (`start`, `stop`,
+# `status`, `kill N`, `restart N`); `start` prints the NATS_URL to give the service
+nats-cluster *ARGS:
+    scripts/nats-cluster.sh "$@"
 
 # Check formatting and lints (clippy warnings are errors)
 lint: _fmt-check _clippy _doc-check

@@ -71,7 +71,14 @@ pub struct Settings {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// NATS server with JetStream.
+    /// A streaming standby of DATABASE_URL for the four `/internal` queries (optional; up to
+    /// DB_MAX_CONNECTIONS connections). Everything that writes stays on the primary; when the
+    /// standby is unreachable the primary answers the reads.
+    #[arg(long, env = "READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
+    /// NATS server with JetStream; a comma-separated list for a cluster (the client picks one and
+    /// fails over to the others).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -131,7 +138,8 @@ pub struct Settings {
     #[arg(long, env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     pub nats_duplicate_window_secs: u64,
 
-    /// Replicas of the stream when this service creates it (1 on a single server).
+    /// Replicas of the events and dead-letter streams and of the inbound durable consumers (1 on
+    /// a single server, 3 on a three-node JetStream cluster); an existing stream is moved to it.
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
     pub nats_stream_replicas: usize,
 
@@ -535,6 +543,7 @@ impl Settings {
         c.batch_size = self.inbound_batch_size.max(1);
         c.max_payload_bytes = self.inbound_max_payload_bytes;
         c.idle_poll = Duration::from_millis(self.inbound_poll_ms.max(1));
+        c.replicas = self.nats_stream_replicas.max(1);
         c
     }
 
@@ -597,6 +606,10 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("database_url", &redact_url(&self.database_url))
+            .field(
+                "read_database_url",
+                &self.read_database_url.as_deref().map(redact_url),
+            )
             .field("nats_url", &order_bus::connect::redacted(&self.nats_url))
             .field("nats_stream", &self.nats_stream)
             .field("nats_subject_prefix", &self.nats_subject_prefix)

@@ -17,6 +17,7 @@
 //! - [`app`]: the application layer: every use case and its error, [`app::AppError`]. It
 //!   depends on no HTTP or process module.
 //! - [`routes`]: handlers, one module per resource: parse, call one use case, answer.
+//! - [`read_side`]: the `/internal` queries on a standby (`READ_DATABASE_URL`), else the primary.
 //! - [`clients`]: signed, retried, breaker-guarded calls to payment, ticket and event services.
 //! - [`error`], [`extract`], [`context`]: the HTTP error ([`error::ApiError`], mapped from
 //!   [`app::AppError`] in that one place), extractors and per-request context.
@@ -43,6 +44,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod openapi;
 pub mod oversized;
+pub mod read_side;
 pub mod routes;
 pub mod server;
 pub mod startup;

@@ -60,8 +60,31 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!(error = %e, "a metrics recorder was already installed; /metrics stays empty");
         }
         spawn_upkeep(handle.clone());
+        register_alerted_series();
         handle
     })
+}
+
+/// Creates at zero the counters that the alert rules and the dashboard in `deploy/` watch but
+/// that only their first event would create otherwise: a fresh replica then exports every name
+/// the rules read, and a rate over them is 0 rather than "no data".
+fn register_alerted_series() {
+    for reason in ["store_error", "store_deadline"] {
+        ::metrics::counter!("order_auth_rejections_total", "reason" => reason).increment(0);
+    }
+    for transient in ["true", "false"] {
+        ::metrics::counter!("relay_errors_total", "transient" => transient).increment(0);
+    }
+    for call in ["command", "read", "nonce"] {
+        ::metrics::counter!("request_db_deadline_exceeded_total", "call" => call).increment(0);
+    }
+    for name in [
+        "dlq_parked_total",
+        "relay_published_total",
+        "relay_duplicates_total",
+    ] {
+        ::metrics::counter!(name).increment(0);
+    }
 }
 
 /// Runs upkeep on a plain thread: it must outlive any one Tokio runtime (each `#[sqlx::test]`

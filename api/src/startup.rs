@@ -31,6 +31,7 @@ use crate::clients::ServiceClients;
 use crate::config::{AppEnv, Settings, DEV_SECRET};
 use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
+use crate::read_side::ReadSide;
 use crate::routes::{commands, events, health, jobs as jobs_route, queries};
 use crate::{context, db, deadline, error, jobs, openapi, workers};
 
@@ -208,10 +209,16 @@ impl Application {
         let nats = Some(connect_nats(&settings).await?);
         let store = OrderStore::new(pool.clone());
         let orders = OrderLookup::new(pool.clone());
+        let reads = ReadSide::new(
+            pool.clone(),
+            orders.clone(),
+            settings.read_database_url.as_deref(),
+            settings.db_max_connections,
+        )?;
         let read_wait = Duration::from_millis(settings.read_wait_ms);
         let state = AppState(Arc::new(Shared {
             commands: Commands::new(store.clone(), clients.clone()),
-            queries: Queries::new(pool.clone(), orders.clone(), store.clone(), read_wait),
+            queries: Queries::new(pool.clone(), reads, store.clone(), read_wait),
             store,
             orders,
             auth,

@@ -106,8 +106,8 @@ async fn retry_refunds(state: AppState, stop: CancellationToken) {
 }
 
 /// Refreshes the backlog gauges every [`BACKLOG_GAUGES_EVERY`], starting at once:
-/// `feed_lag_events{consumer}` and `feed_lag_seconds{consumer}` for the `orders` projector and
-/// the `relay`, and `dlq_messages` (messages parked in the dead-letter stream) when inbound
+/// `feed_lag_events{consumer}`, `feed_lag_seconds{consumer}`, `feed_fenced_events{consumer}`
+/// and `feed_blocking_transaction_seconds{consumer}` for the `orders` projector and the `relay`, and `dlq_messages` (messages parked in the dead-letter stream) when inbound
 /// consumers run here. Every replica measures the same shared state, so any one's scrape will
 /// do. A measurement in progress is abandoned on shutdown; it changes nothing.
 async fn measure_backlogs(state: AppState, stop: CancellationToken) {
@@ -135,6 +135,16 @@ async fn measure_backlogs_once(state: &AppState) {
                 metrics::gauge!("feed_lag_events", "consumer" => consumer)
                     .set(lag.events_behind as f64);
                 metrics::gauge!("feed_lag_seconds", "consumer" => consumer).set(lag.seconds_behind);
+                // Events committed but not yet readable, and how long the oldest open
+                // transaction holding them back has been open: a lag that grows while these
+                // do is a stuck transaction, not a slow reader.
+                metrics::gauge!("feed_fenced_events", "consumer" => consumer)
+                    .set(lag.events_fenced as f64);
+                metrics::gauge!("feed_blocking_transaction_seconds", "consumer" => consumer).set(
+                    lag.oldest_open_transaction
+                        .as_ref()
+                        .map_or(0.0, |t| t.age_seconds),
+                );
             }
             Err(e) => tracing::debug!(error = %e, consumer, "feed lag not measured"),
         }

@@ -140,7 +140,8 @@ async fn update_if_needed(
         .collect();
     let same_limits = config.duplicate_window == spec.duplicate_window
         && config.max_age == spec.max_age
-        && config.max_bytes == spec.max_bytes;
+        && config.max_bytes == spec.max_bytes
+        && config.num_replicas == spec.replicas.max(1);
     if missing.is_empty() && same_limits {
         return Ok(StreamOutcome::Unchanged);
     }
@@ -148,12 +149,16 @@ async fn update_if_needed(
     config.duplicate_window = spec.duplicate_window;
     config.max_age = spec.max_age;
     config.max_bytes = spec.max_bytes;
+    // On a JetStream cluster the server moves the stream to the new replica count (a single
+    // server refuses more than one, which is a configuration error worth stopping on).
+    config.num_replicas = spec.replicas.max(1);
     js.update_stream(&config).await.map_err(broker)?;
     tracing::info!(
         added = ?missing,
         duplicate_window = ?spec.duplicate_window,
         max_age = ?spec.max_age,
         max_bytes = spec.max_bytes,
+        replicas = spec.replicas,
         "updated the events stream"
     );
     Ok(StreamOutcome::Updated)

@@ -1,4 +1,4 @@
-//! The reliability scenarios of docs/reliability.md (R1–R3, R6–R9) against real `order-service`
+//! The reliability scenarios of docs/reliability.md (R1–R3, R6–R11) against real `order-service`
 //! processes; the harness and the scenarios are in `order_tests::soak`.
 //!
 //! Here they run in their short form, as part of `just test`. `just soak` runs the same tests
@@ -48,6 +48,16 @@ async fn soak_r8_leaders_fail_over_within_5_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_r9_feed_under_24_writers() {
     run(scenarios::r9(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r10_nats_cluster_node_loss() {
+    run(order_tests::soak::topology::r10(Scale::from_env())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_r11_standby_reads() {
+    run(order_tests::soak::topology::r11(Scale::from_env())).await;
 }
 
 /// A scenario whose start-up fails after it made its database (here NATS is unreachable)

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::app::error::{AppError, AppResult};
 use crate::app::store::{OrderStore, StoredEvent};
 use crate::deadline::within_deadline;
-use crate::lookup::OrderLookup;
+use crate::read_side::ReadSide;
 
 /// How often a minimum-version read looks at the read model again.
 const READ_POLL: Duration = Duration::from_millis(25);
@@ -52,18 +52,19 @@ const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, Clone)]
 pub struct Queries {
     pool: PgPool,
-    orders: OrderLookup,
+    reads: ReadSide,
     store: OrderStore,
     read_wait: Duration,
 }
 
 impl Queries {
-    /// Lookups over the read models in `pool` (by-id reads batched through `orders`) and the
-    /// event store, waiting up to `read_wait` for a minimum version.
-    pub fn new(pool: PgPool, orders: OrderLookup, store: OrderStore, read_wait: Duration) -> Self {
+    /// Lookups over the read models through `reads` (a standby's, when `READ_DATABASE_URL` is
+    /// set, else those in `pool`) and over the event store in `pool`, waiting up to
+    /// `read_wait` for a minimum version.
+    pub fn new(pool: PgPool, reads: ReadSide, store: OrderStore, read_wait: Duration) -> Self {
         Self {
             pool,
-            orders,
+            reads,
             store,
             read_wait,
         }
@@ -82,7 +83,7 @@ impl Queries {
         self.read_at_least(
             (id, tenant),
             min_version,
-            || self.orders.order(id, tenant),
+            || self.reads.order(id, tenant),
             |o| o.version,
         )
         .await
@@ -101,7 +102,10 @@ impl Queries {
         self.read_at_least(
             (id, tenant),
             min_version,
-            || queries::order_detail(&self.pool, id, tenant),
+            || {
+                self.reads
+                    .read(|pool| async move { queries::order_detail(&pool, id, tenant).await })
+            },
             |d| d.order.version,
         )
         .await
@@ -131,7 +135,11 @@ impl Queries {
         tenant: Option<&str>,
     ) -> AppResult<Vec<OrderView>> {
         within_deadline("read", async {
-            queries::without_tickets(&self.pool, criteria, tenant, Utc::now())
+            let now = Utc::now();
+            self.reads
+                .read(|pool| async move {
+                    queries::without_tickets(&pool, criteria, tenant, now).await
+                })
                 .await
                 .map_err(AppError::from_read_side)
         })

@@ -53,7 +53,8 @@ impl DeadLetters {
                         .collect();
                     let same_limits = config.max_age == self.config.max_age
                         && config.max_bytes == self.config.max_bytes
-                        && config.discard == DiscardPolicy::New;
+                        && config.discard == DiscardPolicy::New
+                        && config.num_replicas == self.config.replicas.max(1);
                     if (missing.is_empty() && same_limits) || !self.config.ensure_stream {
                         return Ok(());
                     }
@@ -61,6 +62,7 @@ impl DeadLetters {
                     config.max_age = self.config.max_age;
                     config.max_bytes = self.config.max_bytes;
                     config.discard = DiscardPolicy::New;
+                    config.num_replicas = self.config.replicas.max(1);
                     self.jetstream
                         .update_stream(&config)
                         .await

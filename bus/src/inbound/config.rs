@@ -42,6 +42,10 @@ pub struct SubscriberConfig {
     pub idle_poll: Duration,
     /// Longest pause between rounds after errors (broker unreachable).
     pub max_error_backoff: Duration,
+    /// Replicas of the durable consumer's state on a JetStream cluster (its delivered and
+    /// acknowledged positions): the events stream's replica count, so that losing a node loses
+    /// neither the stream nor where each consumer stands in it.
+    pub replicas: usize,
 }
 
 impl SubscriberConfig {
@@ -65,6 +69,7 @@ impl SubscriberConfig {
             max_payload_bytes: 64 * 1024,
             idle_poll: Duration::from_millis(250),
             max_error_backoff: Duration::from_secs(30),
+            replicas: 1,
         }
     }
 
@@ -106,6 +111,7 @@ impl SubscriberConfig {
             filter_subject: self.family.filter_subject(&self.subjects),
             backoff,
             max_ack_pending: 1_000,
+            num_replicas: self.replicas.max(1),
             ..pull::Config::default()
         }
     }
@@ -123,6 +129,10 @@ mod tests {
         assert_eq!(c.max_deliver, 10 + PARKING_DELIVERIES);
         assert!(c.backoff.iter().all(|d| *d >= Duration::from_secs(30)));
         assert_eq!(c.durable_name.as_deref(), Some("order-service-dispute"));
+        assert_eq!(c.num_replicas, 1);
+        let mut replicated = SubscriberConfig::new(Family::Payment, "S", "p");
+        replicated.replicas = 3;
+        assert_eq!(replicated.consumer_config().num_replicas, 3);
     }
 
     #[test]

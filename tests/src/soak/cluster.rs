@@ -27,8 +27,11 @@ pub struct ClusterSpec {
     /// Postgres server URL whose `postgres` database can create databases; default: the shared
     /// one from `DATABASE_URL`.
     pub admin_url: Option<String>,
-    /// Default: the shared NATS from `NATS_URL`.
+    /// Default: the shared NATS from `NATS_URL`. A comma-separated list for a cluster.
     pub nats_url: Option<String>,
+    /// Replicas of the streams and inbound consumers (`NATS_STREAM_REPLICAS`): 3 on a
+    /// three-node cluster.
+    pub stream_replicas: usize,
     /// Names the database (`soak_<tag>`) and the streams; default: a random one. Lets a test
     /// find what a scenario made.
     pub tag: Option<String>,
@@ -45,6 +48,7 @@ impl ClusterSpec {
             env: Vec::new(),
             admin_url: None,
             nats_url: None,
+            stream_replicas: 1,
             tag: None,
         }
     }
@@ -78,14 +82,15 @@ pub struct Cluster {
     _leftovers: Leftovers,
 }
 
-fn shared_admin_url() -> String {
+/// The shared Postgres server's `postgres` database (from `DATABASE_URL`).
+pub fn shared_admin_url() -> String {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     with_database(&url, "postgres")
 }
 
 /// `url` with its database replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
+pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));
@@ -138,7 +143,7 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|_| Duration::from_millis(100))
-            .connect(&nats_url)
+            .connect(order_bus::servers::list(&nats_url))
             .await
             .context("NATS answers")?;
         let js = jetstream::new(client);
@@ -153,6 +158,10 @@ impl Cluster {
             ("RELAY_ENABLED".into(), flag(spec.relay)),
             ("INBOUND_ENABLED".into(), flag(spec.inbound)),
             ("JOBS_ENABLED".into(), flag(spec.jobs)),
+            (
+                "NATS_STREAM_REPLICAS".into(),
+                spec.stream_replicas.to_string(),
+            ),
             ("DB_MAX_CONNECTIONS".into(), "6".into()),
             // Nothing listens there: a job or saga that calls a peer fails fast, never hangs.
             ("PAYMENT_SERVICE_URL".into(), "http://127.0.0.1:9".into()),
@@ -167,6 +176,7 @@ impl Cluster {
         settings.nats_stream.clone_from(&stream);
         settings.nats_subject_prefix.clone_from(&prefix);
         settings.dlq_stream.clone_from(&dlq);
+        settings.nats_stream_replicas = spec.stream_replicas.max(1);
         order_bus::ensure_stream(&js, &settings.relay_config().stream).await?;
         let mut dlq_config = settings.dlq_config();
         dlq_config.ensure_stream = true;
@@ -303,7 +313,7 @@ impl Drop for Leftovers {
                 let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
-                    .connect(&nats);
+                    .connect(order_bus::servers::list(&nats));
                 if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await
                 {
                     let js = jetstream::new(client);

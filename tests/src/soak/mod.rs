@@ -10,11 +10,14 @@
 //! Layout:
 //! - [`procs`]: the processes (service replicas, private nats-server, private Postgres), each
 //!   killed on drop so a failing scenario leaves nothing running.
+//! - [`nats_cluster`]: a three-node JetStream cluster from `deploy/nats/cluster.conf`.
 //! - [`cluster`]: one scenario's database, streams and replicas, removed on drop.
 //! - [`load`]: the mixed command load, recording every command that got a 2xx.
 //! - [`verify`]: the checks (acked commands in the store, every event on NATS once and in
 //!   order, read model equal to a replay).
 //! - [`scenarios`]: R1, R2, R3, R6, R7, R8 and R9.
+//! - [`topology`]: R10 (a JetStream cluster loses nodes) and R11 (`/internal` reads from a
+//!   Postgres standby).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,8 +27,10 @@ use serde_json::Value;
 pub mod cluster;
 pub mod feed;
 pub mod load;
+pub mod nats_cluster;
 pub mod procs;
 pub mod scenarios;
+pub mod topology;
 pub mod verify;
 
 /// How big a run is.

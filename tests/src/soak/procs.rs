@@ -264,6 +264,8 @@ pub struct PrivatePostgres {
     dir: ScratchDir,
     as_postgres: bool,
     running: bool,
+    /// Extra server settings (`name=value`), given as `-c` options at every start.
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
@@ -272,24 +274,16 @@ impl PrivatePostgres {
     /// # Errors
     /// When no Postgres server binaries are found, or initdb or the start fails.
     pub fn start() -> anyhow::Result<Self> {
-        let bindir = Self::bindir().context("no initdb/pg_ctl under /usr/lib/postgresql")?;
-        let dir = ScratchDir::new("soak-pg");
-        let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
-        if as_postgres {
-            let id = |flag: &str| -> anyhow::Result<u32> {
-                let out = Command::new("id").args([flag, "postgres"]).output()?;
-                Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-            };
-            std::os::unix::fs::chown(&dir.path, Some(id("-u")?), Some(id("-g")?))
-                .context("chown the cluster's directory")?;
-        }
-        let mut pg = Self {
-            port: free_port(),
-            bindir,
-            dir,
-            as_postgres,
-            running: false,
-        };
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra server settings (`name=value`, each given as `-c`).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
+        let mut pg = Self::unstarted("soak-pg")?;
+        pg.settings = settings.iter().map(|s| (*s).to_owned()).collect();
         let data = pg.dir.path.join("data");
         let out = pg
             .command("initdb")
@@ -311,11 +305,72 @@ impl PrivatePostgres {
         Ok(pg)
     }
 
+    /// A cluster directory (handed to the `postgres` user when running as root) and a port,
+    /// nothing in it yet.
+    fn unstarted(prefix: &str) -> anyhow::Result<Self> {
+        let bindir = Self::bindir().context("no initdb/pg_ctl under /usr/lib/postgresql")?;
+        let dir = ScratchDir::new(prefix);
+        let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
+        if as_postgres {
+            let id = |flag: &str| -> anyhow::Result<u32> {
+                let out = Command::new("id").args([flag, "postgres"]).output()?;
+                Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+            };
+            std::os::unix::fs::chown(&dir.path, Some(id("-u")?), Some(id("-g")?))
+                .context("chown the cluster's directory")?;
+        }
+        Ok(Self {
+            port: free_port(),
+            bindir,
+            dir,
+            as_postgres,
+            running: false,
+            settings: Vec::new(),
+        })
+    }
+
+    /// A hot standby of this cluster: `pg_basebackup -R` (which writes the connection to the
+    /// primary and `standby.signal`) into a directory of its own, started on its own free port.
+    /// It streams the primary's WAL and answers read-only queries.
+    ///
+    /// # Errors
+    /// When the base backup or the start fails.
+    pub fn start_standby(&self) -> anyhow::Result<Self> {
+        let mut standby = Self::unstarted("soak-pg-standby")?;
+        let data = standby.dir.path.join("data");
+        let out = standby
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        standby.restart()?;
+        Ok(standby)
+    }
+
     fn bindir() -> Option<PathBuf> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+            .filter(|d| {
+                ["initdb", "pg_ctl", "pg_basebackup"]
+                    .iter()
+                    .all(|t| d.join(t).is_file())
+            })
             .collect();
         dirs.sort();
         dirs.pop()
@@ -345,11 +400,15 @@ impl PrivatePostgres {
     /// When pg_ctl fails.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path.join("data");
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
              -c max_connections=200",
             self.port
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
