@@ -24,7 +24,7 @@ use order_api::startup::Application;
 use order_bus::dlq::RedriveTarget;
 use order_bus::inbound::Family;
 use order_domain::OrderStatus;
-use order_tests::soak::procs::{free_port, ScratchDir};
+use order_tests::soak::procs::{free_port, nats_server_binary, ScratchDir};
 use order_tests::{install_crypto, spawn_app_with, TestApp};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{json, Value};
@@ -202,7 +202,7 @@ impl Drop for SecureNats {
 
 /// Runs nats-server with `dir`'s server.conf, and waits until it listens on `port`.
 fn spawn_server(dir: &Path, port: u16) -> Child {
-    let mut command = Command::new(nats_server());
+    let mut command = Command::new(nats_server_binary());
     command
         .arg("-c")
         .arg(dir.join("server.conf"))
@@ -224,15 +224,6 @@ fn spawn_server(dir: &Path, port: u16) -> Child {
         std::thread::sleep(Duration::from_millis(20));
     }
     child
-}
-
-fn nats_server() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
 fn password_variable(user: &str) -> String {
@@ -803,7 +794,7 @@ fn the_shipped_server_configuration_is_valid() {
             &dir.path.join("store").display().to_string(),
         );
     std::fs::write(dir.path.join("nats-server.conf"), config).expect("write the config");
-    let mut check = Command::new(nats_server());
+    let mut check = Command::new(nats_server_binary());
     check
         .arg("-t")
         .arg("-c")

@@ -1081,15 +1081,6 @@ struct NatsServer {
 }
 
 impl NatsServer {
-    fn binary() -> PathBuf {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-    }
-
     fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -1112,7 +1103,7 @@ impl NatsServer {
 
     /// Starts (again) on the same port and store directory, and waits until it accepts.
     fn restart(&mut self) {
-        let child = Command::new(Self::binary())
+        let child = Command::new(order_tests::soak::procs::nats_server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")

@@ -67,15 +67,6 @@ pub struct NatsCluster {
     dir: ScratchDir,
 }
 
-fn binary() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
-
 impl NatsCluster {
     /// Starts `size` nodes, routed to each other, and waits until each listens. JetStream may
     /// not have elected its meta leader yet: [`Self::wait_ready`] waits for that.
@@ -98,7 +89,7 @@ impl NatsCluster {
         let mut cluster = Self {
             nodes,
             cluster_name: format!("soak-{}", super::tag()),
-            binary: binary(),
+            binary: super::procs::nats_server_binary(),
             dir,
         };
         for i in 0..size {

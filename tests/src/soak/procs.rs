@@ -180,6 +180,17 @@ impl Drop for Replica {
     }
 }
 
+/// The nats-server on `PATH`, else Debian's `/usr/sbin/nats-server`: every test that starts a
+/// private server runs this one.
+pub fn nats_server_binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
 /// A private nats-server with JetStream on a free port, for scenarios that stop the broker.
 #[derive(Debug)]
 pub struct PrivateNats {
@@ -208,21 +219,12 @@ impl PrivateNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn binary() -> PathBuf {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-    }
-
     /// Starts it (again) on the same port and store, and waits until it listens.
     ///
     /// # Errors
     /// When it cannot start or does not listen within 10 s.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(Self::binary())
+        let child = Command::new(nats_server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
