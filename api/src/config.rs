@@ -321,6 +321,11 @@ pub struct Settings {
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2_000)]
     pub read_wait_ms: u64,
 
+    /// Largest replication lag, in ms, at which the standby of READ_DATABASE_URL still serves
+    /// reads; beyond it the primary answers them until the standby catches up.
+    #[arg(long, env = "READ_MAX_LAG_MS", default_value_t = 5_000)]
+    pub read_max_lag_ms: u64,
+
     /// Milliseconds between two polls of the feed by an idle projector. Commits made by this
     /// replica wake it at once; this bounds the read-model lag of commits made by other
     /// replicas.

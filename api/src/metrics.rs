@@ -82,6 +82,7 @@ fn register_alerted_series() {
         "dlq_parked_total",
         "relay_published_total",
         "relay_duplicates_total",
+        "relay_foreign_duplicates_total",
     ] {
         ::metrics::counter!(name).increment(0);
     }

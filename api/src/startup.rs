@@ -214,7 +214,10 @@ impl Application {
             orders.clone(),
             settings.read_database_url.as_deref(),
             settings.db_max_connections,
+            Duration::from_millis(settings.read_max_lag_ms),
         )?;
+        // Before serving: reads go to the standby only once a probe has found it sound.
+        reads.probe_once().await;
         let read_wait = Duration::from_millis(settings.read_wait_ms);
         let state = AppState(Arc::new(Shared {
             commands: Commands::new(store.clone(), clients.clone()),
@@ -312,10 +315,11 @@ impl Application {
         };
         jobs_stop.cancel();
         stop.cancel();
-        if tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
+        let workers_stopped = tokio::time::timeout_at(deadline, tracker.wait()).await;
+        // Only reads use the standby, and HTTP has drained: its pool can close whatever the
+        // workers do.
+        self.state.queries.reads().close().await;
+        if workers_stopped.is_err() {
             anyhow::bail!("background workers did not stop within {drain:?}");
         }
         self.state.pool.close().await;

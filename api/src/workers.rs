@@ -40,6 +40,25 @@ pub fn spawn_all(state: &AppState, stop: &CancellationToken, tracker: &TaskTrack
     }
     tracker.spawn(project_orders(state.clone(), stop.clone()));
     tracker.spawn(measure_backlogs(state.clone(), stop.clone()));
+    if state.queries.reads().has_standby() {
+        tracker.spawn(probe_read_standby(state.clone(), stop.clone()));
+    }
+}
+
+/// Keeps the read standby's health and lag current (`crate::read_side`): reads use it only
+/// while the last probe found it sound, and only a probe puts it back in use.
+async fn probe_read_standby(state: AppState, stop: CancellationToken) {
+    let reads = state.queries.reads().clone();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(crate::read_side::STANDBY_PROBE_EVERY) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = reads.probe_once() => {}
+        }
+    }
 }
 
 /// Keeps the order read models in step with the feed. Every replica runs it; the runner's

@@ -25,4 +25,5 @@ mod relay_duplicates;
 mod replay;
 mod self_contained;
 mod soak;
+mod standby;
 mod topology;

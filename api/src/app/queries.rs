@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::app::error::{AppError, AppResult};
 use crate::app::store::{OrderStore, StoredEvent};
 use crate::deadline::within_deadline;
-use crate::read_side::ReadSide;
+use crate::read_side::{ReadFrom, ReadSide};
 
 /// How often a minimum-version read looks at the read model again.
 const READ_POLL: Duration = Duration::from_millis(25);
@@ -70,6 +70,11 @@ impl Queries {
         }
     }
 
+    /// Where the read models are read.
+    pub fn reads(&self) -> &ReadSide {
+        &self.reads
+    }
+
     /// The order.
     ///
     /// # Errors
@@ -83,7 +88,7 @@ impl Queries {
         self.read_at_least(
             (id, tenant),
             min_version,
-            || self.reads.order(id, tenant),
+            |from| self.reads.order(from, id, tenant),
             |o| o.version,
         )
         .await
@@ -102,9 +107,10 @@ impl Queries {
         self.read_at_least(
             (id, tenant),
             min_version,
-            || {
-                self.reads
-                    .read(|pool| async move { queries::order_detail(&pool, id, tenant).await })
+            |from| {
+                self.reads.read(from, |pool| async move {
+                    queries::order_detail(&pool, id, tenant).await
+                })
             },
             |d| d.order.version,
         )
@@ -137,7 +143,7 @@ impl Queries {
         within_deadline("read", async {
             let now = Utc::now();
             self.reads
-                .read(|pool| async move {
+                .read(ReadFrom::Standby, |pool| async move {
                     queries::without_tickets(&pool, criteria, tenant, now).await
                 })
                 .await
@@ -184,7 +190,8 @@ impl Queries {
 
     /// Reads through `fetch`; without `min_version` (or with 0) that is one read (not found
     /// when absent). With it, reads again every [`READ_POLL`] until the version is at least
-    /// `min_version`, for up to the configured wait, then "not now". Nothing pending is waited
+    /// `min_version`, for up to the configured wait (from the standby, when one is in use, for
+    /// the first half of it and from the primary for the rest), then "not now". Nothing pending is waited
     /// for: an order the event store does not hold for this tenant is not found, and a version
     /// beyond the store's rejected, at once. Each read runs within the request's database
     /// deadline, so a wait longer than what is left of it ends at the deadline.
@@ -196,14 +203,24 @@ impl Queries {
         version: impl Fn(&T) -> u64,
     ) -> AppResult<T>
     where
-        F: Fn() -> Fut,
+        F: Fn(ReadFrom) -> Fut,
         Fut: Future<Output = Result<Option<T>, ProjectionError>>,
     {
-        let deadline = Instant::now() + self.read_wait;
+        let started = Instant::now();
+        let deadline = started + self.read_wait;
+        // A standby still behind after half the wait is lagging: the primary, whose read model
+        // has the version as soon as the projector wrote it, gets the other half.
+        let standby_until = started + self.read_wait / 2;
         let mut checked = false;
+        let mut first = true;
         loop {
+            let from = if std::mem::take(&mut first) || Instant::now() < standby_until {
+                ReadFrom::Standby
+            } else {
+                ReadFrom::Primary
+            };
             let found = within_deadline("read", async {
-                fetch().await.map_err(AppError::from_read_side)
+                fetch(from).await.map_err(AppError::from_read_side)
             })
             .await?;
             // Every order is at version 0 or more, so a minimum of 0 waits for nothing: an
