@@ -12,8 +12,8 @@
 //! - [`encode`]: stored events to messages for the relay, copying the stored payload text.
 //! - [`schema`]: JSON Schemas per event type and version, validation, the committed folder.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document served at `/asyncapi.json`.
-//! - [`servers`]: `NATS_URL` as a list of servers (a JetStream cluster).
-//! - [`connect`]: credentials, TLS and the production rule for the NATS connection.
+//! - [`connect`]: `NATS_URL` as a server list (one URL, or a comma-separated list for a
+//!   JetStream cluster), credentials, TLS and the production rule for the NATS connection.
 //! - [`stream`]: creates or updates the `TICKETTOKEN_EVENTS` stream (nats-server 2.9 features).
 //! - [`relay`]: the outbox relay loop.
 //! - [`inbound`]: payment, dispute and ticket subscribers with an exactly-once effect.
@@ -32,7 +32,6 @@ pub mod error;
 pub mod inbound;
 pub mod relay;
 pub mod schema;
-pub mod servers;
 pub mod stream;
 pub mod subjects;
 

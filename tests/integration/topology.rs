@@ -139,7 +139,7 @@ async fn the_cluster_script_starts_and_stops_three_nodes_by_pid() {
     let pids: Vec<u32> = (0..3).map(pid).collect();
     assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
     // Every node answers as one cluster: a three-replica stream can be placed.
-    let client = async_nats::connect(order_bus::servers::list(&url))
+    let client = async_nats::connect(order_tests::soak::nats_servers(&url))
         .await
         .expect("connects");
     let js = async_nats::jetstream::new(client);

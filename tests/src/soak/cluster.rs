@@ -143,7 +143,7 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|_| Duration::from_millis(100))
-            .connect(order_bus::servers::list(&nats_url))
+            .connect(crate::soak::nats_servers(&nats_url))
             .await
             .context("NATS answers")?;
         let js = jetstream::new(client);
@@ -313,7 +313,7 @@ impl Drop for Leftovers {
                 let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
-                    .connect(order_bus::servers::list(&nats));
+                    .connect(crate::soak::nats_servers(&nats));
                 if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await
                 {
                     let js = jetstream::new(client);

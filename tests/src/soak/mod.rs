@@ -145,3 +145,11 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The servers of a `NATS_URL` (one URL, or a comma-separated list for a cluster), parsed as
+/// the service parses them; empty when the list does not parse, which fails the connect.
+pub fn nats_servers(url: &str) -> Vec<async_nats::ServerAddr> {
+    order_bus::connect::ServerList::parse(url)
+        .map(|list| list.addrs)
+        .unwrap_or_default()
+}

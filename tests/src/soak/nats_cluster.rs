@@ -209,7 +209,7 @@ impl NatsCluster {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|_| Duration::from_millis(100))
-            .connect(order_bus::servers::list(&self.urls()))
+            .connect(crate::soak::nats_servers(&self.urls()))
             .await
             .context("the NATS cluster answers")?;
         Ok(jetstream::new(client))
