@@ -11,26 +11,28 @@
 //!
 //! Queries succeeding is not enough to trust a standby: one that stopped replaying, was
 //! promoted, or belongs to another cluster answers every query, with old or foreign data. So
-//! the standby is used only while the last [`ReadSide::probe_once`] (every
-//! [`STANDBY_PROBE_EVERY`], run by a worker) found it in recovery, of the primary's cluster
-//! and database, and at most `READ_MAX_LAG_MS` behind. The lag is measured against the
-//! primary's WAL position: the probe notes the primary's position each time, and the standby is
-//! as far behind as the oldest noted position it has not replayed yet; an idle primary thus
-//! never makes a healthy standby look late, and a standby cut off from a busy primary looks
-//! later with every probe.
+//! the standby is used only while the last [`ReadSide::probe_once`] (at start-up, then every
+//! [`STANDBY_PROBE_EVERY`], run by a worker on a connection of its own) found it in recovery,
+//! of the primary's cluster and database, and at most `READ_MAX_LAG_MS` behind. The lag is
+//! measured against the primary's WAL: each probe notes the primary's flushed position, and
+//! the standby is at most as far behind as the age of the newest noted position it has
+//! replayed. An idle primary thus never makes a sound standby look late; a standby cut off
+//! from the primary, or from which the primary cannot be reached, looks later with every
+//! probe; and one whose lag is not known yet (none of the positions replayed) is not used.
 //!
 //! A read the standby fails is served by the primary. A failure that says the standby is gone
 //! (unreachable, refused, shutting down, too slow to answer within
-//! [`STANDBY_QUERY_TIMEOUT`], or an error of a kind a healthy standby does not give) also takes
-//! it out of use until a probe finds it healthy again; only the probe brings it back, so while
-//! it is out no request pays for trying it. A read that only found the standby's pool busy, or
-//! that lost a recovery conflict, is served by the primary and changes nothing else.
+//! [`STANDBY_QUERY_TIMEOUT`], or an error of a kind a sound standby does not give) also takes
+//! it out of use until a probe finds it sound again; only the probe brings it back, so while
+//! it is out no request pays for trying it. A read that only found every standby connection
+//! taken, or that lost a recovery conflict, is served by the primary and changes nothing else.
 //! `read_standby_fallbacks_total` counts the reads the primary served in the standby's place,
 //! `read_standby_available` is 1 while the standby is in use, and `read_standby_lag_seconds`
-//! is the last lag measured.
+//! is the last lag measured (NaN while it is not known).
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -50,12 +52,13 @@ pub const STANDBY_PROBE_EVERY: Duration = Duration::from_secs(1);
 /// as gone, rather than spending the request's whole database deadline on it.
 pub const STANDBY_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How many of the primary's WAL positions are kept for the lag: ten minutes of probes.
+/// Most primary WAL positions kept for the lag: ten minutes of probes.
 const MAX_NOTED_POSITIONS: usize = 600;
 
 /// How long a read waits for a standby connection: short, since the primary can answer
-/// instead (the primary's pool waits 5 s, as it has nowhere else to go).
-const STANDBY_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+/// instead (the primary's pool waits 5 s, as it has nowhere else to go), and short enough for
+/// a read that needs two connections to finish within [`STANDBY_QUERY_TIMEOUT`].
+const STANDBY_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Which server a read may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +69,7 @@ pub enum ReadFrom {
     Primary,
 }
 
-/// Why the standby is not in use; logged once per change.
+/// Whether the standby is in use; a change is logged once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Health {
     /// Not probed yet: the primary answers until the first probe.
@@ -79,10 +82,17 @@ enum Health {
 
 #[derive(Debug)]
 struct Standby {
+    /// The reads' connections.
     pool: PgPool,
+    /// The probe's own connection, so that busy reads cannot make a sound standby look gone.
+    probe_pool: PgPool,
     orders: OrderLookup,
     health: Mutex<Health>,
-    /// The primary's WAL positions noted by recent probes, oldest first.
+    /// Bumped each time a read takes the standby out of use: a probe that started before
+    /// does not put it back.
+    outs: AtomicU64,
+    /// The primary's WAL positions noted by probes, oldest first: the newest one the standby
+    /// has replayed, and those after it.
     primary_positions: Mutex<VecDeque<(Instant, u64)>>,
 }
 
@@ -91,26 +101,31 @@ impl Standby {
         *lock(&self.health) == Health::Healthy
     }
 
-    /// Moves to `next`, logging and setting the gauge on a change (under the lock, so the
-    /// gauge always shows the state last set).
+    /// Moves to `next`, logging and setting the gauge when it changes between in use and out
+    /// of use (under the lock, so the gauge always shows the state last set).
     fn set(&self, next: Health) {
         let mut health = lock(&self.health);
-        if *health == next {
+        let was_in_use = *health == Health::Healthy;
+        let now_in_use = next == Health::Healthy;
+        let first = *health == Health::Unchecked;
+        *health = next;
+        if was_in_use == now_in_use && !first {
             return;
         }
-        match &next {
-            Health::Healthy => tracing::info!("the read standby is healthy; reading from it"),
+        match &*health {
+            Health::Healthy => tracing::info!("the read standby is sound; reading from it"),
             Health::Out(why) => {
                 tracing::warn!(reason = %why, "the read standby is out of use; reading from the primary");
             }
             Health::Unchecked => {}
         }
-        metrics::gauge!("read_standby_available").set(if next == Health::Healthy {
-            1.0
-        } else {
-            0.0
-        });
-        *health = next;
+        metrics::gauge!("read_standby_available").set(if now_in_use { 1.0 } else { 0.0 });
+    }
+
+    /// A read found the standby gone.
+    fn gone(&self, why: String) {
+        self.outs.fetch_add(1, Ordering::AcqRel);
+        self.set(Health::Out(why));
     }
 }
 
@@ -133,7 +148,8 @@ impl ReadSide {
     /// most), while it is at most `max_lag` behind.
     ///
     /// # Errors
-    /// When `standby_url` is not a valid Postgres URL.
+    /// When `standby_url` is not a valid Postgres URL, or `max_lag` is shorter than
+    /// [`STANDBY_PROBE_EVERY`] (the lag is measured to about one probe interval).
     pub fn new(
         primary: PgPool,
         primary_orders: OrderLookup,
@@ -144,28 +160,37 @@ impl ReadSide {
         let standby = match standby_url.map(str::trim).filter(|u| !u.is_empty()) {
             None => None,
             Some(url) => {
+                anyhow::ensure!(
+                    max_lag >= STANDBY_PROBE_EVERY,
+                    "READ_MAX_LAG_MS must be at least {} with a READ_DATABASE_URL",
+                    STANDBY_PROBE_EVERY.as_millis()
+                );
                 let options: PgConnectOptions = url
                     .parse()
                     .map_err(|e| anyhow::anyhow!("invalid READ_DATABASE_URL: {e}"))?;
                 // The server ends a statement the client has stopped waiting for.
                 let statement_timeout = (2 * STANDBY_QUERY_TIMEOUT).as_millis().to_string();
-                let pool = PgPoolOptions::new()
-                    .max_connections(max_connections.max(1))
-                    .min_connections(0)
-                    .acquire_timeout(STANDBY_ACQUIRE_TIMEOUT)
-                    .test_before_acquire(false)
-                    .connect_lazy_with(
-                        options
-                            .application_name("order-service-reads")
-                            .options([("statement_timeout", statement_timeout.as_str())]),
-                    );
+                let options = options
+                    .application_name("order-service-reads")
+                    .options([("statement_timeout", statement_timeout.as_str())]);
+                let pool_of = |size: u32| {
+                    PgPoolOptions::new()
+                        .max_connections(size)
+                        .min_connections(0)
+                        .acquire_timeout(STANDBY_ACQUIRE_TIMEOUT)
+                        .test_before_acquire(false)
+                        .connect_lazy_with(options.clone())
+                };
+                let pool = pool_of(max_connections.max(1));
                 metrics::gauge!("read_standby_available").set(0.0);
                 metrics::gauge!("read_standby_lag_seconds").set(0.0);
                 metrics::counter!("read_standby_fallbacks_total").increment(0);
                 Some(std::sync::Arc::new(Standby {
                     orders: OrderLookup::new(pool.clone()),
                     pool,
+                    probe_pool: pool_of(1),
                     health: Mutex::new(Health::Unchecked),
+                    outs: AtomicU64::new(0),
                     primary_positions: Mutex::new(VecDeque::new()),
                 }))
             }
@@ -199,9 +224,9 @@ impl ReadSide {
         tenant: Option<&str>,
     ) -> Result<Option<OrderView>, ProjectionError> {
         if let Some(standby) = self.usable_standby(from) {
-            match attempt(standby.orders.order(id, tenant)).await {
+            match attempt(standby, standby.orders.order(id, tenant)).await {
                 Ok(found) => return Ok(found),
-                Err(failure) => fell_back(standby, &failure),
+                Err(failure) => fell_back(standby, failure),
             }
         }
         self.primary_orders.order(id, tenant).await
@@ -218,9 +243,9 @@ impl ReadSide {
         Fut: Future<Output = Result<T, ProjectionError>>,
     {
         if let Some(standby) = self.usable_standby(from) {
-            match attempt(query(standby.pool.clone())).await {
+            match attempt(standby, query(standby.pool.clone())).await {
                 Ok(found) => return Ok(found),
-                Err(failure) => fell_back(standby, &failure),
+                Err(failure) => fell_back(standby, failure),
             }
         }
         query(self.primary.clone()).await
@@ -242,95 +267,134 @@ impl ReadSide {
     }
 
     /// Checks the standby once: reachable, in recovery, of the primary's cluster and database,
-    /// and at most the configured lag behind. Puts it in use or out of use accordingly.
-    /// Returns whether it is in use afterwards (`false` without a standby).
+    /// and at most the configured lag behind. Puts it in use or out of use accordingly, except
+    /// that it does not put back a standby a read took out of use meanwhile. Returns whether
+    /// it is in use afterwards (`false` without a standby).
     pub async fn probe_once(&self) -> bool {
         let Some(standby) = self.standby.as_deref() else {
             return false;
         };
+        let outs = standby.outs.load(Ordering::Acquire);
         match self.check(standby).await {
-            Ok(lag) => {
-                metrics::gauge!("read_standby_lag_seconds").set(lag.as_secs_f64());
-                if lag > self.max_lag {
-                    standby.set(Health::Out(format!(
-                        "replication lag {:.1} s exceeds READ_MAX_LAG_MS",
-                        lag.as_secs_f64()
-                    )));
-                } else {
-                    standby.set(Health::Healthy);
-                }
-            }
+            Ok(lag) if lag > self.max_lag => standby.set(Health::Out(format!(
+                "replication lag over READ_MAX_LAG_MS ({} ms)",
+                self.max_lag.as_millis()
+            ))),
+            Ok(_) if standby.outs.load(Ordering::Acquire) != outs => {}
+            Ok(_) => standby.set(Health::Healthy),
             Err(why) => standby.set(Health::Out(why)),
         }
         standby.in_use()
     }
 
-    /// The standby's lag, or why it cannot be used.
+    /// The standby's lag, or why it cannot be used. The lag is an upper bound: the age of
+    /// the newest primary position the standby is known to have replayed. Without one (the
+    /// first probe of a standby that is behind) the lag is unknown, and the standby unused.
     async fn check(&self, standby: &Standby) -> Result<Duration, String> {
-        let probe = "SELECT pg_is_in_recovery(), \
-                            coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
-                            (SELECT system_identifier FROM pg_control_system())::text, \
-                            current_database()::text";
-        let (in_recovery, replayed, system, database): (bool, String, String, String) =
-            match tokio::time::timeout(
-                STANDBY_QUERY_TIMEOUT,
-                sqlx::query_as(probe).fetch_one(&standby.pool),
+        // The primary first, so that a standby that keeps up has replayed the position by the
+        // time it is asked. The flush position: WAL past it is not streamed yet.
+        let primary = bounded(
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT pg_current_wal_flush_lsn()::text, \
+                        (SELECT system_identifier FROM pg_control_system())::text, \
+                        current_database()::text",
             )
-            .await
-            {
-                Ok(Ok(row)) => row,
-                Ok(Err(e)) => return Err(format!("unreachable or failing: {e}")),
-                Err(_) => return Err("did not answer within 1 s".to_owned()),
-            };
-        if !in_recovery {
-            return Err("READ_DATABASE_URL is not a standby (pg_is_in_recovery() is false)".into());
-        }
-        let primary: Result<(String, String, String), _> = sqlx::query_as(
-            "SELECT pg_current_wal_lsn()::text, \
-                    (SELECT system_identifier FROM pg_control_system())::text, \
-                    current_database()::text",
+            .fetch_one(&self.primary),
         )
-        .fetch_one(&self.primary)
         .await;
-        let now = Instant::now();
-        let mut noted = lock(&standby.primary_positions);
-        match primary {
-            Ok((position, primary_system, primary_database)) => {
-                if system != primary_system || database != primary_database {
-                    return Err(format!(
-                        "READ_DATABASE_URL is not a standby of DATABASE_URL (cluster {system} \
-                         database {database}, primary's cluster {primary_system} database \
-                         {primary_database})"
-                    ));
-                }
-                noted.push_back((now, parse_lsn(&position)?));
+        let noted_at = Instant::now();
+        let mut replayed = None;
+        // A standby that keeps up replays the noted position within milliseconds; a few short
+        // looks spare it a whole probe interval of measured lag.
+        for look in 0..5 {
+            if look > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // The primary is unreachable: nothing changes there either, so the lag is judged
-            // on the positions already noted.
-            Err(e) => tracing::debug!(error = %e, "no primary WAL position for the standby's lag"),
+            let (in_recovery, position, system, database): (bool, String, String, String) =
+                bounded(
+                    sqlx::query_as(
+                        "SELECT pg_is_in_recovery(), \
+                                coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
+                                (SELECT system_identifier FROM pg_control_system())::text, \
+                                current_database()::text",
+                    )
+                    .fetch_one(&standby.probe_pool),
+                )
+                .await
+                .map_err(|e| format!("unreachable or failing: {e}"))?;
+            if !in_recovery {
+                return Err(
+                    "READ_DATABASE_URL is not a standby (pg_is_in_recovery() is false)".into(),
+                );
+            }
+            let position = parse_lsn(&position)?;
+            replayed = Some(position);
+            match &primary {
+                Ok((at, primary_system, primary_database)) => {
+                    if system != *primary_system || database != *primary_database {
+                        return Err(format!(
+                            "READ_DATABASE_URL is not a standby of DATABASE_URL (cluster {system} \
+                             database {database}, the primary's cluster {primary_system} \
+                             database {primary_database})"
+                        ));
+                    }
+                    if position >= parse_lsn(at)? {
+                        break;
+                    }
+                }
+                // Nothing to wait for: the lag is judged on the positions noted before.
+                Err(e) => {
+                    tracing::debug!(error = %e, "no primary WAL position for the standby's lag");
+                    break;
+                }
+            }
         }
-        let replayed = parse_lsn(&replayed)?;
-        // Positions the standby has replayed say nothing more; keep the first one not yet
-        // replayed (the lag is its age) and those after it.
-        while noted.front().is_some_and(|&(_, at)| at <= replayed) {
+        let replayed = replayed.unwrap_or_default();
+        let mut noted = lock(&standby.primary_positions);
+        if let Ok((at, _, _)) = &primary {
+            noted.push_back((noted_at, parse_lsn(at)?));
+        }
+        // Keep the newest position replayed (the lag is its age) and those after it.
+        while noted.get(1).is_some_and(|&(_, at)| at <= replayed) {
             noted.pop_front();
         }
-        // Bounded memory however long the standby stays behind. Dropping the oldest makes
-        // the lag read younger than it is, but only once it is far beyond any sane limit.
+        // Bounded memory however long the standby stays behind; dropping positions after the
+        // newest replayed one can only make the lag read longer.
         while noted.len() > MAX_NOTED_POSITIONS {
-            noted.pop_front();
+            noted.remove(1);
         }
-        Ok(noted
-            .front()
-            .map_or(Duration::ZERO, |&(at, _)| now.duration_since(at)))
+        let lag = match noted.front() {
+            Some(&(at, position)) if position <= replayed => noted_at.duration_since(at),
+            _ => {
+                metrics::gauge!("read_standby_lag_seconds").set(f64::NAN);
+                return Err("has not replayed any primary position noted so far".into());
+            }
+        };
+        metrics::gauge!("read_standby_lag_seconds").set(lag.as_secs_f64());
+        Ok(lag)
     }
 
-    /// Closes the standby's pool (the primary's is the service's own), waiting at most 1 s:
+    /// Closes the standby's pools (the primary's is the service's own), waiting at most 1 s:
     /// a standby that hangs must not hold up shutdown.
     pub async fn close(&self) {
         if let Some(standby) = self.standby.as_deref() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), standby.pool.close()).await;
+            let closing = async {
+                tokio::join!(standby.pool.close(), standby.probe_pool.close());
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         }
+    }
+}
+
+/// A probe statement, bounded by [`STANDBY_QUERY_TIMEOUT`].
+async fn bounded<T>(query: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(STANDBY_QUERY_TIMEOUT, query).await {
+        Ok(Ok(row)) => Ok(row),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            STANDBY_QUERY_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -354,10 +418,20 @@ enum Failure {
 }
 
 /// Runs one standby read within [`STANDBY_QUERY_TIMEOUT`], classifying its failure.
-async fn attempt<T>(read: impl Future<Output = Result<T, ProjectionError>>) -> Result<T, Failure> {
+async fn attempt<T>(
+    standby: &Standby,
+    read: impl Future<Output = Result<T, ProjectionError>>,
+) -> Result<T, Failure> {
     match tokio::time::timeout(STANDBY_QUERY_TIMEOUT, read).await {
         Ok(Ok(found)) => Ok(found),
-        Ok(Err(ProjectionError::Database(sqlx::Error::PoolTimedOut))) => Err(Failure::Busy),
+        // sqlx also answers `PoolTimedOut` when it kept failing to open a connection (refused,
+        // starting up): only a pool whose every connection is taken is merely busy.
+        Ok(Err(ProjectionError::Database(sqlx::Error::PoolTimedOut)))
+            if standby.pool.size() >= standby.pool.options().get_max_connections()
+                && standby.pool.num_idle() == 0 =>
+        {
+            Err(Failure::Busy)
+        }
         Ok(Err(ProjectionError::Database(sqlx::Error::Database(db))))
             // serialization_failure and deadlock_detected: how a hot standby cancels a query
             // that holds up replay.
@@ -374,16 +448,16 @@ async fn attempt<T>(read: impl Future<Output = Result<T, ProjectionError>>) -> R
 }
 
 /// The standby failed a read: count the fallback, and take it out of use when it is gone.
-fn fell_back(standby: &Standby, failure: &Failure) {
+fn fell_back(standby: &Standby, failure: Failure) {
     metrics::counter!("read_standby_fallbacks_total").increment(1);
     match failure {
         Failure::Busy => {
-            tracing::debug!("the read standby's pool is busy; reading from the primary")
+            tracing::debug!("the read standby's pool is busy; reading from the primary");
         }
         Failure::Once(e) => {
             tracing::warn!(error = %e, "a read failed on the standby; reading it from the primary");
         }
-        Failure::Gone(e) => standby.set(Health::Out(e.clone())),
+        Failure::Gone(e) => standby.gone(e),
     }
 }
 

@@ -45,7 +45,13 @@ impl ClusterSpec {
             relay: true,
             inbound: false,
             jobs: false,
-            env: Vec::new(),
+            // JetStream reserves a stream's byte limit from the account's storage when it is
+            // created: at the production defaults (10 GiB and 1 GiB) a handful of scenarios
+            // running side by side exhaust a test server's disk-sized limit.
+            env: vec![
+                ("NATS_STREAM_MAX_BYTES".to_owned(), (256 << 20).to_string()),
+                ("DLQ_STREAM_MAX_BYTES".to_owned(), (64 << 20).to_string()),
+            ],
             admin_url: None,
             nats_url: None,
             stream_replicas: 1,
