@@ -451,7 +451,7 @@ async fn republish_stops_and_resumes_without_duplicates_and_leaves_the_relay_alo
         .expect("database name");
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let (server, _) = base.rsplit_once('/').expect("URL with a database");
-    settings.database_url = format!("{server}/{db}");
+    settings.database.url = format!("{server}/{db}").into();
     let mut args = RepublishArgs {
         subject_prefix: String::new(),
         stream: Some(target.clone()),

@@ -29,13 +29,13 @@ async fn app(
 ) -> TestApp {
     spawn_app_with(pool, |s| {
         peers.configure(s);
-        s.payment_service_timeout_ms = 300;
-        s.ticket_service_timeout_ms = 300;
-        s.event_service_timeout_ms = 300;
-        s.client_retry_max_times = 2;
-        s.client_retry_min_delay_ms = 10;
-        s.client_retry_max_delay_ms = 100;
-        s.refund_retry_every_secs = 3_600;
+        s.peers.payment_timeout_ms = 300;
+        s.peers.ticket_timeout_ms = 300;
+        s.peers.event_timeout_ms = 300;
+        s.peers.retry_max_times = 2;
+        s.peers.retry_min_delay_ms = 10;
+        s.peers.retry_max_delay_ms = 100;
+        s.refunds.retry_every_secs = 3_600;
         adjust(s);
     })
     .await
@@ -329,7 +329,7 @@ async fn a_refund_is_refused_when_a_ticket_was_transferred(pool: PgPool) {
 async fn a_refund_is_refused_when_the_ticket_service_is_down(pool: PgPool) {
     let peers = Peers::start().await;
     let down = unreachable_url().await;
-    let app = app(pool.clone(), &peers, |s| s.ticket_service_url = down).await;
+    let app = app(pool.clone(), &peers, |s| s.peers.ticket_url = down).await;
     let id = paid_order(&app, &peers, &["tkt_1"], order_body()).await;
     let (status, body) = refund(&app, &id, json!({"reason": "r"}), None).await;
     assert_eq!(status, 409, "fail closed: {body}");

@@ -605,7 +605,7 @@ async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caugh
 async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let mut server = NatsServer::start();
     // The application talks to this broker too: commands must not need it.
-    let app = spawn_app_with(pool.clone(), |s| s.nats_url = server.url()).await;
+    let app = spawn_app_with(pool.clone(), |s| s.nats.url = server.url().into()).await;
     let client = app.state.nats.clone().expect("the app has a NATS client");
     wait_until("the app connects to NATS", || {
         client.connection_state() == async_nats::connection::State::Connected
@@ -953,7 +953,7 @@ async fn relay_contract_is_served_as_asyncapi_without_auth(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_backlog_shows_in_readiness(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), |s| s.relay_ready_max_backlog = 1).await;
+    let app = spawn_app_with(pool.clone(), |s| s.relay.ready_max_backlog = 1).await;
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
@@ -989,11 +989,11 @@ async fn relay_worker_is_woken_by_a_commit_not_its_poll(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;
     let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
     let app = spawn_app_with(pool.clone(), move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
+        s.relay.enabled = true;
+        s.streams.events = stream;
+        s.streams.subject_prefix = prefix;
         // One poll a minute: only the commit signal can deliver within the deadline below.
-        s.relay_poll_ms = 60_000;
+        s.relay.poll_ms = 60_000;
     })
     .await;
     // The relay's first round creates the stream; once it exists, the relay is idle.
@@ -1144,9 +1144,9 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
 
     let tag = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut settings = order_api::config::Settings::for_tests("postgres://unused");
-    settings.nats_stream = format!("LIMITS_{tag}");
-    settings.dlq_stream = format!("LIMITS_DLQ_{tag}");
-    settings.nats_subject_prefix = format!("limits{tag}.");
+    settings.streams.events = format!("LIMITS_{tag}");
+    settings.streams.dlq = format!("LIMITS_DLQ_{tag}");
+    settings.streams.subject_prefix = format!("limits{tag}.");
     let js = async_nats::jetstream::new(
         async_nats::connect(nats_url())
             .await
@@ -1156,7 +1156,7 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
     order_bus::ensure_stream(&js, &settings.relay_config().stream)
         .await
         .expect("events stream");
-    let mut dlq_config = settings.dlq_config();
+    let mut dlq_config = settings.streams.dlq_config();
     dlq_config.ensure_stream = true;
     order_bus::dlq::DeadLetters::new(js.clone(), pool, dlq_config)
         .ensure_stream()
@@ -1171,8 +1171,8 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
             (config.max_age, config.max_bytes, config.discard)
         }
     };
-    let events = limits(settings.nats_stream.clone()).await;
-    let dead_letters = limits(settings.dlq_stream.clone()).await;
+    let events = limits(settings.streams.events.clone()).await;
+    let dead_letters = limits(settings.streams.dlq.clone()).await;
     assert_eq!(
         events,
         (
@@ -1246,10 +1246,10 @@ async fn app_with_relay(pool: PgPool) -> (Bus, TestApp) {
     let bus = Bus::connect(&nats_url()).await;
     let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
     let app = spawn_app_with(pool, move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
-        s.relay_poll_ms = 5;
+        s.relay.enabled = true;
+        s.streams.events = stream;
+        s.streams.subject_prefix = prefix;
+        s.relay.poll_ms = 5;
     })
     .await;
     (bus, app)
