@@ -12,20 +12,21 @@
 //! on shutdown), asks the job's circuit breaker, runs, and records the outcome in the shared
 //! [`JobRegistry`] that `GET /internal/jobs` serves, and in the `job_*` metrics.
 //!
+//! What each job does is a use case of the application layer (`crate::app::maintenance`):
+//! this module decides only when and where it runs, and records how it went.
+//!
 //! # Layout
-//! - [`sweep`]: the scan-then-command loop the order jobs share, and the event metadata.
-//! - [`expiration`], [`reminder`], [`event_reminder`], [`archiving`], [`reconciliation`]: the
-//!   jobs.
+//! - [`sweep`]: the batch loop the order jobs share (scan, act on each, stop when asked).
+//! - [`reconciliation`]: the job that runs three checks in turn.
 //! - [`runner`]: one job's schedule, leadership and breaker; [`breaker`]: the breaker.
 //! - [`status`]: what `GET /internal/jobs` answers; [`error`]: the jobs' error type.
+//!
+//! # Must not depend on
+//! The HTTP adapter (`crate::routes` serves the status, not the other way round).
 
-pub mod archiving;
 pub mod breaker;
 pub mod error;
-pub mod event_reminder;
-pub mod expiration;
 pub mod reconciliation;
-pub mod reminder;
 pub mod runner;
 pub mod status;
 pub mod sweep;
@@ -41,13 +42,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::app::maintenance::reconciliation::TicketCheck;
+use crate::app::maintenance::{archiving, event_reminder, expiration, reminder, JobRun, Outcome};
 use crate::startup::AppState;
 
 pub use breaker::{JobBreaker, JobBreakerPolicy, JobBreakerState};
 pub use error::JobError;
 pub use runner::{JobRunner, Tick};
 pub use status::{JobRegistry, JobStatusView};
-pub use sweep::{Outcome, Sweep, SweepJob};
+pub use sweep::SweepJob;
 
 /// One scheduled job. Implementations hold their own handles (store, pool, clients) and keep
 /// no state that matters between runs: everything they decide comes from the read model and
@@ -96,6 +99,14 @@ impl JobContext {
             now,
             stop,
             run_id: Uuid::now_v7(),
+        }
+    }
+
+    /// What the run's actions are told about it.
+    pub fn run(&self) -> JobRun {
+        JobRun {
+            now: self.now,
+            run_id: self.run_id,
         }
     }
 }
@@ -171,16 +182,13 @@ pub fn all(state: &AppState) -> Vec<Arc<dyn Job>> {
             batch,
         )),
         Arc::new(SweepJob::new(
-            reminder::Reminder::new(
-                store.clone(),
-                s.reminder_window(),
-            ),
+            reminder::Reminder::new(store.clone(), s.reminder_window()),
             pool.clone(),
             s.reminder_interval(),
             batch,
         )),
         Arc::new(reconciliation::Reconciliation::new(
-            reconciliation::TicketCheck::new(
+            TicketCheck::new(
                 store.clone(),
                 state.clients.ticket.clone(),
                 s.reconciliation_after(),
