@@ -34,7 +34,7 @@ use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::read_side::ReadSide;
 use crate::routes::{commands, events, health, jobs as jobs_route, queries};
-use crate::{context, db, deadline, error, jobs, openapi, workers};
+use crate::{db, deadline, error, jobs, openapi, request_context, workers};
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
 /// extractor and `from_fn_with_state` layer of every request, and cloning the handles one by
@@ -164,7 +164,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::new())
         // Outside the panic and error layers, so it counts the status the caller gets.
         .layer(middleware::from_fn(crate::metrics::track_http))
-        .layer(middleware::from_fn(context::request_context))
+        .layer(middleware::from_fn(request_context::request_context))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

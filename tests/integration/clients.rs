@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use order_api::app::context::RequestContext;
 use order_api::clients::propagation;
 use order_api::clients::{
     BreakerState, ClientConfigError, ClientError, EventStatus, RefundInstruction, RefundStatus,
     ServiceClients,
 };
 use order_api::config::{AppEnv, Settings};
-use order_api::context::RequestContext;
 use order_api::error::ApiError;
 use order_api::startup::Application;
 use order_tests::install_crypto;

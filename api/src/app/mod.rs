@@ -12,16 +12,20 @@
 //! - [`maintenance`]: the scheduled jobs' use cases (expire, remind, archive, reconcile):
 //!   which orders each looks at and what it does with each.
 //! - [`store`]: the one write path over the event store.
+//! - [`context`]: the [`context::RequestContext`] a use case runs in (ids, tenant, user),
+//!   set by whoever delivers the work.
 //! - [`error`]: [`AppError`], and its classification into permanent and transient.
 //!
 //! # Must not depend on
-//! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`, `crate::auth`'s
-//! middleware, `crate::openapi`, `crate::server`), the process (`crate::startup`,
+//! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`,
+//! `crate::request_context`, `crate::auth`'s middleware, `crate::openapi`, `crate::server`),
+//! the process (`crate::startup`,
 //! `crate::workers`, `crate::cli`, `crate::config`), the NATS wiring (`crate::consumers`), or
 //! the jobs' scheduler (`crate::jobs`).
 //! Status codes, headers and wire shapes of answers are decided there, not here.
 
 pub mod commands;
+pub mod context;
 pub mod error;
 pub mod maintenance;
 pub mod messages;

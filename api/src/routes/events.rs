@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use order_bus::catchup::{page, FeedCursor, PageQuery};
 use order_bus::subjects::all_integration_types;
 
-use crate::context::RequestContext;
+use crate::app::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::truncate;
 use crate::routes::queries::Params;

@@ -25,10 +25,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{JobRun, Outcome, Sweep};
+use crate::app::context::RequestContext;
 use crate::app::error::{AppError, AppResult};
 use crate::app::store::OrderStore;
 use crate::clients::{propagation, ticket, ClientError, TicketClient};
-use crate::context::RequestContext;
 
 /// The job's name and lock suffix.
 pub const NAME: &str = "reconciliation";
