@@ -40,7 +40,7 @@
 //!   [`cli`]: the operator subcommands.
 //!
 //! # Must not depend on
-//! Nothing in the workspace depends on this crate. Inside it, [`app`] must not depend on the
+//! No other crate of the service depends on this one (only the tests do). Inside it, [`app`] must not depend on the
 //! HTTP adapter, the NATS wiring, the jobs' scheduler or the process modules, and nothing but
 //! the HTTP adapter may use [`error::ApiError`].
 

@@ -9,6 +9,7 @@ use chrono::Utc;
 use order_api::app::refund::{RefundRetrier, RefundSaga, RetryPass};
 use order_domain::commands::{RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
+use order_tests::helpers::{event_types, metrics_text};
 use order_tests::peers::{unreachable_url, Peers, Reply};
 use order_tests::{json_of, order_body, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
@@ -127,14 +128,6 @@ async fn refund(app: &TestApp, id: &str, body: Value, key: Option<&str>) -> (u16
         )
         .await;
     json_of(resp).await
-}
-
-async fn event_types(pool: &PgPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("events")
 }
 
 fn refund_calls(peers: &Peers) -> usize {
@@ -635,14 +628,6 @@ async fn a_refund_the_provider_refuses_is_recorded_as_failed(pool: PgPool) {
         (200, json!(TOTAL)),
         "{body}"
     );
-}
-
-async fn metrics_text(app: &TestApp) -> String {
-    let resp = app
-        .send(Method::GET, "/metrics", Auth::None, &[], None)
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.text().await.expect("metrics body")
 }
 
 /// payment-service answers `answer` to `initiateRefund`, which is no verdict on the refund: the

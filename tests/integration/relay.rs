@@ -24,7 +24,7 @@ use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_projections::checkpoint;
-use order_tests::helpers::nats_url;
+use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -180,42 +180,6 @@ impl Received {
     }
 }
 
-/// Runs the relay until the feed holds nothing for it. An idle round can be early when some
-/// other transaction on the cluster holds the feed's fence, so "done" is the relay's own lag
-/// reaching zero, not the first idle round.
-async fn drain(relay: &Relay, pool: &PgPool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut total = 0;
-    loop {
-        match relay.run_once().await.expect("relay round") {
-            RelayOutcome::Published(n) => total += n,
-            RelayOutcome::Idle => {
-                let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-                if lag.events_behind == 0 && lag.events_fenced == 0 {
-                    return total;
-                }
-                assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            RelayOutcome::Standby => panic!("this relay is not the leader"),
-        }
-    }
-}
-
-/// Waits until every committed event is behind the feed's fence, so that the next round is
-/// certain to see them (a transaction elsewhere on the cluster can hold the fence briefly).
-async fn wait_visible(pool: &PgPool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-        if lag.events_fenced == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The ids every committed event must be published under.
 async fn committed_ids(pool: &PgPool) -> HashSet<String> {
     let rows: Vec<(String, String, i64)> =
@@ -361,7 +325,7 @@ async fn relay_publishes_every_event_exactly_once_in_order(pool: PgPool) {
     let relay = bus.relay(&pool);
     let orders = scripted_run(&app).await;
 
-    let published = drain(&relay, &pool).await;
+    let published = drain_relay(&relay, &pool).await;
     let committed = committed_ids(&pool).await.len();
     assert_eq!(published, committed);
     assert_eq!(
@@ -472,11 +436,11 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
 
     create_traced_order(&app, "req-1").await;
     create_traced_order(&app, "req-2").await;
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
     scripted_run(&app).await;
-    let second = drain(&relay, &pool).await;
+    let second = drain_relay(&relay, &pool).await;
     let count = bus.message_count().await;
     assert_eq!(count, committed_ids(&pool).await.len() as u64);
 
@@ -486,7 +450,7 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
         .unwrap();
     let restarted = bus.relay(&pool);
     relay.shutdown().await;
-    let republished = drain(&restarted, &pool).await;
+    let republished = drain_relay(&restarted, &pool).await;
     assert_eq!(
         republished, second,
         "the restart re-sends everything after the checkpoint"
@@ -510,10 +474,10 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let relay = bus.relay(&pool);
 
     create_traced_order(&app, "req-1").await;
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
     scripted_run(&app).await;
-    let second = drain(&relay, &pool).await;
+    let second = drain_relay(&relay, &pool).await;
     assert!(second > 0);
     let after = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
     let count = bus.message_count().await;
@@ -523,7 +487,7 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(
-        drain(&relay, &pool).await,
+        drain_relay(&relay, &pool).await,
         second,
         "the relay re-sends from the stored checkpoint, not from the one it remembered"
     );
@@ -615,7 +579,7 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let relay = bus.relay(&pool);
 
     create_traced_order(&app, "req-before").await;
-    assert_eq!(drain(&relay, &pool).await, 1);
+    assert_eq!(drain_relay(&relay, &pool).await, 1);
     let published_before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
     server.stop();
@@ -645,7 +609,7 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
         client.connection_state() == async_nats::connection::State::Connected
     })
     .await;
-    assert_eq!(drain(&relay, &pool).await, 3, "the backlog drains");
+    assert_eq!(drain_relay(&relay, &pool).await, 3, "the backlog drains");
     assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
 }
@@ -707,7 +671,7 @@ async fn relay_keeps_each_orders_sequence_when_a_publish_mid_batch_fails(pool: P
         .update_stream(full)
         .await
         .expect("the stream takes every subject");
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     assert_published_in_sequence(&bus.read_all().await);
     assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
@@ -755,7 +719,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
         RelayOutcome::Published(_)
     ));
     assert_eq!(second.run_once().await.unwrap(), RelayOutcome::Standby);
-    drain(&first, &pool).await;
+    drain_relay(&first, &pool).await;
     assert_eq!(second.run_once().await.unwrap(), RelayOutcome::Standby);
     assert_eq!(bus.message_count().await, 2);
 
@@ -775,7 +739,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     wait_for_lock_release(&pool).await;
 
     assert_eq!(
-        drain(&second, &pool).await,
+        drain_relay(&second, &pool).await,
         2,
         "the standby publishes the rest"
     );
@@ -790,7 +754,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     // A clean hand-over: the new leader shuts down and the old one carries on at once.
     create_traced_order(&app, "req-4").await;
     second.shutdown().await;
-    assert_eq!(drain(&first, &pool).await, 1);
+    assert_eq!(drain_relay(&first, &pool).await, 1);
     assert_exactly_once_in_order(&bus, &pool).await;
     first.shutdown().await;
 }
@@ -966,7 +930,7 @@ async fn relay_backlog_shows_in_readiness(pool: PgPool) {
     assert_eq!(body["checks"]["relay"]["status"], "failing", "{body}");
     assert_eq!(body["status"], "not ready");
 
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let body = wait_for_backlog(&app, 0).await;
     assert_eq!(body["checks"]["relay"]["status"], "ok", "{body}");
     relay.shutdown().await;

@@ -19,9 +19,8 @@
 //! # Must not depend on
 //! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`,
 //! `crate::request_context`, `crate::auth`'s middleware, `crate::openapi`, `crate::server`),
-//! the process (`crate::startup`,
-//! `crate::workers`, `crate::cli`, `crate::config`), the NATS wiring (`crate::consumers`), or
-//! the jobs' scheduler (`crate::jobs`).
+//! the process (`crate::startup`, `crate::workers`, `crate::cli`, `crate::config`), the NATS
+//! wiring (`crate::consumers`), or the jobs' scheduler (`crate::jobs`).
 //! Status codes, headers and wire shapes of answers are decided there, not here.
 
 pub mod commands;
