@@ -4,12 +4,12 @@
 //! - **Relay lag** ([`relay_lag`]): how far the outbox relay is behind the feed, as the
 //!   `relay_lag_events` and `relay_lag_seconds` gauges.
 //! - **Paid orders without tickets** ([`TicketCheck`]): PAID orders still without tickets
-//!    `JOB_RECONCILIATION_AFTER_MINUTES` after payment. ticket-service is asked for the
-//!    order's tickets (`getTicketsForOrder`); the ones it lists are recorded with
-//!    `RecordTickets`, matched to line items by `itemId`, or by `ticketTypeId` in line order.
-//!    When it lists none, or none that fit, an alert is raised: a warning log and
-//!    `job_alerts_total{job="reconciliation",kind=...}`. A 404 from ticket-service counts as
-//!    "none"; any other failure to ask stops the run, and counts against the job's breaker.
+//!   `JOB_RECONCILIATION_AFTER_MINUTES` after payment. ticket-service is asked for the
+//!   order's tickets (`getTicketsForOrder`); the ones it lists are recorded with
+//!   `RecordTickets`, matched to line items by `itemId`, or by `ticketTypeId` in line order.
+//!   When it lists none, or none that fit, an alert is raised: a warning log and
+//!   `job_alerts_total{job="reconciliation",kind=...}`. A 404 from ticket-service counts as
+//!   "none"; any other failure to ask stops the run, and counts against the job's breaker.
 
 use std::collections::BTreeMap;
 
