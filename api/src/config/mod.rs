@@ -13,7 +13,9 @@
 //! [`SecretString`], so `Debug` (and so any log line) never shows it.
 //!
 //! Settings depend on the bus's configuration types and on the clients' and jobs' policy types
-//! they build; nothing here reads the environment after start-up.
+//! they build; nothing here reads the environment after start-up. They must not depend on the
+//! HTTP adapter or the application layer (`crate::app` is handed what it needs, never
+//! `Settings`).
 
 mod auth;
 mod database;
