@@ -25,3 +25,44 @@ pub enum JobError {
         source: AppError,
     },
 }
+
+impl JobError {
+    /// The error with every cause under it, for the log: an internal failure's own text stays
+    /// out of `GET /internal/jobs` (which shows [`ToString::to_string`]) but not out of the log.
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            cause = c.source();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_detail_names_an_internal_cause_the_message_hides() {
+        let e = JobError::Order {
+            order_id: Uuid::nil(),
+            source: AppError::internal(anyhow::anyhow!("relation \"orders\" does not exist")),
+        };
+        assert!(!e.to_string().contains("does not exist"), "{e}");
+        assert!(e.detail().contains("does not exist"), "{}", e.detail());
+        let outage = JobError::Run(AppError::Unavailable {
+            message: "the database is unavailable; retry shortly".into(),
+            retry_after: Some(1),
+        });
+        assert_eq!(
+            outage.detail(),
+            "the database is unavailable; retry shortly"
+        );
+    }
+}
