@@ -1,6 +1,7 @@
 //! Operator subcommands of `order-service` that are not the server itself.
 
 use anyhow::{bail, Context};
+use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::app::store::OrderStore;
@@ -32,14 +33,18 @@ pub async fn call(
         .parse()
         .context("METHOD must be an HTTP method such as GET or POST")?;
     let keys = KeyRing::from_config(
-        Some(&settings.shared_secret()),
+        Some(settings.shared_secret().expose_secret()),
         None,
-        settings.service_keys.as_deref(),
+        settings
+            .auth
+            .service_keys
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
     )?;
     let key = keys
         .signing_key(service)
         .context("no key is configured to sign as that service")?;
-    let base = base_url.map_or_else(|| format!("http://{}", settings.http_addr), str::to_owned);
+    let base = base_url.map_or_else(|| format!("http://{}", settings.http.addr), str::to_owned);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut request = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -82,7 +87,7 @@ pub async fn call(
 /// When the id is not a UUID, the order does not exist, or the database cannot be read.
 pub async fn events(settings: &Settings, order_id: &str, json: bool) -> anyhow::Result<()> {
     let id = Uuid::parse_str(order_id).context("ORDER_ID must be a UUID")?;
-    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 2)?;
     let history = OrderStore::new(pool)
         .history(id)
         .await
@@ -171,10 +176,10 @@ pub async fn subscribe(
     let client = connect_nats(settings).await?;
     let jetstream = async_nats::jetstream::new(client);
     let stream = jetstream
-        .get_stream(&settings.nats_stream)
+        .get_stream(&settings.streams.events)
         .await
-        .with_context(|| format!("no stream {}", settings.nats_stream))?;
-    let subjects = order_bus::subjects::Subjects::new(&settings.nats_subject_prefix);
+        .with_context(|| format!("no stream {}", settings.streams.events))?;
+    let subjects = order_bus::subjects::Subjects::new(&settings.streams.subject_prefix);
     // One an interrupted run left has moved past the events it delivered: start afresh.
     let _ = stream.delete_consumer(SUBSCRIBE_CONSUMER).await;
     let consumer = stream
@@ -241,15 +246,18 @@ async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client>
     settings.check_nats_production()?;
     Ok(settings
         .nats_security()
-        .connect_once(&settings.nats_url, std::time::Duration::from_secs(5))
+        .connect_once(
+            settings.nats.url.expose_secret(),
+            std::time::Duration::from_secs(5),
+        )
         .await?)
 }
 
 /// Connects to the dead-letter stream (NATS) and its holds (Postgres) for the `dlq` commands.
 async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::DeadLetters> {
     let client = connect_nats(settings).await?;
-    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
-    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay.publish_timeout());
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 2)?;
     Ok(crate::consumers::dead_letters(settings, jetstream, pool))
 }
 
@@ -264,12 +272,12 @@ async fn dead_letters(settings: &Settings) -> anyhow::Result<order_bus::dlq::Dea
 /// When NATS cannot be reached, or JetStream refuses (a credential without the rights).
 pub async fn streams(settings: &Settings) -> anyhow::Result<String> {
     let client = connect_nats(settings).await?;
-    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay.publish_timeout());
     let spec = settings.relay_config().stream;
     let outcome = order_bus::ensure_stream(&jetstream, &spec)
         .await
         .with_context(|| format!("cannot create or update the events stream {}", spec.name))?;
-    let mut dlq_config = settings.dlq_config();
+    let mut dlq_config = settings.streams.dlq_config();
     dlq_config.ensure_stream = true;
     // Only the dead-letter stream is touched: the pool is never connected.
     let unused = sqlx::postgres::PgPoolOptions::new()
@@ -282,7 +290,7 @@ pub async fn streams(settings: &Settings) -> anyhow::Result<String> {
         .with_context(|| {
             format!(
                 "cannot create or update the dead-letter stream {}",
-                settings.dlq_stream
+                settings.streams.dlq
             )
         })?;
     Ok(format!(
@@ -293,7 +301,7 @@ pub async fn streams(settings: &Settings) -> anyhow::Result<String> {
             order_bus::stream::StreamOutcome::Updated => "updated",
             order_bus::stream::StreamOutcome::Unchanged => "unchanged",
         },
-        settings.dlq_stream
+        settings.streams.dlq
     ))
 }
 
@@ -307,13 +315,15 @@ pub async fn dlq_list(settings: &Settings, json: bool) -> anyhow::Result<String>
     if !dlq.stream_exists().await? {
         return Ok(format!(
             "the dead-letter stream {} does not exist yet: nothing was ever parked\n",
-            settings.dlq_stream
+            settings.streams.dlq
         ));
     }
-    let parked = dlq
-        .list()
-        .await
-        .with_context(|| format!("cannot read the dead-letter stream {}", settings.dlq_stream))?;
+    let parked = dlq.list().await.with_context(|| {
+        format!(
+            "cannot read the dead-letter stream {}",
+            settings.streams.dlq
+        )
+    })?;
     let now = chrono::Utc::now();
     if json {
         let mut out = String::new();
@@ -396,7 +406,7 @@ pub async fn dlq_redrive(
     match dlq.redrive(target).await {
         Ok(report) => Ok(report),
         Err(e @ order_bus::BusError::Broker(_))
-            if settings.nats_user.as_deref() != Some(REDRIVE_USER) =>
+            if settings.nats.user.as_deref() != Some(REDRIVE_USER) =>
         {
             Err(anyhow::Error::new(e).context(format!(
                 "redrive stopped; running it again is safe. Redrive republishes to payment.*, \
@@ -575,7 +585,7 @@ pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()
     use order_projections::replay::{self, Built, RebuildOptions};
     use std::io::IsTerminal;
 
-    let pool = crate::db::pool(&settings.database_url, 4)?;
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 4)?;
     // A rebuild reads the feed too: after a logical restore it would read nothing and offer
     // empty tables for the swap.
     order_projections::feed::check_transaction_ids_ahead(&pool)
@@ -663,7 +673,7 @@ pub async fn replay_rollback(
     projection: Option<&str>,
     all: bool,
 ) -> anyhow::Result<()> {
-    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 2)?;
     for spec in replay_targets(projection, all, false)? {
         let rolled = order_projections::replay::rollback(
             &pool,
@@ -691,7 +701,7 @@ pub async fn replay_clean(
     projection: Option<&str>,
     all: bool,
 ) -> anyhow::Result<()> {
-    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 2)?;
     for spec in replay_targets(projection, all, false)? {
         let dropped = order_projections::replay::clean(&pool, spec).await?;
         if dropped.is_empty() {
@@ -820,7 +830,7 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
     use order_bus::Subjects;
 
     let subjects = Subjects::new(&args.subject_prefix);
-    let relay_subjects = Subjects::new(&settings.nats_subject_prefix).stream_subjects();
+    let relay_subjects = Subjects::new(&settings.streams.subject_prefix).stream_subjects();
     let sample = subjects.prefixed("order.created");
     if subjects.prefix().is_empty()
         || relay_subjects
@@ -831,7 +841,7 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
             "--subject-prefix must be set, and its subjects must not fall in the events stream \
              {} ({}): live subscribers would receive the copies, and the two would share one \
              duplicate window",
-            settings.nats_stream,
+            settings.streams.events,
             relay_subjects.join(", ")
         );
     }
@@ -846,14 +856,14 @@ pub async fn republish(settings: &Settings, args: &RepublishArgs) -> anyhow::Res
         .from_position
         .parse()
         .map_err(|e| anyhow::anyhow!("--from-position: {e}"))?;
-    let pool = crate::db::pool(&settings.database_url, 2)?;
+    let pool = crate::db::pool(settings.database.url.expose_secret(), 2)?;
     let client = connect_nats(settings).await?;
-    let jetstream = order_bus::relay::jetstream_context(client, settings.relay_publish_timeout());
+    let jetstream = order_bus::relay::jetstream_context(client, settings.relay.publish_timeout());
     if let Some(stream) = &args.stream {
-        let window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
+        let window = settings.streams.duplicate_window();
         let mut spec = order_bus::StreamSpec::events(stream, &subjects, window);
         spec.subjects = vec![subjects.prefixed("order.>")];
-        spec.replicas = settings.nats_stream_replicas.max(1);
+        spec.replicas = settings.streams.replicas();
         order_bus::ensure_stream(&jetstream, &spec)
             .await
             .with_context(|| format!("cannot create or update stream {stream}"))?;

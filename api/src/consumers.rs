@@ -3,7 +3,7 @@
 //! the inbox bounded.
 
 use async_nats::jetstream::Context;
-use order_bus::dlq::{DeadLetters, DlqConfig};
+use order_bus::dlq::DeadLetters;
 use order_bus::inbound::{Family, InboundHandler, Subscriber, SubscriberConfig};
 use sqlx::PgPool;
 
@@ -12,7 +12,7 @@ use crate::config::Settings;
 
 /// The dead-letter stream as configured.
 pub fn dead_letters(settings: &Settings, jetstream: Context, pool: PgPool) -> DeadLetters {
-    DeadLetters::new(jetstream, pool, settings.dlq_config())
+    DeadLetters::new(jetstream, pool, settings.streams.dlq_config())
 }
 
 /// The subscriber of one family as configured, over `handler`.
@@ -26,27 +26,12 @@ pub fn subscriber<H: InboundHandler>(
     let config: SubscriberConfig = settings.subscriber_config(family);
     let dlq = dead_letters(settings, jetstream.clone(), pool.clone());
     let subscriber = Subscriber::new(jetstream, pool, config, dlq, handler);
-    if settings.nats_create_stream {
+    if settings.streams.create {
         // The same stream specification as the relay's, so neither undoes the other's update.
         subscriber.with_events_stream(settings.relay_config().stream)
     } else {
         subscriber
     }
-}
-
-/// The DLQ configuration's stream settings follow the events stream's.
-pub(crate) fn dlq_config(settings: &Settings) -> DlqConfig {
-    let mut c = DlqConfig::new(
-        &settings.dlq_stream,
-        &settings.nats_subject_prefix,
-        &settings.nats_stream,
-    );
-    c.duplicate_window = std::time::Duration::from_secs(settings.nats_duplicate_window_secs.max(1));
-    c.replicas = settings.nats_stream_replicas.max(1);
-    c.ensure_stream = settings.nats_create_stream;
-    c.max_age = crate::config::hours(settings.dlq_stream_max_age_hours);
-    c.max_bytes = crate::config::byte_limit(settings.dlq_stream_max_bytes);
-    c
 }
 
 /// How often the inbox is purged of ids older than the retention.
@@ -68,7 +53,7 @@ pub async fn consume(
         return;
     };
     let jetstream =
-        order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
+        order_bus::relay::jetstream_context(client, state.settings.relay.publish_timeout());
     let mut handler = OrderInboundHandler::new(state.store.clone());
     if state.settings.verify_inbound_payments() {
         handler = handler.verifying_payments(state.clients.payment.clone());
@@ -90,14 +75,14 @@ pub async fn purge_inbox(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let inbox = order_bus::inbound::Inbox::new(state.pool.clone());
-    let holds = order_bus::dlq::Holds::new(state.pool.clone(), &state.settings.dlq_stream);
+    let holds = order_bus::dlq::Holds::new(state.pool.clone(), &state.settings.streams.dlq);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(INBOX_PURGE_EVERY) => {}
         }
         match inbox
-            .purge_older_than(state.settings.inbox_retention())
+            .purge_older_than(state.settings.inbound.inbox_retention())
             .await
         {
             Ok(0) => {}

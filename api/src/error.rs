@@ -19,10 +19,11 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::app::context;
 use crate::app::AppError;
 use crate::clients::ClientError;
-use crate::context;
 use crate::deadline::DeadlinePassed;
+use crate::request_context::InvalidTenantId;
 
 /// Everything an API call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +214,8 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<context::InvalidTenantId> for ApiError {
-    fn from(e: context::InvalidTenantId) -> Self {
+impl From<InvalidTenantId> for ApiError {
+    fn from(e: InvalidTenantId) -> Self {
         Self::BadRequest(e.to_string())
     }
 }

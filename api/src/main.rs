@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use order_api::config::Settings;
 use order_api::startup::Application;
 use order_api::{cli, db, telemetry};
+use secrecy::ExposeSecret;
 
 /// What `--help` opens with: what the program is, in one line.
 const ABOUT: &str = "The order service of the ticketing platform: signed HTTP commands and \
@@ -233,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Migrate => {
-            db::create_and_migrate(&cli.settings.database_url).await?;
+            db::create_and_migrate(cli.settings.database.url.expose_secret()).await?;
             println!("migrations applied");
             Ok(())
         }

@@ -42,8 +42,8 @@ impl ConnectionLimits {
     /// The limits from the settings.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         Self {
-            header_read_timeout: settings.header_read_timeout(),
-            max_header_bytes: settings.max_header_bytes,
+            header_read_timeout: settings.http.header_read_timeout(),
+            max_header_bytes: settings.http.max_header_bytes,
         }
     }
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,7 @@ use crate::jobs::JobRegistry;
 use crate::lookup::OrderLookup;
 use crate::read_side::ReadSide;
 use crate::routes::{commands, events, health, jobs as jobs_route, queries};
-use crate::{context, db, deadline, error, jobs, openapi, workers};
+use crate::{db, deadline, error, jobs, openapi, request_context, workers};
 
 /// Shared by every handler and worker. One `Arc` clone: axum clones the state for every
 /// extractor and `from_fn_with_state` layer of every request, and cloning the handles one by
@@ -147,23 +148,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Layers run bottom-up on the way in: the last added is the outermost.
         .layer(middleware::from_fn_with_state(
-            settings.request_db_deadline(),
+            settings.http.request_db_deadline(),
             deadline::request_deadline,
         ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout(),
+            settings.http.request_timeout(),
         ))
-        .layer(RequestBodyLimitLayer::new(settings.request_body_limit))
+        .layer(RequestBodyLimitLayer::new(settings.http.request_body_limit))
         .layer(middleware::from_fn_with_state(
-            settings.request_body_limit,
+            settings.http.request_body_limit,
             crate::oversized::drain_oversized,
         ))
         .layer(middleware::from_fn(error::error_envelope))
         .layer(CatchPanicLayer::new())
         // Outside the panic and error layers, so it counts the status the caller gets.
         .layer(middleware::from_fn(crate::metrics::track_http))
-        .layer(middleware::from_fn(context::request_context))
+        .layer(middleware::from_fn(request_context::request_context))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -184,8 +185,9 @@ impl Application {
     /// # Errors
     /// When Postgres is unreachable, a migration fails, or the address cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        db::create_and_migrate(&settings.database_url).await?;
-        let pool = db::pool(&settings.database_url, settings.db_max_connections)?;
+        let url = settings.database.url.expose_secret();
+        db::create_and_migrate(url).await?;
+        let pool = db::pool(url, settings.database.max_connections)?;
         Self::build_with_pool(settings, pool).await
     }
 
@@ -212,13 +214,17 @@ impl Application {
         let reads = ReadSide::new(
             pool.clone(),
             orders.clone(),
-            settings.read_database_url.as_deref(),
-            settings.db_max_connections,
-            Duration::from_millis(settings.read_max_lag_ms),
+            settings
+                .database
+                .read_url
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            settings.database.max_connections,
+            settings.read_model.max_lag(),
         )?;
         // Before serving: reads go to the standby only once a probe has found it sound.
         reads.probe_once().await;
-        let read_wait = Duration::from_millis(settings.read_wait_ms);
+        let read_wait = settings.read_model.wait();
         let state = AppState(Arc::new(Shared {
             commands: Commands::new(store.clone(), clients.clone()),
             queries: Queries::new(pool.clone(), reads, store.clone(), read_wait),
@@ -232,9 +238,9 @@ impl Application {
             jobs: JobRegistry::new(),
         }));
         jobs::register_all(&state);
-        let listener = TcpListener::bind(state.settings.http_addr)
+        let listener = TcpListener::bind(state.settings.http.addr)
             .await
-            .with_context(|| format!("cannot bind {}", state.settings.http_addr))?;
+            .with_context(|| format!("cannot bind {}", state.settings.http.addr))?;
         let port = listener.local_addr()?.port();
         Ok(Self {
             listener,
@@ -274,7 +280,7 @@ impl Application {
         let jobs_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         workers::spawn_all(&self.state, &stop, &tracker);
-        if self.state.settings.jobs_enabled {
+        if self.state.settings.jobs.enabled {
             jobs::spawn(&self.state, &jobs_stop, &tracker);
         }
         tracker.close();
@@ -335,13 +341,21 @@ impl Application {
 /// `APP_ENV` must not put a service anyone can sign for on the network.
 fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authenticator> {
     let keys = KeyRing::from_config(
-        Some(&settings.shared_secret()),
-        settings.internal_service_secret_previous.as_deref(),
-        settings.service_keys.as_deref(),
+        Some(settings.shared_secret().expose_secret()),
+        settings
+            .auth
+            .secret_previous
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
+        settings
+            .auth
+            .service_keys
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
     )?;
-    if !settings.http_addr.ip().is_loopback() && keys.holds(DEV_SECRET.as_bytes()) {
+    if !settings.http.addr.ip().is_loopback() && keys.holds(DEV_SECRET.as_bytes()) {
         return Err(AuthConfigError::DevelopmentSecretExposed {
-            addr: settings.http_addr,
+            addr: settings.http.addr,
         })
         .context("refusing to start with the development secret");
     }
@@ -350,8 +364,8 @@ fn authenticator(settings: &Settings, pool: PgPool) -> anyhow::Result<Authentica
             .context("refusing to start with a weak INTERNAL_SERVICE_SECRET or service key")?;
     }
     let callers = CallerPolicy::from_config(
-        Some(&settings.allowed_internal_services),
-        settings.route_callers.as_deref(),
+        Some(&settings.auth.allowed_services),
+        settings.auth.route_callers.as_deref(),
     )?;
     Ok(Authenticator::new(keys, callers, NonceStore::new(pool)))
 }
@@ -376,7 +390,11 @@ async fn connect_nats(settings: &Settings) -> anyhow::Result<async_nats::Client>
     };
     settings
         .nats_security()
-        .connect(&settings.nats_url, Duration::from_secs(2), tune)
+        .connect(
+            settings.nats.url.expose_secret(),
+            Duration::from_secs(2),
+            tune,
+        )
         .await
         .context("refusing to start")
 }

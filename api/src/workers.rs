@@ -24,11 +24,11 @@ const BACKLOG_GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// Starts every background worker.
 pub fn spawn_all(state: &AppState, stop: &CancellationToken, tracker: &TaskTracker) {
     tracker.spawn(purge_nonces(state.clone(), stop.clone()));
-    if state.settings.relay_enabled {
+    if state.settings.relay.enabled {
         tracker.spawn(relay_events(state.clone(), stop.clone()));
     }
     tracker.spawn(retry_refunds(state.clone(), stop.clone()));
-    if state.settings.inbound_enabled {
+    if state.settings.inbound.enabled {
         for family in order_bus::inbound::Family::ALL {
             tracker.spawn(crate::consumers::consume(
                 state.clone(),
@@ -67,10 +67,10 @@ async fn project_orders(state: AppState, stop: CancellationToken) {
     let runner = ProjectionRunner::new(
         state.pool.clone(),
         OrdersProjector,
-        state.settings.projection_batch_size,
+        state.settings.read_model.projection_batch_size,
     )
     .with_wake(state.store.commit_signal().clone());
-    let poll = Duration::from_millis(state.settings.projection_poll_ms.max(1));
+    let poll = state.settings.read_model.projection_poll();
     runner.run_until_stopped(poll, stop).await;
 }
 
@@ -86,7 +86,7 @@ async fn relay_events(state: AppState, stop: CancellationToken) {
         return;
     };
     let jetstream =
-        order_bus::relay::jetstream_context(client, state.settings.relay_publish_timeout());
+        order_bus::relay::jetstream_context(client, state.settings.relay.publish_timeout());
     let relay = order_bus::Relay::new(state.pool.clone(), jetstream, state.settings.relay_config())
         .with_wake(state.store.commit_signal().clone());
     relay.run_until_stopped(stop).await;
@@ -113,14 +113,14 @@ pub fn refund_retrier(state: &AppState) -> RefundRetrier {
     RefundRetrier::new(
         state.pool.clone(),
         RefundSaga::new(state.store.clone(), state.clients.clone()),
-        Duration::from_secs(state.settings.refund_retry_grace_secs),
+        Duration::from_secs(state.settings.refunds.retry_grace_secs),
     )
 }
 
 /// Finishes refunds stuck between `RefundRequested` and their outcome. Every replica runs it;
 /// each refund is claimed by one at a time.
 async fn retry_refunds(state: AppState, stop: CancellationToken) {
-    let every = Duration::from_secs(state.settings.refund_retry_every_secs.max(1));
+    let every = Duration::from_secs(state.settings.refunds.retry_every_secs.max(1));
     refund_retrier(&state).run_until_stopped(every, stop).await;
 }
 
@@ -168,14 +168,14 @@ async fn measure_backlogs_once(state: &AppState) {
             Err(e) => tracing::debug!(error = %e, consumer, "feed lag not measured"),
         }
     }
-    if !state.settings.inbound_enabled {
+    if !state.settings.inbound.enabled {
         return;
     }
     let Some(client) = state.nats.clone() else {
         return;
     };
     match async_nats::jetstream::new(client)
-        .get_stream(&state.settings.dlq_stream)
+        .get_stream(&state.settings.streams.dlq)
         .await
     {
         Ok(stream) => {

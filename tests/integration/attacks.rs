@@ -401,8 +401,8 @@ async fn dribble(app: &TestApp, start: &[u8]) -> Got {
 
 async fn app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, |s| {
-        s.header_read_timeout_secs = HEADER_TIMEOUT.as_secs();
-        s.request_timeout_secs = REQUEST_TIMEOUT.as_secs();
+        s.http.header_read_timeout_secs = HEADER_TIMEOUT.as_secs();
+        s.http.request_timeout_secs = REQUEST_TIMEOUT.as_secs();
     })
     .await
 }

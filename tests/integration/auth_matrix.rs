@@ -268,7 +268,7 @@ async fn each_command_is_open_to_its_own_callers_only(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn route_callers_override_one_command(pool: PgPool) {
     let app = spawn_app_with(pool, |s| {
-        s.route_callers = Some("orders.confirm=payment-service|api-gateway".into());
+        s.auth.route_callers = Some("orders.confirm=payment-service|api-gateway".into());
     })
     .await;
     let order = app.create_order().await;
@@ -336,8 +336,8 @@ async fn the_development_secret_is_refused_off_loopback(pool: PgPool) {
     let build = |addr: &str, secret: Option<&str>| {
         let mut s = Settings::for_tests("postgres://unused");
         s.app_env = AppEnv::Development;
-        s.http_addr = addr.parse().expect("address");
-        s.internal_service_secret = secret.map(str::to_owned);
+        s.http.addr = addr.parse().expect("address");
+        s.auth.secret = secret.map(Into::into);
         Application::build_with_pool(s, pool.clone())
     };
     for (addr, secret) in [

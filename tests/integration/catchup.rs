@@ -3,16 +3,16 @@
 //! `order-service republish`, against real Postgres and NATS with a stream per test.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 use order_api::cli::RepublishArgs;
 use order_bus::catchup::{CatchUp, FeedPage, Republish, RepublishFilter};
-use order_bus::relay::{self, jetstream_context};
-use order_bus::{Envelope, Relay, RelayConfig, RelayOutcome, Subjects, RELAY_CONSUMER};
-use order_tests::helpers::nats_url;
+use order_bus::relay::jetstream_context;
+use order_bus::{Envelope, Relay, RelayConfig, Subjects, RELAY_CONSUMER};
+use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, Auth, TestApp};
 use reqwest::Method;
 use serde_json::value::RawValue;
@@ -109,35 +109,6 @@ impl Drop for TestStream {
     }
 }
 
-/// Publishes until the relay has nothing left behind the fence.
-async fn drain(relay: &Relay, pool: &PgPool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let RelayOutcome::Idle = relay.run_once().await.expect("relay round") {
-            let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-            if lag.events_behind == 0 && lag.events_fenced == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Waits until every committed event is behind the feed's fence (a transaction elsewhere on
-/// the cluster, another test's, can hold it for a moment), so a read sees them all.
-async fn wait_visible(pool: &PgPool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-        if lag.events_fenced == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Creates an order for `tenant` and cancels every other one, so orders have one or two
 /// events. Returns the order id.
 async fn order_with_history(app: &TestApp, tenant: &str, cancel: bool) -> Uuid {
@@ -205,7 +176,7 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
     for i in 0..12 {
         order_with_history(&app, "tenant-a", i % 2 == 0).await;
     }
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     // Retention dropped everything published so far: the stream no longer has the history.
     let mut stream = bus.js.get_stream(&bus.name).await.expect("stream");
     stream.purge().await.expect("purge");
@@ -218,7 +189,7 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
     let mut pages = 0;
     loop {
         order_with_history(&app, "tenant-a", pages % 2 == 1).await;
-        drain(&relay, &pool).await;
+        drain_relay(&relay, &pool).await;
         let (status, body) = page(&app, &format!("?after={cursor}&limit=4"), None).await;
         assert_eq!(status, 200, "{body}");
         let page: FeedPage = serde_json::from_value(body).expect("a page");
@@ -239,7 +210,7 @@ async fn a_late_subscriber_backfills_then_goes_live_with_every_event_once_in_ord
     for _ in 0..3 {
         order_with_history(&app, "tenant-a", true).await;
     }
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let live_filter = format!("{}order.>", bus.prefix);
     let consumer = bus
         .js
@@ -309,7 +280,7 @@ async fn the_paged_read_and_the_relay_agree_byte_for_byte(pool: PgPool) {
     for i in 0..5 {
         order_with_history(&app, "tenant-a", i % 2 == 0).await;
     }
-    drain(&bus.relay(&pool), &pool).await;
+    drain_relay(&bus.relay(&pool), &pool).await;
     let published = bus
         .read(&bus.name, &format!("{}order.>", bus.prefix), 1)
         .await;
@@ -451,7 +422,7 @@ async fn republish_stops_and_resumes_without_duplicates_and_leaves_the_relay_alo
         .expect("database name");
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let (server, _) = base.rsplit_once('/').expect("URL with a database");
-    settings.database_url = format!("{server}/{db}");
+    settings.database.url = format!("{server}/{db}").into();
     let mut args = RepublishArgs {
         subject_prefix: String::new(),
         stream: Some(target.clone()),

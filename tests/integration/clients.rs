@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use order_api::app::context::RequestContext;
 use order_api::clients::propagation;
 use order_api::clients::{
     BreakerState, ClientConfigError, ClientError, EventStatus, RefundInstruction, RefundStatus,
     ServiceClients,
 };
 use order_api::config::{AppEnv, Settings};
-use order_api::context::RequestContext;
 use order_api::error::ApiError;
 use order_api::startup::Application;
 use order_tests::install_crypto;
@@ -26,14 +26,14 @@ const INCOMING_PARENT: &str = "00f067aa0ba902b7";
 /// test tightens them.
 fn fast_settings() -> Settings {
     let mut s = Settings::for_tests("postgres://unused");
-    s.payment_service_timeout_ms = 300;
-    s.ticket_service_timeout_ms = 300;
-    s.event_service_timeout_ms = 300;
-    s.client_retry_max_times = 3;
-    s.client_retry_min_delay_ms = 20;
-    s.client_retry_max_delay_ms = 200;
-    s.client_breaker_failures = 100;
-    s.client_breaker_open_ms = 300;
+    s.peers.payment_timeout_ms = 300;
+    s.peers.ticket_timeout_ms = 300;
+    s.peers.event_timeout_ms = 300;
+    s.peers.retry_max_times = 3;
+    s.peers.retry_min_delay_ms = 20;
+    s.peers.retry_max_delay_ms = 200;
+    s.peers.breaker_failures = 100;
+    s.peers.breaker_open_ms = 300;
     s
 }
 
@@ -133,9 +133,9 @@ async fn every_request_is_signed_over_its_target_and_carries_the_request_context
         vec![Reply::refund("succeeded")],
     );
     let c = clients(|s| {
-        s.ticket_service_url = ticket.url.clone();
-        s.event_service_url = event.url.clone();
-        s.payment_service_url = payment.url.clone();
+        s.peers.ticket_url = ticket.url.clone();
+        s.peers.event_url = event.url.clone();
+        s.peers.payment_url = payment.url.clone();
     });
     let ctx = request_context();
     let instruction = RefundInstruction {
@@ -202,7 +202,7 @@ async fn a_call_outside_any_request_still_carries_fresh_ids() {
         &format!("/internal/events/{event_id}"),
         vec![Reply::ok(json!({"id": event_id, "status": "scheduled"}))],
     );
-    let c = clients(|s| s.event_service_url = event.url.clone());
+    let c = clients(|s| s.peers.event_url = event.url.clone());
     assert_eq!(
         c.event.get_event(event_id).await.status,
         EventStatus::Scheduled
@@ -254,9 +254,9 @@ async fn reads_are_retried_with_jittered_exponential_backoff_on_503() {
         ],
     );
     let c = clients(|s| {
-        s.payment_service_url = payment.url.clone();
-        s.client_retry_min_delay_ms = 50;
-        s.client_retry_max_delay_ms = 1_000;
+        s.peers.payment_url = payment.url.clone();
+        s.peers.retry_min_delay_ms = 50;
+        s.peers.retry_max_delay_ms = 1_000;
     });
     let status = c.payment.get_payment_status("pi_9").await;
     assert!(status.refundable && !status.fallback, "{status:?}");
@@ -295,8 +295,8 @@ async fn reads_are_retried_after_a_timeout() {
         ],
     );
     let c = clients(|s| {
-        s.ticket_service_url = ticket.url.clone();
-        s.ticket_service_timeout_ms = 150;
+        s.peers.ticket_url = ticket.url.clone();
+        s.peers.ticket_timeout_ms = 150;
     });
     let tickets = c
         .ticket
@@ -316,7 +316,7 @@ async fn a_write_is_retried_only_with_an_idempotency_key() {
     let payment = Peer::start().await;
     let path = "/internal/payments/intents";
     payment.on("POST", path, vec![Reply::status(503)]);
-    let c = clients(|s| s.payment_service_url = payment.url.clone());
+    let c = clients(|s| s.peers.payment_url = payment.url.clone());
     let intent = order_api::clients::payment::NewPaymentIntent {
         order_id: Uuid::new_v4(),
         amount_cents: 1000,
@@ -374,7 +374,7 @@ async fn initiate_refund_is_retried_under_the_refund_id_as_idempotency_key() {
             Reply::refund("succeeded"),
         ],
     );
-    let c = clients(|s| s.payment_service_url = payment.url.clone());
+    let c = clients(|s| s.peers.payment_url = payment.url.clone());
     let refund_id = Uuid::new_v4();
     let receipt = c
         .payment
@@ -420,7 +420,7 @@ async fn only_transient_failures_are_retried() {
             Reply::ok(json!({"id": "t429ok", "status": "valid"})),
         ],
     );
-    let c = clients(|s| s.ticket_service_url = ticket.url.clone());
+    let c = clients(|s| s.peers.ticket_url = ticket.url.clone());
     for (id, status) in [("t500", 500), ("t404", 404), ("t429", 429)] {
         let err = c.ticket.get_ticket(id).await.expect_err("an error status");
         assert_eq!(err.status(), Some(status));
@@ -450,10 +450,10 @@ async fn a_breaker_opens_fails_fast_half_opens_and_closes() {
         vec![Reply::ok(json!({"ticketId": "t1", "transferred": false}))],
     );
     let c = clients(|s| {
-        s.ticket_service_url = ticket.url.clone();
-        s.client_retry_max_times = 0;
-        s.client_breaker_failures = 3;
-        s.client_breaker_open_ms = 300;
+        s.peers.ticket_url = ticket.url.clone();
+        s.peers.retry_max_times = 0;
+        s.peers.breaker_failures = 3;
+        s.peers.breaker_open_ms = 300;
     });
     let state = || c.ticket.peer().breaker_state("getTicket");
     assert_eq!(state(), Some(BreakerState::Closed));
@@ -554,9 +554,9 @@ async fn reads_with_a_safe_default_fall_back() {
     );
     let down = unreachable_url().await;
     let c = clients(|s| {
-        s.payment_service_url = payment.url.clone();
-        s.ticket_service_url = ticket.url.clone();
-        s.event_service_url = down.clone();
+        s.peers.payment_url = payment.url.clone();
+        s.peers.ticket_url = ticket.url.clone();
+        s.peers.event_url = down.clone();
     });
     let status = c.payment.get_payment_status("pi_1").await;
     assert!(
@@ -600,8 +600,8 @@ async fn security_critical_reads_and_writes_fail_explicitly() {
     payment.on("POST", "/internal/refunds", vec![Reply::status(500)]);
     let down = unreachable_url().await;
     let c = clients(|s| {
-        s.payment_service_url = payment.url.clone();
-        s.ticket_service_url = down.clone();
+        s.peers.payment_url = payment.url.clone();
+        s.peers.ticket_url = down.clone();
     });
     let unreachable = [
         c.ticket.get_ticket("t1").await.map(|_| ()),
@@ -659,10 +659,10 @@ async fn security_critical_reads_and_writes_fail_explicitly() {
 fn production_settings() -> Settings {
     let mut s = fast_settings();
     s.app_env = AppEnv::Production;
-    s.internal_service_secret = Some("0123456789abcdef0123456789abcdef-prod".into());
-    s.payment_service_url = "https://payments.internal".into();
-    s.ticket_service_url = "https://tickets.internal".into();
-    s.event_service_url = "https://events.internal".into();
+    s.auth.secret = Some("0123456789abcdef0123456789abcdef-prod".into());
+    s.peers.payment_url = "https://payments.internal".into();
+    s.peers.ticket_url = "https://tickets.internal".into();
+    s.peers.event_url = "https://events.internal".into();
     s
 }
 
@@ -671,7 +671,7 @@ async fn production_requires_https_peers() {
     install_crypto();
     ServiceClients::from_settings(&production_settings()).expect("https peers are fine");
     let mut s = production_settings();
-    s.ticket_service_url = "http://tickets.internal".into();
+    s.peers.ticket_url = "http://tickets.internal".into();
     let err = ServiceClients::from_settings(&s).expect_err("plain HTTP refused");
     assert!(
         matches!(
@@ -691,7 +691,7 @@ async fn production_requires_https_peers() {
 async fn the_service_does_not_start_in_production_with_a_plain_http_peer(pool: PgPool) {
     install_crypto();
     let mut s = production_settings();
-    s.payment_service_url = "http://tickettoken-payment:3006".into();
+    s.peers.payment_url = "http://tickettoken-payment:3006".into();
     let err = Application::build_with_pool(s, pool)
         .await
         .expect_err("start-up refused");

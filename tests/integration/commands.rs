@@ -1,19 +1,12 @@
 //! The command path end to end: HTTP in, events in Postgres, the aggregate's state out.
 
 use futures::future::join_all;
+use order_tests::helpers::event_types;
 use order_tests::peers::Peers;
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-async fn event_types(pool: &PgPool, order_id: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-        .bind(order_id)
-        .fetch_all(pool)
-        .await
-        .expect("query events")
-}
 
 #[sqlx::test(migrations = "../migrations")]
 async fn create_reserve_confirm_refund_walks_the_life_cycle(pool: PgPool) {

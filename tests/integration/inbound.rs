@@ -85,13 +85,13 @@ impl Harness {
             streams: vec![stream.clone(), dlq.clone()],
         };
         let app = spawn_app_with(pool, |s| {
-            s.nats_stream = stream.clone();
-            s.nats_subject_prefix = prefix.clone();
-            s.dlq_stream = dlq.clone();
-            s.relay_enabled = false;
-            s.inbound_backoff_ms = vec![50];
-            s.inbound_max_deliver = 3;
-            s.inbound_ack_wait_ms = 5_000;
+            s.streams.events = stream.clone();
+            s.streams.subject_prefix = prefix.clone();
+            s.streams.dlq = dlq.clone();
+            s.relay.enabled = false;
+            s.inbound.backoff_ms = vec![50];
+            s.inbound.max_deliver = 3;
+            s.inbound.ack_wait_ms = 5_000;
             adjust(s);
         })
         .await;
@@ -100,7 +100,7 @@ impl Harness {
         order_bus::ensure_stream(&js, &settings.relay_config().stream)
             .await
             .expect("events stream");
-        let mut dlq_config = settings.dlq_config();
+        let mut dlq_config = settings.streams.dlq_config();
         dlq_config.ensure_stream = true;
         DeadLetters::new(js.clone(), app.pool.clone(), dlq_config)
             .ensure_stream()
@@ -189,7 +189,7 @@ impl Harness {
         let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
         let (server, _) = base.rsplit_once('/').expect("URL with a database");
         let mut s = self.settings.clone();
-        s.database_url = format!("{server}/{db}");
+        s.database.url = format!("{server}/{db}").into();
         s
     }
 }
@@ -388,7 +388,7 @@ async fn ticket_issued_records_tickets_against_line_items(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_redelivery_after_a_crash_before_the_ack_changes_nothing(pool: PgPool) {
     // A short ack wait, so the deliveries the "crashed" process never acked come back soon.
-    let h = Harness::new(pool, |s| s.inbound_ack_wait_ms = 300).await;
+    let h = Harness::new(pool, |s| s.inbound.ack_wait_ms = 300).await;
     let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
@@ -526,7 +526,7 @@ async fn the_same_id_published_again_under_other_msg_ids_changes_the_order_once(
 
 #[sqlx::test(migrations = "../migrations")]
 async fn every_bad_input_is_parked_with_a_clear_error_and_the_consumer_keeps_going(pool: PgPool) {
-    let h = Harness::new(pool, |s| s.inbound_max_payload_bytes = 4_096).await;
+    let h = Harness::new(pool, |s| s.inbound.max_payload_bytes = 4_096).await;
     let known = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
@@ -605,7 +605,7 @@ async fn every_bad_input_is_parked_with_a_clear_error_and_the_consumer_keeps_goi
     let parked = h.parked().await;
     assert_eq!(parked.len(), cases.len());
     let dlq_stream =
-        h.js.get_stream(&h.settings.dlq_stream)
+        h.js.get_stream(&h.settings.streams.dlq)
             .await
             .expect("DLQ stream");
     for ((p, (subject, body, expected)), seq) in parked.iter().zip(&cases).zip(&published) {
@@ -681,7 +681,7 @@ impl InboundHandler for Outage {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_database_outage_is_retried_not_parked(pool: PgPool) {
-    let h = Harness::new(pool, |s| s.inbound_max_deliver = 5).await;
+    let h = Harness::new(pool, |s| s.inbound.max_deliver = 5).await;
     let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
@@ -698,7 +698,7 @@ async fn a_database_outage_is_retried_not_parked(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn an_outage_longer_than_the_retries_parks_the_message_as_retries_used_up(pool: PgPool) {
-    let h = Harness::new(pool, |s| s.inbound_max_deliver = 3).await;
+    let h = Harness::new(pool, |s| s.inbound.max_deliver = 3).await;
     let id = create_stored_order(h.store(), Uuid::new_v4())
         .await
         .id
@@ -988,9 +988,9 @@ async fn the_workers_consume_inbound_messages_when_enabled(pool: PgPool) {
     // The app's own workers: no run_once here, so poll the outcome with a deadline. Stream
     // creation is off so the workers cannot re-create the streams after the test deletes them.
     let h = Harness::new(pool, |s| {
-        s.inbound_enabled = true;
-        s.nats_create_stream = false;
-        s.inbound_poll_ms = 20;
+        s.inbound.enabled = true;
+        s.streams.create = false;
+        s.inbound.poll_ms = 20;
     })
     .await;
     let id = create_stored_order(h.store(), Uuid::new_v4())
@@ -1403,7 +1403,7 @@ async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool)
         .await
         .expect("an idle round creates the consumer");
     // Broker trouble on the dead-letter side: parking cannot publish.
-    h.js.delete_stream(&h.settings.dlq_stream)
+    h.js.delete_stream(&h.settings.streams.dlq)
         .await
         .expect("delete the DLQ stream");
 
@@ -1434,7 +1434,7 @@ async fn a_message_that_cannot_be_parked_yet_still_holds_its_order(pool: PgPool)
 
     // The dead-letter stream is back. A redrive of the order has nothing to republish yet
     // (both messages are still being redelivered from their own stream) and must not fail.
-    let mut dlq_config = h.settings.dlq_config();
+    let mut dlq_config = h.settings.streams.dlq_config();
     dlq_config.ensure_stream = true;
     DeadLetters::new(h.js.clone(), h.app.pool.clone(), dlq_config)
         .ensure_stream()
@@ -1479,7 +1479,7 @@ async fn a_payment_confirms_only_what_payment_service_vouches_for(pool: PgPool) 
     let peers = order_tests::peers::Peers::start().await;
     let h = Harness::new(pool, |s| {
         peers.configure(s);
-        s.inbound_max_deliver = 2;
+        s.inbound.max_deliver = 2;
     })
     .await;
     let payments = h.subscriber_with(

@@ -569,8 +569,8 @@ async fn a_rebuild_puts_archived_orders_back_in_the_archive(pool: PgPool) {
 async fn app_with_ticket_peer(pool: PgPool, ticket: &Peer) -> TestApp {
     let url = ticket.url.clone();
     spawn_app_with(pool, move |s| {
-        s.ticket_service_url = url;
-        s.client_retry_max_times = 0;
+        s.peers.ticket_url = url;
+        s.peers.retry_max_times = 0;
     })
     .await
 }
@@ -830,8 +830,8 @@ async fn a_failing_job_opens_its_breaker_and_a_probe_after_the_cool_down_closes_
 async fn an_unreachable_peer_fails_the_run(pool: PgPool) {
     let down = order_tests::peers::unreachable_url().await;
     let app = spawn_app_with(pool, move |s| {
-        s.ticket_service_url = down;
-        s.client_retry_max_times = 0;
+        s.peers.ticket_url = down;
+        s.peers.retry_max_times = 0;
     })
     .await;
     let o = Orders::new(&app.state);
@@ -967,10 +967,10 @@ async fn shutdown_under_http_load_completes_every_answered_request_and_releases_
 ) {
     order_tests::install_crypto();
     let mut settings = Settings::for_tests("postgres://unused");
-    settings.jobs_enabled = true;
-    settings.job_expiration_interval_secs = 1;
-    settings.job_reminder_interval_secs = 1;
-    settings.read_wait_ms = 1_500;
+    settings.jobs.enabled = true;
+    settings.jobs.expiration_interval_secs = 1;
+    settings.jobs.reminder_interval_secs = 1;
+    settings.read_model.wait_ms = 1_500;
     settings.shutdown_timeout_secs = 10;
     let built = Application::build_with_pool(settings, pool.clone())
         .await
@@ -1122,7 +1122,7 @@ async fn the_jobs_route_lists_every_job_even_where_jobs_are_disabled(pool: PgPoo
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_jobs_route_shows_this_replicas_runs_and_leadership(pool: PgPool) {
-    let app = spawn_app_with(pool, |s| s.jobs_enabled = true).await;
+    let app = spawn_app_with(pool, |s| s.jobs.enabled = true).await;
     let o = Orders::new(&app.state);
     o.create(-30, -5, None).await;
     let state = app.state.clone();

@@ -111,7 +111,7 @@ async fn log_lines_hold_no_secret_signature_or_nonce(pool: PgPool) {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = spawn_app_with(pool.clone(), |s| {
-        s.internal_service_secret = Some(LOG_SECRET.to_owned());
+        s.auth.secret = Some(LOG_SECRET.into());
     })
     .await;
     let create = "/api/v1/orders";

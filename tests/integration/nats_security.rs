@@ -27,6 +27,7 @@ use order_domain::OrderStatus;
 use order_tests::soak::procs::{free_port, nats_server_binary, ScratchDir};
 use order_tests::{install_crypto, spawn_app_with, TestApp};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -120,8 +121,8 @@ impl SecureNats {
     async fn cli_settings(&self, user: &str, pool: &PgPool) -> Settings {
         let mut s = Settings::for_tests(&database_url(pool).await);
         self.service_settings(&mut s);
-        s.nats_user = Some(user.to_owned());
-        s.nats_password = Some(password(user));
+        s.nats.user = Some(user.to_owned());
+        s.nats.password = Some(password(user).into());
         s
     }
 
@@ -149,19 +150,19 @@ impl SecureNats {
 
     /// The service's settings for this server: its credential, the CA, production names.
     fn service_settings(&self, s: &mut Settings) {
-        s.nats_url = self.url();
-        s.nats_user = Some("order-service".into());
-        s.nats_password = Some(password("order-service"));
-        s.nats_tls_ca_file = Some(self.ca_file());
-        s.nats_require_tls = true;
-        s.nats_stream = "TICKETTOKEN_EVENTS".into();
-        s.nats_subject_prefix = String::new();
-        s.dlq_stream = "ORDER_SERVICE_DLQ".into();
-        s.relay_enabled = true;
-        s.inbound_enabled = true;
-        s.inbound_backoff_ms = vec![50];
+        s.nats.url = self.url().into();
+        s.nats.user = Some("order-service".into());
+        s.nats.password = Some(password("order-service").into());
+        s.nats.tls_ca_file = Some(self.ca_file());
+        s.nats.require_tls = true;
+        s.streams.events = "TICKETTOKEN_EVENTS".into();
+        s.streams.subject_prefix = String::new();
+        s.streams.dlq = "ORDER_SERVICE_DLQ".into();
+        s.relay.enabled = true;
+        s.inbound.enabled = true;
+        s.inbound.backoff_ms = vec![50];
         // The shipped model: nats-admin provisions the streams, the service may not.
-        s.nats_create_stream = false;
+        s.streams.create = false;
     }
 }
 
@@ -426,8 +427,8 @@ async fn start_up_error(
     install_crypto();
     let mut s = Settings::for_tests("postgres://unused");
     nats.service_settings(&mut s);
-    s.relay_enabled = false;
-    s.inbound_enabled = false;
+    s.relay.enabled = false;
+    s.inbound.enabled = false;
     adjust(&mut s);
     match Application::build_with_pool(s, pool).await {
         Ok(_) => panic!("start-up was not refused"),
@@ -439,7 +440,7 @@ async fn start_up_error(
 async fn a_wrong_credential_or_an_unknown_ca_is_a_clear_start_up_error(pool: PgPool) {
     let nats = SecureNats::start();
     let text = start_up_error(pool.clone(), &nats, |s| {
-        s.nats_password = Some("not-the-password".into());
+        s.nats.password = Some("not-the-password".into());
     })
     .await;
     assert!(
@@ -448,14 +449,14 @@ async fn a_wrong_credential_or_an_unknown_ca_is_a_clear_start_up_error(pool: PgP
     );
     assert!(!text.contains("not-the-password"), "{text}");
 
-    let text = start_up_error(pool.clone(), &nats, |s| s.nats_tls_ca_file = None).await;
+    let text = start_up_error(pool.clone(), &nats, |s| s.nats.tls_ca_file = None).await;
     assert!(
         text.contains("TLS with NATS") && text.contains("NATS_TLS_CA_FILE"),
         "{text}"
     );
 
     let text = start_up_error(pool.clone(), &nats, |s| {
-        s.nats_tls_ca_file = Some("/nonexistent/ca.pem".into());
+        s.nats.tls_ca_file = Some("/nonexistent/ca.pem".into());
     })
     .await;
     assert!(
@@ -466,15 +467,15 @@ async fn a_wrong_credential_or_an_unknown_ca_is_a_clear_start_up_error(pool: PgP
     // Production refuses a plain, unauthenticated connection before it tries it, unless told.
     let production = |s: &mut Settings| {
         s.app_env = AppEnv::Production;
-        s.internal_service_secret = Some("0123456789abcdef0123456789abcdef-prod".into());
-        s.payment_service_url = "https://payments.internal".into();
-        s.ticket_service_url = "https://tickets.internal".into();
-        s.event_service_url = "https://events.internal".into();
-        s.nats_url = "nats://127.0.0.1:1".into();
-        s.nats_user = None;
-        s.nats_password = None;
-        s.nats_tls_ca_file = None;
-        s.nats_require_tls = false;
+        s.auth.secret = Some("0123456789abcdef0123456789abcdef-prod".into());
+        s.peers.payment_url = "https://payments.internal".into();
+        s.peers.ticket_url = "https://tickets.internal".into();
+        s.peers.event_url = "https://events.internal".into();
+        s.nats.url = "nats://127.0.0.1:1".into();
+        s.nats.user = None;
+        s.nats.password = None;
+        s.nats.tls_ca_file = None;
+        s.nats.require_tls = false;
     };
     let text = start_up_error(pool.clone(), &nats, production).await;
     assert!(
@@ -484,7 +485,7 @@ async fn a_wrong_credential_or_an_unknown_ca_is_a_clear_start_up_error(pool: PgP
     install_crypto();
     let mut s = Settings::for_tests("postgres://unused");
     production(&mut s);
-    s.nats_allow_insecure = true;
+    s.nats.allow_insecure = true;
     Application::build_with_pool(s, pool)
         .await
         .expect("NATS_ALLOW_INSECURE=true lets it start (with a warning)");
@@ -496,17 +497,17 @@ async fn a_server_list_connects_past_a_dead_server(pool: PgPool) {
     let dead = free_port();
     let mut s = Settings::for_tests("postgres://unused");
     nats.service_settings(&mut s);
-    s.nats_url = format!("tls://127.0.0.1:{dead}, tls://127.0.0.1:{}", nats.port);
+    s.nats.url = format!("tls://127.0.0.1:{dead}, tls://127.0.0.1:{}", nats.port).into();
     let client = s
         .nats_security()
-        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .connect_once(s.nats.url.expose_secret(), Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("the second server of the list answers: {e}"));
     jetstream_answers(&client, "through the live server").await;
 
     // The service's own start-up takes the same list.
-    s.relay_enabled = false;
-    s.inbound_enabled = false;
+    s.relay.enabled = false;
+    s.inbound.enabled = false;
     Application::build_with_pool(s, pool)
         .await
         .expect("the service starts with a server list");
@@ -517,16 +518,17 @@ async fn a_user_and_password_in_the_url_is_the_credential_sent() {
     let nats = SecureNats::start();
     let mut s = Settings::for_tests("postgres://unused");
     nats.service_settings(&mut s);
-    s.nats_user = None;
-    s.nats_password = None;
-    s.nats_url = format!(
+    s.nats.user = None;
+    s.nats.password = None;
+    s.nats.url = format!(
         "tls://order-service:{}@127.0.0.1:{}",
         password("order-service"),
         nats.port
-    );
+    )
+    .into();
     let client = s
         .nats_security()
-        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .connect_once(s.nats.url.expose_secret(), Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("the URL's credential is accepted: {e}"));
     jetstream_answers(&client, "as order-service").await;
@@ -537,11 +539,11 @@ async fn a_user_and_password_in_the_url_is_the_credential_sent() {
     );
 
     // Two credentials are one too many.
-    s.nats_user = Some("order-service".into());
-    s.nats_password = Some(password("order-service"));
+    s.nats.user = Some("order-service".into());
+    s.nats.password = Some(password("order-service").into());
     let err = s
         .nats_security()
-        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .connect_once(s.nats.url.expose_secret(), Duration::from_secs(5))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("NATS_USER"), "{err}");
@@ -574,7 +576,7 @@ async fn no_account_can_read_another_accounts_inbox() {
     nats.service_settings(&mut s);
     let client = s
         .nats_security()
-        .connect_once(&s.nats_url, Duration::from_secs(5))
+        .connect_once(s.nats.url.expose_secret(), Duration::from_secs(5))
         .await
         .expect("order-service connects");
     jetstream_answers(&client, "on order-service's own inbox").await;
@@ -625,11 +627,11 @@ async fn the_subscribe_command_works_as_order_service_and_respects_the_productio
     // The CLI applies the production rule as start-up does.
     let mut plain = s.clone();
     plain.app_env = AppEnv::Production;
-    plain.nats_url = format!("nats://127.0.0.1:{}", nats.port);
-    plain.nats_user = None;
-    plain.nats_password = None;
-    plain.nats_tls_ca_file = None;
-    plain.nats_require_tls = false;
+    plain.nats.url = format!("nats://127.0.0.1:{}", nats.port).into();
+    plain.nats.user = None;
+    plain.nats.password = None;
+    plain.nats.tls_ca_file = None;
+    plain.nats.require_tls = false;
     let err = order_api::cli::subscribe(&plain, None, 5, Duration::from_secs(1), true)
         .await
         .unwrap_err();
@@ -741,10 +743,10 @@ async fn a_credential_refused_after_background_retries_is_logged_naming_the_sett
     nats.stop();
     let mut s = Settings::for_tests("postgres://unused");
     nats.service_settings(&mut s);
-    s.nats_password = Some("not-the-password".into());
+    s.nats.password = Some("not-the-password".into());
     let _client = s
         .nats_security()
-        .connect(&s.nats_url, Duration::from_secs(2), |o| {
+        .connect(s.nats.url.expose_secret(), Duration::from_secs(2), |o| {
             o.reconnect_delay_callback(|_| Duration::from_millis(100))
         })
         .await

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use order_tests::helpers::metrics_text;
 use order_tests::{json_of, spawn_app, Auth, TestApp};
 use reqwest::Method;
 use serde_json::Value;
@@ -20,24 +21,6 @@ use uuid::Uuid;
 
 /// The HTTP methods a route can be declared with, as axum's routing functions name them.
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
-
-async fn metrics_text(app: &TestApp) -> String {
-    let resp = app
-        .send(Method::GET, "/metrics", Auth::None, &[], None)
-        .await;
-    assert_eq!(resp.status(), 200);
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "content type {content_type}"
-    );
-    resp.text().await.expect("metrics body")
-}
 
 /// Every sample line is `name{labels} value` with a numeric value, and every `# TYPE` names a
 /// known type: what a Prometheus scraper needs to parse the page.

@@ -228,7 +228,7 @@ async fn a_database_outage_answers_every_request_in_time_with_a_success_or_the_c
     let mut pg = PrivatePostgres::start().expect("a private Postgres starts");
     let app = start_app(&pg).await;
     // The default: what a deployment that sets nothing gets.
-    let deadline = app.state.settings.request_db_deadline();
+    let deadline = app.state.settings.http.request_db_deadline();
     let load = Arc::new(Load {
         client: Client::builder()
             // Well past the deadline: a request that hangs is measured, not cut short.

@@ -1011,8 +1011,8 @@ async fn min_version_reads_wait_for_the_projector(pool: PgPool) {
     // A slow projector (one poll every 300 ms), so a read right after a command is usually
     // behind and has to wait for the background worker; nothing here drives it by hand.
     let app = spawn_app_with(pool.clone(), |s| {
-        s.projection_poll_ms = 300;
-        s.read_wait_ms = 5_000;
+        s.read_model.projection_poll_ms = 300;
+        s.read_model.wait_ms = 5_000;
     })
     .await;
     let created = app.create_order().await;
@@ -1065,8 +1065,8 @@ async fn a_commit_wakes_the_projector_long_before_its_poll(pool: PgPool) {
     // The projector polls only once a minute, so a read that is answered within the 20 s wait
     // proves it was woken by the commit itself.
     let app = spawn_app_with(pool.clone(), |s| {
-        s.projection_poll_ms = 60_000;
-        s.read_wait_ms = 20_000;
+        s.read_model.projection_poll_ms = 60_000;
+        s.read_model.wait_ms = 20_000;
     })
     .await;
     for n in 1..=3 {
@@ -1093,7 +1093,7 @@ async fn a_commit_wakes_the_projector_long_before_its_poll(pool: PgPool) {
 async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: PgPool) {
     // The event store holds versions the read model does not have: the test holds the
     // projection's lock (as a replay does), so the app's projector stands by.
-    let app = spawn_app_with(pool.clone(), |s| s.read_wait_ms = 100).await;
+    let app = spawn_app_with(pool.clone(), |s| s.read_model.wait_ms = 100).await;
     let s = Script::new(&pool);
     let behind = s.create("tenant-a", &[(1, 1000)], -1, 15).await;
     project(&pool).await;
@@ -1172,7 +1172,7 @@ async fn a_version_the_read_model_does_not_reach_is_503_with_retry_after(pool: P
 /// 503 after the wait.
 #[sqlx::test(migrations = "../migrations")]
 async fn min_version_on_nothing_pending_answers_at_once(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), |s| s.read_wait_ms = 5_000).await;
+    let app = spawn_app_with(pool.clone(), |s| s.read_model.wait_ms = 5_000).await;
     let s = Script::new(&pool);
     let id = s.create("tenant-a", &[(1, 1000)], -1, 15).await;
     project(&pool).await;

@@ -9,6 +9,7 @@ use chrono::Utc;
 use order_api::app::refund::{RefundRetrier, RefundSaga, RetryPass};
 use order_domain::commands::{RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
+use order_tests::helpers::{event_types, metrics_text};
 use order_tests::peers::{unreachable_url, Peers, Reply};
 use order_tests::{json_of, order_body, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
@@ -29,13 +30,13 @@ async fn app(
 ) -> TestApp {
     spawn_app_with(pool, |s| {
         peers.configure(s);
-        s.payment_service_timeout_ms = 300;
-        s.ticket_service_timeout_ms = 300;
-        s.event_service_timeout_ms = 300;
-        s.client_retry_max_times = 2;
-        s.client_retry_min_delay_ms = 10;
-        s.client_retry_max_delay_ms = 100;
-        s.refund_retry_every_secs = 3_600;
+        s.peers.payment_timeout_ms = 300;
+        s.peers.ticket_timeout_ms = 300;
+        s.peers.event_timeout_ms = 300;
+        s.peers.retry_max_times = 2;
+        s.peers.retry_min_delay_ms = 10;
+        s.peers.retry_max_delay_ms = 100;
+        s.refunds.retry_every_secs = 3_600;
         adjust(s);
     })
     .await
@@ -127,14 +128,6 @@ async fn refund(app: &TestApp, id: &str, body: Value, key: Option<&str>) -> (u16
         )
         .await;
     json_of(resp).await
-}
-
-async fn event_types(pool: &PgPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("events")
 }
 
 fn refund_calls(peers: &Peers) -> usize {
@@ -329,7 +322,7 @@ async fn a_refund_is_refused_when_a_ticket_was_transferred(pool: PgPool) {
 async fn a_refund_is_refused_when_the_ticket_service_is_down(pool: PgPool) {
     let peers = Peers::start().await;
     let down = unreachable_url().await;
-    let app = app(pool.clone(), &peers, |s| s.ticket_service_url = down).await;
+    let app = app(pool.clone(), &peers, |s| s.peers.ticket_url = down).await;
     let id = paid_order(&app, &peers, &["tkt_1"], order_body()).await;
     let (status, body) = refund(&app, &id, json!({"reason": "r"}), None).await;
     assert_eq!(status, 409, "fail closed: {body}");
@@ -635,14 +628,6 @@ async fn a_refund_the_provider_refuses_is_recorded_as_failed(pool: PgPool) {
         (200, json!(TOTAL)),
         "{body}"
     );
-}
-
-async fn metrics_text(app: &TestApp) -> String {
-    let resp = app
-        .send(Method::GET, "/metrics", Auth::None, &[], None)
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.text().await.expect("metrics body")
 }
 
 /// payment-service answers `answer` to `initiateRefund`, which is no verdict on the refund: the

@@ -24,7 +24,7 @@ use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_projections::checkpoint;
-use order_tests::helpers::nats_url;
+use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -180,42 +180,6 @@ impl Received {
     }
 }
 
-/// Runs the relay until the feed holds nothing for it. An idle round can be early when some
-/// other transaction on the cluster holds the feed's fence, so "done" is the relay's own lag
-/// reaching zero, not the first idle round.
-async fn drain(relay: &Relay, pool: &PgPool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut total = 0;
-    loop {
-        match relay.run_once().await.expect("relay round") {
-            RelayOutcome::Published(n) => total += n,
-            RelayOutcome::Idle => {
-                let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-                if lag.events_behind == 0 && lag.events_fenced == 0 {
-                    return total;
-                }
-                assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            RelayOutcome::Standby => panic!("this relay is not the leader"),
-        }
-    }
-}
-
-/// Waits until every committed event is behind the feed's fence, so that the next round is
-/// certain to see them (a transaction elsewhere on the cluster can hold the fence briefly).
-async fn wait_visible(pool: &PgPool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lag = relay::lag(pool, RELAY_CONSUMER).await.expect("lag");
-        if lag.events_fenced == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the feed stayed fenced: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The ids every committed event must be published under.
 async fn committed_ids(pool: &PgPool) -> HashSet<String> {
     let rows: Vec<(String, String, i64)> =
@@ -361,7 +325,7 @@ async fn relay_publishes_every_event_exactly_once_in_order(pool: PgPool) {
     let relay = bus.relay(&pool);
     let orders = scripted_run(&app).await;
 
-    let published = drain(&relay, &pool).await;
+    let published = drain_relay(&relay, &pool).await;
     let committed = committed_ids(&pool).await.len();
     assert_eq!(published, committed);
     assert_eq!(
@@ -472,11 +436,11 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
 
     create_traced_order(&app, "req-1").await;
     create_traced_order(&app, "req-2").await;
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
     scripted_run(&app).await;
-    let second = drain(&relay, &pool).await;
+    let second = drain_relay(&relay, &pool).await;
     let count = bus.message_count().await;
     assert_eq!(count, committed_ids(&pool).await.len() as u64);
 
@@ -486,7 +450,7 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
         .unwrap();
     let restarted = bus.relay(&pool);
     relay.shutdown().await;
-    let republished = drain(&restarted, &pool).await;
+    let republished = drain_relay(&restarted, &pool).await;
     assert_eq!(
         republished, second,
         "the restart re-sends everything after the checkpoint"
@@ -510,10 +474,10 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let relay = bus.relay(&pool);
 
     create_traced_order(&app, "req-1").await;
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
     scripted_run(&app).await;
-    let second = drain(&relay, &pool).await;
+    let second = drain_relay(&relay, &pool).await;
     assert!(second > 0);
     let after = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
     let count = bus.message_count().await;
@@ -523,7 +487,7 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(
-        drain(&relay, &pool).await,
+        drain_relay(&relay, &pool).await,
         second,
         "the relay re-sends from the stored checkpoint, not from the one it remembered"
     );
@@ -605,7 +569,7 @@ async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caugh
 async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let mut server = NatsServer::start();
     // The application talks to this broker too: commands must not need it.
-    let app = spawn_app_with(pool.clone(), |s| s.nats_url = server.url()).await;
+    let app = spawn_app_with(pool.clone(), |s| s.nats.url = server.url().into()).await;
     let client = app.state.nats.clone().expect("the app has a NATS client");
     wait_until("the app connects to NATS", || {
         client.connection_state() == async_nats::connection::State::Connected
@@ -615,7 +579,7 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
     let relay = bus.relay(&pool);
 
     create_traced_order(&app, "req-before").await;
-    assert_eq!(drain(&relay, &pool).await, 1);
+    assert_eq!(drain_relay(&relay, &pool).await, 1);
     let published_before = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
     server.stop();
@@ -645,7 +609,7 @@ async fn relay_waits_out_a_broker_outage_and_loses_nothing(pool: PgPool) {
         client.connection_state() == async_nats::connection::State::Connected
     })
     .await;
-    assert_eq!(drain(&relay, &pool).await, 3, "the backlog drains");
+    assert_eq!(drain_relay(&relay, &pool).await, 3, "the backlog drains");
     assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
 }
@@ -707,7 +671,7 @@ async fn relay_keeps_each_orders_sequence_when_a_publish_mid_batch_fails(pool: P
         .update_stream(full)
         .await
         .expect("the stream takes every subject");
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     assert_published_in_sequence(&bus.read_all().await);
     assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
@@ -755,7 +719,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
         RelayOutcome::Published(_)
     ));
     assert_eq!(second.run_once().await.unwrap(), RelayOutcome::Standby);
-    drain(&first, &pool).await;
+    drain_relay(&first, &pool).await;
     assert_eq!(second.run_once().await.unwrap(), RelayOutcome::Standby);
     assert_eq!(bus.message_count().await, 2);
 
@@ -775,7 +739,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     wait_for_lock_release(&pool).await;
 
     assert_eq!(
-        drain(&second, &pool).await,
+        drain_relay(&second, &pool).await,
         2,
         "the standby publishes the rest"
     );
@@ -790,7 +754,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     // A clean hand-over: the new leader shuts down and the old one carries on at once.
     create_traced_order(&app, "req-4").await;
     second.shutdown().await;
-    assert_eq!(drain(&first, &pool).await, 1);
+    assert_eq!(drain_relay(&first, &pool).await, 1);
     assert_exactly_once_in_order(&bus, &pool).await;
     first.shutdown().await;
 }
@@ -953,7 +917,7 @@ async fn relay_contract_is_served_as_asyncapi_without_auth(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn relay_backlog_shows_in_readiness(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), |s| s.relay_ready_max_backlog = 1).await;
+    let app = spawn_app_with(pool.clone(), |s| s.relay.ready_max_backlog = 1).await;
     let bus = Bus::connect(&nats_url()).await;
     let relay = bus.relay(&pool);
 
@@ -966,7 +930,7 @@ async fn relay_backlog_shows_in_readiness(pool: PgPool) {
     assert_eq!(body["checks"]["relay"]["status"], "failing", "{body}");
     assert_eq!(body["status"], "not ready");
 
-    drain(&relay, &pool).await;
+    drain_relay(&relay, &pool).await;
     let body = wait_for_backlog(&app, 0).await;
     assert_eq!(body["checks"]["relay"]["status"], "ok", "{body}");
     relay.shutdown().await;
@@ -989,11 +953,11 @@ async fn relay_worker_is_woken_by_a_commit_not_its_poll(pool: PgPool) {
     let bus = Bus::connect(&nats_url()).await;
     let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
     let app = spawn_app_with(pool.clone(), move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
+        s.relay.enabled = true;
+        s.streams.events = stream;
+        s.streams.subject_prefix = prefix;
         // One poll a minute: only the commit signal can deliver within the deadline below.
-        s.relay_poll_ms = 60_000;
+        s.relay.poll_ms = 60_000;
     })
     .await;
     // The relay's first round creates the stream; once it exists, the relay is idle.
@@ -1144,9 +1108,9 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
 
     let tag = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut settings = order_api::config::Settings::for_tests("postgres://unused");
-    settings.nats_stream = format!("LIMITS_{tag}");
-    settings.dlq_stream = format!("LIMITS_DLQ_{tag}");
-    settings.nats_subject_prefix = format!("limits{tag}.");
+    settings.streams.events = format!("LIMITS_{tag}");
+    settings.streams.dlq = format!("LIMITS_DLQ_{tag}");
+    settings.streams.subject_prefix = format!("limits{tag}.");
     let js = async_nats::jetstream::new(
         async_nats::connect(nats_url())
             .await
@@ -1156,7 +1120,7 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
     order_bus::ensure_stream(&js, &settings.relay_config().stream)
         .await
         .expect("events stream");
-    let mut dlq_config = settings.dlq_config();
+    let mut dlq_config = settings.streams.dlq_config();
     dlq_config.ensure_stream = true;
     order_bus::dlq::DeadLetters::new(js.clone(), pool, dlq_config)
         .ensure_stream()
@@ -1171,8 +1135,8 @@ async fn relay_streams_are_created_with_retention_limits(pool: PgPool) {
             (config.max_age, config.max_bytes, config.discard)
         }
     };
-    let events = limits(settings.nats_stream.clone()).await;
-    let dead_letters = limits(settings.dlq_stream.clone()).await;
+    let events = limits(settings.streams.events.clone()).await;
+    let dead_letters = limits(settings.streams.dlq.clone()).await;
     assert_eq!(
         events,
         (
@@ -1246,10 +1210,10 @@ async fn app_with_relay(pool: PgPool) -> (Bus, TestApp) {
     let bus = Bus::connect(&nats_url()).await;
     let (stream, prefix) = (bus.stream.clone(), bus.prefix.clone());
     let app = spawn_app_with(pool, move |s| {
-        s.relay_enabled = true;
-        s.nats_stream = stream;
-        s.nats_subject_prefix = prefix;
-        s.relay_poll_ms = 5;
+        s.relay.enabled = true;
+        s.streams.events = stream;
+        s.streams.subject_prefix = prefix;
+        s.relay.poll_ms = 5;
     })
     .await;
     (bus, app)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use order_tests::soak::procs::PrivatePostgres;
 use order_tests::TestApp;
+use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,7 +60,7 @@ impl Pair {
         adjust: impl FnOnce(&mut order_api::config::Settings),
     ) -> TestApp {
         order_tests::spawn_app_with(self.pool.clone(), |s| {
-            s.read_database_url = Some(read_url);
+            s.database.read_url = Some(SecretString::from(read_url));
             adjust(s);
         })
         .await
@@ -189,7 +190,7 @@ async fn a_database_that_is_not_a_standby_is_never_read_as_one() {
 async fn a_standby_that_stops_replaying_is_taken_out_of_use_until_it_catches_up() {
     let pair = Pair::start().await;
     let app = pair
-        .app(pair.standby.url(DB), |s| s.read_max_lag_ms = 1_000)
+        .app(pair.standby.url(DB), |s| s.read_model.max_lag_ms = 1_000)
         .await;
     let reads = app.state.queries.reads().clone();
     assert!(reads.probe_once().await);
@@ -269,8 +270,8 @@ async fn a_min_version_read_the_standby_cannot_answer_is_answered_by_the_primary
     let pair = Pair::start().await;
     let app = pair
         .app(pair.standby.url(DB), |s| {
-            s.read_wait_ms = 1_000;
-            s.read_max_lag_ms = 60_000;
+            s.read_model.wait_ms = 1_000;
+            s.read_model.max_lag_ms = 60_000;
         })
         .await;
     let standby = pair.standby_pool();
@@ -403,7 +404,9 @@ async fn a_standby_that_hangs_costs_one_timeout_and_is_taken_out_of_use() {
 #[sqlx::test(migrations = "../migrations")]
 async fn internal_reads_fall_back_to_the_primary_when_the_standby_is_unreachable(pool: PgPool) {
     let app = order_tests::spawn_app_with(pool, |s| {
-        s.read_database_url = Some("postgres://postgres@127.0.0.1:1/standby".to_owned());
+        s.database.read_url = Some(SecretString::from(
+            "postgres://postgres@127.0.0.1:1/standby",
+        ));
     })
     .await;
     let order = app.create_order().await;

@@ -176,9 +176,9 @@ async fn an_existing_single_replica_stream_is_moved_to_three() {
     let js = nats.connect().await.expect("connects");
     let t = order_tests::soak::tag().to_uppercase();
     let mut settings = order_api::config::Settings::for_tests("postgres://unused");
-    settings.nats_stream = format!("MOVE_{t}");
-    settings.nats_subject_prefix = format!("m{t}.");
-    settings.dlq_stream = format!("MOVE_DLQ_{t}");
+    settings.streams.events = format!("MOVE_{t}");
+    settings.streams.subject_prefix = format!("m{t}.");
+    settings.streams.dlq = format!("MOVE_DLQ_{t}");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .connect_lazy("postgres://unused@127.0.0.1:1/unused")
         .expect("a lazy pool");
@@ -188,7 +188,7 @@ async fn an_existing_single_replica_stream_is_moved_to_three() {
             order_bus::ensure_stream(&js, &settings.relay_config().stream)
                 .await
                 .expect("events stream");
-            let mut dlq = settings.dlq_config();
+            let mut dlq = settings.streams.dlq_config();
             dlq.ensure_stream = true;
             order_bus::dlq::DeadLetters::new(js, pool, dlq)
                 .ensure_stream()
@@ -197,13 +197,13 @@ async fn an_existing_single_replica_stream_is_moved_to_three() {
         }
     };
     ensure(settings.clone()).await;
-    for stream in [&settings.nats_stream, &settings.dlq_stream] {
+    for stream in [&settings.streams.events, &settings.streams.dlq] {
         let p = placement(&js, stream).await.expect("info");
         assert_eq!((p.replicas, p.peers.len()), (1, 1), "{stream}: {p:?}");
     }
-    settings.nats_stream_replicas = 3;
+    settings.streams.replicas = 3;
     ensure(settings.clone()).await;
-    for stream in [&settings.nats_stream, &settings.dlq_stream] {
+    for stream in [&settings.streams.events, &settings.streams.dlq] {
         let moved = poll_until(Duration::from_secs(30), || async {
             let p = placement(&js, stream).await.ok()?;
             (p.replicas == 3 && p.peers.len() == 3).then_some(p)

@@ -65,7 +65,7 @@ pub async fn spawn_app_with(pool: PgPool, adjust: impl FnOnce(&mut Settings)) ->
     install_crypto();
     let mut settings = Settings::for_tests("postgres://unused");
     if let Ok(url) = std::env::var("NATS_URL") {
-        settings.nats_url = url;
+        settings.nats.url = url.into();
     }
     adjust(&mut settings);
     let app = Application::build_with_pool(settings, pool.clone())

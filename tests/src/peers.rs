@@ -402,8 +402,8 @@ impl Peers {
 
     /// Points a service's settings at these peers.
     pub fn configure(&self, settings: &mut order_api::config::Settings) {
-        settings.payment_service_url = self.payment.url.clone();
-        settings.ticket_service_url = self.ticket.url.clone();
-        settings.event_service_url = self.event.url.clone();
+        settings.peers.payment_url = self.payment.url.clone();
+        settings.peers.ticket_url = self.ticket.url.clone();
+        settings.peers.event_url = self.event.url.clone();
     }
 }

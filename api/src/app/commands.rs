@@ -18,11 +18,11 @@ use order_projections::OrderView;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::app::context::RequestContext;
 use crate::app::error::{AppError, AppResult};
 use crate::app::refund::{RefundRequest, RefundSaga, Settled};
 use crate::app::store::{Created, OrderStore};
 use crate::clients::ServiceClients;
-use crate::context::RequestContext;
 
 /// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
 const IDEMPOTENT_ORDER_NS: Uuid = Uuid::from_u128(0x04de_0000_0000_0000_0000_0000_0000_0001);

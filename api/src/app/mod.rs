@@ -9,20 +9,24 @@
 //!   the event feed.
 //! - [`refund`]: the refund saga and the loop that finishes refunds left half-way.
 //! - [`messages`]: payment, dispute and ticket messages turned into commands.
+//! - [`maintenance`]: the scheduled jobs' use cases (expire, remind, archive, reconcile):
+//!   which orders each looks at and what it does with each.
 //! - [`store`]: the one write path over the event store.
+//! - [`context`]: the [`context::RequestContext`] a use case runs in (ids, tenant, user),
+//!   set by whoever delivers the work.
 //! - [`error`]: [`AppError`], and its classification into permanent and transient.
 //!
-//! The jobs' actions (`crate::jobs`) send their commands through [`store`] and classify its
-//! errors the same way.
-//!
 //! # Must not depend on
-//! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`, `crate::auth`'s
-//! middleware, `crate::openapi`, `crate::server`), the process (`crate::startup`,
-//! `crate::workers`, `crate::cli`, `crate::config`), or the NATS wiring (`crate::consumers`).
+//! The HTTP adapter (`crate::routes`, `crate::error`, `crate::extract`,
+//! `crate::request_context`, `crate::auth`'s middleware, `crate::openapi`, `crate::server`),
+//! the process (`crate::startup`, `crate::workers`, `crate::cli`, `crate::config`), the NATS
+//! wiring (`crate::consumers`), or the jobs' scheduler (`crate::jobs`).
 //! Status codes, headers and wire shapes of answers are decided there, not here.
 
 pub mod commands;
+pub mod context;
 pub mod error;
+pub mod maintenance;
 pub mod messages;
 pub mod queries;
 pub mod refund;

@@ -52,6 +52,7 @@ pub mod transport;
 use std::sync::Once;
 
 use reqwest::Url;
+use secrecy::ExposeSecret;
 
 pub use breaker::BreakerState;
 pub use error::{ClientConfigError, ClientError, PeerBody};
@@ -92,16 +93,24 @@ impl ServiceClients {
     /// timeout or breaker setting, or an HTTP client that cannot be built.
     pub fn from_settings(settings: &Settings) -> Result<Self, ClientConfigError> {
         let keys = KeyRing::from_config(
-            Some(&settings.shared_secret()),
-            settings.internal_service_secret_previous.as_deref(),
-            settings.service_keys.as_deref(),
+            Some(settings.shared_secret().expose_secret()),
+            settings
+                .auth
+                .secret_previous
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            settings
+                .auth
+                .service_keys
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
         )
         .map_err(ClientConfigError::Keys)?;
         let production = settings.app_env == AppEnv::Production;
         let http = http_client(production)?;
         let build = |peer: Peer, operations| {
-            let base = base_url(peer, peer.url(settings), production)?;
-            let options = ClientOptions::for_peer(settings, peer)?;
+            let base = base_url(peer, settings.peers.url(peer), production)?;
+            let options = settings.peers.client_options(peer)?;
             PeerClient::new(
                 peer,
                 base,

@@ -1,11 +1,8 @@
 //! How one client behaves: its per-attempt timeout, its retry policy and its breakers' policy.
-//! [`ClientOptions::for_peer`] reads them from [`Settings`]; tests build their own.
+//! [`crate::config::PeerSettings::client_options`] builds them from settings; tests build
+//! their own.
 
 use std::time::Duration;
-
-use crate::config::Settings;
-
-use super::error::ClientConfigError;
 
 /// Retries of one call: exponential backoff from `min_delay`, doubling up to `max_delay`,
 /// each delay jittered by ±30 %, at most `max_times` retries after the first attempt.
@@ -68,70 +65,5 @@ impl Peer {
             Self::Ticket => "TICKET_SERVICE_URL",
             Self::Event => "EVENT_SERVICE_URL",
         }
-    }
-
-    /// The peer's base URL in `settings`.
-    pub fn url(self, settings: &Settings) -> &str {
-        match self {
-            Self::Payment => &settings.payment_service_url,
-            Self::Ticket => &settings.ticket_service_url,
-            Self::Event => &settings.event_service_url,
-        }
-    }
-
-    fn timeout_ms(self, settings: &Settings) -> (u64, &'static str) {
-        match self {
-            Self::Payment => (
-                settings.payment_service_timeout_ms,
-                "PAYMENT_SERVICE_TIMEOUT_MS",
-            ),
-            Self::Ticket => (
-                settings.ticket_service_timeout_ms,
-                "TICKET_SERVICE_TIMEOUT_MS",
-            ),
-            Self::Event => (
-                settings.event_service_timeout_ms,
-                "EVENT_SERVICE_TIMEOUT_MS",
-            ),
-        }
-    }
-}
-
-impl ClientOptions {
-    /// The options of the client for `peer`.
-    ///
-    /// # Errors
-    /// A zero timeout, breaker threshold or breaker wait, which would break every call.
-    pub fn for_peer(settings: &Settings, peer: Peer) -> Result<Self, ClientConfigError> {
-        let (timeout_ms, timeout_setting) = peer.timeout_ms(settings);
-        let nonzero = |value: u64, setting: &'static str| {
-            if value == 0 {
-                Err(ClientConfigError::Zero { setting })
-            } else {
-                Ok(value)
-            }
-        };
-        nonzero(timeout_ms, timeout_setting)?;
-        nonzero(
-            settings.client_breaker_failures as u64,
-            "CLIENT_BREAKER_FAILURES",
-        )?;
-        nonzero(settings.client_breaker_open_ms, "CLIENT_BREAKER_OPEN_MS")?;
-        Ok(Self {
-            timeout: Duration::from_millis(timeout_ms),
-            retry: RetryPolicy {
-                max_times: settings.client_retry_max_times,
-                min_delay: Duration::from_millis(settings.client_retry_min_delay_ms),
-                max_delay: Duration::from_millis(
-                    settings
-                        .client_retry_max_delay_ms
-                        .max(settings.client_retry_min_delay_ms),
-                ),
-            },
-            breaker: BreakerPolicy {
-                consecutive_failures: settings.client_breaker_failures,
-                open_for: Duration::from_millis(settings.client_breaker_open_ms),
-            },
-        })
     }
 }

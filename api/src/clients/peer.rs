@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower_resilience::circuitbreaker::CircuitBreakerError;
 
+use crate::app::context::RequestContext;
 use crate::auth::{signing, KeyRing};
-use crate::context::RequestContext;
 use crate::deadline;
 
 use super::breaker::{BreakerState, Breakers};

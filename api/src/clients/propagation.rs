@@ -1,7 +1,7 @@
 //! What every outgoing call carries from the context it runs in: request, trace and span ids,
 //! tenant and user, and a W3C `traceparent` that makes the call a child of the incoming one.
 //!
-//! Inside a request the context is [`crate::context::current`]. Work outside a request (the
+//! Inside a request the context is [`crate::app::context::current`]. Work outside a request (the
 //! refund retry loop) sets one with [`scope`], typically rebuilt from the metadata of the event
 //! that started the work, so the peer's logs still correlate with the original request.
 
@@ -10,7 +10,7 @@ use std::future::Future;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use uuid::Uuid;
 
-use crate::context::{self, RequestContext};
+use crate::app::context::{self, RequestContext};
 
 tokio::task_local! {
     static OUTGOING: RequestContext;

@@ -12,20 +12,21 @@
 //! on shutdown), asks the job's circuit breaker, runs, and records the outcome in the shared
 //! [`JobRegistry`] that `GET /internal/jobs` serves, and in the `job_*` metrics.
 //!
+//! What each job does is a use case of the application layer (`crate::app::maintenance`):
+//! this module decides only when and where it runs, and records how it went.
+//!
 //! # Layout
-//! - [`sweep`]: the scan-then-command loop the order jobs share, and the event metadata.
-//! - [`expiration`], [`reminder`], [`event_reminder`], [`archiving`], [`reconciliation`]: the
-//!   jobs.
+//! - [`sweep`]: the batch loop the order jobs share (scan, act on each, stop when asked).
+//! - [`reconciliation`]: the job that runs three checks in turn.
 //! - [`runner`]: one job's schedule, leadership and breaker; [`breaker`]: the breaker.
 //! - [`status`]: what `GET /internal/jobs` answers; [`error`]: the jobs' error type.
+//!
+//! # Must not depend on
+//! The HTTP adapter (`crate::routes` serves the status, not the other way round).
 
-pub mod archiving;
 pub mod breaker;
 pub mod error;
-pub mod event_reminder;
-pub mod expiration;
 pub mod reconciliation;
-pub mod reminder;
 pub mod runner;
 pub mod status;
 pub mod sweep;
@@ -35,20 +36,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::Settings;
+use crate::app::maintenance::reconciliation::TicketCheck;
+use crate::app::maintenance::{archiving, event_reminder, expiration, reminder, JobRun, Outcome};
 use crate::startup::AppState;
 
 pub use breaker::{JobBreaker, JobBreakerPolicy, JobBreakerState};
 pub use error::JobError;
 pub use runner::{JobRunner, Tick};
 pub use status::{JobRegistry, JobStatusView};
-pub use sweep::{Outcome, Sweep, SweepJob};
+pub use sweep::SweepJob;
 
 /// One scheduled job. Implementations hold their own handles (store, pool, clients) and keep
 /// no state that matters between runs: everything they decide comes from the read model and
@@ -97,6 +99,14 @@ impl JobContext {
             now,
             stop,
             run_id: Uuid::now_v7(),
+        }
+    }
+
+    /// What the run's actions are told about it.
+    pub fn run(&self) -> JobRun {
+        JobRun {
+            now: self.now,
+            run_id: self.run_id,
         }
     }
 }
@@ -158,73 +168,49 @@ fn schedule_of(every: Duration) -> String {
     }
 }
 
-/// Seconds as an interval, never zero (a zero period would spin).
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s.max(1))
-}
-
 /// Every job, configured from settings, in a stable order.
 pub fn all(state: &AppState) -> Vec<Arc<dyn Job>> {
-    let s: &Settings = &state.settings;
+    let s = &state.settings.jobs;
     let pool = state.pool.clone();
     let store = state.store.clone();
-    let batch = s.job_batch_size.max(1);
+    let batch = s.batch();
     vec![
         Arc::new(SweepJob::new(
             expiration::Expiration::new(store.clone()),
             pool.clone(),
-            secs(s.job_expiration_interval_secs),
+            s.expiration_interval(),
             batch,
         )),
         Arc::new(SweepJob::new(
-            reminder::Reminder::new(
-                store.clone(),
-                TimeDelta::seconds(i64::try_from(s.job_reminder_window_secs).unwrap_or(i64::MAX)),
-            ),
+            reminder::Reminder::new(store.clone(), s.reminder_window()),
             pool.clone(),
-            secs(s.job_reminder_interval_secs),
+            s.reminder_interval(),
             batch,
         )),
         Arc::new(reconciliation::Reconciliation::new(
-            reconciliation::TicketCheck::new(
+            TicketCheck::new(
                 store.clone(),
                 state.clients.ticket.clone(),
-                TimeDelta::minutes(i64::from(s.job_reconciliation_after_minutes)),
+                s.reconciliation_after(),
             ),
             crate::workers::refund_retrier(state),
             pool.clone(),
-            secs(s.job_reconciliation_interval_secs),
+            s.reconciliation_interval(),
             batch,
         )),
         Arc::new(SweepJob::new(
-            archiving::Archiving::new(
-                store.clone(),
-                TimeDelta::days(i64::from(s.job_archive_after_days)),
-            ),
+            archiving::Archiving::new(store.clone(), s.archive_after()),
             pool.clone(),
-            secs(s.job_archiving_interval_secs),
+            s.archiving_interval(),
             batch,
         )),
         Arc::new(SweepJob::new(
-            event_reminder::EventReminder::new(
-                store,
-                TimeDelta::hours(i64::from(s.job_event_reminder_window_hours)),
-            ),
+            event_reminder::EventReminder::new(store, s.event_reminder_window()),
             pool,
-            secs(s.job_event_reminder_interval_secs),
+            s.event_reminder_interval(),
             batch,
         )),
     ]
-}
-
-/// The breaker policy from settings.
-pub fn breaker_policy(settings: &Settings) -> JobBreakerPolicy {
-    JobBreakerPolicy {
-        failures: settings.job_breaker_failures.max(1),
-        cool_down: TimeDelta::seconds(
-            i64::try_from(settings.job_breaker_cooldown_secs.max(1)).unwrap_or(i64::MAX),
-        ),
-    }
 }
 
 /// Lists every configured job in `state.jobs`, running here or not, so `GET /internal/jobs`
@@ -240,7 +226,7 @@ pub fn register_all(state: &AppState) {
 /// Starts one runner per job, each a task of `tracker` that stops when `stop` is cancelled:
 /// it lets the current run reach its safe point, then releases the job's leader lock.
 pub fn spawn(state: &AppState, stop: &CancellationToken, tracker: &TaskTracker) {
-    let policy = breaker_policy(&state.settings);
+    let policy = state.settings.jobs.breaker_policy();
     for job in all(state) {
         let runner = JobRunner::new(state.pool.clone(), job, policy, &state.jobs);
         tracker.spawn(runner.run_until_stopped(stop.clone()));

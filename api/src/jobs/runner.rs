@@ -149,7 +149,7 @@ impl JobRunner {
                 tracing::warn!(
                     job = name,
                     run.id = %ctx.run_id,
-                    error = %e,
+                    error = %e.detail(),
                     consecutive_failures = self.breaker.consecutive_failures(),
                     breaker = self.breaker.state(now).as_str(),
                     "job run failed"

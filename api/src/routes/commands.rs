@@ -19,8 +19,8 @@ use super::answers::{
     OrderAnswer, OrderEventView, OrderEventsAnswer, RefundAnswer, RefundProgress, RefundView,
 };
 use crate::app::commands::{Confirmation, NewLine, NewOrder, Origin};
+use crate::app::context::RequestContext;
 use crate::auth::Caller;
-use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, whole, AppJson, OrderIdPath};
 use crate::startup::AppState;

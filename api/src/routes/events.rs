@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use order_bus::catchup::{page, FeedCursor, PageQuery};
 use order_bus::subjects::all_integration_types;
 
-use crate::context::RequestContext;
+use crate::app::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::truncate;
 use crate::routes::queries::Params;
@@ -69,7 +69,7 @@ pub async fn events(
         types: types(params.get("types").map(String::as_str))?,
         tenant: ctx.tenant_id.clone(),
     };
-    let subjects = order_bus::Subjects::new(&state.settings.nats_subject_prefix);
+    let subjects = order_bus::Subjects::new(&state.settings.streams.subject_prefix);
     let body = state.queries.event_page(&subjects, &query).await?;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -77,7 +77,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyAnsw
 
 /// The relay's backlog against the configured limit.
 async fn relay_check(state: &AppState) -> (bool, ReadyCheck) {
-    let max = state.settings.relay_ready_max_backlog;
+    let max = state.settings.relay.ready_max_backlog;
     let measured = tokio::time::timeout(
         Duration::from_secs(2),
         relay::lag(&state.pool, RELAY_CONSUMER),
@@ -133,6 +133,6 @@ async fn feed_check(state: &AppState) -> Result<(), String> {
     responses((status = 200, description = "The AsyncAPI 3.0 document of the published events", body = serde_json::Value)),
 )]
 pub async fn asyncapi(State(state): State<AppState>) -> Json<Value> {
-    let subjects = order_bus::Subjects::new(&state.settings.nats_subject_prefix);
+    let subjects = order_bus::Subjects::new(&state.settings.streams.subject_prefix);
     Json(order_bus::asyncapi::document(&subjects))
 }

@@ -29,8 +29,8 @@ use order_domain::OrderStatus;
 use order_projections::queries::{ForPayment, WithoutTickets};
 
 use super::answers::{OrderAnswer, OrderItemsAnswer, WithoutTicketsAnswer};
+use crate::app::context::RequestContext;
 use crate::auth::{authenticate, RoutePolicy};
-use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, OrderIdPath};
 use crate::startup::AppState;

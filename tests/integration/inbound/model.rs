@@ -172,7 +172,7 @@ async fn random_delivery_schedules_keep_the_money_invariants(pool: PgPool) {
     };
     println!("inbound model: seed {seed} (MODEL_SEED={seed} replays it), {orders} orders");
     let mut rng = StdRng::seed_from_u64(seed);
-    let h = Harness::new(pool, |s| s.inbound_max_deliver = 3).await;
+    let h = Harness::new(pool, |s| s.inbound.max_deliver = 3).await;
 
     let mut schedules = Vec::new();
     for n in 0..orders {

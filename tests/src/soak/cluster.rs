@@ -179,12 +179,12 @@ impl Cluster {
         // Both streams exist before any replica starts, so consumers, the relay and the checks
         // never race their creation.
         let mut settings = order_api::config::Settings::for_tests(&db_url);
-        settings.nats_stream.clone_from(&stream);
-        settings.nats_subject_prefix.clone_from(&prefix);
-        settings.dlq_stream.clone_from(&dlq);
-        settings.nats_stream_replicas = spec.stream_replicas.max(1);
+        settings.streams.events.clone_from(&stream);
+        settings.streams.subject_prefix.clone_from(&prefix);
+        settings.streams.dlq.clone_from(&dlq);
+        settings.streams.replicas = spec.stream_replicas.max(1);
         order_bus::ensure_stream(&js, &settings.relay_config().stream).await?;
-        let mut dlq_config = settings.dlq_config();
+        let mut dlq_config = settings.streams.dlq_config();
         dlq_config.ensure_stream = true;
         order_bus::dlq::DeadLetters::new(js.clone(), pool.clone(), dlq_config)
             .ensure_stream()

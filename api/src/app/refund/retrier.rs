@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{RefundSaga, Settled};
+use crate::app::context::RequestContext;
 use crate::app::error::AppError;
 use crate::clients::propagation;
-use crate::context::RequestContext;
 
 /// Events the projector applies per transaction.
 const PROJECTION_BATCH: i64 = 500;

@@ -8,8 +8,8 @@ use order_domain::commands::SendReminder;
 use order_domain::OrderCommand;
 use order_projections::queries::{JobCandidate, JobScan};
 
-use super::sweep::{self, Outcome, Sweep};
-use super::{JobContext, JobError};
+use super::{JobRun, Outcome, Sweep};
+use crate::app::error::AppResult;
 use crate::app::store::OrderStore;
 
 /// The job's name and lock suffix.
@@ -44,9 +44,9 @@ impl Sweep for Reminder {
         }
     }
 
-    async fn act(&self, ctx: &JobContext, order: &JobCandidate) -> Result<Outcome, JobError> {
-        let now = ctx.now;
-        sweep::command(&self.store, NAME, ctx, order, || {
+    async fn act(&self, run: &JobRun, order: &JobCandidate) -> AppResult<Outcome> {
+        let now = run.now;
+        super::command(&self.store, NAME, run, order, || {
             OrderCommand::SendReminder(SendReminder { now })
         })
         .await

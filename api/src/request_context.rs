@@ -1,8 +1,9 @@
-//! Per-request context: the request and trace ids, the tenant and the acting user.
+//! The HTTP side of the request context ([`RequestContext`], which the application layer
+//! owns): the request and trace ids, the tenant and the acting user read from the headers.
 //!
-//! [`request_context`] reads them from the headers once, stores them in the request's extensions
-//! for handlers, and in a task-local so that code far from the handler (the error body, outgoing
-//! clients) can stamp them without threading them through every call.
+//! [`request_context`] reads them once, stores them in the request's extensions for handlers
+//! (the [`RequestContext`] extractor), and makes them the current context
+//! ([`crate::app::context::scope`]) for everything the request runs.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -12,22 +13,8 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::app::context::{self, RequestContext};
 use crate::error::ApiError;
-
-tokio::task_local! {
-    static CONTEXT: RequestContext;
-}
-
-/// What every request carries into events' metadata and outgoing calls.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    pub request_id: String,
-    pub trace_id: String,
-    /// The W3C `traceparent` received, if any.
-    pub traceparent: Option<String>,
-    pub tenant_id: Option<String>,
-    pub user_id: Option<String>,
-}
 
 /// Longest id accepted from a header; longer values are replaced, never truncated silently
 /// into something that looks valid.
@@ -75,56 +62,41 @@ pub fn tenant_id(headers: &HeaderMap) -> Result<Option<String>, InvalidTenantId>
     }
 }
 
-impl RequestContext {
-    /// Reads the context from request headers, inventing ids that are missing.
-    ///
-    /// # Errors
-    /// [`InvalidTenantId`] when `X-Tenant-ID` is present but invalid ([`tenant_id`]).
-    pub fn from_headers(headers: &HeaderMap) -> Result<Self, InvalidTenantId> {
-        Ok(Self {
-            tenant_id: tenant_id(headers)?,
-            ..Self::ids_from_headers(headers)
-        })
-    }
-
-    /// The request and trace ids and the user, without the tenant.
-    fn ids_from_headers(headers: &HeaderMap) -> Self {
-        let request_id =
-            header(headers, "x-request-id").unwrap_or_else(|| Uuid::new_v4().to_string());
-        let traceparent = header(headers, "traceparent");
-        let trace_id = traceparent
-            .as_deref()
-            .and_then(|tp| tp.split('-').nth(1))
-            .filter(|t| t.len() == 32)
-            .map(str::to_owned)
-            .or_else(|| header(headers, "x-trace-id"))
-            .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
-        Self {
-            request_id,
-            trace_id,
-            traceparent,
-            tenant_id: None,
-            user_id: header(headers, "x-user-id"),
-        }
-    }
+/// Reads the context from request headers, inventing ids that are missing.
+///
+/// # Errors
+/// [`InvalidTenantId`] when `X-Tenant-ID` is present but invalid ([`tenant_id`]).
+pub fn from_headers(headers: &HeaderMap) -> Result<RequestContext, InvalidTenantId> {
+    Ok(RequestContext {
+        tenant_id: tenant_id(headers)?,
+        ..ids_from_headers(headers)
+    })
 }
 
-/// The current request's id, or `"-"` outside a request.
-pub fn current_request_id() -> String {
-    CONTEXT
-        .try_with(|c| c.request_id.clone())
-        .unwrap_or_else(|_| "-".to_owned())
-}
-
-/// The current request's context, if inside one.
-pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(Clone::clone).ok()
+/// The request and trace ids and the user, without the tenant.
+fn ids_from_headers(headers: &HeaderMap) -> RequestContext {
+    let request_id = header(headers, "x-request-id").unwrap_or_else(|| Uuid::new_v4().to_string());
+    let traceparent = header(headers, "traceparent");
+    let trace_id = traceparent
+        .as_deref()
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|t| t.len() == 32)
+        .map(str::to_owned)
+        .or_else(|| header(headers, "x-trace-id"))
+        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+    RequestContext {
+        request_id,
+        trace_id,
+        traceparent,
+        tenant_id: None,
+        user_id: header(headers, "x-user-id"),
+    }
 }
 
 /// Middleware that establishes the context for everything the request runs. A request with an
 /// invalid `X-Tenant-ID` is answered 400 here, before any route sees it.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let mut ctx = RequestContext::ids_from_headers(request.headers());
+    let mut ctx = ids_from_headers(request.headers());
     let tenant = tenant_id(request.headers());
     if let Ok(tenant) = &tenant {
         ctx.tenant_id.clone_from(tenant);
@@ -146,7 +118,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
             Err(e) => ApiError::from(e).into_response(),
         }
     };
-    CONTEXT.scope(ctx, work).instrument(span).await
+    context::scope(ctx, work).instrument(span).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
@@ -155,7 +127,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<Self>() {
             Some(ctx) => Ok(ctx.clone()),
-            None => Ok(Self::from_headers(&parts.headers)?),
+            None => Ok(from_headers(&parts.headers)?),
         }
     }
 }
