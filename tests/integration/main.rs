@@ -24,5 +24,6 @@ mod relay;
 mod relay_duplicates;
 mod replay;
 mod self_contained;
+mod signed_commands;
 mod soak;
 mod topology;
