@@ -76,14 +76,23 @@ async fn main() -> anyhow::Result<()> {
     };
     let base = std::env::var("BENCH_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let db_url = format!("{base}/order_bench");
+    // BENCH_DATABASE: another name, so that two runs on one Postgres do not drop each other's.
+    let db_name = std::env::var("BENCH_DATABASE").unwrap_or_else(|_| "order_bench".into());
+    anyhow::ensure!(
+        !db_name.is_empty()
+            && db_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "BENCH_DATABASE must be lower-case letters, digits and _"
+    );
+    let db_url = format!("{base}/{db_name}");
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let work = std::env::temp_dir().join(format!("order-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
     // A fresh database, migrated like production, plus the baseline's table.
     let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
-    sqlx::query("DROP DATABASE IF EXISTS order_bench WITH (FORCE)")
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
     order_api::db::create_and_migrate(&db_url).await?;
@@ -523,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
     println!("written: bench-results/latest.json");
 
     pool.close().await;
-    sqlx::query("DROP DATABASE IF EXISTS order_bench WITH (FORCE)")
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
     if let Ok(client) = async_nats::connect(&nats_url).await {
