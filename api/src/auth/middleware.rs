@@ -436,7 +436,7 @@ fn signed_target(request: &Request) -> String {
 /// round trip after the other, and its answer is released only once the record says first use:
 /// a replay still gets its 401 and nothing else, and it changed nothing, as reads change
 /// nothing. Any other method runs its handler only after the record, unless the guard defers
-/// the nonce to the handler ([`RouteGuard::deferring_nonce`], [`defer_to_handler`]).
+/// the nonce to the handler ([`RouteGuard::deferring_nonce`]).
 pub async fn authenticate(
     State(guard): State<RouteGuard>,
     mut request: Request,
