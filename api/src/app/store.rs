@@ -779,6 +779,105 @@ mod tests {
         assert_eq!(keys, 1, "recorded once, by the retry");
     }
 
+    /// Seeded interleavings of a signed command, a copy of it (a replay), and an unsigned writer
+    /// of the same order, started in random order with random delays: the writer never loses
+    /// to them, exactly one of the two copies appends (the other is a replay, refused by the
+    /// append or by the batcher as the middleware would settle it), and the key is recorded
+    /// once. `ORDER_INTERLEAVING_SEED` replays a failing seed.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn interleaved_copies_and_writers_accept_the_key_once(pool: PgPool) {
+        use rand::{Rng, SeedableRng};
+
+        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("interleaving seed: {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let store = OrderStore::new(pool.clone());
+        let nonces = NonceStore::new(pool.clone());
+        let reserve = || {
+            OrderCommand::ReserveOrder(ReserveOrder {
+                expires_at: Utc::now() + Duration::minutes(30),
+                now: Utc::now(),
+            })
+        };
+        for case in 0..20 {
+            let id = Uuid::now_v7();
+            store
+                .create(id, &HashMap::new(), create_command(id), None)
+                .await
+                .expect("created");
+            let key = format!("case-{case}");
+            let delays: Vec<u64> = (0..3).map(|_| rng.gen_range(0..3)).collect();
+            let signed = |delay: u64| {
+                let (store, key) = (store.clone(), key.clone());
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    let (nonce, settled) = pending(&key);
+                    let result = store
+                        .execute_signed(id, &HashMap::new(), Some(nonce), |_| Ok(()), cancel)
+                        .await;
+                    (result.map(|done| done.events.len()), settled.outcome())
+                }
+            };
+            let writer = {
+                let store = store.clone();
+                let delay = delays[2];
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    store
+                        .execute(id, &HashMap::new(), |_| Ok(()), reserve)
+                        .await
+                }
+            };
+            let (first, second, written) =
+                tokio::join!(signed(delays[0]), signed(delays[1]), writer);
+            // The reserve may come after the cancel and be refused; it never conflicts away.
+            assert!(
+                matches!(written, Ok(_) | Err(AppError::Rejected(_))),
+                "seed {seed} case {case}: {written:?}"
+            );
+            let outcomes = [&first, &second];
+            let applied = outcomes
+                .iter()
+                .filter(|(r, settled)| matches!(r, Ok(1)) && *settled == Some(true))
+                .count();
+            // The other copy is refused by the append, or (when it loads the order already
+            // cancelled) appends nothing and leaves the key to the batcher, which refuses it.
+            let mut replayed = 0;
+            for (result, settled) in outcomes {
+                match (result, settled) {
+                    (Err(AppError::Replayed), Some(false)) => replayed += 1,
+                    (Ok(0), None) => {
+                        let later = Utc::now() + Duration::minutes(5);
+                        if !nonces.record("api-gateway", &key, later).await.unwrap() {
+                            replayed += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                (applied, replayed),
+                (1, 1),
+                "seed {seed} case {case}: {first:?} {second:?}"
+            );
+            let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces WHERE nonce = $1")
+                .bind(&key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(keys, 1, "seed {seed} case {case}");
+            let cancels = sequences(&pool, id)
+                .await
+                .into_iter()
+                .filter(|(_, t)| t == "OrderCancelled")
+                .count();
+            assert_eq!(cancels, 1, "seed {seed} case {case}");
+        }
+    }
+
     /// Loading on the store's own connection gives what postgres-es's `load_aggregate` gives.
     #[sqlx::test(migrations = "../migrations")]
     async fn loads_as_postgres_es_does(pool: PgPool) {
