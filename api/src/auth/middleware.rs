@@ -485,7 +485,7 @@ pub async fn authenticate(
 /// [`PendingNonce`] and runs at once. Whatever it answers, the key is settled before the answer
 /// leaves: by the append statement, or else here through the batcher. A key found used (by
 /// either) turns the answer into the 401 of a replay, and a nonce store that fails turns it
-/// into a 500 or 503, never a pass.
+/// into a 500 or 503, never a pass; only a handler's own 5xx stands either way.
 async fn defer_to_handler(
     guard: &RouteGuard,
     admission: &Admission,
@@ -506,6 +506,11 @@ async fn defer_to_handler(
         // Not taken, refused or satisfied before any append: spend the key all the same.
         None => match guard.auth.record(guard.policy, admission).await {
             Ok(()) => response,
+            // The handler failed, and its failure stands whatever the key's state: an append
+            // whose connection dropped while it committed leaves the key used, and a 401 would
+            // tell the caller its signature was refused instead of to retry. Nothing was
+            // accepted twice either way: the key is recorded now, or was by that append.
+            Err(_) if response.status().is_server_error() => response,
             Err(e) => e.into_response(),
         },
     }
@@ -1058,6 +1063,54 @@ mod tests {
         let (got, body) = send(&app, "POST", CANCEL, &v1("api-gateway", "POST", CANCEL)).await;
         assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert_eq!(body.get("ran"), None);
+    }
+
+    /// A command that failed with its key in doubt (its append may have committed the key
+    /// before the connection dropped) keeps its 5xx: a 401 would tell the caller to stop, not to
+    /// retry. Simulated by a handler that records the key itself and answers 503.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_failed_command_whose_key_was_taken_keeps_its_5xx(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool.clone()),
+        );
+        let db = pool.clone();
+        let in_doubt = move |nonce: PendingNonce| {
+            let db = db.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO auth_nonces (service, nonce, expires_at) VALUES ($1, $2, $3)",
+                )
+                .bind(nonce.service())
+                .bind(nonce.key())
+                .bind(nonce.expires_at())
+                .execute(&db)
+                .await
+                .unwrap();
+                drop(nonce);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"inDoubt": true})),
+                )
+            }
+        };
+        let app = Router::new().route(
+            CANCEL,
+            post(in_doubt).route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersCancel).deferring_nonce(),
+                authenticate,
+            )),
+        );
+        let h = v1("api-gateway", "POST", CANCEL);
+        let (got, body) = send(&app, "POST", CANCEL, &h).await;
+        assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["inDoubt"], json!(true));
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the key recorded once");
     }
 
     /// The pending nonce is only for handlers behind a deferring guard.

@@ -12,7 +12,9 @@
 //!
 //! Nothing can forget it: once the handler has answered, the middleware settles any key still
 //! unsettled through the batcher, and a key that turns out to be used replaces the answer with
-//! the same 401 as a replay refused up front. So a replay is refused whatever its body, and it
+//! the same 401 as a replay refused up front (unless the handler failed with a 5xx: its append
+//! may have committed the key before the connection dropped, and the caller must be told to
+//! retry, not that its signature was refused). So a replay is refused whatever its body, and it
 //! appends nothing; a use case with an outside effect before its append must not take a pending
 //! key (its route records first).
 //!
