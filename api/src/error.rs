@@ -159,6 +159,8 @@ impl From<AppError> for ApiError {
             AppError::NotFound(m) => Self::NotFound(m),
             AppError::Rejected(m) => Self::Conflict(m),
             AppError::KeyReused(m) => Self::Unprocessable(m),
+            // The middleware answers a replay itself; this is the same answer, should it not.
+            AppError::Replayed => Self::Unauthorized(crate::auth::INVALID_CREDENTIALS),
             AppError::ConcurrentWrite => Self::ConcurrentWrite,
             AppError::Unavailable {
                 message,

@@ -99,22 +99,27 @@ pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     // Each command is guarded by its own caller policy (crate::auth::RoutePolicy).
     let guard = |policy| middleware::from_fn_with_state(state.auth.guard(policy), authenticate);
+    // Commands whose handlers hand the replay key to their append: one commit per command.
+    // Not the refund, which calls out before its append, nor the reads, which are batched.
+    let appending = |policy| {
+        middleware::from_fn_with_state(state.auth.guard(policy).deferring_nonce(), authenticate)
+    };
     let commands = Router::new()
         .route(
             "/api/v1/orders",
-            post(commands::create_order).route_layer(guard(RoutePolicy::OrdersCreate)),
+            post(commands::create_order).route_layer(appending(RoutePolicy::OrdersCreate)),
         )
         .route(
             "/api/v1/orders/{id}/reserve",
-            post(commands::reserve_order).route_layer(guard(RoutePolicy::OrdersReserve)),
+            post(commands::reserve_order).route_layer(appending(RoutePolicy::OrdersReserve)),
         )
         .route(
             "/api/v1/orders/{id}/confirm",
-            post(commands::confirm_order).route_layer(guard(RoutePolicy::OrdersConfirm)),
+            post(commands::confirm_order).route_layer(appending(RoutePolicy::OrdersConfirm)),
         )
         .route(
             "/api/v1/orders/{id}/cancel",
-            post(commands::cancel_order).route_layer(guard(RoutePolicy::OrdersCancel)),
+            post(commands::cancel_order).route_layer(appending(RoutePolicy::OrdersCancel)),
         )
         .route(
             "/api/v1/orders/{id}/refunds",
@@ -122,7 +127,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/orders/{id}/tickets",
-            post(commands::record_tickets).route_layer(guard(RoutePolicy::OrdersTickets)),
+            post(commands::record_tickets).route_layer(appending(RoutePolicy::OrdersTickets)),
         )
         .route(
             "/api/v1/orders/{id}/events",

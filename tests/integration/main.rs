@@ -24,6 +24,7 @@ mod relay;
 mod relay_duplicates;
 mod replay;
 mod self_contained;
+mod signed_commands;
 mod soak;
 mod standby;
 mod topology;

@@ -3,6 +3,9 @@
 //! the [`OrderStore`] (the refund, through the saga), and gives back the order as the command
 //! left it, so the caller reads its own write before projections catch up.
 //!
+//! Every use case but the refund takes the request's pending replay key, if signed, and hands
+//! it to the store, whose append records it (see [`crate::auth::pending`]).
+//!
 //! Creation owns the idempotency rule: with a key, the order id derives from the tenant and the
 //! key, so the event store's primary key makes "create unless it exists" atomic and a repeat
 //! survives restarts with no extra table; the first answer is rebuilt from the stored
@@ -22,6 +25,7 @@ use crate::app::context::RequestContext;
 use crate::app::error::{AppError, AppResult};
 use crate::app::refund::{RefundRequest, RefundSaga, Settled};
 use crate::app::store::{Created, OrderStore};
+use crate::auth::PendingNonce;
 use crate::clients::ServiceClients;
 
 /// Namespace of order ids derived from `(tenant, Idempotency-Key)`.
@@ -139,7 +143,12 @@ impl Commands {
     /// # Errors
     /// The domain's refusal; [`AppError::KeyReused`] for a key used with another request;
     /// [`AppError::ConcurrentWrite`] when the id is taken without a key to explain it.
-    pub async fn create(&self, origin: &Origin, new: NewOrder) -> AppResult<OrderView> {
+    pub async fn create(
+        &self,
+        origin: &Origin,
+        nonce: Option<PendingNonce>,
+        new: NewOrder,
+    ) -> AppResult<OrderView> {
         let key = new.idempotency_key.clone();
         let order_id = match &key {
             Some(k) => Uuid::new_v5(
@@ -185,8 +194,10 @@ impl Commands {
             now,
         });
         // Append first, read only on a repeat: the primary key on (order id, sequence 1) makes
-        // "create unless it exists" atomic, so the common case is one round trip.
-        let created = match self.store.create(order_id, &meta, command).await {
+        // "create unless it exists" atomic, so the common case is one round trip. A repeat
+        // leaves the request's key unsettled: the first answer is only read, and whoever
+        // settles the key (the auth middleware) does so before the answer leaves.
+        let created = match self.store.create(order_id, &meta, command, nonce).await {
             Ok(created) => created,
             Err(refused) if key.is_some() => {
                 return match self.first_answer(order_id, &new.request_hash).await? {
@@ -234,9 +245,15 @@ impl Commands {
     ///
     /// # Errors
     /// The domain's refusal, or the store's.
-    pub async fn reserve(&self, id: Uuid, origin: &Origin, hold: Duration) -> AppResult<OrderView> {
+    pub async fn reserve(
+        &self,
+        id: Uuid,
+        origin: &Origin,
+        nonce: Option<PendingNonce>,
+        hold: Duration,
+    ) -> AppResult<OrderView> {
         let expires_at = Utc::now() + hold;
-        self.execute(id, origin, || {
+        self.execute(id, origin, nonce, || {
             OrderCommand::ReserveOrder(ReserveOrder {
                 expires_at,
                 now: Utc::now(),
@@ -253,9 +270,10 @@ impl Commands {
         &self,
         id: Uuid,
         origin: &Origin,
+        nonce: Option<PendingNonce>,
         confirmation: Confirmation,
     ) -> AppResult<OrderView> {
-        self.execute(id, origin, || {
+        self.execute(id, origin, nonce, || {
             OrderCommand::ConfirmOrder(ConfirmOrder {
                 payment_intent_id: confirmation.payment_intent_id.clone(),
                 amount_cents: confirmation.amount_cents,
@@ -270,8 +288,14 @@ impl Commands {
     ///
     /// # Errors
     /// The domain's refusal, or the store's.
-    pub async fn cancel(&self, id: Uuid, origin: &Origin, reason: String) -> AppResult<OrderView> {
-        self.execute(id, origin, || {
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        origin: &Origin,
+        nonce: Option<PendingNonce>,
+        reason: String,
+    ) -> AppResult<OrderView> {
+        self.execute(id, origin, nonce, || {
             OrderCommand::CancelOrder(CancelOrder {
                 reason: reason.clone(),
                 now: Utc::now(),
@@ -288,9 +312,10 @@ impl Commands {
         &self,
         id: Uuid,
         origin: &Origin,
+        nonce: Option<PendingNonce>,
         tickets: Vec<IssuedTicket>,
     ) -> AppResult<OrderView> {
-        self.execute(id, origin, || {
+        self.execute(id, origin, nonce, || {
             OrderCommand::RecordTickets(RecordTickets {
                 tickets: tickets.clone(),
                 now: Utc::now(),
@@ -301,6 +326,10 @@ impl Commands {
 
     /// A refund through the saga ([`crate::app::refund`]). Its id derives from the order and
     /// `key`, so a retried request resumes the same refund instead of starting another.
+    ///
+    /// It takes no pending replay key: the saga asks the peers before its first append and
+    /// calls payment-service after it, so a request's key must be recorded before it starts
+    /// (its route records first), or a replay could reach payment-service.
     ///
     /// # Errors
     /// As [`RefundSaga::run`]; and [`AppError::PeerFailed`] when payment-service explicitly
@@ -350,11 +379,12 @@ impl Commands {
         &self,
         id: Uuid,
         origin: &Origin,
+        nonce: Option<PendingNonce>,
         command: impl Fn() -> OrderCommand,
     ) -> AppResult<OrderView> {
         let done = self
             .store
-            .execute(id, &origin.metadata, origin.guard(), command)
+            .execute_signed(id, &origin.metadata, nonce, origin.guard(), command)
             .await?;
         view_of(&done.order)
     }

@@ -6,7 +6,6 @@
 //! Each message is what a caller may read: internal causes stay inside [`AppError::Internal`]
 //! and are logged once by whoever reports the failure.
 
-use cqrs_es::AggregateError;
 use order_domain::OrderError;
 use order_projections::ProjectionError;
 
@@ -30,6 +29,10 @@ pub enum AppError {
     /// An idempotency key came back with another request than the one it first named.
     #[error("{0}")]
     KeyReused(String),
+    /// The request's replay key was already used: the command is a replay, and nothing was
+    /// appended. Never retried: the same request is a replay every time.
+    #[error("the request was already used")]
+    Replayed,
     /// Other writers of the same order kept winning the race; safe to retry.
     #[error("the order was changed concurrently; retry the command")]
     ConcurrentWrite,
@@ -69,7 +72,11 @@ impl AppError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Invalid(_) | Self::NotFound(_) | Self::Rejected(_) | Self::KeyReused(_)
+            Self::Invalid(_)
+                | Self::NotFound(_)
+                | Self::Rejected(_)
+                | Self::KeyReused(_)
+                | Self::Replayed
         )
     }
 
@@ -101,23 +108,6 @@ impl AppError {
             }
         } else {
             Self::internal(e)
-        }
-    }
-
-    /// A failure of the event store framework, telling an outage from a bug.
-    pub(crate) fn from_event_store(e: AggregateError<OrderError>) -> Self {
-        match e {
-            AggregateError::UserError(e) => e.into(),
-            AggregateError::AggregateConflict => Self::ConcurrentWrite,
-            AggregateError::DatabaseConnectionError(e) => {
-                Self::database_unavailable(&e.to_string())
-            }
-            AggregateError::UnexpectedError(e) | AggregateError::DeserializationError(e) => {
-                match e.downcast::<sqlx::Error>() {
-                    Ok(sqlx) => Self::from_sqlx(*sqlx),
-                    Err(other) => Self::Internal(anyhow::anyhow!(other)),
-                }
-            }
         }
     }
 }
@@ -176,6 +166,7 @@ mod tests {
             AppError::order_not_found(),
             AppError::Rejected("x".into()),
             AppError::KeyReused("x".into()),
+            AppError::Replayed,
         ] {
             assert!(e.is_permanent(), "{e:?}");
         }

@@ -1,32 +1,67 @@
 //! Executes commands against the event store: load, decide, append, with optimistic retries.
 //!
-//! This is the one write path for order state. It uses postgres-es's repository for loading
-//! (with upcasting) and its table for appending, but appends in one statement of its own (one
-//! round trip instead of three), and it does not use `CqrsFramework`: the framework's `Query` processors
-//! run after commit and swallow errors, and it does not hand back the changed aggregate. Read
-//! models are built from the commit-safe feed instead, and the caller gets the aggregate as the
-//! command left it.
+//! This is the one write path for order state. It reads and writes postgres-es's `events`
+//! table in postgres-es's format, with cqrs-es's deserialisation and the domain's upcasters,
+//! but with statements of its own: a command loads and appends on one checked-out connection,
+//! and appends in one statement (postgres-es takes three round trips and a connection per
+//! call). It does not use `CqrsFramework`: the framework's `Query` processors run after commit
+//! and swallow errors, and it does not hand back the changed aggregate. Read models are built
+//! from the commit-safe feed instead, and the caller gets the aggregate as the command left it.
+//!
+//! A signed command brings its replay key as a [`PendingNonce`], and the append statement
+//! inserts it with the events: the events go in only if the key was unused, and a conflict on
+//! the events rolls the key back too, so the retry uses it again. One commit per command, and
+//! the replay rule of docs/contract.md §4 is still decided by Postgres across replicas. A
+//! command that appends nothing leaves its key unsettled, for the caller to settle through the
+//! nonce batcher (the auth middleware does).
 //!
 //! Inside a request, each public method runs within the request's database deadline
 //! ([`crate::deadline`]), a command's retries included; background callers have none.
 
 use std::collections::HashMap;
 
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateContext, EventStore};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::EventEnvelope;
 use order_domain::{Order, OrderCommand, OrderEvent, ORDER_AGGREGATE_TYPE};
 use order_projections::postgres::CommitSignal;
-use postgres_es::PostgresEventRepository;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::app::error::AppError;
+use crate::auth::PendingNonce;
 use crate::deadline::within_deadline;
 
 /// How many times a command is re-decided after losing a race for the same sequence number.
 /// Each retry reloads the order, so idempotent repeats (a second confirm with the same payment
 /// intent) resolve to "nothing to do" on the first retry.
 const MAX_ATTEMPTS: usize = 8;
+
+/// The events' insert, shared by both append statements: `$1` aggregate type, `$2` id, `$3` to
+/// `$6` the events' arrays, `$7` their metadata.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
+           FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
+                WITH ORDINALITY AS e(sequence, event_type, event_version, payload, n)"
+    };
+}
+
+/// An append without a replay key (messages, jobs, the refund loop).
+const APPEND: &str = concat!(insert_events!(), " ORDER BY e.n");
+
+/// An append with the request's replay key (`$8` service, `$9` key, `$10` expiry): the events
+/// go in only if the key did.
+const APPEND_WITH_KEY: &str = concat!(
+    "WITH nonce AS (
+       INSERT INTO auth_nonces (service, nonce, expires_at) VALUES ($8, $9, $10)
+       ON CONFLICT (service, nonce) DO NOTHING
+       RETURNING 1)
+     ",
+    insert_events!(),
+    " WHERE EXISTS (SELECT 1 FROM nonce) ORDER BY e.n"
+);
 
 /// The result of a command.
 #[derive(Debug)]
@@ -48,8 +83,12 @@ pub enum Created {
 
 /// Why an append did not happen.
 enum Appended {
-    /// Another writer took one of the sequence numbers first: reload and decide again.
+    /// Another writer took one of the sequence numbers first: reload and decide again. Nothing
+    /// was written, the pending key included.
     Conflict,
+    /// The pending key was already used: nothing was written, and the key is settled as a
+    /// replay.
+    Replayed,
     /// Anything else.
     Failed(AppError),
 }
@@ -57,7 +96,7 @@ enum Appended {
 /// The write side: loads orders and appends their events.
 #[derive(Clone)]
 pub struct OrderStore {
-    inner: std::sync::Arc<PersistedEventStore<PostgresEventRepository, Order>>,
+    upcasters: std::sync::Arc<Vec<Box<dyn EventUpcaster>>>,
     pool: PgPool,
     committed: CommitSignal,
 }
@@ -82,11 +121,8 @@ pub struct StoredEvent {
 impl OrderStore {
     /// Builds the store over a pool. Upcasters are always on: every load sees current versions.
     pub fn new(pool: PgPool) -> Self {
-        let repo = PostgresEventRepository::new(pool.clone());
-        let inner =
-            PersistedEventStore::new_event_store(repo).with_upcasters(order_domain::upcasters());
         Self {
-            inner: std::sync::Arc::new(inner),
+            upcasters: std::sync::Arc::new(order_domain::upcasters()),
             pool,
             committed: CommitSignal::new(),
         }
@@ -109,15 +145,74 @@ impl OrderStore {
     /// [`AppError::Unavailable`] when Postgres is unreachable or the request's database
     /// deadline passes, `Internal` otherwise.
     pub async fn load(&self, id: Uuid) -> Result<Option<Order>, AppError> {
-        let mut ctx = within_deadline("load", async {
-            self.inner
-                .load_aggregate(&id.to_string())
-                .await
-                .map_err(AppError::from_event_store)
+        let order = within_deadline("load", async {
+            let mut conn = self.pool.acquire().await.map_err(AppError::from_sqlx)?;
+            self.load_on(&mut conn, &id.to_string()).await
         })
         .await?;
-        let order = ctx.aggregate().clone();
         Ok(order.exists().then_some(order))
+    }
+
+    /// The order as its events leave it (an empty order when it has none), loaded on `conn`.
+    /// It does what postgres-es's and cqrs-es's `load_aggregate` did for this store (event
+    /// sourced, no snapshots): postgres-es's select, each row upcast by the domain's upcasters
+    /// in turn, deserialised by cqrs-es, and applied in sequence order.
+    async fn load_on(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+    ) -> Result<Order, AppError> {
+        let rows: Vec<(
+            String,
+            String,
+            i64,
+            String,
+            String,
+            serde_json::Value,
+            serde_json::Value,
+        )> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata
+                   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+                  ORDER BY sequence",
+        )
+        .bind(ORDER_AGGREGATE_TYPE)
+        .bind(aggregate_id)
+        .fetch_all(conn)
+        .await
+        .map_err(AppError::from_sqlx)?;
+        let mut order = Order::default();
+        for (
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+        ) in rows
+        {
+            let sequence = usize::try_from(sequence).map_err(AppError::internal)?;
+            let stored = SerializedEvent::new(
+                aggregate_id,
+                sequence,
+                aggregate_type,
+                event_type,
+                event_version,
+                payload,
+                metadata,
+            );
+            let current = self.upcasters.iter().fold(stored, |event, upcaster| {
+                if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                    upcaster.upcast(event)
+                } else {
+                    event
+                }
+            });
+            let envelope = EventEnvelope::<Order>::try_from(current).map_err(AppError::internal)?;
+            order.apply(&envelope.payload);
+        }
+        Ok(order)
     }
 
     /// Decides and appends a command. `command` is called once per attempt so that it can take
@@ -129,8 +224,8 @@ impl OrderStore {
     /// retries included, since that is the latency callers see.
     ///
     /// # Errors
-    /// The domain's refusal by kind, or `check`'s; [`AppError::ConcurrentWrite`] for a race
-    /// lost `MAX_ATTEMPTS` times; [`AppError::Unavailable`] for an unreachable database or the
+    /// The domain's refusal, or `check`'s; [`AppError::ConcurrentWrite`] for a race lost
+    /// `MAX_ATTEMPTS` times; [`AppError::Unavailable`] for an unreachable database or the
     /// request's database deadline passing (across every attempt).
     pub async fn execute(
         &self,
@@ -139,11 +234,31 @@ impl OrderStore {
         check: impl Fn(&Order) -> Result<(), AppError>,
         command: impl Fn() -> OrderCommand,
     ) -> Result<Executed, AppError> {
+        self.execute_signed(id, metadata, None, check, command)
+            .await
+    }
+
+    /// [`Self::execute`] for a signed request: its pending replay key is inserted by the
+    /// statement that appends the events, and settled by it. When the command appends nothing
+    /// (refused, already satisfied, or failed) the key is left unsettled, for the caller to
+    /// settle through the nonce batcher.
+    ///
+    /// # Errors
+    /// As [`Self::execute`], and [`AppError::Replayed`] when the key was already used (nothing
+    /// appended).
+    pub async fn execute_signed(
+        &self,
+        id: Uuid,
+        metadata: &HashMap<String, String>,
+        nonce: Option<PendingNonce>,
+        check: impl Fn(&Order) -> Result<(), AppError>,
+        command: impl Fn() -> OrderCommand,
+    ) -> Result<Executed, AppError> {
         let started = std::time::Instant::now();
         let name = command_name(&command());
         let result = within_deadline(
             "command",
-            self.decide_and_append(id, metadata, check, command),
+            self.decide_and_append(id, metadata, nonce, check, command),
         )
         .await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
@@ -151,23 +266,21 @@ impl OrderStore {
         result
     }
 
-    /// [`Self::execute`] without the timing: load, check, decide, append, retry on a lost race.
+    /// [`Self::execute`] without the timing: load, check, decide, append, retry on a lost race,
+    /// all on one checked-out connection (one release check by the pool per command instead of
+    /// one per statement).
     async fn decide_and_append(
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
+        mut nonce: Option<PendingNonce>,
         check: impl Fn(&Order) -> Result<(), AppError>,
         command: impl Fn() -> OrderCommand,
     ) -> Result<Executed, AppError> {
         let aggregate_id = id.to_string();
+        let mut conn = self.pool.acquire().await.map_err(AppError::from_sqlx)?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let current = self
-                .inner
-                .load_aggregate(&aggregate_id)
-                .await
-                .map_err(AppError::from_event_store)?
-                .aggregate()
-                .clone();
+            let current = self.load_on(&mut conn, &aggregate_id).await?;
             check(&current)?;
             let events = current.decide(command()).map_err(AppError::from)?;
             if events.is_empty() {
@@ -189,11 +302,21 @@ impl OrderStore {
                 };
                 &with_tenant
             };
-            match self
-                .append(&aggregate_id, current.version, &events, metadata)
-                .await
-            {
+            let appended = self
+                .append(
+                    &mut conn,
+                    &aggregate_id,
+                    current.version,
+                    &events,
+                    metadata,
+                    nonce.as_ref(),
+                )
+                .await;
+            match appended {
                 Ok(()) => {
+                    if let Some(n) = nonce {
+                        n.settle(true);
+                    }
                     let mut order = current;
                     for e in &events {
                         order.apply(e);
@@ -205,6 +328,12 @@ impl OrderStore {
                     metrics::counter!("order_command_conflicts_total").increment(1);
                     tracing::debug!(order.id = %id, attempt, "lost a race for the next sequence; retrying");
                 }
+                Err(Appended::Replayed) => {
+                    if let Some(n) = nonce.take() {
+                        n.settle(false);
+                    }
+                    return Err(AppError::Replayed);
+                }
                 Err(Appended::Failed(e)) => return Err(e),
             }
         }
@@ -212,23 +341,30 @@ impl OrderStore {
     }
 
     /// Creates an order without reading first: the command is decided against an empty order
-    /// and appended as sequence 1, so a create is one round trip. The primary key settles a
-    /// race or a repeat: when sequence 1 already exists the answer is
-    /// [`Created::AlreadyExists`], and the caller decides what a repeat means (idempotent
-    /// replay, or a lost race).
+    /// and appended as sequence 1, so a create is one statement (with its pending replay key,
+    /// if signed) on one connection. The primary key settles a race or a repeat: when sequence
+    /// 1 already exists the answer is [`Created::AlreadyExists`], nothing was written, the key
+    /// is left unsettled, and the caller decides what a repeat means (idempotent replay, or a
+    /// lost race).
     ///
     /// # Errors
-    /// The domain's refusal, an unreachable database or the request's database deadline
-    /// passing ([`AppError::Unavailable`]).
+    /// The domain's refusal (key left unsettled), [`AppError::Replayed`] when the key was
+    /// already used (nothing appended), an unreachable database or the request's database
+    /// deadline passing ([`AppError::Unavailable`]).
     pub async fn create(
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
         command: OrderCommand,
+        nonce: Option<PendingNonce>,
     ) -> Result<Created, AppError> {
         let started = std::time::Instant::now();
         let name = command_name(&command);
-        let result = within_deadline("command", self.create_unmetered(id, metadata, command)).await;
+        let result = within_deadline(
+            "command",
+            self.create_unmetered(id, metadata, command, nonce),
+        )
+        .await;
         metrics::histogram!("order_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         result
@@ -239,11 +375,26 @@ impl OrderStore {
         id: Uuid,
         metadata: &HashMap<String, String>,
         command: OrderCommand,
+        nonce: Option<PendingNonce>,
     ) -> Result<Created, AppError> {
         let empty = Order::default();
         let events = empty.decide(command).map_err(AppError::from)?;
-        match self.append(&id.to_string(), 0, &events, metadata).await {
+        let mut conn = self.pool.acquire().await.map_err(AppError::from_sqlx)?;
+        let appended = self
+            .append(
+                &mut conn,
+                &id.to_string(),
+                0,
+                &events,
+                metadata,
+                nonce.as_ref(),
+            )
+            .await;
+        match appended {
             Ok(()) => {
+                if let Some(n) = nonce {
+                    n.settle(true);
+                }
                 let mut order = empty;
                 for e in &events {
                     order.apply(e);
@@ -252,22 +403,38 @@ impl OrderStore {
                 Ok(Created::New(Box::new(Executed { order, events })))
             }
             Err(Appended::Conflict) => Ok(Created::AlreadyExists),
+            Err(Appended::Replayed) => {
+                if let Some(n) = nonce {
+                    n.settle(false);
+                }
+                Err(AppError::Replayed)
+            }
             Err(Appended::Failed(e)) => Err(e),
         }
     }
 
-    /// Appends `events` after sequence `after` in ONE statement. postgres-es appends with
-    /// BEGIN, one INSERT per event and COMMIT (three round trips for one event); a single
-    /// multi-row INSERT is just as atomic, since a statement outside a transaction block is
-    /// its own transaction. The rows are inserted in `ordinality` order so that their
-    /// `global_position`s follow their sequence numbers. Payload and metadata are serialised
-    /// exactly as cqrs-es's `SerializedEvent` does, so postgres-es loads them unchanged.
+    /// Appends `events` after sequence `after` in ONE statement, with the request's replay key
+    /// when it has one. postgres-es appends with BEGIN, one INSERT per event and COMMIT (three
+    /// round trips for one event); a single multi-row INSERT is just as atomic, since a
+    /// statement outside a transaction block is its own transaction. The rows are inserted in
+    /// `ordinality` order so that their `global_position`s follow their sequence numbers.
+    /// Payload and metadata are serialised exactly as cqrs-es's `SerializedEvent` does, so
+    /// postgres-es loads them unchanged.
+    ///
+    /// With a key, the statement first inserts it into `auth_nonces` (`ON CONFLICT DO
+    /// NOTHING`), and the events only if that inserted it: a used key appends nothing (zero
+    /// rows, [`Appended::Replayed`]); a conflict on the events' primary key fails the whole
+    /// statement, key included ([`Appended::Conflict`]). A copy of the request racing this one
+    /// waits on the key's index entry until this commits, then finds it used, so one copy wins
+    /// across replicas.
     async fn append(
         &self,
+        conn: &mut PgConnection,
         aggregate_id: &str,
         after: u64,
         events: &[OrderEvent],
         metadata: &HashMap<String, String>,
+        nonce: Option<&PendingNonce>,
     ) -> Result<(), Appended> {
         let first = i64::try_from(after).map_err(|e| Appended::Failed(AppError::internal(e)))? + 1;
         let sequences: Vec<i64> = (first..).take(events.len()).collect();
@@ -280,24 +447,27 @@ impl OrderStore {
             .map_err(|e| Appended::Failed(AppError::internal(e)))?;
         let metadata =
             serde_json::to_value(metadata).map_err(|e| Appended::Failed(AppError::internal(e)))?;
-        let inserted = sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                                 payload, metadata)
-             SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
-               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
-                    WITH ORDINALITY AS e(sequence, event_type, event_version, payload, n)
-              ORDER BY e.n",
-        )
-        .bind(ORDER_AGGREGATE_TYPE)
-        .bind(aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .execute(&self.pool)
-        .await;
-        match inserted {
+        let sql = if nonce.is_some() {
+            APPEND_WITH_KEY
+        } else {
+            APPEND
+        };
+        let mut query = sqlx::query(sql)
+            .bind(ORDER_AGGREGATE_TYPE)
+            .bind(aggregate_id)
+            .bind(&sequences)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metadata);
+        if let Some(nonce) = nonce {
+            query = query
+                .bind(nonce.service())
+                .bind(nonce.key())
+                .bind(nonce.expires_at());
+        }
+        match query.execute(conn).await {
+            Ok(done) if done.rows_affected() == 0 => Err(Appended::Replayed),
             Ok(_) => {
                 self.committed.committed();
                 Ok(())
@@ -379,5 +549,358 @@ fn command_name(command: &OrderCommand) -> &'static str {
         OrderCommand::SendReminder(_) => "send_reminder",
         OrderCommand::SendEventReminder(_) => "send_event_reminder",
         OrderCommand::ArchiveOrder(_) => "archive_order",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+    use order_domain::commands::{CancelOrder, CreateOrder, ReserveOrder};
+    use order_domain::values::NewLineItem;
+    use order_domain::Currency;
+
+    use super::*;
+    use crate::auth::NonceStore;
+
+    fn create_command(id: Uuid) -> OrderCommand {
+        let now = Utc::now();
+        OrderCommand::CreateOrder(CreateOrder {
+            order_id: id,
+            order_number: "ORD-TEST-1".into(),
+            tenant_id: "tenant-a".into(),
+            user_id: "user-1".into(),
+            event_id: Uuid::new_v4(),
+            currency: Currency::parse("USD").expect("currency"),
+            items: vec![NewLineItem {
+                id: Uuid::new_v4(),
+                ticket_type_id: Uuid::new_v4(),
+                quantity: 1,
+                unit_price_cents: 1_000,
+            }],
+            fees_cents: 0,
+            tax_cents: 0,
+            expires_at: now + Duration::minutes(15),
+            event_starts_at: None,
+            now,
+        })
+    }
+
+    fn cancel() -> OrderCommand {
+        OrderCommand::CancelOrder(CancelOrder {
+            reason: "changed my mind".into(),
+            now: Utc::now(),
+        })
+    }
+
+    async fn sequences(pool: &PgPool, id: Uuid) -> Vec<(i64, String)> {
+        sqlx::query_as(
+            "SELECT sequence, event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(id.to_string())
+        .fetch_all(pool)
+        .await
+        .expect("events")
+    }
+
+    fn pending(key: &str) -> (PendingNonce, crate::auth::pending::Settlement) {
+        PendingNonce::new("api-gateway", key, Utc::now() + Duration::minutes(5))
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_used_key_appends_nothing_and_settles_as_a_replay(pool: PgPool) {
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        let id = Uuid::now_v7();
+        let (key, settled) = pending("k1");
+        let created = store
+            .create(id, &meta, create_command(id), Some(key))
+            .await
+            .expect("created");
+        assert!(matches!(created, Created::New(_)));
+        assert_eq!(settled.outcome(), Some(true));
+
+        // The same key on another create, and on a command of the created order.
+        let other = Uuid::now_v7();
+        let (key, settled) = pending("k1");
+        let replayed = store
+            .create(other, &meta, create_command(other), Some(key))
+            .await;
+        assert!(matches!(replayed, Err(AppError::Replayed)), "{replayed:?}");
+        assert_eq!(settled.outcome(), Some(false));
+        assert!(sequences(&pool, other).await.is_empty());
+        let (key, settled) = pending("k1");
+        let replayed = store
+            .execute_signed(id, &meta, Some(key), |_| Ok(()), cancel)
+            .await;
+        assert!(matches!(replayed, Err(AppError::Replayed)), "{replayed:?}");
+        assert_eq!(settled.outcome(), Some(false));
+        assert_eq!(sequences(&pool, id).await.len(), 1, "nothing appended");
+
+        // A fresh key goes through, once.
+        let (key, settled) = pending("k2");
+        let done = store
+            .execute_signed(id, &meta, Some(key), |_| Ok(()), cancel)
+            .await
+            .expect("cancelled");
+        assert_eq!(done.events.len(), 1);
+        assert_eq!(settled.outcome(), Some(true));
+        let nonces = NonceStore::new(pool.clone());
+        let later = Utc::now() + Duration::minutes(5);
+        assert!(!nonces.record("api-gateway", "k1", later).await.unwrap());
+        assert!(!nonces.record("api-gateway", "k2", later).await.unwrap());
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_command_that_appends_nothing_leaves_its_key_unsettled(pool: PgPool) {
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        let id = Uuid::now_v7();
+        store
+            .create(id, &meta, create_command(id), None)
+            .await
+            .expect("created");
+        store
+            .execute(id, &meta, |_| Ok(()), cancel)
+            .await
+            .expect("cancelled");
+        // Already cancelled: nothing to append, and the key is the caller's to settle.
+        let (key, settled) = pending("k-noop");
+        let done = store
+            .execute_signed(id, &meta, Some(key), |_| Ok(()), cancel)
+            .await
+            .expect("satisfied");
+        assert!(done.events.is_empty());
+        assert_eq!(settled.outcome(), None);
+        // Refused by the domain: the same.
+        let (key, settled) = pending("k-refused");
+        let reserve = || {
+            OrderCommand::ReserveOrder(ReserveOrder {
+                expires_at: Utc::now() + Duration::minutes(5),
+                now: Utc::now(),
+            })
+        };
+        let refused = store
+            .execute_signed(id, &meta, Some(key), |_| Ok(()), reserve)
+            .await;
+        assert!(matches!(refused, Err(AppError::Rejected(_))), "{refused:?}");
+        assert_eq!(settled.outcome(), None);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "no key recorded by the store");
+        // And the create of an id that exists leaves it unsettled too.
+        let (key, settled) = pending("k-exists");
+        let again = store.create(id, &meta, create_command(id), Some(key)).await;
+        assert!(matches!(again, Ok(Created::AlreadyExists)), "{again:?}");
+        assert_eq!(settled.outcome(), None);
+    }
+
+    /// A writer that takes the next sequence between this command's load and its append: the
+    /// append conflicts, the key goes back with it, and the retry appends with the same key.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn an_append_conflict_does_not_burn_the_key(pool: PgPool) {
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        let id = Uuid::now_v7();
+        store
+            .create(id, &meta, create_command(id), None)
+            .await
+            .expect("created");
+
+        // The other writer: sequence 2 inserted, not yet committed.
+        let mut other = pool.begin().await.unwrap();
+        let reserved = store
+            .load(id)
+            .await
+            .unwrap()
+            .expect("order")
+            .decide(OrderCommand::ReserveOrder(ReserveOrder {
+                expires_at: Utc::now() + Duration::minutes(30),
+                now: Utc::now(),
+            }))
+            .unwrap();
+        sqlx::query(APPEND)
+            .bind(ORDER_AGGREGATE_TYPE)
+            .bind(id.to_string())
+            .bind(vec![2_i64])
+            .bind(vec![reserved[0].event_type()])
+            .bind(vec![reserved[0].event_version()])
+            .bind(vec![serde_json::to_value(&reserved[0]).unwrap()])
+            .bind(serde_json::json!({}))
+            .execute(&mut *other)
+            .await
+            .unwrap();
+
+        // This command loads sequence 1 only, decides sequence 2, and waits on the other's row.
+        let (key, settled) = pending("k-conflict");
+        let command = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .execute_signed(id, &HashMap::new(), Some(key), |_| Ok(()), cancel)
+                    .await
+            }
+        });
+        let waiting = async {
+            loop {
+                let blocked: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if blocked > 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the command's append waited for the other writer");
+        other.commit().await.unwrap();
+
+        let done = command.await.unwrap().expect("the retry appended");
+        assert_eq!(settled.outcome(), Some(true));
+        assert_eq!(done.order.version, 3);
+        let types: Vec<String> = sequences(&pool, id)
+            .await
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(types, ["OrderCreated", "OrderReserved", "OrderCancelled"]);
+        let keys: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM auth_nonces WHERE nonce = 'k-conflict'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(keys, 1, "recorded once, by the retry");
+    }
+
+    /// Seeded interleavings of a signed command, a copy of it (a replay), and an unsigned writer
+    /// of the same order, started in random order with random delays: the writer never loses
+    /// to them, exactly one of the two copies appends (the other is a replay, refused by the
+    /// append or by the batcher as the middleware would settle it), and the key is recorded
+    /// once. `ORDER_INTERLEAVING_SEED` replays a failing seed.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn interleaved_copies_and_writers_accept_the_key_once(pool: PgPool) {
+        use rand::{Rng, SeedableRng};
+
+        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("interleaving seed: {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let store = OrderStore::new(pool.clone());
+        let nonces = NonceStore::new(pool.clone());
+        let reserve = || {
+            OrderCommand::ReserveOrder(ReserveOrder {
+                expires_at: Utc::now() + Duration::minutes(30),
+                now: Utc::now(),
+            })
+        };
+        for case in 0..20 {
+            let id = Uuid::now_v7();
+            store
+                .create(id, &HashMap::new(), create_command(id), None)
+                .await
+                .expect("created");
+            let key = format!("case-{case}");
+            let delays: Vec<u64> = (0..3).map(|_| rng.gen_range(0..3)).collect();
+            let signed = |delay: u64| {
+                let (store, key) = (store.clone(), key.clone());
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    let (nonce, settled) = pending(&key);
+                    let result = store
+                        .execute_signed(id, &HashMap::new(), Some(nonce), |_| Ok(()), cancel)
+                        .await;
+                    (result.map(|done| done.events.len()), settled.outcome())
+                }
+            };
+            let writer = {
+                let store = store.clone();
+                let delay = delays[2];
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    store
+                        .execute(id, &HashMap::new(), |_| Ok(()), reserve)
+                        .await
+                }
+            };
+            let (first, second, written) =
+                tokio::join!(signed(delays[0]), signed(delays[1]), writer);
+            // The reserve may come after the cancel and be refused; it never conflicts away.
+            assert!(
+                matches!(written, Ok(_) | Err(AppError::Rejected(_))),
+                "seed {seed} case {case}: {written:?}"
+            );
+            let outcomes = [&first, &second];
+            let applied = outcomes
+                .iter()
+                .filter(|(r, settled)| matches!(r, Ok(1)) && *settled == Some(true))
+                .count();
+            // The other copy is refused by the append, or (when it loads the order already
+            // cancelled) appends nothing and leaves the key to the batcher, which refuses it.
+            let mut replayed = 0;
+            for (result, settled) in outcomes {
+                match (result, settled) {
+                    (Err(AppError::Replayed), Some(false)) => replayed += 1,
+                    (Ok(0), None) => {
+                        let later = Utc::now() + Duration::minutes(5);
+                        if !nonces.record("api-gateway", &key, later).await.unwrap() {
+                            replayed += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                (applied, replayed),
+                (1, 1),
+                "seed {seed} case {case}: {first:?} {second:?}"
+            );
+            let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces WHERE nonce = $1")
+                .bind(&key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(keys, 1, "seed {seed} case {case}");
+            let cancels = sequences(&pool, id)
+                .await
+                .into_iter()
+                .filter(|(_, t)| t == "OrderCancelled")
+                .count();
+            assert_eq!(cancels, 1, "seed {seed} case {case}");
+        }
+    }
+
+    /// Loading on the store's own connection gives what postgres-es's `load_aggregate` gives.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn loads_as_postgres_es_does(pool: PgPool) {
+        use cqrs_es::persist::PersistedEventStore;
+        use cqrs_es::{AggregateContext, EventStore};
+
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        let id = Uuid::now_v7();
+        store
+            .create(id, &meta, create_command(id), None)
+            .await
+            .expect("created");
+        store
+            .execute(id, &meta, |_| Ok(()), cancel)
+            .await
+            .expect("cancelled");
+        let reference = PersistedEventStore::<_, Order>::new_event_store(
+            postgres_es::PostgresEventRepository::new(pool.clone()),
+        )
+        .with_upcasters(order_domain::upcasters());
+        let mut context = reference.load_aggregate(&id.to_string()).await.unwrap();
+        let expected: Order = context.aggregate().clone();
+        assert_eq!(store.load(id).await.unwrap(), Some(expected));
     }
 }

@@ -4,10 +4,11 @@
 //! signature in constant time (401), then the nonce or hmac-v2 signature recorded atomically
 //! (401 on reuse). Only an expired timestamp says why it failed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{FromRequestParts, OriginalUri, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,8 @@ use chrono::{DateTime, Utc};
 
 use super::caller::{Caller, Scheme};
 use super::keys::{valid_service_name, KeyRing};
-use super::nonce::{NonceStore, MAX_NONCE_LEN};
+use super::nonce::{storable, NonceStore, MAX_NONCE_LEN};
+use super::pending::PendingNonce;
 use super::policy::{CallerPolicy, RoutePolicy};
 use super::signing::{v1_header, v2_header, verify_v1, verify_v2};
 use crate::deadline::{within_deadline, DeadlinePassed};
@@ -255,6 +257,7 @@ impl Authenticator {
         RouteGuard {
             auth: self.clone(),
             policy,
+            defers_nonce: false,
         }
     }
 
@@ -396,6 +399,22 @@ pub struct RouteGuard {
     pub auth: Authenticator,
     /// Which callers this route group is open to.
     pub policy: RoutePolicy,
+    /// Whether a command's replay key is handed to its handler as a [`PendingNonce`] instead of
+    /// being recorded before the handler runs ([`Self::deferring_nonce`]).
+    defers_nonce: bool,
+}
+
+impl RouteGuard {
+    /// The same guard, handing a command's replay key to its handler as a [`PendingNonce`], to
+    /// be recorded by the statement that appends the command's events (one commit instead of
+    /// two). Only for handlers that pass it to the event store and do nothing outside the
+    /// database before their append: the handler runs before the key is known to be unused,
+    /// and a replay is refused only after it (see [`super::pending`]). Reads are unaffected.
+    #[must_use]
+    pub fn deferring_nonce(mut self) -> Self {
+        self.defers_nonce = true;
+        self
+    }
 }
 
 /// The request target as the caller signed it: path and query, undecoded, before any
@@ -416,7 +435,8 @@ fn signed_target(request: &Request) -> String {
 /// A read (`GET`, `HEAD`) runs its handler while its nonce is being recorded, instead of one
 /// round trip after the other, and its answer is released only once the record says first use:
 /// a replay still gets its 401 and nothing else, and it changed nothing, as reads change
-/// nothing. Any other method runs its handler only after the record.
+/// nothing. Any other method runs its handler only after the record, unless the guard defers
+/// the nonce to the handler ([`RouteGuard::deferring_nonce`]).
 pub async fn authenticate(
     State(guard): State<RouteGuard>,
     mut request: Request,
@@ -435,8 +455,12 @@ pub async fn authenticate(
         Err(e) => return e.into_response(),
     };
     request.extensions_mut().insert(admission.caller.clone());
+    let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if guard.defers_nonce && !is_read {
+        return defer_to_handler(&guard, &admission, request, next).await;
+    }
     let record = guard.auth.record(guard.policy, &admission);
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+    if !is_read {
         return match record.await {
             Ok(()) => next.run(request).await,
             Err(e) => e.into_response(),
@@ -454,6 +478,73 @@ pub async fn authenticate(
             Ok(()) => response,
             Err(e) => e.into_response(),
         },
+    }
+}
+
+/// A command whose replay key is settled by its own append: the handler gets the key as a
+/// [`PendingNonce`] and runs at once. Whatever it answers, the key is settled before the answer
+/// leaves: by the append statement, or else here through the batcher. A key found used (by
+/// either) turns the answer into the 401 of a replay, and a nonce store that fails turns it
+/// into a 500 or 503, never a pass; only a handler's own 5xx stands either way.
+async fn defer_to_handler(
+    guard: &RouteGuard,
+    admission: &Admission,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let service = admission.caller.service.as_str();
+    if !storable(&admission.replay_key) {
+        return reject(guard.policy, Some(service), Rejection::Replayed).into_response();
+    }
+    let (pending, settlement) =
+        PendingNonce::new(service, &admission.replay_key, admission.expires_at);
+    request.extensions_mut().insert(PendingSlot::new(pending));
+    let response = next.run(request).await;
+    match settlement.outcome() {
+        Some(true) => response,
+        Some(false) => reject(guard.policy, Some(service), Rejection::Replayed).into_response(),
+        // Not taken, refused or satisfied before any append: spend the key all the same.
+        None => match guard.auth.record(guard.policy, admission).await {
+            Ok(()) => response,
+            // The handler failed, and its failure stands whatever the key's state: an append
+            // whose connection dropped while it committed leaves the key used, and a 401 would
+            // tell the caller its signature was refused instead of to retry. Nothing was
+            // accepted twice either way: the key is recorded now, or was by that append.
+            Err(_) if response.status().is_server_error() => response,
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// Where the middleware leaves the [`PendingNonce`] for the handler to take.
+#[derive(Debug, Clone)]
+struct PendingSlot(Arc<Mutex<Option<PendingNonce>>>);
+
+impl PendingSlot {
+    fn new(pending: PendingNonce) -> Self {
+        Self(Arc::new(Mutex::new(Some(pending))))
+    }
+
+    fn take(&self) -> Option<PendingNonce> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PendingNonce {
+    type Rejection = ApiError;
+
+    /// Fails closed with a 500 on a route whose guard records the key itself (or none): that
+    /// is a wiring bug, and the handler must not go on as if it held the key.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<PendingSlot>()
+            .and_then(PendingSlot::take)
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!(
+                    "PendingNonce extracted on a route whose guard does not defer the nonce"
+                ))
+            })
     }
 }
 
@@ -910,6 +1001,136 @@ mod tests {
         let (status, body) = send(&app, "GET", ORDER, &h).await;
         assert_generic_401(status, &body);
         assert_eq!(body.get("ran"), None, "a replayed read leaked its answer");
+    }
+
+    /// A command whose guard defers the nonce runs its handler at once; whatever the handler
+    /// does with the pending nonce (here: nothing), it is settled before the answer leaves, and
+    /// a replay's answer is the 401 however its handler answered.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_deferred_nonce_is_settled_after_the_handler_whatever_it_did(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool.clone()),
+        );
+        let ignores = || async { Json(json!({"ran": true})) };
+        let takes = |_nonce: PendingNonce| async { Json(json!({"took": true})) };
+        let refuses = || async { (StatusCode::CONFLICT, Json(json!({"refused": true}))) };
+        let guard = |policy| {
+            middleware::from_fn_with_state(auth.guard(policy).deferring_nonce(), authenticate)
+        };
+        let app = Router::new()
+            .route(
+                CANCEL,
+                post(ignores).route_layer(guard(RoutePolicy::OrdersCancel)),
+            )
+            .route(
+                "/api/v1/orders/{id}/reserve",
+                post(takes).route_layer(guard(RoutePolicy::OrdersReserve)),
+            )
+            .route(
+                "/api/v1/orders/{id}/confirm",
+                post(refuses).route_layer(guard(RoutePolicy::OrdersConfirm)),
+            );
+        let reserve = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/reserve";
+        let confirm = "/api/v1/orders/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/confirm";
+        for (url, service, status, field) in [
+            (CANCEL, "api-gateway", StatusCode::OK, "ran"),
+            (reserve, "api-gateway", StatusCode::OK, "took"),
+            (confirm, "payment-service", StatusCode::CONFLICT, "refused"),
+        ] {
+            let h = v1(service, "POST", url);
+            let (got, body) = send(&app, "POST", url, &h).await;
+            assert_eq!((got, &body[field]), (status, &json!(true)), "{url}");
+            let (got, body) = send(&app, "POST", url, &h).await;
+            assert_generic_401(got, &body);
+            let h = v2(service, url);
+            assert_eq!(send(&app, "POST", url, &h).await.0, status, "{url}");
+            let (got, body) = send(&app, "POST", url, &h).await;
+            assert_generic_401(got, &body);
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 6, "each first use recorded once");
+
+        // The nonce store down: a 500, not the handler's answer.
+        sqlx::query("DROP TABLE auth_nonces")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (got, body) = send(&app, "POST", CANCEL, &v1("api-gateway", "POST", CANCEL)).await;
+        assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(body.get("ran"), None);
+    }
+
+    /// A command that failed with its key in doubt (its append may have committed the key
+    /// before the connection dropped) keeps its 5xx: a 401 would tell the caller to stop, not to
+    /// retry. Simulated by a handler that records the key itself and answers 503.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_failed_command_whose_key_was_taken_keeps_its_5xx(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool.clone()),
+        );
+        let db = pool.clone();
+        let in_doubt = move |nonce: PendingNonce| {
+            let db = db.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO auth_nonces (service, nonce, expires_at) VALUES ($1, $2, $3)",
+                )
+                .bind(nonce.service())
+                .bind(nonce.key())
+                .bind(nonce.expires_at())
+                .execute(&db)
+                .await
+                .unwrap();
+                drop(nonce);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"inDoubt": true})),
+                )
+            }
+        };
+        let app = Router::new().route(
+            CANCEL,
+            post(in_doubt).route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersCancel).deferring_nonce(),
+                authenticate,
+            )),
+        );
+        let h = v1("api-gateway", "POST", CANCEL);
+        let (got, body) = send(&app, "POST", CANCEL, &h).await;
+        assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["inDoubt"], json!(true));
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the key recorded once");
+    }
+
+    /// The pending nonce is only for handlers behind a deferring guard.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_pending_nonce_behind_a_recording_guard_fails_closed(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool),
+        );
+        let takes = |_nonce: PendingNonce| async { Json(json!({"took": true})) };
+        let app = Router::new().route(
+            CANCEL,
+            post(takes).route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersCancel),
+                authenticate,
+            )),
+        );
+        let (got, _) = send(&app, "POST", CANCEL, &v1("api-gateway", "POST", CANCEL)).await;
+        assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[sqlx::test(migrations = "../migrations")]

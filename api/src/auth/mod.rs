@@ -7,6 +7,8 @@
 //! - [`keys`]: the [`KeyRing`] of shared and per-service keys with their rotation predecessors;
 //! - [`policy`]: the allowlist of callers and the callers of each [`RoutePolicy`];
 //! - [`nonce`]: the replay store shared by all replicas ([`NonceStore`], table `auth_nonces`);
+//! - [`pending`]: the [`PendingNonce`] a command's handler gets instead, settled by the event
+//!   store's append or by the nonce batcher;
 //! - [`middleware`]: the [`Authenticator`] and the axum middleware [`authenticate`];
 //! - [`caller`]: the [`Caller`] it hands to handlers;
 //! - [`error`]: [`AuthConfigError`] for settings refused at start-up.
@@ -18,6 +20,7 @@ pub mod error;
 pub mod keys;
 pub mod middleware;
 pub mod nonce;
+pub mod pending;
 pub mod policy;
 pub mod signing;
 
@@ -29,6 +32,7 @@ pub use middleware::{
     INVALID_CREDENTIALS, TIMESTAMP_EXPIRED,
 };
 pub use nonce::{NonceStore, MAX_NONCE_LEN, PURGE_MARGIN};
+pub use pending::PendingNonce;
 pub use policy::{CallerPolicy, RoutePolicy, DEFAULT_ALLOWED_SERVICES};
 pub use signing::{
     canonical_v1, canonical_v2, sign_v1, sign_v2, v1_headers, v2_headers, verify_v1, verify_v2,

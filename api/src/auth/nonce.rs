@@ -20,6 +20,8 @@ use order_projections::postgres::batch::{self, BatchFuture, Batcher};
 use order_projections::postgres::HeldConnection;
 use sqlx::PgPool;
 
+use super::pending::PendingNonce;
+
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
 pub const MAX_NONCE_LEN: usize = 128;
@@ -38,6 +40,12 @@ const PURGE_BATCH: i64 = 5_000;
 
 /// Most records inserted by one statement.
 const MAX_BATCH: usize = 256;
+
+/// Whether a key may be stored at all: not empty, and at most [`MAX_NONCE_LEN`] characters.
+/// Any other key is refused as a replay, without a query.
+pub(crate) fn storable(nonce: &str) -> bool {
+    !nonce.is_empty() && nonce.chars().count() <= MAX_NONCE_LEN
+}
 
 /// One record for a batch.
 #[derive(Debug)]
@@ -80,7 +88,7 @@ impl NonceStore {
         nonce: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
-        if nonce.is_empty() || nonce.chars().count() > MAX_NONCE_LEN {
+        if !storable(nonce) {
             return Ok(false);
         }
         let record = Record {
@@ -93,6 +101,20 @@ impl NonceStore {
             // The batcher is gone (its runtime shut down): check on our own.
             None => record_one(&self.pool, service, nonce, expires_at).await,
         }
+    }
+
+    /// Settles a command's pending key through the batcher, as [`Self::record`] records a
+    /// read's: for a command that appended nothing, so its key is spent all the same. `Ok(true)`
+    /// means first use; `Ok(false)` a replay. On an error the key stays unsettled, and the
+    /// request must be refused.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn settle(&self, pending: PendingNonce) -> Result<bool, sqlx::Error> {
+        let first_use = self
+            .record(pending.service(), pending.key(), pending.expires_at())
+            .await?;
+        Ok(pending.settle(first_use))
     }
 
     /// Deletes rows expired for longer than [`PURGE_MARGIN`], in batches, and returns how
@@ -189,10 +211,13 @@ async fn insert_batch(
 /// Committed without waiting for the WAL flush (`synchronous_commit` off for this statement's
 /// own transaction only), like the batch. That is safe where it matters:
 /// - the atomic check is unchanged; the row is visible to every replica on commit;
-/// - a write request appends its events after this, and their synchronous commit flushes the
-///   WAL up to and past this row, so no acknowledged write can be replayed after a crash;
-/// - at worst a crash loses the last few hundred ms of nonces of read requests, whose replay
-///   within the timestamp window returns data the caller was already sent.
+/// - a command that appends records its key with its events, in their synchronous commit
+///   (`crate::app::store`), so no acknowledged write can be replayed after a crash; the keys
+///   recorded here are those of reads, of commands that appended nothing, and of the commands
+///   that record first (the refund, whose appends follow and flush the WAL past the key);
+/// - at worst a crash loses the last few hundred ms of those keys: a read's replay within the
+///   timestamp window returns data the caller was already sent, and a command that appended
+///   nothing had no effect to repeat (its replay is decided afresh, as a new request would be).
 ///
 /// Waiting for the flush doubled the fsyncs per command and was most of a read's latency.
 async fn record_one(

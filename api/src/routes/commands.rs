@@ -20,7 +20,7 @@ use super::answers::{
 };
 use crate::app::commands::{Confirmation, NewLine, NewOrder, Origin};
 use crate::app::context::RequestContext;
-use crate::auth::Caller;
+use crate::auth::{Caller, PendingNonce};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{truncate, whole, AppJson, OrderIdPath};
 use crate::startup::AppState;
@@ -240,6 +240,7 @@ pub async fn create_order(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
+    nonce: PendingNonce,
     headers: HeaderMap,
     AppJson(raw): AppJson<Value>,
 ) -> ApiResult<(StatusCode, Json<OrderAnswer>)> {
@@ -265,7 +266,10 @@ pub async fn create_order(
         hold,
         event_starts_at: body.event_starts_at,
     };
-    let order = state.commands.create(&origin(&ctx, &caller), new).await?;
+    let order = state
+        .commands
+        .create(&origin(&ctx, &caller), Some(nonce), new)
+        .await?;
     Ok((StatusCode::CREATED, order_answer(order)))
 }
 
@@ -335,12 +339,13 @@ pub async fn reserve_order(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     caller: Caller,
+    nonce: PendingNonce,
     AppJson(body): AppJson<ReserveBody>,
 ) -> ApiResult<Json<OrderAnswer>> {
     let hold = hold(body.expires_in_seconds)?;
     let order = state
         .commands
-        .reserve(id, &origin(&ctx, &caller), hold)
+        .reserve(id, &origin(&ctx, &caller), Some(nonce), hold)
         .await?;
     Ok(order_answer(order))
 }
@@ -368,6 +373,7 @@ pub async fn confirm_order(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     caller: Caller,
+    nonce: PendingNonce,
     AppJson(body): AppJson<ConfirmBody>,
 ) -> ApiResult<Json<OrderAnswer>> {
     check_confirm(&body)?;
@@ -378,7 +384,7 @@ pub async fn confirm_order(
     };
     let order = state
         .commands
-        .confirm(id, &origin(&ctx, &caller), confirmation)
+        .confirm(id, &origin(&ctx, &caller), Some(nonce), confirmation)
         .await?;
     Ok(order_answer(order))
 }
@@ -406,12 +412,13 @@ pub async fn cancel_order(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     caller: Caller,
+    nonce: PendingNonce,
     AppJson(body): AppJson<CancelBody>,
 ) -> ApiResult<Json<OrderAnswer>> {
     let reason = required_text("reason", &body.reason)?;
     let order = state
         .commands
-        .cancel(id, &origin(&ctx, &caller), reason)
+        .cancel(id, &origin(&ctx, &caller), Some(nonce), reason)
         .await?;
     Ok(order_answer(order))
 }
@@ -508,12 +515,13 @@ pub async fn record_tickets(
     OrderIdPath(id): OrderIdPath,
     ctx: RequestContext,
     caller: Caller,
+    nonce: PendingNonce,
     AppJson(body): AppJson<TicketsBody>,
 ) -> ApiResult<Json<OrderAnswer>> {
     let tickets = issued_tickets(body)?;
     let order = state
         .commands
-        .record_tickets(id, &origin(&ctx, &caller), tickets)
+        .record_tickets(id, &origin(&ctx, &caller), Some(nonce), tickets)
         .await?;
     Ok(order_answer(order))
 }

@@ -16,7 +16,10 @@ CREATE TABLE IF NOT EXISTS bench_events (
 INSERT INTO bench_events
 SELECT 'k' || g, 1, '{\"status\": \"PAID\", \"totalCents\": 17870}'::jsonb
   FROM generate_series(1, 10000) g
-ON CONFLICT DO NOTHING;";
+ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bench_nonces (
+    service text NOT NULL, nonce text NOT NULL, expires_at timestamptz NOT NULL,
+    PRIMARY KEY (service, nonce));";
 
 /// One row per transaction, like appending one event: B1's denominator.
 pub const INSERT: &str = "INSERT INTO bench_events (aggregate_id, sequence, payload)
@@ -30,8 +33,15 @@ INSERT INTO bench_events (aggregate_id, sequence, payload)
 VALUES (gen_random_uuid()::text, 1, '{\"OrderConfirmed\": {}}');
 COMMIT;\n";
 
-/// A primary-key read: B8's denominator.
-pub const PK_SELECT: &str = "\\set k random(1, 10000)
+/// The SQL a signed read needs, as the service sends it: the request's nonce recorded once
+/// (an insert that skips a used key, committed without waiting for the WAL flush, as
+/// `auth_nonces` is), then the primary-key read. B8's denominator, so that its ratio measures
+/// the service's overhead and not the statement the signature costs.
+pub const NONCE_THEN_PK_SELECT: &str = "\\set k random(1, 10000)
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO bench_nonces (service, nonce, expires_at)
+SELECT 'payment-service', gen_random_uuid()::text, now() + interval '10 minutes' FROM async_commit
+ON CONFLICT (service, nonce) DO NOTHING;
 SELECT payload FROM bench_events WHERE aggregate_id = 'k' || :k AND sequence = 1;\n";
 
 /// What one pgbench run measured.
