@@ -199,7 +199,10 @@ impl Commands {
         // settles the key (the auth middleware) does so before the answer leaves.
         let created = match self.store.create(order_id, &meta, command, nonce).await {
             Ok(created) => created,
-            Err(refused) if key.is_some() => {
+            // A domain refusal of a repeat (an event that has started since, say) still gets the
+            // first answer. Not a failed append: it may have committed, and its caller must be
+            // told to retry (its key is then in doubt), nor a replay, which is refused outright.
+            Err(refused @ (AppError::Invalid(_) | AppError::Rejected(_))) if key.is_some() => {
                 return match self.first_answer(order_id, &new.request_hash).await? {
                     Some(first) => Ok(first),
                     None => Err(refused),

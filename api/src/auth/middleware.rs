@@ -485,7 +485,9 @@ pub async fn authenticate(
 /// [`PendingNonce`] and runs at once. Whatever it answers, the key is settled before the answer
 /// leaves: by the append statement, or else here through the batcher. A key found used (by
 /// either) turns the answer into the 401 of a replay, and a nonce store that fails turns it
-/// into a 500 or 503, never a pass; only a handler's own 5xx stands either way.
+/// into a 500 or 503, never a pass; only a handler's own 5xx stands either way. A request
+/// dropped before its answer (the client went away, the handler panicked) still spends its
+/// key ([`UnspentKey`]).
 async fn defer_to_handler(
     guard: &RouteGuard,
     admission: &Admission,
@@ -498,21 +500,78 @@ async fn defer_to_handler(
     }
     let (pending, settlement) =
         PendingNonce::new(service, &admission.replay_key, admission.expires_at);
+    let mut unspent = UnspentKey {
+        nonces: guard.auth.inner.nonces.clone(),
+        service: service.to_owned(),
+        key: admission.replay_key.clone(),
+        expires_at: admission.expires_at,
+        settlement,
+        spent: false,
+    };
     request.extensions_mut().insert(PendingSlot::new(pending));
     let response = next.run(request).await;
-    match settlement.outcome() {
-        Some(true) => response,
-        Some(false) => reject(guard.policy, Some(service), Rejection::Replayed).into_response(),
+    let first_use = match unspent.settlement.outcome() {
+        Some(first_use) => Ok(first_use),
         // Not taken, refused or satisfied before any append: spend the key all the same.
-        None => match guard.auth.record(guard.policy, admission).await {
-            Ok(()) => response,
-            // The handler failed, and its failure stands whatever the key's state: an append
-            // whose connection dropped while it committed leaves the key used, and a 401 would
-            // tell the caller its signature was refused instead of to retry. Nothing was
-            // accepted twice either way: the key is recorded now, or was by that append.
-            Err(_) if response.status().is_server_error() => response,
-            Err(e) => e.into_response(),
-        },
+        None => unspent.spend().await,
+    };
+    match first_use {
+        Ok(true) => response,
+        // The handler failed, and its failure stands whatever the key's state: an append
+        // whose connection dropped while it committed leaves the key used, and a 401 would
+        // tell the caller its signature was refused instead of to retry. Nothing was
+        // accepted twice either way: the key is recorded now, or was by that append.
+        _ if response.status().is_server_error() => response,
+        Ok(false) => reject(guard.policy, Some(service), Rejection::Replayed).into_response(),
+        Err(rejection) => reject(guard.policy, Some(service), rejection).into_response(),
+    }
+}
+
+/// A deferred replay key until it is settled. Spending it here runs in a task of its own: not
+/// under the request's database deadline, which a command that failed by running out of it
+/// has already used up, and to the end even if the request is dropped meanwhile. Dropped
+/// unsettled and unspent (the request was cancelled, or its handler panicked), it spends the
+/// key on its way out, so a copy of a request that never answered is still refused.
+struct UnspentKey {
+    nonces: NonceStore,
+    service: String,
+    key: String,
+    expires_at: DateTime<Utc>,
+    settlement: super::pending::Settlement,
+    spent: bool,
+}
+
+impl UnspentKey {
+    fn start(&mut self) -> tokio::task::JoinHandle<Result<bool, sqlx::Error>> {
+        self.spent = true;
+        let (nonces, service, key, expires_at) = (
+            self.nonces.clone(),
+            self.service.clone(),
+            self.key.clone(),
+            self.expires_at,
+        );
+        tokio::spawn(async move { nonces.record(&service, &key, expires_at).await })
+    }
+
+    /// Records the key as used: `Ok(true)` if this was its first use.
+    async fn spend(&mut self) -> Result<bool, Rejection> {
+        match self.start().await {
+            Ok(recorded) => recorded.map_err(Rejection::Store),
+            Err(join) => Err(Rejection::Store(sqlx::Error::WorkerCrashed)).inspect_err(|_| {
+                tracing::error!(error = %join, "recording a deferred replay key failed");
+            }),
+        }
+    }
+}
+
+impl Drop for UnspentKey {
+    fn drop(&mut self) {
+        if !self.spent
+            && self.settlement.outcome().is_none()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            drop(self.start());
+        }
     }
 }
 
@@ -1111,6 +1170,76 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, 1, "the key recorded once");
+    }
+
+    async fn recorded_keys(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM auth_nonces")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// A command that ran out of the request's database deadline still spends its key: the
+    /// record after the handler is not bound by the deadline it used up, so a copy of the
+    /// request is refused later.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_command_past_its_deadline_still_spends_its_key(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool.clone()),
+        );
+        let slow = |_nonce: PendingNonce| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"late": true})))
+        };
+        let app = Router::new()
+            .route(
+                CANCEL,
+                post(slow).route_layer(middleware::from_fn_with_state(
+                    auth.guard(RoutePolicy::OrdersCancel).deferring_nonce(),
+                    authenticate,
+                )),
+            )
+            .layer(middleware::from_fn(|request: Request, next: Next| {
+                crate::deadline::scope(Duration::from_millis(20), next.run(request))
+            }));
+        let h = v1("api-gateway", "POST", CANCEL);
+        let (got, _) = send(&app, "POST", CANCEL, &h).await;
+        assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(recorded_keys(&pool).await, 1, "the key was not spent");
+    }
+
+    /// A request dropped while its handler runs (the client went away) spends its key on the
+    /// way out.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_command_dropped_before_its_answer_spends_its_key(pool: PgPool) {
+        let auth = Authenticator::new(
+            shared_keys(),
+            CallerPolicy::default(),
+            NonceStore::new(pool.clone()),
+        );
+        let never = |_nonce: PendingNonce| std::future::pending::<Json<Value>>();
+        let app = Router::new().route(
+            CANCEL,
+            post(never).route_layer(middleware::from_fn_with_state(
+                auth.guard(RoutePolicy::OrdersCancel).deferring_nonce(),
+                authenticate,
+            )),
+        );
+        let h = v1("api-gateway", "POST", CANCEL);
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(100), send(&app, "POST", CANCEL, &h)).await;
+        assert!(dropped.is_err(), "the handler answered");
+        let mut spent = false;
+        for _ in 0..100 {
+            if recorded_keys(&pool).await == 1 {
+                spent = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(spent, "a dropped request's key was not spent");
     }
 
     /// The pending nonce is only for handlers behind a deferring guard.

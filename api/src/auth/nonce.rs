@@ -20,7 +20,6 @@ use order_projections::postgres::batch::{self, BatchFuture, Batcher};
 use order_projections::postgres::HeldConnection;
 use sqlx::PgPool;
 
-use super::pending::PendingNonce;
 
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
@@ -101,20 +100,6 @@ impl NonceStore {
             // The batcher is gone (its runtime shut down): check on our own.
             None => record_one(&self.pool, service, nonce, expires_at).await,
         }
-    }
-
-    /// Settles a command's pending key through the batcher, as [`Self::record`] records a
-    /// read's: for a command that appended nothing, so its key is spent all the same. `Ok(true)`
-    /// means first use; `Ok(false)` a replay. On an error the key stays unsettled, and the
-    /// request must be refused.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub async fn settle(&self, pending: PendingNonce) -> Result<bool, sqlx::Error> {
-        let first_use = self
-            .record(pending.service(), pending.key(), pending.expires_at())
-            .await?;
-        Ok(pending.settle(first_use))
     }
 
     /// Deletes rows expired for longer than [`PURGE_MARGIN`], in batches, and returns how

@@ -1,25 +1,27 @@
 //! The replay key of a signed command, checked but not yet recorded: what the middleware hands
 //! a command's handler on the routes that record it with the command's own events.
 //!
-//! A command used to cost two commits in a row: the nonce first, then the events. On these
-//! routes the middleware checks timestamp, caller and signature as always, and instead of
-//! recording the replay key it leaves a [`PendingNonce`] for the handler, which passes it down
-//! to the event store. Exactly two things may settle it, and settling consumes it:
+//! Recording the key and then appending the events would cost a command two commits in a row.
+//! On these routes the middleware checks timestamp, caller and signature as always, and instead
+//! of recording the replay key it leaves a [`PendingNonce`] for the handler, which passes it
+//! down to the event store. Exactly two things may spend the key:
 //! - the event store's append statement, which inserts the key and the events together, so that
-//!   the events are appended only if the key was unused (`crate::app::store`);
-//! - the nonce batcher ([`super::NonceStore::settle`]), for a command that appends nothing
-//!   (refused, already satisfied, or failed before it reached the store).
+//!   the events are appended only if the key was unused (`crate::app::store`); it settles the
+//!   [`PendingNonce`], which consumes it;
+//! - the middleware, through the nonce batcher, for a command that appended nothing (refused,
+//!   already satisfied, or failed before it reached the store), once the handler answered or
+//!   when the request is dropped before that.
 //!
-//! Nothing can forget it: once the handler has answered, the middleware settles any key still
-//! unsettled through the batcher, and a key that turns out to be used replaces the answer with
+//! Nothing can forget it: once the handler has answered, the middleware spends any key still
+//! unsettled, and a key that turns out to be used replaces the answer with
 //! the same 401 as a replay refused up front (unless the handler failed with a 5xx: its append
 //! may have committed the key before the connection dropped, and the caller must be told to
 //! retry, not that its signature was refused). So a replay is refused whatever its body, and it
 //! appends nothing; a use case with an outside effect before its append must not take a pending
 //! key (its route records first).
 //!
-//! Depends on chrono only: the middleware hands the key over (and makes it an extractor), the
-//! event store and the nonce store settle it.
+//! Depends on chrono only: the middleware hands the key over (and makes it an extractor) and
+//! spends what nothing settled; the event store settles it.
 
 use std::sync::{Arc, OnceLock};
 
