@@ -31,11 +31,22 @@ impl Projector for PendingRefunds {
         REFUND_SAGA_PROJECTION
     }
 
-    async fn apply(
+    /// One statement per refund event, none for the others: refund events are a small share
+    /// of the feed, so a batch holds few of them.
+    async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        event: &FeedEvent,
+        events: &[FeedEvent],
     ) -> Result<(), ProjectionError> {
+        for event in events {
+            apply_event(&mut *conn, event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds or removes `event`'s refund, if it is a refund event.
+async fn apply_event(conn: &mut PgConnection, event: &FeedEvent) -> Result<(), ProjectionError> {
         if !matches!(
             event.event_type.as_str(),
             "RefundRequested"
@@ -70,7 +81,6 @@ impl Projector for PendingRefunds {
             _ => {}
         }
         Ok(())
-    }
 }
 
 /// Adds a refund to be finished, unless it is there already.
