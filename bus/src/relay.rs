@@ -2,11 +2,12 @@
 //! after deduplication, in sequence order per order (docs/contract.md §7, invariants 3 and 4).
 //!
 //! One round ([`Relay::run_once`]):
-//! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`])
-//!    and load the relay's checkpoint, both with one statement on the lock's own connection;
-//!    standbys stop here;
-//! 2. read a batch from the commit-safe feed after the checkpoint, through one connection the
-//!    relay keeps while it has work (see `Reader`);
+//! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`]); standbys stop here;
+//! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
+//!    where it last saved it while a fresh load of the checkpoint, on the lock's own connection,
+//!    confirms step 1, and uses the read only if the two agree; the batch after a full one is
+//!    read and prepared by a task of its own while this one is sent). Reads go through one
+//!    connection the relay keeps while it has work (see `Reader`);
 //! 3. map each event to its envelope and validate the payload against its schema; the first
 //!    event that fails stops the batch there (the events before it still go out) and the round
 //!    ends with an error: it is never skipped;
@@ -27,6 +28,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -38,12 +40,12 @@ use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
 use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock};
-use order_projections::checkpoint::{self, Durability};
-use order_projections::FeedPosition;
+use order_projections::{checkpoint, FeedPosition};
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::encode::{self, Inspected};
@@ -126,15 +128,28 @@ pub fn jetstream_context(client: async_nats::Client, publish_timeout: Duration) 
 /// The outbox relay. Cheap to share behind an `Arc`; rounds are serialized internally.
 pub struct Relay {
     pool: PgPool,
-    /// The connection feed reads go through.
+    /// The connection feed reads go through, shared with the read-ahead task.
     reader: Reader,
     jetstream: Context,
-    config: RelayConfig,
+    /// Shared with the task that reads and prepares the next batch.
+    config: Arc<RelayConfig>,
     leader: Mutex<LeaderLock>,
     stream_ready: AtomicBool,
     wake: Option<CommitSignal>,
-    /// Whether the last round found nothing; also keeps rounds one at a time.
-    was_idle: Mutex<bool>,
+    /// What one round leaves the next.
+    round: Mutex<RoundState>,
+}
+
+/// What one round leaves the next (only ever touched under the leader lock's mutex).
+#[derive(Default)]
+struct RoundState {
+    /// The checkpoint as this leader last saved or loaded it; `None` when not leading, or when
+    /// a save's outcome is unknown.
+    position: Option<FeedPosition>,
+    /// The next batch, read and prepared while the previous one was sent and acknowledged.
+    prefetched: Option<Batch>,
+    /// Whether the last round found nothing.
+    was_idle: bool,
 }
 
 /// The one connection the relay reads the feed through while it has work
@@ -142,6 +157,7 @@ pub struct Relay {
 /// failed or cancelled read, when the relay stands by or stops, and after a second round in a
 /// row that found nothing: whoever closes the pool (shutdown, a test's teardown) is not kept
 /// waiting by a relay that is caught up.
+#[derive(Clone)]
 struct Reader(HeldConnection);
 
 impl Reader {
@@ -168,6 +184,8 @@ impl Reader {
 
 /// Events read from the feed and their envelopes, ready to send.
 struct Batch {
+    /// The position the events were read after.
+    after: FeedPosition,
     /// Where each event read is in the feed (the events themselves are dropped once prepared).
     positions: Vec<FeedPosition>,
     /// Messages for a prefix of `positions`: all of them unless one is refused.
@@ -176,8 +194,8 @@ struct Batch {
     refused: Option<BusError>,
 }
 
-/// One event's message, serialized before the round's sends, so that they do nothing but hand
-/// bytes to the client.
+/// One event's message, serialized while the previous batch's acks came in, so that a round's
+/// sends do nothing but hand bytes to the client.
 struct Ready {
     /// The envelope's id, for errors.
     id: Uuid,
@@ -206,9 +224,9 @@ impl Relay {
             jetstream,
             leader: Mutex::new(leader),
             stream_ready: AtomicBool::new(!config.ensure_stream),
-            config,
+            config: Arc::new(config),
             wake: None,
-            was_idle: Mutex::new(false),
+            round: Mutex::new(RoundState::default()),
         }
     }
 
@@ -239,55 +257,119 @@ impl Relay {
     /// [`BusError::Database`]/[`BusError::Feed`] when Postgres failed.
     #[tracing::instrument(name = "relay.round", level = "debug", skip_all, fields(relay = %self.config.consumer))]
     pub async fn run_once(&self) -> Result<RelayOutcome, BusError> {
-        let mut was_idle = self.was_idle.lock().await;
-        let outcome = self.round().await;
+        let mut round = self.round.lock().await;
+        let outcome = self.round(&mut round).await;
         let idle = matches!(outcome, Ok(RelayOutcome::Idle));
         let keep = match outcome {
             Ok(RelayOutcome::Published(_)) => true,
-            Ok(RelayOutcome::Idle) => !*was_idle,
+            Ok(RelayOutcome::Idle) => !round.was_idle,
             Ok(RelayOutcome::Standby) | Err(_) => false,
         };
-        *was_idle = idle;
+        round.was_idle = idle;
         if !keep {
             self.reader.release().await;
         }
         outcome
     }
 
-    async fn round(&self) -> Result<RelayOutcome, BusError> {
+    async fn round(&self, round: &mut RoundState) -> Result<RelayOutcome, BusError> {
         let mut leader = self.leader.lock().await;
         let limit = self.config.batch_size.clamp(1, MAX_BATCH);
-        let Some(after) = self.lead_and_load(&mut leader).await? else {
-            metrics::gauge!("relay_is_leader").set(0.0);
-            return Ok(RelayOutcome::Standby);
+        // A leader knows where its checkpoint is (it wrote it), so it reads its next batch from
+        // there while the checkpoint is loaded again on the lock's own connection, which also
+        // confirms it still leads: both at once instead of one round trip after the other. The
+        // read is used only if the two agree: otherwise it is thrown away (a standby, or an
+        // operator who moved the checkpoint, wins).
+        let known = round.position.filter(|_| leader.is_leader());
+        let prefetched = round.prefetched.take();
+        let (leading, batch) = match known {
+            Some(after) => {
+                let read = async {
+                    match prefetched {
+                        // Read during the previous round, from exactly where this one starts.
+                        Some(b) if b.after == after => Ok(b),
+                        _ => self.reader.fetch(&self.config, after, limit).await,
+                    }
+                };
+                let consumer = self.config.consumer.clone();
+                let confirm = leader.confirm_with(move |conn: &mut PgConnection| {
+                    Box::pin(async move { checkpoint::load(conn, &consumer).await })
+                });
+                match tokio::join!(confirm, read) {
+                    (Some(stored), batch) => (Ok(true), (stored == after).then_some(batch)),
+                    (None, _) => (Ok(false), None),
+                }
+            }
+            None => (leader.ensure().await, None),
         };
-        metrics::gauge!("relay_is_leader").set(1.0);
+        let leading = leading.inspect_err(|_| round.position = None)?;
+        metrics::gauge!("relay_is_leader").set(if leading { 1.0 } else { 0.0 });
+        if !leading {
+            round.position = None;
+            return Ok(RelayOutcome::Standby);
+        }
         self.ensure_stream_once().await?;
+        let batch = match batch {
+            Some(batch) => batch?,
+            None => {
+                // Newly leading, after a failed save, or the checkpoint was moved: the stored
+                // checkpoint, read on its own.
+                let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
+                round.position = Some(after);
+                self.reader.fetch(&self.config, after, limit).await?
+            }
+        };
+        let Some(&next_after) = batch.positions.last() else {
+            return Ok(RelayOutcome::Idle);
+        };
+        let started = Instant::now();
         let Batch {
             positions,
             mut outgoing,
             refused,
-        } = self.reader.fetch(&self.config, after, limit).await?;
-        if positions.is_empty() {
-            return Ok(RelayOutcome::Idle);
-        }
-        let started = Instant::now();
+            ..
+        } = batch;
+        // While this batch is sent and acknowledged, read and prepare the next one from where
+        // this one ends, in a task of its own: on another worker thread, decoding and
+        // serializing overlap with the sends instead of taking turns with them. Only after a
+        // full batch (a backlog): caught up, it would be a wasted read. It is used only if the
+        // next round starts exactly where this one ended, so a partial ack, a failure or
+        // another leader in between discards it.
+        let prefetch = (refused.is_none() && positions.len() as i64 == limit).then(|| {
+            let (reader, config) = (self.reader.clone(), Arc::clone(&self.config));
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                reader.fetch(&config, next_after, limit).await
+            }))
+        });
         let (acked, publish_error) = self.publish(&mut outgoing).await;
         if publish_error.is_some() {
             metrics::counter!("relay_publish_failures_total").increment(1);
         }
+        let next = async {
+            match prefetch.filter(|_| acked == positions.len()) {
+                Some(prefetch) => prefetch.await.ok().and_then(Result::ok),
+                None => None,
+            }
+        };
+
         if acked > 0 {
             let conn = leader.connection().ok_or_else(|| {
                 BusError::Leader("lost leadership before saving the checkpoint".into())
             })?;
-            checkpoint::save(
+            let moved_to = positions[acked - 1];
+            // Unknown until the save is known to have landed.
+            round.position = None;
+            let save = checkpoint::save(
                 &mut *conn,
                 &self.config.consumer,
-                positions[acked - 1],
+                moved_to,
                 acked as u64,
-                Durability::Relaxed,
-            )
-            .await?;
+                checkpoint::Durability::Relaxed,
+            );
+            let (saved, next) = tokio::join!(save, next);
+            saved?;
+            round.position = Some(moved_to);
+            round.prefetched = next.filter(|n| !n.positions.is_empty());
             metrics::counter!("relay_published_total").increment(acked as u64);
             metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -301,31 +383,6 @@ impl Relay {
             return Err(e);
         }
         Ok(RelayOutcome::Published(acked))
-    }
-
-    /// Step 1 of a round: the relay's checkpoint if this replica leads, `None` if it stands
-    /// by. A leader's keepalive is the load of its checkpoint on the lock's own connection
-    /// (one statement for both); a replica that did not lead tries to take the lock first. A
-    /// leader whose keepalive fails stands by for this round.
-    async fn lead_and_load(
-        &self,
-        leader: &mut LeaderLock,
-    ) -> Result<Option<FeedPosition>, BusError> {
-        if leader.is_leader() {
-            let consumer = self.config.consumer.clone();
-            return Ok(leader
-                .confirm_with(move |conn: &mut PgConnection| {
-                    Box::pin(async move { checkpoint::load(conn, &consumer).await })
-                })
-                .await);
-        }
-        if !leader.ensure().await? {
-            return Ok(None);
-        }
-        let conn = leader.connection().ok_or_else(|| {
-            BusError::Leader("lost leadership before loading the checkpoint".into())
-        })?;
-        Ok(Some(checkpoint::load(conn, &self.config.consumer).await?))
     }
 
     /// Runs rounds until one finds nothing (or stands by); returns the events published.
@@ -638,6 +695,7 @@ async fn fetch(
     let positions = events.iter().map(|e| e.position).collect();
     let (outgoing, refused) = prepare(conn, config, events).await?;
     Ok(Batch {
+        after,
         positions,
         outgoing,
         refused,
