@@ -719,7 +719,7 @@ const ODD: &[&str] = &[
 ];
 
 #[sqlx::test(migrations = "../migrations")]
-async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPool) {
+async fn live_batches_equal_the_per_event_rows(pool: PgPool) {
     let s = Script::new(&pool);
     every_event_type(&s).await;
     // Clocks with nanoseconds, after 2000 (the script's `Utc::now()`) and before it, where the
