@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use order_api::config::Settings;
 use order_api::startup::Application;
-use order_projections::feed::{self, read_after};
 use order_projections::checkpoint::Durability;
+use order_projections::feed::{self, read_after};
 use order_projections::{checkpoint, FeedPosition, ProjectionError};
 use order_tests::{json_of, spawn_app, Auth};
 use reqwest::Method;
@@ -291,7 +291,10 @@ async fn the_checkpoint_commits_with_its_batch(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(open, 1, "the batch's transaction holds the fence until it commits");
+    assert_eq!(
+        open, 1,
+        "the batch's transaction holds the fence until it commits"
+    );
     tx.commit().await.unwrap();
     assert_eq!(
         checkpoint::load(&pool, "projector_a").await.unwrap(),
@@ -339,8 +342,7 @@ async fn the_checkpoint_commits_with_its_batch(pool: PgPool) {
     let other = Uuid::now_v7();
     let mut tx = pool.begin().await.unwrap();
     insert(&mut tx, other, 1).await.unwrap();
-    let refused =
-        checkpoint::save(&mut *tx, "projector_b", position, 1, Durability::Relaxed).await;
+    let refused = checkpoint::save(&mut *tx, "projector_b", position, 1, Durability::Relaxed).await;
     assert!(refused.is_err(), "the overflow is reported");
     drop(tx);
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
@@ -418,9 +420,15 @@ async fn catch_up(pool: &PgPool, consumer: &str) {
         .await
         .expect("feed read");
     let last = events.last().expect("events to read").position;
-    checkpoint::save(pool, consumer, last, events.len() as u64, Durability::Flushed)
-        .await
-        .expect("checkpoint");
+    checkpoint::save(
+        pool,
+        consumer,
+        last,
+        events.len() as u64,
+        Durability::Flushed,
+    )
+    .await
+    .expect("checkpoint");
 }
 
 /// The silent stall a logical restore causes, and the check that makes it loud: after the

@@ -1254,7 +1254,9 @@ impl Projector for FailOnce {
         let Some(k) = failing else {
             return OrdersProjector.apply_batch(conn, events).await;
         };
-        OrdersProjector.apply_batch(&mut *conn, &events[..k]).await?;
+        OrdersProjector
+            .apply_batch(&mut *conn, &events[..k])
+            .await?;
         Err(ProjectionError::Handler("injected crash".into()))
     }
 }

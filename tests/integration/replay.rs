@@ -15,15 +15,15 @@ use order_api::app::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
 use order_domain::{Currency, OrderCommand, OrderEvent};
+use order_projections::checkpoint::Durability;
 use order_projections::replay::{
     self, Built, DiffKind, NoProgress, RebuildOptions, ReplayLock, ReplayProgress, TableSet,
 };
 use order_projections::{
     checkpoint, OrdersProjector, ProjectionError, ProjectionRunner, Projector, ORDERS_PROJECTION,
 };
-use order_projections::checkpoint::Durability;
-use order_tests::per_event::PerEvent;
 use order_tests::fixtures::{generate_orders, EVENTS_PER_ORDER};
+use order_tests::per_event::PerEvent;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -861,10 +861,20 @@ async fn live_batches_equal_the_per_event_rows(pool: PgPool) {
         .await
         .expect("batch");
     let count = events.len() as u64;
-    checkpoint::save(&mut *tx, ORDERS_PROJECTION, last, count, Durability::Relaxed)
-        .await
-        .expect("checkpoint");
-    assert_eq!(rows(&pool, TableSet::Live).await, empty, "nothing before the commit");
+    checkpoint::save(
+        &mut *tx,
+        ORDERS_PROJECTION,
+        last,
+        count,
+        Durability::Relaxed,
+    )
+    .await
+    .expect("checkpoint");
+    assert_eq!(
+        rows(&pool, TableSet::Live).await,
+        empty,
+        "nothing before the commit"
+    );
     assert_eq!(
         checkpoint::load(&pool, ORDERS_PROJECTION)
             .await
@@ -875,7 +885,10 @@ async fn live_batches_equal_the_per_event_rows(pool: PgPool) {
         .fetch_one(&mut *tx)
         .await
         .expect("xid");
-    assert!(xid.is_some(), "the batch's transaction holds an id until it commits");
+    assert!(
+        xid.is_some(),
+        "the batch's transaction holds an id until it commits"
+    );
     tx.commit().await.expect("commit");
     assert_eq!(rows(&pool, TableSet::Live).await, per_event);
     assert_eq!(

@@ -24,8 +24,8 @@ use sqlx::PgPool;
 pub mod bench;
 pub mod fixtures;
 pub mod helpers;
-pub mod per_event;
 pub mod peers;
+pub mod per_event;
 pub mod soak;
 
 /// The development secret every service uses locally (and the vectors use).

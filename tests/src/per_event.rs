@@ -47,8 +47,7 @@ pub async fn apply(conn: &mut PgConnection, event: &FeedEvent) -> Result<(), Pro
     match event.decode()? {
         OrderEvent::OrderCreated(created) => insert_order(conn, &created, event.sequence).await,
         other => {
-            let applied =
-                update_order(conn, order_id, event.sequence, &change_of(&other)).await?;
+            let applied = update_order(conn, order_id, event.sequence, &change_of(&other)).await?;
             if !applied {
                 // Already applied (a retried batch), or an order whose creation this
                 // projection never saw; either way there is nothing to change.

@@ -547,9 +547,9 @@ impl Binds {
     where
         T: for<'q> Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType,
     {
-        self.0.add(values).map_err(|e| {
-            ProjectionError::Handler(format!("cannot bind a {ty} column: {e}"))
-        })?;
+        self.0
+            .add(values)
+            .map_err(|e| ProjectionError::Handler(format!("cannot bind a {ty} column: {e}")))?;
         Ok(format!("${}::{ty}[]", self.0.len()))
     }
 }
