@@ -359,7 +359,7 @@ impl Relay {
             let moved_to = positions[acked - 1];
             // Unknown until the save is known to have landed.
             round.position = None;
-            let save = checkpoint::save_with(
+            let save = checkpoint::save(
                 &mut *conn,
                 &self.config.consumer,
                 moved_to,

@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //! - [`feed`]: the commit-safe feed every reader uses, and lag measurement.
-//! - [`checkpoint`]: per-reader positions in the feed.
+//! - [`checkpoint`]: per-reader positions in the feed (`load`, `save` with its durability,
+//!   `reset`).
 //! - [`copies`]: which copy of a projection's tables (live, or one of replay's) a writer targets.
-//! - [`runner`]: drives a [`runner::Projector`] batch by batch, one replica at a time.
+//! - [`runner`]: drives a [`runner::Projector`] (its one method, `apply_batch`) batch by batch,
+//!   one replica at a time: each batch and its checkpoint in one sqlx `Transaction`.
 //! - [`refund_saga`]: refunds requested but not finished, for the refund retry loop.
 //! - [`view`]: the order object every API answer uses (docs/contract.md §3.2).
 //! - [`orders`]: the `orders` projector that keeps the order read models: its batched writer

@@ -31,46 +31,56 @@ impl Projector for PendingRefunds {
         REFUND_SAGA_PROJECTION
     }
 
-    async fn apply(
+    /// One statement per refund event, none for the others: refund events are a small share
+    /// of the feed, so a batch holds few of them.
+    async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        event: &FeedEvent,
+        events: &[FeedEvent],
     ) -> Result<(), ProjectionError> {
-        if !matches!(
-            event.event_type.as_str(),
-            "RefundRequested"
-                | "OrderRefunded"
-                | "RefundFailed"
-                | "PaymentRejected"
-                | "PaymentReturned"
-                | "PaymentReturnFailed"
-        ) {
-            return Ok(());
-        }
-        let Some(order_id) = event.order_id() else {
-            return Err(ProjectionError::Handler(format!(
-                "aggregate id '{}' is not an order id",
-                event.aggregate_id
-            )));
-        };
-        match event.decode()? {
-            // Inserting twice is harmless: a replayed batch finds the row there already.
-            OrderEvent::RefundRequested(e) => {
-                insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
-            }
-            // The return of a captured payment the order rejected is a refund like any other
-            // for the retry loop: same table, same idempotency key, same outcomes.
-            OrderEvent::PaymentRejected(e) => {
-                insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
-            }
-            OrderEvent::PaymentReturned(e) => remove(&mut *conn, e.refund_id).await?,
-            OrderEvent::PaymentReturnFailed(e) => remove(&mut *conn, e.refund_id).await?,
-            OrderEvent::OrderRefunded(e) => remove(&mut *conn, e.refund_id).await?,
-            OrderEvent::RefundFailed(e) => remove(&mut *conn, e.refund_id).await?,
-            _ => {}
+        for event in events {
+            apply_event(&mut *conn, event).await?;
         }
         Ok(())
     }
+}
+
+/// Adds or removes `event`'s refund, if it is a refund event.
+async fn apply_event(conn: &mut PgConnection, event: &FeedEvent) -> Result<(), ProjectionError> {
+    if !matches!(
+        event.event_type.as_str(),
+        "RefundRequested"
+            | "OrderRefunded"
+            | "RefundFailed"
+            | "PaymentRejected"
+            | "PaymentReturned"
+            | "PaymentReturnFailed"
+    ) {
+        return Ok(());
+    }
+    let Some(order_id) = event.order_id() else {
+        return Err(ProjectionError::Handler(format!(
+            "aggregate id '{}' is not an order id",
+            event.aggregate_id
+        )));
+    };
+    match event.decode()? {
+        // Inserting twice is harmless: a replayed batch finds the row there already.
+        OrderEvent::RefundRequested(e) => {
+            insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
+        }
+        // The return of a captured payment the order rejected is a refund like any other
+        // for the retry loop: same table, same idempotency key, same outcomes.
+        OrderEvent::PaymentRejected(e) => {
+            insert(&mut *conn, event, order_id, e.refund_id, e.amount_cents).await?;
+        }
+        OrderEvent::PaymentReturned(e) => remove(&mut *conn, e.refund_id).await?,
+        OrderEvent::PaymentReturnFailed(e) => remove(&mut *conn, e.refund_id).await?,
+        OrderEvent::OrderRefunded(e) => remove(&mut *conn, e.refund_id).await?,
+        OrderEvent::RefundFailed(e) => remove(&mut *conn, e.refund_id).await?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Adds a refund to be finished, unless it is there already.

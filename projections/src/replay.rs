@@ -41,7 +41,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Durability};
 use crate::error::ProjectionError;
 use crate::feed::{read_decoded_after, transaction_id, DecodedEvent, FeedPosition};
 use crate::runner::lock_key;

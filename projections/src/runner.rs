@@ -12,7 +12,7 @@ use order_domain::ORDER_AGGREGATE_TYPE;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Durability};
 use crate::error::ProjectionError;
 use crate::feed::{read_after, FeedEvent};
 use crate::postgres::{CommitSignal, CommitWatch};
@@ -26,56 +26,23 @@ pub(crate) fn lock_key(name: &str) -> String {
     format!("projection:{name}")
 }
 
-/// Builds a read model from events. `apply` runs inside the batch's transaction and must be
-/// idempotent per event (guard updates by the row's last applied sequence), so that a replayed
-/// batch changes nothing.
+/// Builds a read model from events.
 pub trait Projector: Send + Sync {
     /// The checkpoint name; also the advisory-lock key.
     fn name(&self) -> &str;
 
-    /// Applies one event to the read model.
-    fn apply(
-        &self,
-        conn: &mut PgConnection,
-        event: &FeedEvent,
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
-
-    /// Applies a batch, in feed order; [`ProjectionRunner::run_once`] calls this. The default
-    /// applies each event in turn. A projector may write the batch in fewer statements instead,
-    /// and should when batches can be large: the batch's transaction holds the feed's fence
-    /// back from its first write to its commit, so every reader of the feed (the relay
+    /// Applies a batch, in feed order, on the connection of the batch's transaction, which
+    /// [`ProjectionRunner::run_once`] then saves the checkpoint in and commits. It must be
+    /// idempotent per event (guard updates by the row's last applied sequence), so that a
+    /// replayed batch changes nothing. A projector whose batches can be large should write
+    /// them in a few statements rather than a few per event: the transaction holds the feed's
+    /// fence back from its first write to its commit, so every reader of the feed (the relay
     /// included) waits for events committed meanwhile.
     fn apply_batch(
         &self,
         conn: &mut PgConnection,
         events: &[FeedEvent],
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
-        async move {
-            for event in events {
-                self.apply(&mut *conn, event).await?;
-            }
-            Ok(())
-        }
-    }
-
-    /// Applies a batch like [`Self::apply_batch`], then runs `commit` (the checkpoint,
-    /// `COMMIT` and a new `BEGIN`, from [`checkpoint::save_and_commit_sql`]) in the same simple
-    /// query as its last writes, and returns whether it did; if not, the runner saves the
-    /// checkpoint and commits. A projector that can should: its transaction then holds the
-    /// feed's fence only while Postgres executes the batch, never while the service, busy with
-    /// other work, has yet to send its next statement. The default runs nothing.
-    fn apply_batch_and_commit(
-        &self,
-        conn: &mut PgConnection,
-        events: &[FeedEvent],
-        commit: &str,
-    ) -> impl Future<Output = Result<bool, ProjectionError>> + Send {
-        let _ = commit;
-        async move {
-            self.apply_batch(conn, events).await?;
-            Ok(false)
-        }
-    }
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
 /// What one call to [`ProjectionRunner::run_once`] did.
@@ -149,22 +116,10 @@ impl<P: Projector> ProjectionRunner<P> {
             return Ok(RunOnce::Idle);
         };
         let count = events.len() as u64;
-        let committed = match checkpoint::save_and_commit_sql(name, last, count) {
-            Some(commit) => {
-                self.projector
-                    .apply_batch_and_commit(&mut tx, &events, &commit)
-                    .await?
-            }
-            None => {
-                self.projector.apply_batch(&mut tx, &events).await?;
-                false
-            }
-        };
-        if !committed {
-            // Commits the batch with its checkpoint.
-            checkpoint::save_and_commit(&mut tx, name, last, count).await?;
-        }
-        // What `tx` commits now is empty.
+        self.projector.apply_batch(&mut tx, &events).await?;
+        // Relaxed: a crash loses the checkpoint with the rows it covers, and the batch is
+        // applied again.
+        checkpoint::save(&mut *tx, name, last, count, Durability::Relaxed).await?;
         tx.commit().await?;
         metrics::counter!("projection_events_total", "projection" => name.to_owned())
             .increment(count);

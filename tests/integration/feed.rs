@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use order_api::config::Settings;
 use order_api::startup::Application;
+use order_projections::checkpoint::Durability;
 use order_projections::feed::{self, read_after};
 use order_projections::{checkpoint, FeedPosition, ProjectionError};
 use order_tests::{json_of, spawn_app, Auth};
@@ -257,11 +258,11 @@ async fn the_feed_plans_an_index_walk_without_statistics_and_the_table_holds_onl
     assert_eq!(batch.len(), 500);
 }
 
-/// A projector's checkpoint commits with the batch in one round trip: another connection sees
-/// the checkpoint and the batch's writes before the caller's own `commit`, and the fence moves
-/// past the transaction at once. A failing checkpoint statement commits nothing.
+/// A projector's checkpoint commits with its batch: nobody else sees either before the
+/// transaction's commit, and the transaction holds the fence (a transaction id) until then. A
+/// failing checkpoint statement commits nothing.
 #[sqlx::test(migrations = "../migrations")]
-async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
+async fn the_checkpoint_commits_with_its_batch(pool: PgPool) {
     let order = Uuid::now_v7();
     let position = FeedPosition {
         transaction_id: 42,
@@ -269,10 +270,32 @@ async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
     };
     let mut tx = pool.begin().await.unwrap();
     insert(&mut tx, order, 1).await.unwrap();
-    checkpoint::save_and_commit(&mut tx, "projector_a", position, 3)
+    checkpoint::save(&mut *tx, "projector_a", position, 3, Durability::Relaxed)
         .await
         .unwrap();
-    // Before `tx.commit()`: both are visible elsewhere, and no transaction of ours holds an id.
+    // Before `tx.commit()`: neither is visible elsewhere, and our transaction holds an id.
+    assert_eq!(
+        checkpoint::load(&pool, "projector_a").await.unwrap(),
+        FeedPosition::default()
+    );
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(order.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND backend_xid IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        open, 1,
+        "the batch's transaction holds the fence until it commits"
+    );
+    tx.commit().await.unwrap();
     assert_eq!(
         checkpoint::load(&pool, "projector_a").await.unwrap(),
         position
@@ -283,15 +306,6 @@ async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(seen, 1);
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND backend_xid IS NOT NULL",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(open, 0, "the batch's transaction is over");
-    tx.commit().await.unwrap();
     let total: i64 =
         sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
             .bind("projector_a")
@@ -300,10 +314,10 @@ async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
             .unwrap();
     assert_eq!(total, 3);
 
-    // A name that cannot be a literal is bound instead, and commits with `tx`.
+    // Any name goes, as a bound parameter.
     let odd = "it's odd";
     let mut tx = pool.begin().await.unwrap();
-    checkpoint::save_and_commit(&mut tx, odd, position, 1)
+    checkpoint::save(&mut *tx, odd, position, 1, Durability::Relaxed)
         .await
         .unwrap();
     assert_eq!(
@@ -316,13 +330,19 @@ async fn the_checkpoint_commits_with_its_batch_in_one_round_trip(pool: PgPool) {
 
     // A checkpoint that cannot be written (its running total would overflow `bigint`) commits
     // neither itself nor the batch.
-    checkpoint::save(&pool, "projector_b", position, i64::MAX as u64)
-        .await
-        .unwrap();
+    checkpoint::save(
+        &pool,
+        "projector_b",
+        position,
+        i64::MAX as u64,
+        Durability::Flushed,
+    )
+    .await
+    .unwrap();
     let other = Uuid::now_v7();
     let mut tx = pool.begin().await.unwrap();
     insert(&mut tx, other, 1).await.unwrap();
-    let refused = checkpoint::save_and_commit(&mut tx, "projector_b", position, 1).await;
+    let refused = checkpoint::save(&mut *tx, "projector_b", position, 1, Durability::Relaxed).await;
     assert!(refused.is_err(), "the overflow is reported");
     drop(tx);
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
@@ -400,9 +420,15 @@ async fn catch_up(pool: &PgPool, consumer: &str) {
         .await
         .expect("feed read");
     let last = events.last().expect("events to read").position;
-    checkpoint::save(pool, consumer, last, events.len() as u64)
-        .await
-        .expect("checkpoint");
+    checkpoint::save(
+        pool,
+        consumer,
+        last,
+        events.len() as u64,
+        Durability::Flushed,
+    )
+    .await
+    .expect("checkpoint");
 }
 
 /// The silent stall a logical restore causes, and the check that makes it loud: after the
@@ -469,7 +495,7 @@ async fn the_feed_check_names_a_checkpoint_ahead_of_the_database(pool: PgPool) {
         transaction_id: 5 << 32,
         global_position: 1,
     };
-    checkpoint::save(&pool, "stale_reader", ahead, 1)
+    checkpoint::save(&pool, "stale_reader", ahead, 1, Durability::Flushed)
         .await
         .unwrap();
     let refused = feed::check_transaction_ids_ahead(&pool)
@@ -502,7 +528,7 @@ async fn the_feed_restamp_script_lets_every_reader_continue_after_a_restore(pool
     // The reader that is behind has read a#1 and a#2.
     settle(&pool).await;
     let first = read_after(&pool, FeedPosition::default(), 2).await.unwrap();
-    checkpoint::save(&pool, "behind", first[1].position, 2)
+    checkpoint::save(&pool, "behind", first[1].position, 2, Durability::Flushed)
         .await
         .unwrap();
     append(&pool, a, 3).await;

@@ -1241,15 +1241,23 @@ impl Projector for FailOnce {
         ORDERS_PROJECTION
     }
 
-    async fn apply(
+    /// Writes the events before the failing one (the whole batch if it holds none), then
+    /// fails.
+    async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        event: &FeedEvent,
+        events: &[FeedEvent],
     ) -> Result<(), ProjectionError> {
-        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
-            return Err(ProjectionError::Handler("injected crash".into()));
-        }
-        OrdersProjector.apply(conn, event).await
+        let seen = self.seen.fetch_add(events.len(), Ordering::SeqCst);
+        let failing = (seen < self.fail_at && self.fail_at <= seen + events.len())
+            .then(|| self.fail_at - seen - 1);
+        let Some(k) = failing else {
+            return OrdersProjector.apply_batch(conn, events).await;
+        };
+        OrdersProjector
+            .apply_batch(&mut *conn, &events[..k])
+            .await?;
+        Err(ProjectionError::Handler("injected crash".into()))
     }
 }
 

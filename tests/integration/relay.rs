@@ -23,7 +23,7 @@ use order_bus::relay::{self, jetstream_context};
 use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
-use order_projections::checkpoint;
+use order_projections::checkpoint::{self, Durability};
 use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
@@ -445,7 +445,7 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
     assert_eq!(count, committed_ids(&pool).await.len() as u64);
 
     // The crash: the second batch was published, but its checkpoint never got saved.
-    checkpoint::save(&pool, RELAY_CONSUMER, before, 0)
+    checkpoint::save(&pool, RELAY_CONSUMER, before, 0, Durability::Flushed)
         .await
         .unwrap();
     let restarted = bus.relay(&pool);
@@ -483,7 +483,7 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let count = bus.message_count().await;
 
     // The same relay, still leading, after an operator moved its checkpoint back.
-    checkpoint::save(&pool, RELAY_CONSUMER, before, 0)
+    checkpoint::save(&pool, RELAY_CONSUMER, before, 0, Durability::Flushed)
         .await
         .unwrap();
     assert_eq!(

@@ -15,6 +15,7 @@ use order_api::app::store::OrderStore;
 use order_domain::commands::*;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
 use order_domain::{Currency, OrderCommand, OrderEvent};
+use order_projections::checkpoint::Durability;
 use order_projections::replay::{
     self, Built, DiffKind, NoProgress, RebuildOptions, ReplayLock, ReplayProgress, TableSet,
 };
@@ -22,6 +23,7 @@ use order_projections::{
     checkpoint, OrdersProjector, ProjectionError, ProjectionRunner, Projector, ORDERS_PROJECTION,
 };
 use order_tests::fixtures::{generate_orders, EVENTS_PER_ORDER};
+use order_tests::per_event::PerEvent;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -39,25 +41,6 @@ fn options(batch_size: i64) -> RebuildOptions {
     RebuildOptions {
         batch_size,
         restart: false,
-    }
-}
-
-/// The live projector one event at a time ([`Projector::apply`]), where the service's writes a
-/// batch at a time as replay does: the live tables the replay tests compare rebuilds with are
-/// then built by the other path, so each comparison checks one path against the other.
-struct PerEvent;
-
-impl Projector for PerEvent {
-    fn name(&self) -> &str {
-        ORDERS_PROJECTION
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        event: &order_projections::FeedEvent,
-    ) -> Result<(), ProjectionError> {
-        OrdersProjector.apply(conn, event).await
     }
 }
 
@@ -618,6 +601,7 @@ async fn a_rebuild_equals_the_live_read_model_row_for_row(pool: PgPool) {
             global_position: 3,
         },
         3,
+        Durability::Flushed,
     )
     .await
     .expect("relay checkpoint");
@@ -735,7 +719,7 @@ const ODD: &[&str] = &[
 ];
 
 #[sqlx::test(migrations = "../migrations")]
-async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPool) {
+async fn live_batches_equal_the_per_event_rows(pool: PgPool) {
     let s = Script::new(&pool);
     every_event_type(&s).await;
     // Clocks with nanoseconds, after 2000 (the script's `Utc::now()`) and before it, where the
@@ -841,12 +825,13 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
         );
     }
 
-    // One batch by hand: the projector ran the commit itself, so its rows and checkpoint are
-    // visible to others before the caller's transaction ends, and that transaction is a new
-    // one that holds no transaction id (no fence).
+    // One batch by hand, as the runner does it: the projector's writes and the checkpoint in
+    // one transaction, which holds a transaction id (the fence) until its commit; nobody else
+    // sees any of it before, and all of it after.
     order_projections::orders::reset(&pool)
         .await
         .expect("reset");
+    let empty = rows(&pool, TableSet::Live).await;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&pool)
         .await
@@ -871,13 +856,40 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
     };
     assert_eq!(events.len() as i64, total, "every event behind the fence");
     let last = events.last().expect("events").position;
-    let commit = checkpoint::save_and_commit_sql(ORDERS_PROJECTION, last, events.len() as u64)
-        .expect("a plain name");
-    let committed = OrdersProjector
-        .apply_batch_and_commit(&mut tx, &events, &commit)
+    OrdersProjector
+        .apply_batch(&mut tx, &events)
         .await
         .expect("batch");
-    assert!(committed, "the orders projector sends its commit");
+    let count = events.len() as u64;
+    checkpoint::save(
+        &mut *tx,
+        ORDERS_PROJECTION,
+        last,
+        count,
+        Durability::Relaxed,
+    )
+    .await
+    .expect("checkpoint");
+    assert_eq!(
+        rows(&pool, TableSet::Live).await,
+        empty,
+        "nothing before the commit"
+    );
+    assert_eq!(
+        checkpoint::load(&pool, ORDERS_PROJECTION)
+            .await
+            .expect("position"),
+        order_projections::FeedPosition::default()
+    );
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("xid");
+    assert!(
+        xid.is_some(),
+        "the batch's transaction holds an id until it commits"
+    );
+    tx.commit().await.expect("commit");
     assert_eq!(rows(&pool, TableSet::Live).await, per_event);
     assert_eq!(
         checkpoint::load(&pool, ORDERS_PROJECTION)
@@ -885,18 +897,37 @@ async fn live_batches_sent_with_their_commit_equal_the_per_event_rows(pool: PgPo
             .expect("position"),
         position
     );
-    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
-        .fetch_one(&mut *tx)
-        .await
-        .expect("xid");
-    assert_eq!(xid, None);
-    tx.commit().await.expect("empty commit");
 }
 
+/// The checkpoint statement fails: it runs after the batch's upserts succeeded, in the same
+/// transaction, before its commit.
 #[sqlx::test(migrations = "../migrations")]
-async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps_neither(
-    pool: PgPool,
-) {
+async fn a_batch_whose_checkpoint_fails_after_its_writes_keeps_neither(pool: PgPool) {
+    a_failing_batch_keeps_neither(
+        pool,
+        "CREATE TRIGGER refuse_checkpoint BEFORE INSERT OR UPDATE ON feed_checkpoints
+         FOR EACH ROW WHEN (NEW.consumer = 'orders') EXECUTE FUNCTION refuse_checkpoint()",
+    )
+    .await;
+}
+
+/// The commit fails (a deferred trigger on the checkpoint runs at commit): after the batch's
+/// upserts and its checkpoint were both written in the transaction.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_whose_commit_fails_keeps_neither(pool: PgPool) {
+    a_failing_batch_keeps_neither(
+        pool,
+        "CREATE CONSTRAINT TRIGGER refuse_checkpoint AFTER INSERT OR UPDATE ON feed_checkpoints
+         DEFERRABLE INITIALLY DEFERRED
+         FOR EACH ROW WHEN (NEW.consumer = 'orders') EXECUTE FUNCTION refuse_checkpoint()",
+    )
+    .await;
+}
+
+/// Runs a batch while `trigger` (named `refuse_checkpoint`, calling the function of that name)
+/// makes it fail after its writes: neither its rows nor its checkpoint stay, and once the
+/// trigger is gone the same events apply once, as the per-event path applies them.
+async fn a_failing_batch_keeps_neither(pool: PgPool, trigger: &str) {
     let s = Script::new(&pool);
     s.paid_order().await;
     let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, 500);
@@ -906,8 +937,6 @@ async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps
         .await
         .expect("position");
 
-    // The checkpoint statement fails: it runs after the batch's upserts succeeded, in the
-    // same simple query, and before its COMMIT.
     sqlx::query(
         "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'injected checkpoint failure'; END $$",
@@ -915,13 +944,7 @@ async fn a_batch_whose_checkpoint_fails_after_its_writes_in_the_same_query_keeps
     .execute(&pool)
     .await
     .expect("function");
-    sqlx::query(
-        "CREATE TRIGGER refuse_checkpoint BEFORE INSERT OR UPDATE ON feed_checkpoints
-         FOR EACH ROW WHEN (NEW.consumer = 'orders') EXECUTE FUNCTION refuse_checkpoint()",
-    )
-    .execute(&pool)
-    .await
-    .expect("trigger");
+    sqlx::query(trigger).execute(&pool).await.expect("trigger");
     let later = s.paid_order().await;
     // The fence is cluster-wide: a parallel test's open transaction may hide the new events
     // for a moment.

@@ -6,7 +6,8 @@
 //! from docs/contract.md §4), so a bug shared by both cannot hide.
 //!
 //! Besides this root ([`TestApp`], signing, bodies): [`helpers`] holds the small helpers the
-//! integration modules share (NATS URL, projecting, the error body), [`peers`] fake peer
+//! integration modules share (NATS URL, projecting, the error body), [`per_event`] the
+//! per-event `orders` projector the batched writer is checked against, [`peers`] fake peer
 //! services, [`fixtures`] stored-event fixtures, and [`bench`](mod@bench) and [`soak`] the
 //! benchmark and reliability harnesses. It must not be a dependency of any service crate.
 
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod fixtures;
 pub mod helpers;
 pub mod peers;
+pub mod per_event;
 pub mod soak;
 
 /// The development secret every service uses locally (and the vectors use).

@@ -20,7 +20,6 @@ use order_projections::postgres::batch::{self, BatchFuture, Batcher};
 use order_projections::postgres::HeldConnection;
 use sqlx::PgPool;
 
-
 /// Longest nonce (or hmac-v2 replay key) stored; longer values are refused without a query, so
 /// a caller cannot grow the table's rows or index at will.
 pub const MAX_NONCE_LEN: usize = 128;

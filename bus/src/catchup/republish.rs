@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 
 use async_nats::jetstream::Context;
 use chrono::{DateTime, Utc};
-use order_projections::{checkpoint, feed, FeedPosition};
+use order_projections::checkpoint::{self, Durability};
+use order_projections::{feed, FeedPosition};
 use sqlx::PgPool;
 
 use super::cursor::FeedCursor;
@@ -139,7 +140,7 @@ impl Republish {
                 .map(|(m, _)| m)
                 .collect();
             let (published, duplicates) = self.publish(chosen).await?;
-            checkpoint::save(&mut *conn, &name, last, published).await?;
+            checkpoint::save(&mut *conn, &name, last, published, Durability::Flushed).await?;
             report.scanned += count as u64;
             report.published += published;
             report.duplicates += duplicates;

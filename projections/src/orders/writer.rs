@@ -1,14 +1,15 @@
 //! The `orders` projection's writer: a batch of events into the order tables of any copy
 //! ([`TableSet`]), the live projector's and replay's alike.
 //!
-//! The per-event `OrdersProjector::apply` runs one statement per event, which is far too slow
-//! to replay millions and holds the feed's fence too long for the live projector. Here a
-//! batch's events are folded per order in memory, starting from the rows already in the
-//! target tables, and every touched row is written once with a multi-row upsert. The fold
-//! mirrors the per-event path statement for statement (it uses the same `change_of` mapping,
-//! the same `last_sequence` guard, the same "first insert wins" for a repeated `OrderCreated`, the same move of an archived order's rows
-//! to the archive tables), so both paths give identical rows; the replay tests compare them row
-//! for row.
+//! Writing one event at a time (a statement or two per event) is far too slow to replay
+//! millions and holds the feed's fence too long for the live projector. Here a batch's events
+//! are folded per order in memory, starting from the rows already in the target tables, and
+//! every touched row is written once with a multi-row upsert whose columns are bound as arrays.
+//! The fold mirrors a per-event application statement for statement (the same [`change_of`]
+//! mapping, the same `last_sequence` guard, the same "first insert wins" for a repeated
+//! `OrderCreated`, the same move of an archived order's rows to the archive tables); the replay
+//! tests compare it row for row with the per-event reference in the tests crate
+//! (`order_tests::per_event`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -16,12 +17,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use order_domain::events::OrderCreated;
 use order_domain::{OrderEvent, OrderStatus};
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::postgres::{PgArguments, PgHasArrayType, PgRow};
+use sqlx::{Arguments, Encode, PgConnection, Postgres, Row, Type};
 use uuid::Uuid;
 
 use super::change_of;
-use super::params::{Params, Unbindable};
 use crate::copies::TableSet;
 use crate::error::ProjectionError;
 use crate::feed::DecodedEvent;
@@ -34,19 +34,6 @@ const ARCHIVED_ITEMS: &str = "order_item_read_archive";
 /// The live tables of the `orders` projection, parents first: the hot tables (migration 0101)
 /// and the archive tables archived orders move to (migration 0500).
 pub(crate) const TABLES: &[&str] = &[ORDERS, ITEMS, ARCHIVED_ORDERS, ARCHIVED_ITEMS];
-
-/// The live projector's batch ([`crate::orders::OrdersProjector`]), with `commit` (the
-/// checkpoint, `COMMIT` and `BEGIN`) sent in the same simple query as its writes, so that the
-/// batch's transaction holds the feed's fence only while Postgres executes them (see
-/// [`write`]). Returns whether `commit` ran; if not, the caller must save and commit itself.
-pub(crate) async fn apply_live_batch_and_commit(
-    conn: &mut PgConnection,
-    events: &[DecodedEvent],
-    commit: &str,
-) -> Result<bool, ProjectionError> {
-    let written = apply_batch(conn, TableSet::Live, events, None, Some(commit)).await?;
-    Ok(written.committed)
-}
 
 /// Orders per generation of [`RowCache`]: it holds up to twice this many orders' rows (a few
 /// hundred bytes each), the orders of the last several batches.
@@ -233,8 +220,7 @@ impl OrderState {
     }
 }
 
-/// Folds `events` (feed order) into the tables of `set` and writes each touched row once,
-/// then `commit` if given (see [`write`]).
+/// Folds `events` (feed order) into the tables of `set` and writes each touched row once.
 ///
 /// With a `cache`, the orders it holds are taken from it rather than read back, and every order
 /// the batch touched goes into it afterwards.
@@ -243,8 +229,7 @@ pub(crate) async fn apply_batch(
     set: TableSet,
     events: &[DecodedEvent],
     mut cache: Option<&mut RowCache>,
-    commit: Option<&str>,
-) -> Result<Written, ProjectionError> {
+) -> Result<u64, ProjectionError> {
     let mut ids = Vec::new();
     let mut cached = Vec::new();
     let mut seen = HashSet::new();
@@ -294,9 +279,8 @@ pub(crate) async fn apply_batch(
             }
         }
     }
-    let written = write(conn, set, orders.values().map(AsRef::as_ref), commit).await?;
-    // A commit ended the settings' scope already.
-    if let (Some(previous), false) = (previous, written.committed) {
+    let written = write(conn, set, orders.values().map(AsRef::as_ref)).await?;
+    if let Some(previous) = previous {
         restore_planner(conn, &previous).await?;
     }
     if let Some(cache) = cache {
@@ -534,67 +518,40 @@ impl ItemColumns {
     }
 }
 
-/// What [`write`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
-    pub(crate) rows: u64,
-    /// It also ran the caller's `commit`.
-    pub(crate) committed: bool,
-}
-
 /// Writes the dirty rows, orders before their items (which reference them): the hot tables'
 /// rows as upserts; for orders archived in this batch, their rows as of `OrderArchived` into
 /// the archive tables (`ON CONFLICT DO NOTHING`, like the live move) and out of the hot ones.
-///
-/// With `commit` (the live projector's checkpoint, `COMMIT` and `BEGIN`), the statements and
-/// then `commit` go as one simple query, their arrays written in as literals
-/// ([`Params::Inline`]), so the transaction holds the feed's fence only while Postgres runs
-/// them. Should a value have no exact literal, the statements are bound and sent one by one,
-/// as without `commit`, and the caller runs `commit` itself (`committed` is false).
+/// Returns the number of rows written.
 async fn write(
     conn: &mut PgConnection,
     set: TableSet,
     orders: impl Iterator<Item = &OrderState>,
-    commit: Option<&str>,
-) -> Result<Written, ProjectionError> {
-    let dirty = Dirty::collect(orders);
-    if let Some(commit) = commit {
-        match dirty.statements(set, true) {
-            Ok(statements) => {
-                let mut sql = String::new();
-                for (statement, _) in statements {
-                    sql.push_str(&statement);
-                    sql.push_str(";\n");
-                }
-                sql.push_str(commit);
-                // Without arguments, one simple query: every statement, then the commit.
-                let counts = sqlx::Executor::fetch_all(&mut *conn, sql.as_str()).await?;
-                let mut rows = 0;
-                for count in &counts {
-                    rows += count.try_get::<i64, _>(0)?;
-                }
-                return Ok(Written {
-                    rows: u64::try_from(rows).unwrap_or_default(),
-                    committed: true,
-                });
-            }
-            Err(Unbindable::NotInlinable(_)) => {
-                tracing::debug!("a value has no exact SQL literal; the batch is written bound");
-            }
-            Err(Unbindable::Bind(e)) => return Err(e),
-        }
-    }
+) -> Result<u64, ProjectionError> {
     let mut rows = 0;
-    for (sql, params) in dirty.statements(set, false)? {
-        let written: i64 = sqlx::query_scalar_with(&sql, params.into_args())
+    for (sql, binds) in Dirty::collect(orders).statements(set)? {
+        let written: i64 = sqlx::query_scalar_with(&sql, binds.0)
             .fetch_one(&mut *conn)
             .await?;
         rows += written;
     }
-    Ok(Written {
-        rows: u64::try_from(rows).unwrap_or_default(),
-        committed: false,
-    })
+    Ok(u64::try_from(rows).unwrap_or_default())
+}
+
+/// One statement's bound arguments, numbered `$1`, `$2`… in the order they are added.
+#[derive(Default)]
+struct Binds(PgArguments);
+
+impl Binds {
+    /// Binds `values` and answers the SQL expression for them as a `ty[]` array.
+    fn array<T>(&mut self, values: &[T], ty: &str) -> Result<String, ProjectionError>
+    where
+        T: for<'q> Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType,
+    {
+        self.0
+            .add(values)
+            .map_err(|e| ProjectionError::Handler(format!("cannot bind a {ty} column: {e}")))?;
+        Ok(format!("${}::{ty}[]", self.0.len()))
+    }
 }
 
 /// A batch's rows to write, by table.
@@ -629,20 +586,12 @@ impl Dirty {
         d
     }
 
-    /// The statements, in order, each answering one row: the number of rows it wrote. Their
-    /// arrays are literals (`inline`) or their statement's bound parameters.
-    fn statements(&self, set: TableSet, inline: bool) -> Result<Vec<(String, Params)>, Unbindable> {
-        let params = || {
-            if inline {
-                Params::Inline
-            } else {
-                Params::bound()
-            }
-        };
+    /// The statements, in order, each answering one row: the number of rows it wrote.
+    fn statements(&self, set: TableSet) -> Result<Vec<(String, Binds)>, ProjectionError> {
         let mut out = Vec::new();
         if !self.archived.order_id.is_empty() {
             for table in [ITEMS, ORDERS] {
-                let mut p = params();
+                let mut p = Binds::default();
                 let ids = p.array(&self.archived.order_id, "uuid")?;
                 let sql = format!(
                     "WITH d AS (DELETE FROM {} WHERE order_id = ANY({ids}) RETURNING 1)
@@ -663,7 +612,7 @@ impl Dirty {
             ),
         ];
         for (orders, items, o, i, update) in upserts {
-            let mut p = params();
+            let mut p = Binds::default();
             let tables = (set.quoted(orders), set.quoted(items));
             if let Some(sql) = upsert_sql((&tables.0, &tables.1), o, i, update, &mut p)? {
                 out.push((sql, p));
@@ -702,7 +651,7 @@ fn orders_sql(table: &str, arrays: &[String], update: bool) -> String {
 
 impl OrderColumns {
     /// The columns as SQL array expressions, in [`ORDER_COLUMNS`]' order.
-    fn arrays(&self, p: &mut Params) -> Result<Vec<String>, Unbindable> {
+    fn arrays(&self, p: &mut Binds) -> Result<Vec<String>, ProjectionError> {
         Ok(vec![
             p.array(&self.order_id, "uuid")?,
             p.array(&self.order_number, "text")?,
@@ -760,7 +709,7 @@ fn items_sql(table: &str, a: &[String], update: bool) -> String {
 
 impl ItemColumns {
     /// The columns as SQL array expressions, in [`items_sql`]' order.
-    fn arrays(&self, p: &mut Params) -> Result<Vec<String>, Unbindable> {
+    fn arrays(&self, p: &mut Binds) -> Result<Vec<String>, ProjectionError> {
         Ok(vec![
             p.array(&self.order_id, "uuid")?,
             p.array(&self.item_id, "uuid")?,
@@ -783,8 +732,8 @@ fn upsert_sql(
     o: &OrderColumns,
     i: &ItemColumns,
     update: bool,
-    p: &mut Params,
-) -> Result<Option<String>, Unbindable> {
+    p: &mut Binds,
+) -> Result<Option<String>, ProjectionError> {
     let mut parts = Vec::new();
     if !o.order_id.is_empty() {
         parts.push(("o", orders_sql(tables.0, &o.arrays(p)?, update)));

@@ -264,16 +264,13 @@ impl Rebuild {
             };
             let n = events.len() as u64;
             let mut tx = self.pool.begin().await?;
-            // A crash may lose the last batches committed this way, but always together with
-            // their checkpoint, and the rebuild then redoes them: durability is not needed
-            // here, and waiting for each flush is.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
             writer
                 .apply_batch(&mut tx, TableSet::Shadow, &events)
                 .await?;
-            checkpoint::save(&mut *tx, &shadow_consumer, last, n).await?;
+            // A crash may lose the last batches committed this way, but always together with
+            // their checkpoint, and the rebuild then redoes them: durability is not needed
+            // here, and waiting for each flush is.
+            checkpoint::save(&mut *tx, &shadow_consumer, last, n, Durability::Relaxed).await?;
             tx.commit().await?;
             self.position = last;
             self.applied += n;
@@ -510,7 +507,8 @@ pub(super) async fn catch_up_in(
             break;
         };
         spec.writer().apply_batch(conn, set, &events).await?;
-        checkpoint::save(&mut *conn, &consumer, last, events.len() as u64).await?;
+        let n = events.len() as u64;
+        checkpoint::save(&mut *conn, &consumer, last, n, Durability::Flushed).await?;
         applied += events.len() as u64;
         position = last;
     }

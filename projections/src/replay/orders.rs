@@ -44,9 +44,6 @@ impl BatchRebuild for OrdersRebuild {
         events: &'a [DecodedEvent],
         carry: &'a mut RowCache,
     ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
-        Box::pin(async move {
-            let written = apply_batch(conn, set, events, Some(carry), None).await?;
-            Ok(written.rows)
-        })
+        Box::pin(apply_batch(conn, set, events, Some(carry)))
     }
 }

@@ -66,7 +66,8 @@ pub async fn rollback(
         spec.writer()
             .apply_batch(&mut tx, TableSet::Old, &events)
             .await?;
-        checkpoint::save(&mut *tx, &old_consumer, last, events.len() as u64).await?;
+        let n = events.len() as u64;
+        checkpoint::save(&mut *tx, &old_consumer, last, n, Durability::Flushed).await?;
         tx.commit().await?;
         caught_up += events.len() as u64;
         position = last;
