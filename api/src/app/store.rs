@@ -273,7 +273,7 @@ impl OrderStore {
         &self,
         id: Uuid,
         metadata: &HashMap<String, String>,
-        mut nonce: Option<PendingNonce>,
+        nonce: Option<PendingNonce>,
         check: impl Fn(&Order) -> Result<(), AppError>,
         command: impl Fn() -> OrderCommand,
     ) -> Result<Executed, AppError> {
@@ -313,27 +313,12 @@ impl OrderStore {
                 )
                 .await;
             match appended {
-                Ok(()) => {
-                    if let Some(n) = nonce {
-                        n.settle(true);
-                    }
-                    let mut order = current;
-                    for e in &events {
-                        order.apply(e);
-                    }
-                    metrics::counter!("order_commands_total", "outcome" => "applied").increment(1);
-                    return Ok(Executed { order, events });
-                }
+                Ok(()) => return Ok(applied(current, events, nonce)),
                 Err(Appended::Conflict) => {
                     metrics::counter!("order_command_conflicts_total").increment(1);
                     tracing::debug!(order.id = %id, attempt, "lost a race for the next sequence; retrying");
                 }
-                Err(Appended::Replayed) => {
-                    if let Some(n) = nonce.take() {
-                        n.settle(false);
-                    }
-                    return Err(AppError::Replayed);
-                }
+                Err(Appended::Replayed) => return Err(replayed(nonce)),
                 Err(Appended::Failed(e)) => return Err(e),
             }
         }
@@ -391,24 +376,9 @@ impl OrderStore {
             )
             .await;
         match appended {
-            Ok(()) => {
-                if let Some(n) = nonce {
-                    n.settle(true);
-                }
-                let mut order = empty;
-                for e in &events {
-                    order.apply(e);
-                }
-                metrics::counter!("order_commands_total", "outcome" => "applied").increment(1);
-                Ok(Created::New(Box::new(Executed { order, events })))
-            }
+            Ok(()) => Ok(Created::New(Box::new(applied(empty, events, nonce)))),
             Err(Appended::Conflict) => Ok(Created::AlreadyExists),
-            Err(Appended::Replayed) => {
-                if let Some(n) = nonce {
-                    n.settle(false);
-                }
-                Err(AppError::Replayed)
-            }
+            Err(Appended::Replayed) => Err(replayed(nonce)),
             Err(Appended::Failed(e)) => Err(e),
         }
     }
@@ -526,6 +496,28 @@ impl OrderStore {
             )
             .collect())
     }
+}
+
+/// An append that went in: its replay key, if any, was first used, and the order is `before`
+/// with `events` applied.
+fn applied(before: Order, events: Vec<OrderEvent>, nonce: Option<PendingNonce>) -> Executed {
+    if let Some(n) = nonce {
+        n.settle(true);
+    }
+    let mut order = before;
+    for e in &events {
+        order.apply(e);
+    }
+    metrics::counter!("order_commands_total", "outcome" => "applied").increment(1);
+    Executed { order, events }
+}
+
+/// An append refused because its replay key was already used: nothing was written.
+fn replayed(nonce: Option<PendingNonce>) -> AppError {
+    if let Some(n) = nonce {
+        n.settle(false);
+    }
+    AppError::Replayed
 }
 
 /// The command's metric label: one fixed value per variant, so labels stay bounded.
