@@ -158,113 +158,150 @@ async fn main() -> anyhow::Result<()> {
     // that rate (what the lag's tail is compared with in the README).
     let mut b7_parts: [Vec<f64>; 4] = Default::default();
     let mut command_p50 = f64::NAN;
+    // The 32-client create rate of the round, for B7's default rate.
+    let mut create_rate = 2_000.0;
     let mut raw = vec![];
     for round in 1..=plan.rounds {
         if !service_phase {
             break;
         }
         eprintln!("round {round}/{}", plan.rounds);
-        // B1 and B3: create throughput at 32 and 1 clients against pgbench single-row inserts.
-        let pg32 = pgbench::run(
-            &db_url,
-            pgbench::INSERT,
-            plan.clients as u32,
-            plan.seconds,
-            &work,
-        )?;
-        let svc32 = closed_loop(&url, plan.clients, d, create.clone()).await;
-        let pg1 = pgbench::run(&db_url, pgbench::INSERT, 1, plan.seconds, &work)?;
-        let svc1 = closed_loop(&url, 1, d, create.clone()).await;
-        b1.push(svc32.per_second / pg32.tps);
-        b1_one.push(svc1.per_second / pg1.tps);
-        b3.push((svc32.per_second / svc1.per_second) / (pg32.tps / pg1.tps));
-        // B2: latency at low fixed load (open loop) against pgbench's read-then-insert, 1 client.
-        let pg_lat: PgbenchRun =
-            pgbench::run(&db_url, pgbench::READ_THEN_INSERT, 1, plan.seconds, &work)?;
-        let svc_lat = open_loop(&url, plan.open_loop_rate, d, create.clone()).await;
-        b2_p50.push(svc_lat.latencies.ms(0.5) / pg_lat.latencies.ms(0.5));
-        b2_p99.push(svc_lat.latencies.ms(0.99) / pg_lat.latencies.ms(0.99));
-        command_p50 = svc_lat.latencies.ms(0.5);
-        // B8 (second half, unsigned side): the no-DB route, for the signed/unsigned ratio.
-        let live = closed_loop(&url, plan.clients, d, unsigned_live.clone()).await;
-        b8_live.push(live.per_second);
-        let jobs = closed_loop(&url, plan.clients, d, signed_jobs.clone()).await;
-        b8_jobs.push(jobs.per_second / live.per_second);
-        // B8 (first half): signed reads of orders created earlier in the run ÷ pgbench doing the
-        // SQL a signed read needs (its nonce insert, then the PK select).
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT order_id::text FROM order_read ORDER BY order_id LIMIT 5000",
-        )
-        .fetch_all(&pool)
-        .await?;
-        anyhow::ensure!(!ids.is_empty(), "no orders in the read model to read back");
-        let ids = Arc::new(ids);
-        let read_by_id: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(move |i| Target {
-            method: Method::GET,
-            path: format!("/internal/orders/{}", ids[(i as usize) % ids.len()]),
-            body: None,
-            signed_as: Some("payment-service".into()),
-            tenant: Some("bench".into()),
-            v2: false,
-        });
-        let pg_pk = pgbench::run(
-            &db_url,
-            pgbench::NONCE_THEN_PK_SELECT,
-            plan.clients as u32,
-            plan.seconds,
-            &work,
-        )?;
-        let reads = closed_loop(&url, plan.clients, d, read_by_id).await;
-        b8_read.push(reads.per_second / pg_pk.tps);
-        // B5: read-model lag after each create at low fixed load ÷ that run's command p50.
-        let lag = read_model_lag(
-            &url,
-            &db_url,
-            f64::from(plan.open_loop_rate),
-            d,
-            Duration::from_millis(1),
-        )
-        .await?;
-        b5.push(lag.lag.ms(0.99) / lag.commands.ms(0.5));
-        // B7: commit-to-subscriber latency at half this round's create rate ÷ low-load command p50.
-        // BENCH_B7_RATE fixes the rate instead, so that two builds are compared at equal load.
-        b7_rate = std::env::var("BENCH_B7_RATE")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or((svc32.per_second / 2.0).clamp(10.0, 1_000.0));
-        let sub = subscriber_lag(&url, &nats_url, &stream, &prefix, b7_rate, d).await?;
-        b7.push(sub.lag.ms(0.99) / lag.commands.ms(0.5));
-        for (part, value) in b7_parts.iter_mut().zip([
-            sub.lag.ms(0.99),
-            sub.to_stream.ms(0.99),
-            sub.from_stream.ms(0.99),
-            sub.commands.ms(0.99),
-        ]) {
-            part.push(value);
+        let mut row = serde_json::Map::new();
+        row.insert("round".into(), json!(round));
+        // B1 and B3 (and B9's peak): create throughput at 32 and 1 clients against pgbench
+        // single-row inserts.
+        if wants(&["B1", "B3", "B9"]) {
+            let pg32 = pgbench::run(
+                &db_url,
+                pgbench::INSERT,
+                plan.clients as u32,
+                plan.seconds,
+                &work,
+            )?;
+            let svc32 = closed_loop(&url, plan.clients, d, create.clone()).await;
+            let pg1 = pgbench::run(&db_url, pgbench::INSERT, 1, plan.seconds, &work)?;
+            let svc1 = closed_loop(&url, 1, d, create.clone()).await;
+            b1.push(svc32.per_second / pg32.tps);
+            b1_one.push(svc1.per_second / pg1.tps);
+            b3.push((svc32.per_second / svc1.per_second) / (pg32.tps / pg1.tps));
+            create_rate = svc32.per_second;
+            extend(
+                &mut row,
+                json!({
+                    "pgbench_insert_tps_32": pg32.tps, "service_create_per_s_32": svc32.per_second,
+                    "service_errors_32": svc32.errors,
+                    "pgbench_insert_tps_1": pg1.tps, "service_create_per_s_1": svc1.per_second,
+                }),
+            );
         }
-        raw.push(json!({
-            "round": round,
-            "pgbench_insert_tps_32": pg32.tps, "service_create_per_s_32": svc32.per_second,
-            "service_errors_32": svc32.errors,
-            "pgbench_insert_tps_1": pg1.tps, "service_create_per_s_1": svc1.per_second,
-            "pgbench_read_insert_p50_ms": pg_lat.latencies.ms(0.5), "pgbench_read_insert_p99_ms": pg_lat.latencies.ms(0.99),
-            "service_open_loop_p50_ms": svc_lat.latencies.ms(0.5), "service_open_loop_p99_ms": svc_lat.latencies.ms(0.99),
-            "service_open_loop_errors": svc_lat.errors,
-            "open_loop_schedule_lag_p99_ms": svc_lat.schedule_lag.ms(0.99),
-            "unsigned_live_per_s": live.per_second,
-            "signed_jobs_per_s": jobs.per_second, "signed_jobs_errors": jobs.errors,
-            "pgbench_nonce_pk_select_tps_32": pg_pk.tps, "signed_order_reads_per_s_32": reads.per_second,
-            "signed_order_read_errors": reads.errors, "signed_order_read_p50_ms": reads.latencies.ms(0.5),
-            "b5_rate_per_s": plan.open_loop_rate, "b5_command_p50_ms": lag.commands.ms(0.5),
-            "b5_lag_p50_ms": lag.lag.ms(0.5), "b5_lag_p99_ms": lag.lag.ms(0.99), "b5_samples": lag.lag.count(),
-            "b5_missing": lag.missing, "b5_errors": lag.errors,
-            "b7_rate_per_s": b7_rate, "b7_command_p50_ms": sub.commands.ms(0.5),
-            "b7_command_p99_ms": sub.commands.ms(0.99),
-            "b7_lag_p50_ms": sub.lag.ms(0.5), "b7_lag_p99_ms": sub.lag.ms(0.99), "b7_samples": sub.lag.count(),
-            "b7_missing": sub.missing, "b7_early": sub.early, "b7_errors": sub.errors,
-            "b7_to_stream_p50_ms": sub.to_stream.ms(0.5), "b7_to_stream_p99_ms": sub.to_stream.ms(0.99),
-            "b7_from_stream_p50_ms": sub.from_stream.ms(0.5), "b7_from_stream_p99_ms": sub.from_stream.ms(0.99),
-        }));
+        // B2: latency at low fixed load (open loop) against pgbench's read-then-insert, 1 client.
+        if wants(&["B2"]) {
+            let pg_lat: PgbenchRun =
+                pgbench::run(&db_url, pgbench::READ_THEN_INSERT, 1, plan.seconds, &work)?;
+            let svc_lat = open_loop(&url, plan.open_loop_rate, d, create.clone()).await;
+            b2_p50.push(svc_lat.latencies.ms(0.5) / pg_lat.latencies.ms(0.5));
+            b2_p99.push(svc_lat.latencies.ms(0.99) / pg_lat.latencies.ms(0.99));
+            command_p50 = svc_lat.latencies.ms(0.5);
+            extend(
+                &mut row,
+                json!({
+                    "pgbench_read_insert_p50_ms": pg_lat.latencies.ms(0.5), "pgbench_read_insert_p99_ms": pg_lat.latencies.ms(0.99),
+                    "service_open_loop_p50_ms": svc_lat.latencies.ms(0.5), "service_open_loop_p99_ms": svc_lat.latencies.ms(0.99),
+                    "service_open_loop_errors": svc_lat.errors,
+                    "open_loop_schedule_lag_p99_ms": svc_lat.schedule_lag.ms(0.99),
+                }),
+            );
+        }
+        if wants(&["B8"]) {
+            // B8 (second half, unsigned side): the no-DB route, for the signed/unsigned ratio.
+            let live = closed_loop(&url, plan.clients, d, unsigned_live.clone()).await;
+            b8_live.push(live.per_second);
+            let jobs = closed_loop(&url, plan.clients, d, signed_jobs.clone()).await;
+            b8_jobs.push(jobs.per_second / live.per_second);
+            // B8 (first half): signed reads of orders ÷ pgbench doing the SQL a signed read
+            // needs (its nonce insert, then the PK select).
+            if round == 1 && !wants(&["B1", "B3", "B9"]) {
+                // Orders to read, when no earlier phase of this run created them.
+                closed_loop(&url, 8, Duration::from_secs(1), create.clone()).await;
+            }
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT order_id::text FROM order_read ORDER BY order_id LIMIT 5000",
+            )
+            .fetch_all(&pool)
+            .await?;
+            anyhow::ensure!(!ids.is_empty(), "no orders in the read model to read back");
+            let ids = Arc::new(ids);
+            let read_by_id: Arc<dyn Fn(u64) -> Target + Send + Sync> = Arc::new(move |i| Target {
+                method: Method::GET,
+                path: format!("/internal/orders/{}", ids[(i as usize) % ids.len()]),
+                body: None,
+                signed_as: Some("payment-service".into()),
+                tenant: Some("bench".into()),
+                v2: false,
+            });
+            let pg_pk = pgbench::run(
+                &db_url,
+                pgbench::NONCE_THEN_PK_SELECT,
+                plan.clients as u32,
+                plan.seconds,
+                &work,
+            )?;
+            let reads = closed_loop(&url, plan.clients, d, read_by_id).await;
+            b8_read.push(reads.per_second / pg_pk.tps);
+            extend(
+                &mut row,
+                json!({
+                    "unsigned_live_per_s": live.per_second,
+                    "signed_jobs_per_s": jobs.per_second, "signed_jobs_errors": jobs.errors,
+                    "pgbench_nonce_pk_select_tps_32": pg_pk.tps, "signed_order_reads_per_s_32": reads.per_second,
+                    "signed_order_read_errors": reads.errors, "signed_order_read_p50_ms": reads.latencies.ms(0.5),
+                }),
+            );
+        }
+        if wants(&["B5", "B7"]) {
+            // B5: read-model lag after each create at low fixed load ÷ that run's command p50.
+            let lag = read_model_lag(
+                &url,
+                &db_url,
+                f64::from(plan.open_loop_rate),
+                d,
+                Duration::from_millis(1),
+            )
+            .await?;
+            b5.push(lag.lag.ms(0.99) / lag.commands.ms(0.5));
+            // B7: commit-to-subscriber latency at half this round's create rate (1,000/s when
+            // B1 did not run) ÷ low-load command p50. BENCH_B7_RATE fixes the rate instead, so
+            // that two builds are compared at equal load.
+            b7_rate = std::env::var("BENCH_B7_RATE")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or((create_rate / 2.0).clamp(10.0, 1_000.0));
+            let sub = subscriber_lag(&url, &nats_url, &stream, &prefix, b7_rate, d).await?;
+            b7.push(sub.lag.ms(0.99) / lag.commands.ms(0.5));
+            for (part, value) in b7_parts.iter_mut().zip([
+                sub.lag.ms(0.99),
+                sub.to_stream.ms(0.99),
+                sub.from_stream.ms(0.99),
+                sub.commands.ms(0.99),
+            ]) {
+                part.push(value);
+            }
+            extend(
+                &mut row,
+                json!({
+                    "b5_rate_per_s": plan.open_loop_rate, "b5_command_p50_ms": lag.commands.ms(0.5),
+                    "b5_lag_p50_ms": lag.lag.ms(0.5), "b5_lag_p99_ms": lag.lag.ms(0.99), "b5_samples": lag.lag.count(),
+                    "b5_missing": lag.missing, "b5_errors": lag.errors,
+                    "b7_rate_per_s": b7_rate, "b7_command_p50_ms": sub.commands.ms(0.5),
+                    "b7_command_p99_ms": sub.commands.ms(0.99),
+                    "b7_lag_p50_ms": sub.lag.ms(0.5), "b7_lag_p99_ms": sub.lag.ms(0.99), "b7_samples": sub.lag.count(),
+                    "b7_missing": sub.missing, "b7_early": sub.early, "b7_errors": sub.errors,
+                    "b7_to_stream_p50_ms": sub.to_stream.ms(0.5), "b7_to_stream_p99_ms": sub.to_stream.ms(0.99),
+                    "b7_from_stream_p50_ms": sub.from_stream.ms(0.5), "b7_from_stream_p99_ms": sub.from_stream.ms(0.99),
+                }),
+            );
+        }
+        raw.push(Value::Object(row));
     }
     if !service_phase && wants(&["B6"]) {
         // B6 copies a stored OrderCreated: make one when the service phase did not.
@@ -606,4 +643,11 @@ async fn environment(pool: &sqlx::PgPool) -> Value {
         "cpu_model": cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim),
         "memory": meminfo.lines().next(),
     })
+}
+
+/// Adds `fields` (an object) to a round's raw record.
+fn extend(row: &mut serde_json::Map<String, Value>, fields: Value) {
+    if let Value::Object(fields) = fields {
+        row.extend(fields);
+    }
 }
