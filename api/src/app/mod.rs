@@ -11,7 +11,8 @@
 //! - [`messages`]: payment, dispute and ticket messages turned into commands.
 //! - [`maintenance`]: the scheduled jobs' use cases (expire, remind, archive, reconcile):
 //!   which orders each looks at and what it does with each.
-//! - [`store`]: the one write path over the event store.
+//! - [`store`]: the one write path over the event store, appending through `append` (one
+//!   command per statement, or concurrent creates grouped into one).
 //! - [`context`]: the [`context::RequestContext`] a use case runs in (ids, tenant, user),
 //!   set by whoever delivers the work.
 //! - [`error`]: [`AppError`], and its classification into permanent and transient.
@@ -23,6 +24,7 @@
 //! wiring (`crate::consumers`), or the jobs' scheduler (`crate::jobs`).
 //! Status codes, headers and wire shapes of answers are decided there, not here.
 
+mod append;
 pub mod commands;
 pub mod context;
 pub mod error;

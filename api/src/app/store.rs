@@ -10,8 +10,8 @@
 //!
 //! A signed command brings its replay key as a [`PendingNonce`], and the append statement
 //! inserts it with the events: the events go in only if the key was unused, and a conflict on
-//! the events rolls the key back too, so the retry uses it again. One commit per command, and
-//! the replay rule of docs/contract.md §4 is still decided by Postgres across replicas. A
+//! the events rolls the key back too, so the retry uses it again. One commit per command (or
+//! one per batch of concurrent creates), and the replay rule of docs/contract.md §4 is still decided by Postgres across replicas. A
 //! command that appends nothing leaves its key unsettled, for the caller to settle through the
 //! nonce batcher (the auth middleware does).
 //!
@@ -27,6 +27,7 @@ use order_projections::postgres::CommitSignal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::app::append::{append_one, Appended, GroupCommit, NewEvents};
 use crate::app::error::AppError;
 use crate::auth::PendingNonce;
 use crate::deadline::within_deadline;
@@ -35,33 +36,6 @@ use crate::deadline::within_deadline;
 /// Each retry reloads the order, so idempotent repeats (a second confirm with the same payment
 /// intent) resolve to "nothing to do" on the first retry.
 const MAX_ATTEMPTS: usize = 8;
-
-/// The events' insert, shared by both append statements: `$1` aggregate type, `$2` id, `$3` to
-/// `$6` the events' arrays, `$7` their metadata.
-macro_rules! insert_events {
-    () => {
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                             payload, metadata)
-         SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
-           FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
-                WITH ORDINALITY AS e(sequence, event_type, event_version, payload, n)"
-    };
-}
-
-/// An append without a replay key (messages, jobs, the refund loop).
-const APPEND: &str = concat!(insert_events!(), " ORDER BY e.n");
-
-/// An append with the request's replay key (`$8` service, `$9` key, `$10` expiry): the events
-/// go in only if the key did.
-const APPEND_WITH_KEY: &str = concat!(
-    "WITH nonce AS (
-       INSERT INTO auth_nonces (service, nonce, expires_at) VALUES ($8, $9, $10)
-       ON CONFLICT (service, nonce) DO NOTHING
-       RETURNING 1)
-     ",
-    insert_events!(),
-    " WHERE EXISTS (SELECT 1 FROM nonce) ORDER BY e.n"
-);
 
 /// The result of a command.
 #[derive(Debug)]
@@ -81,24 +55,13 @@ pub enum Created {
     AlreadyExists,
 }
 
-/// Why an append did not happen.
-enum Appended {
-    /// Another writer took one of the sequence numbers first: reload and decide again. Nothing
-    /// was written, the pending key included.
-    Conflict,
-    /// The pending key was already used: nothing was written, and the key is settled as a
-    /// replay.
-    Replayed,
-    /// Anything else.
-    Failed(AppError),
-}
-
 /// The write side: loads orders and appends their events.
 #[derive(Clone)]
 pub struct OrderStore {
     upcasters: std::sync::Arc<Vec<Box<dyn EventUpcaster>>>,
     pool: PgPool,
     committed: CommitSignal,
+    creates: GroupCommit,
 }
 
 impl std::fmt::Debug for OrderStore {
@@ -121,10 +84,12 @@ pub struct StoredEvent {
 impl OrderStore {
     /// Builds the store over a pool. Upcasters are always on: every load sees current versions.
     pub fn new(pool: PgPool) -> Self {
+        let committed = CommitSignal::new();
         Self {
             upcasters: std::sync::Arc::new(order_domain::upcasters()),
+            creates: GroupCommit::new(pool.clone(), committed.clone()),
             pool,
-            committed: CommitSignal::new(),
+            committed,
         }
     }
 
@@ -326,8 +291,9 @@ impl OrderStore {
     }
 
     /// Creates an order without reading first: the command is decided against an empty order
-    /// and appended as sequence 1, so a create is one statement (with its pending replay key,
-    /// if signed) on one connection. The primary key settles a race or a repeat: when sequence
+    /// and appended as sequence 1 with whatever other creates are waiting: one statement and
+    /// one commit for all of them (group commit, `app::append`), each with its own
+    /// pending replay key, if signed. The primary key settles a race or a repeat: when sequence
     /// 1 already exists the answer is [`Created::AlreadyExists`], nothing was written, the key
     /// is left unsettled, and the caller decides what a repeat means (idempotent replay, or a
     /// lost race).
@@ -364,17 +330,8 @@ impl OrderStore {
     ) -> Result<Created, AppError> {
         let empty = Order::default();
         let events = empty.decide(command).map_err(AppError::from)?;
-        let mut conn = self.pool.acquire().await.map_err(AppError::from_sqlx)?;
-        let appended = self
-            .append(
-                &mut conn,
-                &id.to_string(),
-                0,
-                &events,
-                metadata,
-                nonce.as_ref(),
-            )
-            .await;
+        let new = NewEvents::new(&id.to_string(), 0, &events, metadata, nonce.as_ref())?;
+        let appended = self.creates.append(new).await;
         match appended {
             Ok(()) => Ok(Created::New(Box::new(applied(empty, events, nonce)))),
             Err(Appended::Conflict) => Ok(Created::AlreadyExists),
@@ -383,20 +340,8 @@ impl OrderStore {
         }
     }
 
-    /// Appends `events` after sequence `after` in ONE statement, with the request's replay key
-    /// when it has one. postgres-es appends with BEGIN, one INSERT per event and COMMIT (three
-    /// round trips for one event); a single multi-row INSERT is just as atomic, since a
-    /// statement outside a transaction block is its own transaction. The rows are inserted in
-    /// `ordinality` order so that their `global_position`s follow their sequence numbers.
-    /// Payload and metadata are serialised exactly as cqrs-es's `SerializedEvent` does, so
-    /// postgres-es loads them unchanged.
-    ///
-    /// With a key, the statement first inserts it into `auth_nonces` (`ON CONFLICT DO
-    /// NOTHING`), and the events only if that inserted it: a used key appends nothing (zero
-    /// rows, [`Appended::Replayed`]); a conflict on the events' primary key fails the whole
-    /// statement, key included ([`Appended::Conflict`]). A copy of the request racing this one
-    /// waits on the key's index entry until this commits, then finds it used, so one copy wins
-    /// across replicas.
+    /// Appends `events` after sequence `after` on `conn`, in one statement (see
+    /// [`append_one`]).
     async fn append(
         &self,
         conn: &mut PgConnection,
@@ -406,45 +351,11 @@ impl OrderStore {
         metadata: &HashMap<String, String>,
         nonce: Option<&PendingNonce>,
     ) -> Result<(), Appended> {
-        let first = i64::try_from(after).map_err(|e| Appended::Failed(AppError::internal(e)))? + 1;
-        let sequences: Vec<i64> = (first..).take(events.len()).collect();
-        let types: Vec<&str> = events.iter().map(OrderEvent::event_type).collect();
-        let versions: Vec<&str> = events.iter().map(OrderEvent::event_version).collect();
-        let payloads = events
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Appended::Failed(AppError::internal(e)))?;
-        let metadata =
-            serde_json::to_value(metadata).map_err(|e| Appended::Failed(AppError::internal(e)))?;
-        let sql = if nonce.is_some() {
-            APPEND_WITH_KEY
-        } else {
-            APPEND
-        };
-        let mut query = sqlx::query(sql)
-            .bind(ORDER_AGGREGATE_TYPE)
-            .bind(aggregate_id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadata);
-        if let Some(nonce) = nonce {
-            query = query
-                .bind(nonce.service())
-                .bind(nonce.key())
-                .bind(nonce.expires_at());
-        }
-        match query.execute(conn).await {
-            Ok(done) if done.rows_affected() == 0 => Err(Appended::Replayed),
-            Ok(_) => {
-                self.committed.committed();
-                Ok(())
-            }
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Appended::Conflict),
-            Err(e) => Err(Appended::Failed(AppError::from_sqlx(e))),
-        }
+        let new = NewEvents::new(aggregate_id, after, events, metadata, nonce)
+            .map_err(Appended::Failed)?;
+        append_one(conn, &new).await?;
+        self.committed.committed();
+        Ok(())
     }
 
     /// An order's stored events in sequence order, upcast to current versions.
@@ -552,6 +463,7 @@ mod tests {
     use order_domain::Currency;
 
     use super::*;
+    use crate::app::append::APPEND;
     use crate::auth::NonceStore;
 
     fn create_command(id: Uuid) -> OrderCommand {
@@ -868,6 +780,178 @@ mod tests {
                 .count();
             assert_eq!(cancels, 1, "seed {seed} case {case}");
         }
+    }
+
+    /// Concurrent creates share statements (group commit) and each still gets its own answer.
+    /// Seeded bursts mix new orders, repeats of a stored order, the same order several times in
+    /// one burst, keys shared within a burst and a key already spent; in half of them another
+    /// writer holds an uncommitted create of one of the orders across the burst and then
+    /// commits or rolls back, so that a grouped statement waits on it and, when it commits,
+    /// fails and is sent again one create at a time. `ORDER_INTERLEAVING_SEED` replays a seed.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn concurrent_creates_share_commits_and_each_gets_its_own_answer(pool: PgPool) {
+        use rand::{Rng, SeedableRng};
+        use std::collections::HashSet;
+
+        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("interleaving seed: {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        // A create with no other in flight goes on its own, not through a batch.
+        let lone = Uuid::now_v7();
+        store
+            .create(lone, &meta, create_command(lone), None)
+            .await
+            .expect("created");
+        assert_eq!(store.creates.batches(), 0, "a lone create was batched");
+        let batches_before = store.creates.batches();
+        let mut creates = 0;
+        for round in 0..12 {
+            let stored = Uuid::now_v7();
+            store
+                .create(stored, &meta, create_command(stored), None)
+                .await
+                .expect("stored");
+            let spent = format!("spent-{round}");
+            let spender = Uuid::now_v7();
+            let (key, _) = pending(&spent);
+            store
+                .create(spender, &meta, create_command(spender), Some(key))
+                .await
+                .expect("spent");
+            let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+            let plan: Vec<(Uuid, Option<String>)> = (0..24)
+                .map(|i| {
+                    let id = if rng.gen_bool(0.15) {
+                        stored
+                    } else {
+                        ids[rng.gen_range(0..ids.len())]
+                    };
+                    let key = match rng.gen_range(0..5) {
+                        0 => None,
+                        1 => Some(spent.clone()),
+                        2 => Some(format!("shared-{round}-{}", rng.gen_range(0..3))),
+                        _ => Some(format!("own-{round}-{i}")),
+                    };
+                    (id, key)
+                })
+                .collect();
+            creates += plan.len();
+            // Another writer's create of ids[0], uncommitted while the burst runs.
+            let blocked = ids[0];
+            let blocker = if rng.gen_bool(0.5) {
+                let mut tx = pool.begin().await.unwrap();
+                let event = &Order::default().decide(create_command(blocked)).unwrap()[0];
+                sqlx::query(APPEND)
+                    .bind(ORDER_AGGREGATE_TYPE)
+                    .bind(blocked.to_string())
+                    .bind(vec![1_i64])
+                    .bind(vec![event.event_type()])
+                    .bind(vec![event.event_version()])
+                    .bind(vec![serde_json::to_value(event).unwrap()])
+                    .bind(serde_json::json!({}))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                Some((tx, rng.gen_bool(0.5), rng.gen_range(0..20)))
+            } else {
+                None
+            };
+            let blocker_committed = blocker.as_ref().is_some_and(|(_, commit, _)| *commit);
+            let burst = futures::future::join_all(plan.iter().map(|(id, key)| {
+                let store = store.clone();
+                let (id, key) = (*id, key.clone());
+                async move {
+                    let (nonce, settled) = key.as_deref().map(pending).unzip();
+                    let result = store
+                        .create(id, &HashMap::new(), create_command(id), nonce)
+                        .await;
+                    (id, key, result, settled.and_then(|s| s.outcome()))
+                }
+            }));
+            let release = async {
+                if let Some((tx, commit, delay)) = blocker {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    if commit {
+                        tx.commit().await.unwrap();
+                    } else {
+                        tx.rollback().await.unwrap();
+                    }
+                }
+            };
+            let (results, ()) = tokio::join!(burst, release);
+
+            let context = format!("seed {seed} round {round}");
+            let mut new_ids = Vec::new();
+            let mut new_keys = Vec::new();
+            for (id, key, result, settled) in &results {
+                match result {
+                    Ok(Created::New(_)) => {
+                        assert!(key.is_none() || *settled == Some(true), "{context}");
+                        new_ids.push(*id);
+                        new_keys.extend(key.clone());
+                    }
+                    Ok(Created::AlreadyExists) => assert_eq!(*settled, None, "{context}"),
+                    Err(AppError::Replayed) => assert_eq!(*settled, Some(false), "{context}"),
+                    Err(e) => panic!("{context}: unexpected {e:?}"),
+                }
+            }
+            let unique_ids: HashSet<_> = new_ids.iter().collect();
+            assert_eq!(
+                unique_ids.len(),
+                new_ids.len(),
+                "{context}: an order created twice"
+            );
+            let unique_keys: HashSet<_> = new_keys.iter().collect();
+            assert_eq!(
+                unique_keys.len(),
+                new_keys.len(),
+                "{context}: a key used twice"
+            );
+            assert!(
+                !new_keys.contains(&spent),
+                "{context}: a spent key accepted"
+            );
+            for (id, key, result, _) in &results {
+                let created_elsewhere = *id == stored || (*id == blocked && blocker_committed);
+                if matches!(result, Ok(Created::AlreadyExists)) {
+                    assert!(
+                        created_elsewhere || new_ids.contains(id),
+                        "{context}: a repeat of an order nobody created"
+                    );
+                }
+                if matches!(result, Err(AppError::Replayed)) {
+                    let key = key.as_ref().expect("a replay has a key");
+                    assert!(
+                        *key == spent || new_keys.contains(key),
+                        "{context}: a replay of a key nobody used"
+                    );
+                }
+                let stored_events = sequences(&pool, *id).await;
+                let expected = usize::from(created_elsewhere || new_ids.contains(id));
+                assert_eq!(stored_events.len(), expected, "{context}: {id}");
+            }
+            for (_, key, _, _) in &results {
+                let Some(key) = key else { continue };
+                let rows: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM auth_nonces WHERE nonce = $1")
+                        .bind(key)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                let expected = i64::from(*key == spent || new_keys.contains(key));
+                assert_eq!(rows, expected, "{context}: key {key}");
+            }
+        }
+        let batches = store.creates.batches() - batches_before;
+        assert!(
+            batches < creates as u64,
+            "seed {seed}: {creates} concurrent creates took {batches} batches"
+        );
     }
 
     /// Loading on the store's own connection gives what postgres-es's `load_aggregate` gives.
