@@ -380,6 +380,8 @@ async fn append_batch(
                     for &i in &shared {
                         outcomes[i] = Some(Err(Appended::Failed(in_doubt(&e))));
                     }
+                    // It may have committed: the feed's readers look rather than wait a poll.
+                    committed.committed();
                     // The connection goes back to the pool, which checks or closes it.
                     drop(conn);
                     return finish(outcomes, &batch, &alone, &pool, &committed).await;
@@ -456,9 +458,9 @@ fn answers(outcomes: Vec<Option<Result<(), Appended>>>) -> Vec<Result<(), Append
 }
 
 /// Whether Postgres refused the statement with an error that means it rolled back: a
-/// constraint or data error, a serialization failure or deadlock, a lock or statement
-/// timeout, a resource limit. Anything else (a lost connection, the server shutting down, an
-/// unexpected class) may have come after the commit, so the outcome is unknown.
+/// constraint or data error, a serialization failure or deadlock, a lock timeout, a resource
+/// limit. Anything else (a lost connection, the server shutting down, a cancel, which another
+/// process may send after the commit, an unexpected class) leaves the outcome unknown.
 fn rolled_back(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else {
         return false;
@@ -470,7 +472,7 @@ fn rolled_back(e: &sqlx::Error) -> bool {
         code.starts_with("23")
             || code.starts_with("22")
             || code.starts_with("54")
-            || matches!(&*code, "40001" | "40P01" | "55P03" | "57014")
+            || matches!(&*code, "40001" | "40P01" | "55P03")
     })
 }
 

@@ -899,6 +899,13 @@ mod tests {
                     Err(AppError::Replayed) => assert_eq!(*settled, Some(false), "{context}"),
                     Err(e) => panic!("{context}: unexpected {e:?}"),
                 }
+                if *id == stored && key.as_deref() == Some(spent.as_str()) {
+                    // Both a repeat and a replay: the replay wins, grouped or alone.
+                    assert!(
+                        matches!(result, Err(AppError::Replayed)),
+                        "{context}: {result:?}"
+                    );
+                }
             }
             let unique_ids: HashSet<_> = new_ids.iter().collect();
             assert_eq!(
@@ -947,7 +954,19 @@ mod tests {
                 assert_eq!(rows, expected, "{context}: key {key}");
             }
         }
-        let batches = store.creates.batches() - batches_before;
+        // Every create of the bursts counted out of flight: a lone one goes on its own again.
+        let settled = store.creates.batches();
+        let lone = Uuid::now_v7();
+        store
+            .create(lone, &meta, create_command(lone), None)
+            .await
+            .expect("created");
+        assert_eq!(
+            store.creates.batches(),
+            settled,
+            "seed {seed}: a lone create was batched"
+        );
+        let batches = settled - batches_before;
         assert!(
             batches < creates as u64,
             "seed {seed}: {creates} concurrent creates took {batches} batches"

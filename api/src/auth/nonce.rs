@@ -169,13 +169,16 @@ async fn insert_batch(
     let nonces: Vec<&str> = batch.iter().map(|r| r.nonce.as_str()).collect();
     let expiries: Vec<DateTime<Utc>> = batch.iter().map(|r| r.expires_at).collect();
     let mut conn = held.lock().await?;
-    // `synchronous_commit` off for this statement's own transaction: see `record_one`.
+    // `synchronous_commit` off for this statement's own transaction: see `record_one`. Keys go
+    // in in key order, as the grouped append inserts them (`crate::app::append`), so that the
+    // two never wait on each other's keys crosswise (a deadlock, broken only after 1 s).
     let inserted = sqlx::query_as(
         "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
          INSERT INTO auth_nonces (service, nonce, expires_at)
          SELECT u.service, u.nonce, u.expires_at
            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(service, nonce, expires_at),
                 async_commit
+          ORDER BY u.service, u.nonce
          ON CONFLICT (service, nonce) DO NOTHING
          RETURNING service, nonce",
     )
