@@ -506,6 +506,38 @@ mod tests {
         .expect("events")
     }
 
+    /// The interleaving tests' generator: seeded from `ORDER_INTERLEAVING_SEED` when set (to
+    /// replay a failure), else at random; the seed is printed either way.
+    fn seeded() -> (u64, rand::rngs::StdRng) {
+        use rand::SeedableRng;
+        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("interleaving seed: {seed}");
+        (seed, rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    /// Another writer's append of `event` as `sequence` of `id`, inside its open transaction.
+    async fn append_uncommitted(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: Uuid,
+        sequence: i64,
+        event: &OrderEvent,
+    ) {
+        sqlx::query(APPEND)
+            .bind(ORDER_AGGREGATE_TYPE)
+            .bind(id.to_string())
+            .bind(vec![sequence])
+            .bind(vec![event.event_type()])
+            .bind(vec![event.event_version()])
+            .bind(vec![serde_json::to_value(event).unwrap()])
+            .bind(serde_json::json!({}))
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+
     fn pending(key: &str) -> (PendingNonce, crate::auth::pending::Settlement) {
         PendingNonce::new("api-gateway", key, Utc::now() + Duration::minutes(5))
     }
@@ -624,17 +656,7 @@ mod tests {
                 now: Utc::now(),
             }))
             .unwrap();
-        sqlx::query(APPEND)
-            .bind(ORDER_AGGREGATE_TYPE)
-            .bind(id.to_string())
-            .bind(vec![2_i64])
-            .bind(vec![reserved[0].event_type()])
-            .bind(vec![reserved[0].event_version()])
-            .bind(vec![serde_json::to_value(&reserved[0]).unwrap()])
-            .bind(serde_json::json!({}))
-            .execute(&mut *other)
-            .await
-            .unwrap();
+        append_uncommitted(&mut other, id, 2, &reserved[0]).await;
 
         // This command loads sequence 1 only, decides sequence 2, and waits on the other's row.
         let (key, settled) = pending("k-conflict");
@@ -690,14 +712,9 @@ mod tests {
     /// once. `ORDER_INTERLEAVING_SEED` replays a failing seed.
     #[sqlx::test(migrations = "../migrations")]
     async fn interleaved_copies_and_writers_accept_the_key_once(pool: PgPool) {
-        use rand::{Rng, SeedableRng};
+        use rand::Rng;
 
-        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random::<u64>);
-        println!("interleaving seed: {seed}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (seed, mut rng) = seeded();
         let store = OrderStore::new(pool.clone());
         let nonces = NonceStore::new(pool.clone());
         let reserve = || {
@@ -790,15 +807,10 @@ mod tests {
     /// fails and is sent again one create at a time. `ORDER_INTERLEAVING_SEED` replays a seed.
     #[sqlx::test(migrations = "../migrations")]
     async fn concurrent_creates_share_commits_and_each_gets_its_own_answer(pool: PgPool) {
-        use rand::{Rng, SeedableRng};
+        use rand::Rng;
         use std::collections::HashSet;
 
-        let seed = std::env::var("ORDER_INTERLEAVING_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random::<u64>);
-        println!("interleaving seed: {seed}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (seed, mut rng) = seeded();
         let store = OrderStore::new(pool.clone());
         let meta = HashMap::new();
         // A create with no other in flight goes on its own, not through a batch.
@@ -846,17 +858,7 @@ mod tests {
             let blocker = if rng.gen_bool(0.5) {
                 let mut tx = pool.begin().await.unwrap();
                 let event = &Order::default().decide(create_command(blocked)).unwrap()[0];
-                sqlx::query(APPEND)
-                    .bind(ORDER_AGGREGATE_TYPE)
-                    .bind(blocked.to_string())
-                    .bind(vec![1_i64])
-                    .bind(vec![event.event_type()])
-                    .bind(vec![event.event_version()])
-                    .bind(vec![serde_json::to_value(event).unwrap()])
-                    .bind(serde_json::json!({}))
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
+                append_uncommitted(&mut tx, blocked, 1, event).await;
                 Some((tx, rng.gen_bool(0.5), rng.gen_range(0..20)))
             } else {
                 None

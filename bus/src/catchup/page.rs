@@ -22,6 +22,12 @@ pub const MAX_LIMIT: i64 = 1_000;
 /// answers in bounded time; the cursor then moves past what was skipped.
 pub const MAX_SCANNED: i64 = 10_000;
 
+/// Feed rows read and encoded at a time: a page of [`MAX_LIMIT`] events is read in several
+/// chunks, so that only one chunk's rows and decoded events are held at once beside the
+/// page's encoded bodies (a whole page's rows and decoded payloads raised the service's peak
+/// memory by about 10 MiB).
+const MAX_CHUNK: i64 = 250;
+
 /// What a page asks for.
 #[derive(Debug, Clone, Default)]
 pub struct PageQuery {
@@ -110,7 +116,8 @@ pub async fn read_page(
         limit
     } else {
         (limit * 4).clamp(100, MAX_LIMIT)
-    };
+    }
+    .min(MAX_CHUNK);
     let mut conn = pool.acquire().await?;
     let mut next = query.after;
     let mut events = Vec::new();
