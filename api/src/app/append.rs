@@ -343,7 +343,7 @@ async fn append_batch(
         std::iter::repeat_with(|| None).take(batch.len()).collect();
     let (shared, mut alone) = split(&batch);
     let mut conn = match held.lock().await {
-        Ok(conn) => conn,
+        Ok(conn) => Some(conn),
         Err(e) => {
             return batch
                 .iter()
@@ -351,13 +351,13 @@ async fn append_batch(
                 .collect()
         }
     };
-    if !shared.is_empty() {
+    if let Some(held_conn) = conn.as_mut().filter(|_| !shared.is_empty()) {
         // A conflict with another writer's create, or a deadlock with another replica's
         // batch, is tried once more: the next statement's snapshot sees the other's order
         // committed, and answers that create alone as a conflict.
         let mut attempt = 1;
         loop {
-            match insert_shared(conn.conn(), &batch, &shared).await {
+            match insert_shared(held_conn.conn(), &batch, &shared).await {
                 Ok(answers) => {
                     if answers.iter().any(|(_, outcome)| outcome.is_ok()) {
                         committed.committed();
@@ -382,59 +382,35 @@ async fn append_batch(
                     }
                     // It may have committed: the feed's readers look rather than wait a poll.
                     committed.committed();
-                    // The connection goes back to the pool, which checks or closes it.
-                    drop(conn);
-                    return finish(outcomes, &batch, &alone, &pool, &committed).await;
+                    // Not kept: the pool checks the connection or closes it.
+                    conn = None;
+                    break;
                 }
             }
         }
     }
+    // The rest one statement each: on the held connection while it is sound, then on the pool.
     let mut appended = false;
     for &i in &alone {
         if !batch[i].waiting.load(Ordering::Relaxed) {
             // Its caller has answered already (a 5xx): nothing is started on its behalf.
             continue;
         }
-        let outcome = append_one(conn.conn(), &batch[i].new).await;
-        appended |= outcome.is_ok();
-        let broken = matches!(&outcome, Err(Appended::Failed(_)));
-        outcomes[i] = Some(outcome);
-        if broken {
-            // Not kept: the pool checks the connection; the rest run on the pool.
-            drop(conn);
-            let rest: Vec<usize> = alone.iter().copied().filter(|&j| j > i).collect();
-            if appended {
-                committed.committed();
-            }
-            return finish(outcomes, &batch, &rest, &pool, &committed).await;
-        }
-    }
-    conn.keep();
-    if appended {
-        committed.committed();
-    }
-    answers(outcomes)
-}
-
-/// The appends in `rest` one statement each on pool connections, then every answer.
-async fn finish(
-    mut outcomes: Vec<Option<Result<(), Appended>>>,
-    batch: &[Grouped],
-    rest: &[usize],
-    pool: &PgPool,
-    committed: &CommitSignal,
-) -> Vec<Result<(), Appended>> {
-    let mut appended = false;
-    for &i in rest {
-        if !batch[i].waiting.load(Ordering::Relaxed) {
-            continue;
-        }
-        let outcome = match pool.acquire().await {
-            Ok(mut conn) => append_one(&mut conn, &batch[i].new).await,
-            Err(e) => Err(Appended::Failed(AppError::from_sqlx(e))),
+        let outcome = match conn.as_mut() {
+            Some(held_conn) => append_one(held_conn.conn(), &batch[i].new).await,
+            None => match pool.acquire().await {
+                Ok(mut pooled) => append_one(&mut pooled, &batch[i].new).await,
+                Err(e) => Err(Appended::Failed(AppError::from_sqlx(e))),
+            },
         };
+        if matches!(outcome, Err(Appended::Failed(_))) {
+            conn = None;
+        }
         appended |= outcome.is_ok();
         outcomes[i] = Some(outcome);
+    }
+    if let Some(held_conn) = conn {
+        held_conn.keep();
     }
     if appended {
         committed.committed();
