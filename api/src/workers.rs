@@ -69,7 +69,10 @@ async fn project_orders(state: AppState, stop: CancellationToken) {
         OrdersProjector,
         state.settings.read_model.projection_batch_size,
     )
-    .with_wake(state.store.commit_signal().clone());
+    .with_wake(
+        state.store.commit_signal().clone(),
+        state.settings.read_model.projection_gather(),
+    );
     let poll = state.settings.read_model.projection_poll();
     runner.run_until_stopped(poll, stop).await;
 }

@@ -39,7 +39,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
 use order_projections::feed::{self, Lag, RawEvent};
-use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock};
+use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock, DEFAULT_GATHER};
 use order_projections::{checkpoint, FeedPosition};
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
@@ -76,6 +76,10 @@ pub struct RelayConfig {
     pub batch_size: i64,
     /// Pause after a round that found nothing.
     pub idle_poll: Duration,
+    /// With a wake-up signal, the pause after a round that did work, when more commits landed
+    /// during it, so that they are published together
+    /// ([`CommitWatch::after_work`](order_projections::postgres::CommitWatch::after_work)).
+    pub gather: Duration,
     /// Pause between leadership attempts while another replica leads.
     pub standby_poll: Duration,
     /// Longest pause between retries after errors.
@@ -95,6 +99,7 @@ impl RelayConfig {
             ensure_stream: true,
             batch_size: 500,
             idle_poll: Duration::from_millis(100),
+            gather: DEFAULT_GATHER,
             standby_poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             backlog_every: Duration::from_secs(5),
@@ -397,11 +402,13 @@ impl Relay {
         Ok(total)
     }
 
-    /// Runs until `stop` is cancelled: straight on while there is work, every idle poll when
-    /// caught up, and with exponential backoff plus jitter after errors (jitter keeps replicas
-    /// from hammering a recovering broker in step). Finishes the current round (acks
-    /// included) before returning, then releases the leader lock so a standby takes over at
-    /// once.
+    /// Runs until `stop` is cancelled: straight on while there is a backlog, gathering the
+    /// commits that land during a round into the next when woken by a [`CommitSignal`]
+    /// ([`CommitWatch::after_work`](order_projections::postgres::CommitWatch::after_work)),
+    /// every idle poll when caught up, and with exponential backoff plus jitter after errors
+    /// (jitter keeps replicas from hammering a recovering broker in step). Finishes the current
+    /// round (acks included) before returning, then releases the leader lock so a standby takes
+    /// over at once.
     pub async fn run_until_stopped(&self, stop: CancellationToken) {
         let mut failures: u32 = 0;
         let mut backlog_at: Option<Instant> = None;
@@ -411,12 +418,11 @@ impl Relay {
                 w.mark_seen();
             }
             let mut idle = false;
+            let mut worked = None;
             let wait = match self.run_once().await {
-                Ok(RelayOutcome::Published(_)) => {
+                Ok(RelayOutcome::Published(n)) => {
                     failures = 0;
-                    if let Some(w) = wake.as_mut() {
-                        w.worked();
-                    }
+                    worked = Some(n as i64 >= self.config.batch_size.clamp(1, MAX_BATCH));
                     Duration::ZERO
                 }
                 Ok(RelayOutcome::Idle) => {
@@ -450,6 +456,15 @@ impl Relay {
                     }
                     Err(e) => tracing::debug!(error = %e, "could not measure the relay backlog"),
                 }
+            }
+            if let (Some(full), Some(w)) = (worked, wake.as_mut()) {
+                // Biased: after a full batch the pause is ready at once, and a stop must win.
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = w.after_work(full, self.config.gather, self.config.idle_poll) => {}
+                }
+                continue;
             }
             if wait.is_zero() {
                 if stop.is_cancelled() {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{self, Durability};
 use crate::error::ProjectionError;
 use crate::feed::{read_after, FeedEvent};
-use crate::postgres::{CommitSignal, CommitWatch};
+use crate::postgres::{CommitSignal, CommitWatch, DEFAULT_GATHER};
 
 /// How long [`ProjectionRunner::catch_up`] waits before looking at the feed again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(10);
@@ -70,6 +70,8 @@ pub struct ProjectionRunner<P> {
     projector: P,
     batch_size: i64,
     wake: Option<CommitSignal>,
+    /// The pause that gathers commits landing during a batch into the next.
+    gather: Duration,
 }
 
 impl<P: Projector> ProjectionRunner<P> {
@@ -80,13 +82,17 @@ impl<P: Projector> ProjectionRunner<P> {
             projector,
             batch_size: batch_size.max(1),
             wake: None,
+            gather: DEFAULT_GATHER,
         }
     }
 
-    /// Wakes the runner when this process commits events, instead of at its next poll.
+    /// Wakes the runner when this process commits events, instead of at its next poll; commits
+    /// that land while a batch is applied wait `gather` to be applied together
+    /// ([`CommitWatch::after_work`]).
     #[must_use]
-    pub fn with_wake(mut self, signal: CommitSignal) -> Self {
+    pub fn with_wake(mut self, signal: CommitSignal, gather: Duration) -> Self {
         self.wake = Some(signal);
+        self.gather = gather;
         self
     }
 
@@ -191,7 +197,9 @@ impl<P: Projector> ProjectionRunner<P> {
     /// Polls until `stop` is cancelled: straight on while there is work, every `idle_poll`
     /// otherwise, backing off up to 5 s after errors. A short poll on the feed index is cheap
     /// and, unlike a NOTIFY per event, does not serialize the writers' commits. With a
-    /// [`CommitSignal`] (see [`Self::with_wake`]), a commit in this process wakes it at once.
+    /// [`CommitSignal`] (see [`Self::with_wake`]), a commit in this process wakes it at once,
+    /// and commits landing while a batch is applied are gathered into the next
+    /// ([`CommitWatch::after_work`]).
     pub async fn run_until_stopped(&self, idle_poll: Duration, stop: CancellationToken) {
         let mut wake = self.wake.as_ref().map(CommitSignal::subscribe);
         let mut backoff = idle_poll;
@@ -200,10 +208,17 @@ impl<P: Projector> ProjectionRunner<P> {
                 w.mark_seen();
             }
             let wait = match self.run_once().await {
-                Ok(RunOnce::Processed(_)) => {
+                Ok(RunOnce::Processed(n)) => {
                     backoff = idle_poll;
                     if let Some(w) = wake.as_mut() {
-                        w.worked();
+                        let full = n as i64 >= self.batch_size;
+                        // Biased: after a full batch the pause is ready at once, and a stop
+                        // must win.
+                        tokio::select! {
+                            biased;
+                            () = stop.cancelled() => return,
+                            () = w.after_work(full, self.gather, idle_poll) => {}
+                        }
                     }
                     continue;
                 }

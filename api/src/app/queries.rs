@@ -4,11 +4,13 @@
 //!
 //! # Read-your-writes and the lag bound
 //! The read models follow the event store through the `orders` projector, which runs in every
-//! replica and polls the feed every `PROJECTION_POLL_MS` (50 ms) when idle and continuously
-//! when busy. So a committed command normally shows up here within one poll interval plus one
-//! batch (tens of milliseconds). The bound is not hard: a transaction left open anywhere on the
-//! database holds the feed's fence back (the feed's lag report names it), and a projector that
-//! keeps failing backs off up to 5 s.
+//! replica, is woken by this replica's commits, polls the feed every `PROJECTION_POLL_MS`
+//! (50 ms) for the others' when idle, and under load waits up to `PROJECTION_GATHER_MS` (5 ms)
+//! between batches to apply the commits landing meanwhile together. So a committed command
+//! normally shows up here within one poll interval plus one batch (tens of milliseconds). The
+//! bound is not hard: a transaction left open anywhere on the database holds the feed's fence
+//! back (the feed's lag report names it), and a projector that keeps failing backs off up to
+//! 5 s.
 //!
 //! A caller that must see its own write passes the order's `version` from the command's answer
 //! as the minimum version of the three per-order lookups. The lookup then waits, polling the

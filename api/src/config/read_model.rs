@@ -43,6 +43,18 @@ pub struct ReadModelSettings {
     )]
     pub projection_poll_ms: u64,
 
+    /// Milliseconds a projector waits, after applying a batch while more commits landed, before
+    /// its next batch, so that those commits are applied together instead of a transaction
+    /// each. A bound on the read-model lag it adds under load; a lone commit is applied at once.
+    #[arg(
+        id = "projection_gather_ms",
+        long = "projection-gather-ms",
+        env = "PROJECTION_GATHER_MS",
+        value_name = "PROJECTION_GATHER_MS",
+        default_value_t = 5
+    )]
+    pub projection_gather_ms: u64,
+
     /// Events a projector applies per transaction.
     #[arg(
         id = "projection_batch_size",
@@ -63,6 +75,11 @@ impl ReadModelSettings {
     /// The largest lag of a standby that serves reads.
     pub fn max_lag(&self) -> Duration {
         Duration::from_millis(self.max_lag_ms)
+    }
+
+    /// A projector's gather pause under load.
+    pub fn projection_gather(&self) -> Duration {
+        Duration::from_millis(self.projection_gather_ms)
     }
 
     /// An idle projector's poll interval, never zero.

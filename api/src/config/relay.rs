@@ -42,6 +42,18 @@ pub struct RelaySettings {
     )]
     pub poll_ms: u64,
 
+    /// Milliseconds the relay waits, after publishing a round while more commits landed, before
+    /// its next round, so that those commits are published together instead of a round each.
+    /// A bound on the delay it adds under load; a lone commit is published at once.
+    #[arg(
+        id = "relay_gather_ms",
+        long = "relay-gather-ms",
+        env = "RELAY_GATHER_MS",
+        value_name = "RELAY_GATHER_MS",
+        default_value_t = 5
+    )]
+    pub gather_ms: u64,
+
     /// Seconds to wait for JetStream's publish acks before a round counts as failed.
     #[arg(
         id = "relay_publish_timeout_secs",
@@ -81,6 +93,7 @@ impl RelaySettings {
         config.ensure_stream = streams.create;
         config.batch_size = self.batch_size.max(1);
         config.idle_poll = Duration::from_millis(self.poll_ms.max(1));
+        config.gather = Duration::from_millis(self.gather_ms);
         config.max_backoff = Duration::from_secs(self.max_backoff_secs.max(1));
         config
     }

@@ -10,6 +10,16 @@
 //! an idle reader retries after [`QUICK_RETRY`], doubling the pause each time until it reaches
 //! its idle poll: an event held back for `t` is read within about `2t`, and a quiet reader
 //! makes only a handful of extra polls.
+//!
+//! Under load a wake-up per commit would mean a round per commit, each several round trips
+//! and a commit of its own (a checkpoint), competing with the writers for the same cores. So
+//! after a round that did work, a reader that has already been woken again waits a short
+//! gather pause ([`DEFAULT_GATHER`] unless configured)
+//! before its next round, and the commits landing meanwhile are read together; one that has
+//! not been woken goes to its idle wait rather than straight into a round that would find
+//! nothing. A reader woken after a quiet spell still starts at once, so a lone commit is read
+//! with no added delay; only a commit that lands while the reader is busy waits, at most the
+//! gather pause plus the round in progress.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +28,12 @@ use tokio::sync::watch;
 
 /// The first pause after a wake-up or a batch; each idle round after it doubles the pause.
 pub const QUICK_RETRY: Duration = Duration::from_millis(2);
+
+/// How long, by default, a reader that did work and was woken again meanwhile waits before its
+/// next round, so that the commits landing in that time share one round: a bound on the delay
+/// it adds under load, the price of a round per few commits instead of one per commit. A
+/// backlog (a full batch) is read straight on.
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(5);
 
 /// The writer's side: bumped after every append. Cheap to clone; every clone bumps the same
 /// counter.
@@ -75,6 +91,21 @@ impl CommitWatch {
         self.next_quick = Some(QUICK_RETRY);
     }
 
+    /// Paces the next round after one that did work (see the module doc): straight on after a
+    /// full batch, after `gather` when a commit landed during the round, else the idle wait
+    /// (woken at once by the next commit, or a quick retry for events held behind the fence).
+    pub async fn after_work(&mut self, filled_batch: bool, gather: Duration, idle_poll: Duration) {
+        self.worked();
+        if filled_batch {
+            return;
+        }
+        if self.rx.has_changed().unwrap_or(false) {
+            tokio::time::sleep(gather).await;
+        } else {
+            self.idle_wait(idle_poll).await;
+        }
+    }
+
     /// Waits before the next round after an idle one: until a commit not yet seen, or a quick
     /// retry when recent activity may be held behind the fence, or else `idle_poll`.
     pub async fn idle_wait(&mut self, idle_poll: Duration) {
@@ -121,6 +152,57 @@ mod tests {
         let started = tokio::time::Instant::now();
         watch.idle_wait(Duration::from_secs(10)).await;
         assert!(started.elapsed() < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_is_followed_by_the_next_round_at_once() {
+        let signal = CommitSignal::new();
+        let mut watch = signal.subscribe();
+        watch.mark_seen();
+        signal.committed();
+        let started = tokio::time::Instant::now();
+        watch
+            .after_work(true, DEFAULT_GATHER, Duration::from_secs(10))
+            .await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_during_a_round_are_gathered_for_the_next() {
+        let signal = CommitSignal::new();
+        let mut watch = signal.subscribe();
+        watch.mark_seen();
+        signal.committed(); // lands while the round is applied
+        let started = tokio::time::Instant::now();
+        watch
+            .after_work(false, DEFAULT_GATHER, Duration::from_secs(10))
+            .await;
+        assert_eq!(started.elapsed(), DEFAULT_GATHER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_work_with_no_new_commit_the_next_commit_wakes_the_reader_at_once() {
+        let signal = CommitSignal::new();
+        let mut watch = signal.subscribe();
+        watch.mark_seen();
+        let started = tokio::time::Instant::now();
+        // No commit during the round: the reader waits for one instead of reading again, and
+        // wakes at its quick retry or at the next commit, whichever is first.
+        watch
+            .after_work(false, DEFAULT_GATHER, Duration::from_secs(10))
+            .await;
+        assert_eq!(started.elapsed(), QUICK_RETRY);
+        watch.mark_seen();
+        let waiter = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            watch
+                .after_work(false, DEFAULT_GATHER, Duration::from_secs(10))
+                .await;
+            started.elapsed()
+        });
+        tokio::task::yield_now().await;
+        signal.committed();
+        assert_eq!(waiter.await.unwrap(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,6 @@ pub mod held;
 pub mod leader;
 
 pub use batch::Batcher;
-pub use commit_signal::{CommitSignal, CommitWatch};
+pub use commit_signal::{CommitSignal, CommitWatch, DEFAULT_GATHER};
 pub use held::HeldConnection;
 pub use leader::{LeaderError, LeaderLock};
