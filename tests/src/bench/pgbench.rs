@@ -63,6 +63,36 @@ pub fn run(
     seconds: u32,
     work: &Path,
 ) -> anyhow::Result<PgbenchRun> {
+    run_paced(db_url, script, clients, None, seconds, work)
+}
+
+/// [`run`] with one client whose transactions are scheduled at `rate` per second on average
+/// (pgbench `--rate`, Poisson arrivals), so that latency is measured under the same load as
+/// the service's open loop: mostly from an idle system, not back to back with warm caches and
+/// busy cores. pgbench counts latency from each transaction's scheduled start; the lag behind
+/// schedule is taken off again when the log is read, so that each latency runs from the
+/// actual start, as the open loop's run from each request's send.
+///
+/// # Errors
+/// When pgbench is missing or fails.
+pub fn run_at_rate(
+    db_url: &str,
+    script: &str,
+    rate: u32,
+    seconds: u32,
+    work: &Path,
+) -> anyhow::Result<PgbenchRun> {
+    run_paced(db_url, script, 1, Some(rate), seconds, work)
+}
+
+fn run_paced(
+    db_url: &str,
+    script: &str,
+    clients: u32,
+    rate: Option<u32>,
+    seconds: u32,
+    work: &Path,
+) -> anyhow::Result<PgbenchRun> {
     let script_path = work.join(format!("script-{}.sql", fnv(script)));
     std::fs::write(&script_path, script)?;
     let log_dir = work.join(format!("pgb-{}", rand::random::<u32>()));
@@ -76,6 +106,7 @@ pub fn run(
             "-j",
             &clients.min(2).to_string(),
         ])
+        .args(rate.map(|r| format!("--rate={}", r.max(1))))
         .args(["-T", &seconds.to_string(), "-f"])
         .arg(&script_path)
         .arg(db_url)
@@ -96,7 +127,9 @@ pub fn run(
     Ok(PgbenchRun { tps, latencies })
 }
 
-/// pgbench's per-transaction log: `client tx_no latency_us script epoch epoch_us`.
+/// pgbench's per-transaction log: `client tx_no latency_us script epoch epoch_us`, and under
+/// `--rate` a seventh column, the lag behind schedule, which the latency then includes and
+/// which is subtracted from it.
 fn read_logs(dir: &Path) -> anyhow::Result<Latencies> {
     let mut latencies = Latencies::default();
     let files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -104,12 +137,10 @@ fn read_logs(dir: &Path) -> anyhow::Result<Latencies> {
         .collect();
     for file in files {
         for line in std::fs::read_to_string(&file)?.lines() {
-            if let Some(us) = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                latencies.record_us(us);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let column = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            if let Some(us) = column(2) {
+                latencies.record_us(us.saturating_sub(column(6).unwrap_or(0)));
             }
         }
     }
