@@ -417,7 +417,9 @@ impl PrivatePostgres {
             .arg(&data)
             .arg("-l")
             .arg(self.dir.path.join("pg.log"))
-            .args(["-o", &options, "-w", "-t", "30", "start"])
+            // pg_ctl's wait, generous: under the whole suite's load on two cores, a standby's
+            // first start (recovery up to a consistent point) has taken longer than 30 s.
+            .args(["-o", &options, "-w", "-t", "120", "start"])
             .output()?;
         if !out.status.success() {
             bail!(
