@@ -105,6 +105,12 @@ impl RelayConfig {
             backlog_every: Duration::from_secs(5),
         }
     }
+
+    /// Events one round reads: the batch size, capped at [`MAX_BATCH`]. A round that publishes
+    /// this many may have left a backlog.
+    fn round_limit(&self) -> i64 {
+        self.batch_size.clamp(1, MAX_BATCH)
+    }
 }
 
 impl Default for RelayConfig {
@@ -279,7 +285,7 @@ impl Relay {
 
     async fn round(&self, round: &mut RoundState) -> Result<RelayOutcome, BusError> {
         let mut leader = self.leader.lock().await;
-        let limit = self.config.batch_size.clamp(1, MAX_BATCH);
+        let limit = self.config.round_limit();
         // A leader knows where its checkpoint is (it wrote it), so it reads its next batch from
         // there while the checkpoint is loaded again on the lock's own connection, which also
         // confirms it still leads: both at once instead of one round trip after the other. The
@@ -422,7 +428,7 @@ impl Relay {
             let wait = match self.run_once().await {
                 Ok(RelayOutcome::Published(n)) => {
                     failures = 0;
-                    worked = Some(n as i64 >= self.config.batch_size.clamp(1, MAX_BATCH));
+                    worked = Some(n as i64 >= self.config.round_limit());
                     Duration::ZERO
                 }
                 Ok(RelayOutcome::Idle) => {

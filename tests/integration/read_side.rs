@@ -1497,3 +1497,36 @@ async fn a_rebuild_from_scratch_equals_the_live_read_model(pool: PgPool) {
     assert_eq!(rebuilt.0, live.0, "order_read differs after a rebuild");
     assert_eq!(rebuilt.1, live.1, "order_item_read differs after a rebuild");
 }
+
+/// A runner woken by commits that is asked to stop while it works through a backlog stops
+/// after the batch in hand: the pause after a full batch is ready at once, and the stop must
+/// still win over it.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stopped_runner_with_a_backlog_applies_one_batch_and_returns(pool: PgPool) {
+    let s = Script::new(&pool);
+    paid_orders_with_tickets_and_refunds(&s).await;
+    order_tests::helpers::wait_visible(&pool).await;
+
+    let runner = ProjectionRunner::new(pool.clone(), OrdersProjector, 5).with_wake(
+        order_projections::postgres::CommitSignal::new(),
+        order_projections::postgres::DEFAULT_GATHER,
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    // 18 events in batches of five: each start applies the batch in hand, full, and stops.
+    for applied in [5_i64, 10, 15] {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            runner.run_until_stopped(Duration::from_secs(10), stop.clone()),
+        )
+        .await
+        .expect("returns once the batch in hand is applied");
+        let done: i64 =
+            sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
+                .bind(ORDERS_PROJECTION)
+                .fetch_one(&pool)
+                .await
+                .expect("checkpoint");
+        assert_eq!(done, applied, "a stopped runner went on past its batch");
+    }
+}

@@ -87,7 +87,7 @@ impl CommitWatch {
 
     /// Records that the last round did work: the next idle rounds retry quickly, since more
     /// may be held behind the fence.
-    pub fn worked(&mut self) {
+    fn worked(&mut self) {
         self.next_quick = Some(QUICK_RETRY);
     }
 
