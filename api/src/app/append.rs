@@ -10,9 +10,11 @@
 //! A create needs no load, so concurrent creates go through one [`Batcher`]: whatever creates
 //! are waiting become one statement on a connection the batcher keeps ([`HeldConnection`]), so
 //! N creates cost one round trip, one commit and one WAL flush instead of N, and no pool
-//! checkout or release check. A create with no other in flight is sent at once on a pool
-//! connection instead, as a one-command statement: a batch of one would only add a hop and a
-//! statement that Postgres plans afresh for each execution. The grouped statement decides each
+//! checkout or release check. A create with no other in flight is sent at once instead, as a
+//! one-command statement, by its own request's task: a batch of one would only add a hop to
+//! the batcher's task and a statement that Postgres plans afresh for each execution. It too
+//! runs on a kept connection, one for lone creates, so that a single client's creates pay
+//! neither the pool checkout nor the release check either. The grouped statement decides each
 //! create on its own:
 //! - a create whose first sequence is already stored conflicts: neither its key nor its events
 //!   are written (a repeated create, [`Appended::Conflict`]), unless its key is already used
@@ -239,7 +241,8 @@ pub(crate) async fn append_one(conn: &mut PgConnection, new: &NewEvents) -> Resu
 /// clone: clones share the batch task, its connection and the count of appends in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupCommit {
-    pool: PgPool,
+    /// The connection of creates sent alone: one at a time by construction (`in_flight`).
+    lone: HeldConnection,
     committed: CommitSignal,
     batcher: Batcher<Grouped, Result<(), Appended>>,
     in_flight: Arc<AtomicUsize>,
@@ -283,16 +286,16 @@ impl GroupCommit {
         })
         .on_idle(idle, release);
         Self {
-            pool,
+            lone: HeldConnection::released_when_idle(pool, batch::HELD_IDLE),
             committed,
             batcher,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Appends `new`: at once on a pool connection when no other append is in flight (a
-    /// batch would only add a hop and cost a statement planned for one row), else with
-    /// whatever other appends are waiting, as one batch.
+    /// Appends `new`: at once on the lone creates' connection when no other append is in
+    /// flight (a batch would only add a hop and cost a statement planned for one row), else
+    /// with whatever other appends are waiting, as one batch.
     pub(crate) async fn append(&self, new: NewEvents) -> Result<(), Appended> {
         let alone = self.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
         let caller = Caller {
@@ -301,13 +304,18 @@ impl GroupCommit {
         };
         if alone {
             let mut conn = self
-                .pool
-                .acquire()
+                .lone
+                .lock()
                 .await
                 .map_err(|e| Appended::Failed(AppError::from_sqlx(e)))?;
-            append_one(&mut conn, &new).await?;
-            self.committed.committed();
-            return Ok(());
+            let outcome = append_one(conn.conn(), &new).await;
+            if !matches!(outcome, Err(Appended::Failed(_))) {
+                conn.keep();
+            }
+            if outcome.is_ok() {
+                self.committed.committed();
+            }
+            return outcome;
         }
         let grouped = Grouped {
             new,

@@ -223,7 +223,7 @@ pub fn idle_hook(
 }
 
 /// How long a batcher keeps its [`HeldConnection`] without a batch to run.
-const HELD_IDLE: Duration = Duration::from_millis(50);
+pub const HELD_IDLE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

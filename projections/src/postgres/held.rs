@@ -11,13 +11,16 @@
 //! its user says the statement finished ([`HeldGuard::keep`]). After a failed statement, and
 //! after one cut short (its future dropped half-way through the protocol, as when a task is
 //! aborted), it goes back to the pool instead, which checks it or closes it; the next statement
-//! takes another. It counts against the pool's size like any connection in use, so its user
-//! gives it back whenever it goes idle ([`HeldConnection::release`]): `PgPool::close` waits
-//! for every connection in use.
+//! takes another. It counts against the pool's size like any connection in use, so it goes
+//! back whenever its user is idle: `PgPool::close` waits for every connection in use. Either
+//! the user says so ([`HeldConnection::release`]), or the connection is made to go back by
+//! itself after a spell without a statement ([`HeldConnection::released_when_idle`]), for a
+//! user with no moment of its own at which to say it.
 //!
 //! Depends on sqlx and tokio only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -27,23 +30,48 @@ use tokio::sync::{Mutex, MutexGuard};
 #[derive(Debug, Clone)]
 pub struct HeldConnection {
     pool: PgPool,
-    slot: Arc<Mutex<Option<PoolConnection<Postgres>>>>,
+    slot: Arc<Mutex<Slot>>,
+    /// Set: the connection goes back to the pool once it has not been kept for this long.
+    idle: Option<Duration>,
+}
+
+/// What the lock guards.
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Option<PoolConnection<Postgres>>,
+    /// Statements kept so far: the idle watch compares it across its wait.
+    kept: u64,
+    /// Whether an idle watch is running (at most one is).
+    watched: bool,
 }
 
 /// The held connection, taken for one statement (see [`HeldConnection::lock`]). Dropped
 /// without [`HeldGuard::keep`], its connection goes back to the pool.
 #[derive(Debug)]
 pub struct HeldGuard<'a> {
-    slot: MutexGuard<'a, Option<PoolConnection<Postgres>>>,
+    slot: MutexGuard<'a, Slot>,
     conn: PoolConnection<Postgres>,
+    owner: &'a HeldConnection,
 }
 
 impl HeldConnection {
     /// Holds nothing yet: the first [`HeldConnection::lock`] takes a connection from `pool`.
+    /// Its user gives it back with [`HeldConnection::release`].
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            slot: Arc::new(Mutex::new(None)),
+            slot: Arc::default(),
+            idle: None,
+        }
+    }
+
+    /// Like [`HeldConnection::new`], but the connection goes back to the pool by itself once
+    /// no statement has been kept on it for between `idle` and twice that. A watch task runs
+    /// only while a connection is held.
+    pub fn released_when_idle(pool: PgPool, idle: Duration) -> Self {
+        Self {
+            idle: Some(idle),
+            ..Self::new(pool)
         }
     }
 
@@ -55,17 +83,21 @@ impl HeldConnection {
     /// exhausted for its acquire timeout).
     pub async fn lock(&self) -> Result<HeldGuard<'_>, sqlx::Error> {
         let mut slot = self.slot.lock().await;
-        let conn = match slot.take() {
+        let conn = match slot.conn.take() {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
         };
-        Ok(HeldGuard { slot, conn })
+        Ok(HeldGuard {
+            slot,
+            conn,
+            owner: self,
+        })
     }
 
     /// Gives the connection back to the pool, if one is held: for a user gone idle, so that
     /// closing the pool does not wait for it.
     pub async fn release(&self) {
-        self.slot.lock().await.take();
+        self.slot.lock().await.conn.take();
     }
 }
 
@@ -76,16 +108,51 @@ impl HeldGuard<'_> {
     }
 
     /// Keeps the connection for the next statement: call it once the statement has finished
-    /// without error.
-    pub fn keep(mut self) {
-        *self.slot = Some(self.conn);
+    /// without error. Must run inside a tokio runtime when the connection is
+    /// [released when idle](HeldConnection::released_when_idle): it may start the idle watch.
+    pub fn keep(self) {
+        let Self {
+            mut slot,
+            conn,
+            owner,
+        } = self;
+        slot.conn = Some(conn);
+        slot.kept += 1;
+        if let Some(idle) = owner.idle {
+            if !slot.watched {
+                slot.watched = true;
+                tokio::spawn(release_when_idle(
+                    Arc::downgrade(&owner.slot),
+                    idle,
+                    slot.kept,
+                ));
+            }
+        }
+    }
+}
+
+/// The idle watch: every `idle`, gives the connection back if nothing was kept since the last
+/// look (`seen` statements kept), and ends. Ends at once when every [`HeldConnection`] clone
+/// is gone, which drops the connection with them. Decides under the lock, as `keep` does, so a
+/// connection kept while the watch ends starts a new one.
+async fn release_when_idle(slot: Weak<Mutex<Slot>>, idle: Duration, mut seen: u64) {
+    loop {
+        tokio::time::sleep(idle).await;
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        let mut slot = slot.lock().await;
+        if slot.kept == seen {
+            slot.conn = None;
+            slot.watched = false;
+            return;
+        }
+        seen = slot.kept;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     async fn backend(guard: &mut HeldGuard<'_>) -> i32 {
@@ -125,5 +192,60 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), pool.close())
             .await
             .expect("released, so the pool closes at once");
+    }
+
+    fn in_use(pool: &PgPool) -> u32 {
+        pool.size() - pool.num_idle() as u32
+    }
+
+    /// Waits up to 10 s for the pool to have no connection in use.
+    async fn all_back(pool: &PgPool) -> bool {
+        for _ in 0..200 {
+            if in_use(pool) == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_released_when_idle_serves_a_run_of_statements_then_goes_back_by_itself(
+        pool: PgPool,
+    ) {
+        let held = HeldConnection::released_when_idle(pool.clone(), Duration::from_millis(500));
+        let mut first = None;
+        for _ in 0..5 {
+            let mut guard = held.lock().await.unwrap();
+            let pid = backend(&mut guard).await;
+            assert_eq!(*first.get_or_insert(pid), pid, "one backend for the run");
+            guard.keep();
+        }
+        assert_eq!(in_use(&pool), 1, "kept between statements");
+        assert!(all_back(&pool).await, "given back once idle");
+
+        // Used again, it is watched again: a second idle spell gives it back too.
+        let mut guard = held.lock().await.unwrap();
+        backend(&mut guard).await;
+        guard.keep();
+        assert_eq!(in_use(&pool), 1, "kept again");
+        assert!(all_back(&pool).await, "given back after the second spell");
+        tokio::time::timeout(Duration::from_secs(10), pool.close())
+            .await
+            .expect("nothing held, so the pool closes at once");
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_released_when_idle_goes_back_when_its_owner_is_dropped(pool: PgPool) {
+        let held = HeldConnection::released_when_idle(pool.clone(), Duration::from_secs(3600));
+        let mut guard = held.lock().await.unwrap();
+        backend(&mut guard).await;
+        guard.keep();
+        assert_eq!(in_use(&pool), 1, "kept");
+        drop(held);
+        assert!(
+            all_back(&pool).await,
+            "the watch does not keep the connection alive"
+        );
     }
 }
