@@ -45,6 +45,8 @@ struct Row {
 
 /// Orders the service creates before round 1, as many as the baselines' table starts with.
 const WARM_UP_ORDERS: u64 = 10_000;
+/// How long the warm-up may take before the run stops as broken.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -152,18 +154,43 @@ async fn main() -> anyhow::Result<()> {
     // measures a fresh database's first minute, in which statements prepared while `events`
     // was nearly empty keep plans made for an empty table (docs/benchmarks.md, "Warm-up").
     if service_phase {
-        let mut warmed = 0;
+        let started = std::time::Instant::now();
+        let (mut warmed, mut failed) = (0, 0);
         while warmed < WARM_UP_ORDERS {
-            let run = closed_loop(&url, 16, Duration::from_secs(1), create.clone()).await;
             anyhow::ensure!(
-                run.ok > 0,
-                "warm-up: no create succeeded ({} errors)",
-                run.errors
+                started.elapsed() < WARM_UP_LIMIT,
+                "warm-up: {warmed} creates in {WARM_UP_LIMIT:?} ({failed} failed)"
             );
-            warmed += run.ok;
+            let run = closed_loop(&url, 16, Duration::from_secs(1), create.clone()).await;
+            (warmed, failed) = (warmed + run.ok, failed + run.errors);
         }
-        sqlx::query("ANALYZE").execute(&pool).await?;
-        eprintln!("warm-up: {warmed} orders created, tables analyzed");
+        anyhow::ensure!(failed == 0, "warm-up: {failed} creates failed");
+        // The relay and the projector done with the warm-up's events, so that round 1's
+        // baseline does not share the machine with them.
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM feed_checkpoints
+                  WHERE global_position < (SELECT max(global_position) FROM events)",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if behind == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < WARM_UP_LIMIT,
+                "warm-up: the feed's readers did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // What autovacuum does within a database's first minute, so that it does not do it
+        // during round 1.
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+        eprintln!(
+            "warm-up: {warmed} orders created, the feed caught up, tables vacuumed and analyzed \
+             ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     let mut b1 = vec![];

@@ -805,6 +805,47 @@ mod tests {
     /// writer holds an uncommitted create of one of the orders across the burst and then
     /// commits or rolls back, so that a grouped statement waits on it and, when it commits,
     /// fails and is sent again one create at a time. `ORDER_INTERLEAVING_SEED` replays a seed.
+    /// Creates sent alone run on one kept connection: it is still usable after a statement
+    /// Postgres refused (a repeated create), and it goes back to the pool once idle, so that
+    /// closing the pool does not wait for it.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn lone_creates_keep_one_connection_until_idle(pool: PgPool) {
+        let in_use = |pool: &PgPool| pool.size() - pool.num_idle() as u32;
+        let store = OrderStore::new(pool.clone());
+        let meta = HashMap::new();
+        let id = Uuid::now_v7();
+        let key = |k: &str| Some(pending(k).0);
+        store
+            .create(id, &meta, create_command(id), key("lone-1"))
+            .await
+            .expect("created");
+        assert_eq!(in_use(&pool), 1, "kept for the next lone create");
+        // Its append conflicts on the kept connection (Postgres refuses the statement); the
+        // store then decides it against the stored order.
+        let _repeat = store
+            .create(id, &meta, create_command(id), key("lone-2"))
+            .await;
+        let next = Uuid::now_v7();
+        store
+            .create(next, &meta, create_command(next), key("lone-3"))
+            .await
+            .expect("the kept connection serves the next create");
+        assert_eq!(in_use(&pool), 1, "one connection for all three");
+        assert_eq!(store.creates.batches(), 0, "none of them was batched");
+        let mut back = false;
+        for _ in 0..200 {
+            back = in_use(&pool) == 0;
+            if back {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(back, "the lone creates' connection went back once idle");
+        tokio::time::timeout(std::time::Duration::from_secs(10), pool.close())
+            .await
+            .expect("nothing kept, so the pool closes");
+    }
+
     #[sqlx::test(migrations = "../migrations")]
     async fn concurrent_creates_share_commits_and_each_gets_its_own_answer(pool: PgPool) {
         use rand::Rng;

@@ -1,6 +1,7 @@
 //! One pool connection kept across the statements of a single long-lived user: the API's
-//! batchers, which run one statement at a time for as long as the service runs, and the relay's
-//! feed reads while it has a backlog.
+//! batchers, which run one statement at a time for as long as the service runs, the creates
+//! sent alone (one at a time by construction), and the relay's feed reads while it has a
+//! backlog.
 //!
 //! sqlx 0.8 checks every connection it takes back into the pool with a round trip (a `Sync`,
 //! and a wait for Postgres's `ReadyForQuery`: `Floating::return_to_pool`), so a statement run
@@ -67,7 +68,7 @@ impl HeldConnection {
 
     /// Like [`HeldConnection::new`], but the connection goes back to the pool by itself once
     /// no statement has been kept on it for between `idle` and twice that. A watch task runs
-    /// only while a connection is held.
+    /// from the first statement kept until it has given the connection back (or found it gone).
     pub fn released_when_idle(pool: PgPool, idle: Duration) -> Self {
         Self {
             idle: Some(idle),
@@ -83,6 +84,11 @@ impl HeldConnection {
     /// exhausted for its acquire timeout).
     pub async fn lock(&self) -> Result<HeldGuard<'_>, sqlx::Error> {
         let mut slot = self.slot.lock().await;
+        if self.pool.is_closed() {
+            // As a pool checkout would answer: nothing new starts once closing has begun.
+            slot.conn = None;
+            return Err(sqlx::Error::PoolClosed);
+        }
         let conn = match slot.conn.take() {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
@@ -107,34 +113,36 @@ impl HeldGuard<'_> {
         &mut self.conn
     }
 
-    /// Keeps the connection for the next statement: call it once the statement has finished
-    /// without error. Must run inside a tokio runtime when the connection is
-    /// [released when idle](HeldConnection::released_when_idle): it may start the idle watch.
+    /// Keeps the connection for the next statement: call it once Postgres has answered the
+    /// statement to its end (an error answer included, outside an explicit transaction), not
+    /// after one cut short. A connection [released when idle](HeldConnection::released_when_idle)
+    /// that would need a watch started outside a tokio runtime goes back to the pool instead.
     pub fn keep(self) {
         let Self {
             mut slot,
             conn,
             owner,
         } = self;
+        if let Some(idle) = owner.idle.filter(|_| !slot.watched) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            slot.watched = true;
+            runtime.spawn(release_when_idle(
+                Arc::downgrade(&owner.slot),
+                idle,
+                slot.kept + 1,
+            ));
+        }
         slot.conn = Some(conn);
         slot.kept += 1;
-        if let Some(idle) = owner.idle {
-            if !slot.watched {
-                slot.watched = true;
-                tokio::spawn(release_when_idle(
-                    Arc::downgrade(&owner.slot),
-                    idle,
-                    slot.kept,
-                ));
-            }
-        }
     }
 }
 
 /// The idle watch: every `idle`, gives the connection back if nothing was kept since the last
-/// look (`seen` statements kept), and ends. Ends at once when every [`HeldConnection`] clone
-/// is gone, which drops the connection with them. Decides under the lock, as `keep` does, so a
-/// connection kept while the watch ends starts a new one.
+/// look (`seen` statements kept), and ends. Ends at its next look once every
+/// [`HeldConnection`] clone is gone (the last one dropped the connection). Decides under the
+/// lock, as `keep` does, so a connection kept while the watch ends starts a new one.
 async fn release_when_idle(slot: Weak<Mutex<Slot>>, idle: Duration, mut seen: u64) {
     loop {
         tokio::time::sleep(idle).await;
@@ -236,7 +244,7 @@ mod tests {
     }
 
     #[sqlx::test(migrations = false)]
-    async fn a_connection_released_when_idle_goes_back_when_its_owner_is_dropped(pool: PgPool) {
+    async fn a_watched_connection_goes_back_when_its_owner_is_dropped(pool: PgPool) {
         let held = HeldConnection::released_when_idle(pool.clone(), Duration::from_secs(3600));
         let mut guard = held.lock().await.unwrap();
         backend(&mut guard).await;
@@ -247,5 +255,25 @@ mod tests {
             all_back(&pool).await,
             "the watch does not keep the connection alive"
         );
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn once_the_pool_is_closing_a_held_connection_is_given_back_not_used(pool: PgPool) {
+        let held = HeldConnection::released_when_idle(pool.clone(), Duration::from_secs(3600));
+        let mut guard = held.lock().await.unwrap();
+        backend(&mut guard).await;
+        guard.keep();
+        let closing = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.close().await }
+        });
+        while !pool.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(held.lock().await, Err(sqlx::Error::PoolClosed)));
+        tokio::time::timeout(Duration::from_secs(10), closing)
+            .await
+            .expect("the held connection went back, so the close ends")
+            .unwrap();
     }
 }
