@@ -594,3 +594,65 @@ fn in_doubt(e: &sqlx::Error) -> AppError {
         AppError::internal(anyhow::anyhow!("grouped append failed: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use order_domain::Order;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::app::store::tests::create_command;
+
+    fn grouped(order: Uuid, waiting: bool) -> Grouped {
+        let events = Order::default()
+            .decide(create_command(order))
+            .expect("decided");
+        Grouped {
+            new: NewEvents::new(&order.to_string(), 0, &events, &HashMap::new(), None)
+                .expect("events"),
+            waiting: Arc::new(AtomicBool::new(waiting)),
+        }
+    }
+
+    /// A batch's second create of an order runs after the grouped statement, on its own; it is
+    /// started only while its caller still waits (a caller that has answered, with a 5xx,
+    /// must not see its create appear afterwards).
+    #[sqlx::test(migrations = "../migrations")]
+    async fn an_append_after_the_statement_starts_only_while_its_caller_waits(pool: PgPool) {
+        let run = |batch| {
+            append_batch(
+                pool.clone(),
+                HeldConnection::new(pool.clone()),
+                CommitSignal::new(),
+                batch,
+            )
+        };
+        let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let outcomes = run(vec![
+            grouped(id, true),
+            grouped(id, false),
+            grouped(other, true),
+        ])
+        .await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[1], Err(Appended::Failed(_))),
+            "not started, so not answered as a conflict: {:?}",
+            outcomes[1]
+        );
+
+        // The same shape with its caller still waiting: started, and a conflict.
+        let id = Uuid::now_v7();
+        let outcomes = run(vec![grouped(id, true), grouped(id, true)]).await;
+        assert!(outcomes[0].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[1], Err(Appended::Conflict)),
+            "{outcomes:?}"
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(stored, 3, "one creation per order");
+    }
+}

@@ -456,7 +456,7 @@ fn command_name(command: &OrderCommand) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::{Duration, Utc};
     use order_domain::commands::{CancelOrder, CreateOrder, ReserveOrder};
     use order_domain::values::NewLineItem;
@@ -466,7 +466,7 @@ mod tests {
     use crate::app::append::APPEND;
     use crate::auth::NonceStore;
 
-    fn create_command(id: Uuid) -> OrderCommand {
+    pub(crate) fn create_command(id: Uuid) -> OrderCommand {
         let now = Utc::now();
         OrderCommand::CreateOrder(CreateOrder {
             order_id: id,
