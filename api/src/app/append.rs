@@ -655,4 +655,60 @@ mod tests {
             .expect("count");
         assert_eq!(stored, 3, "one creation per order");
     }
+
+    /// A grouped statement whose connection is lost while it runs may have committed: each of
+    /// its creates fails (never a replay or a conflict, which would tell the caller nothing
+    /// was written), and the feed's readers are told to look.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_statement_cut_off_by_a_lost_connection_leaves_its_creates_in_doubt(pool: PgPool) {
+        let (blocked, other) = (Uuid::now_v7(), Uuid::now_v7());
+        // Another writer's uncommitted create of `blocked`: the statement waits on its row.
+        let mut tx = pool.begin().await.expect("begin");
+        let new = grouped(blocked, true).new;
+        append_one(&mut tx, &new)
+            .await
+            .expect("the other writer's append");
+        let signal = CommitSignal::new();
+        let mut readers = signal.subscribe();
+        let batch = tokio::spawn(append_batch(
+            pool.clone(),
+            HeldConnection::new(pool.clone()),
+            signal.clone(),
+            vec![grouped(blocked, true), grouped(other, true)],
+        ));
+        let mut waiting = None;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .expect("activity");
+            if waiting.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let pid: i32 = waiting.expect("the grouped statement waits on the other writer");
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&pool)
+            .await
+            .expect("terminated");
+        let outcomes = batch.await.expect("batch");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Err(Appended::Failed(_)))),
+            "{outcomes:?}"
+        );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            readers.idle_wait(std::time::Duration::from_secs(3600)),
+        )
+        .await
+        .expect("the feed's readers were told to look");
+        tx.rollback().await.expect("rollback");
+    }
 }
