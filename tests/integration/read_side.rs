@@ -218,6 +218,15 @@ impl Script {
 }
 
 /// Every row of both read-model tables, as JSON, in a stable order.
+/// Events the orders projector has applied, by its checkpoint.
+async fn projected_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
+        .bind(ORDERS_PROJECTION)
+        .fetch_one(pool)
+        .await
+        .expect("checkpoint")
+}
+
 async fn read_model_rows(pool: &PgPool) -> (Vec<Value>, Vec<Value>) {
     // Archived orders move to the archive tables; the read model is both.
     let orders = sqlx::query_scalar(
@@ -1323,13 +1332,7 @@ async fn a_crash_mid_batch_loses_and_doubles_nothing(pool: PgPool) {
             .await
             .expect("sum");
     assert_eq!(applied, 5);
-    let done: i64 =
-        sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
-            .bind(ORDERS_PROJECTION)
-            .fetch_one(&pool)
-            .await
-            .expect("checkpoint");
-    assert_eq!(done, 5);
+    assert_eq!(projected_events(&pool).await, 5);
 
     // Running again (the injected failure is spent) finishes the job exactly once.
     let rest = tokio::time::timeout(Duration::from_secs(30), runner.catch_up())
@@ -1521,12 +1524,10 @@ async fn a_stopped_runner_with_a_backlog_applies_one_batch_and_returns(pool: PgP
         )
         .await
         .expect("returns once the batch in hand is applied");
-        let done: i64 =
-            sqlx::query_scalar("SELECT events_total FROM feed_checkpoints WHERE consumer = $1")
-                .bind(ORDERS_PROJECTION)
-                .fetch_one(&pool)
-                .await
-                .expect("checkpoint");
-        assert_eq!(done, applied, "a stopped runner went on past its batch");
+        assert_eq!(
+            projected_events(&pool).await,
+            applied,
+            "a stopped runner went on past its batch"
+        );
     }
 }

@@ -238,7 +238,8 @@ pub(crate) async fn append_one(conn: &mut PgConnection, new: &NewEvents) -> Resu
 }
 
 /// Concurrent appends grouped into one statement per batch (see the module doc). Cheap to
-/// clone: clones share the batch task, its connection and the count of appends in flight.
+/// clone: clones share the batch task and its connection, the lone creates' connection, and
+/// the count of appends in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupCommit {
     /// The connection of creates sent alone: one at a time by construction (`in_flight`).
