@@ -1,5 +1,6 @@
 //! The commit-safe feed: every reader of events (projectors, the outbox relay, jobs, replay)
-//! reads through [`read_after`].
+//! reads through one query shape (`behind_the_fence!`): [`read_after`] and its raw and
+//! decoded forms, and [`FeedItem::read`] for projectors.
 //!
 //! Why not `global_position > last`: positions are taken when a row is inserted, but rows become
 //! visible when their transaction commits, so a reader can see position 11 while position 10
@@ -13,11 +14,13 @@
 //!
 //! The price is that one long transaction holds the fence back; [`lag`] names it.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use order_domain::OrderEvent;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::ProjectionError;
@@ -77,36 +80,126 @@ impl FeedEvent {
     }
 }
 
-/// What every feed read selects from: the events after `$1`/`$2` and behind the fence, in feed
-/// order, at most `$3` (a macro, so that the queries are still `&'static str` constants).
+/// An event as one kind of reader reads it from the feed: a projector's batches are read
+/// through its event type's [`FeedItem::read`], so that each reader pays only for the
+/// decoding it needs. [`FeedEvent`] keeps payload and metadata as JSON trees, for readers that
+/// look into them; [`DecodedEvent`] goes straight from the stored text to the domain event.
+pub trait FeedItem: Sized + Send + Sync {
+    /// Where the event is in the feed.
+    fn position(&self) -> FeedPosition;
+
+    /// Up to `limit` events after `from`, in feed order, upcast to current versions.
+    fn read(
+        conn: &mut PgConnection,
+        from: ReadFrom<'_>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Self>, ProjectionError>> + Send;
+}
+
+impl FeedItem for FeedEvent {
+    fn position(&self) -> FeedPosition {
+        self.position
+    }
+
+    async fn read(
+        conn: &mut PgConnection,
+        from: ReadFrom<'_>,
+        limit: i64,
+    ) -> Result<Vec<Self>, ProjectionError> {
+        to_feed_events(&fetch(conn, &SELECT_RAW, from, limit).await?)
+    }
+}
+
+impl FeedItem for DecodedEvent {
+    fn position(&self) -> FeedPosition {
+        self.position
+    }
+
+    async fn read(
+        conn: &mut PgConnection,
+        from: ReadFrom<'_>,
+        limit: i64,
+    ) -> Result<Vec<Self>, ProjectionError> {
+        decode_rows(&fetch(conn, &SELECT_TEXT, from, limit).await?)
+    }
+}
+
+/// Where a feed read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom<'a> {
+    /// After this position.
+    After(FeedPosition),
+    /// After this reader's checkpoint as the read's statement finds it (the start of the feed
+    /// if it has none): one statement where loading the checkpoint and then reading would be
+    /// two round trips.
+    Checkpoint(&'a str),
+}
+
+/// What every feed read selects from: the events after a start and behind the fence, in feed
+/// order, at most a limit (a macro, so that the queries are still `&'static str` constants).
+/// `position` starts after `$1`/`$2` with the limit in `$3`; `checkpoint` starts after reader
+/// `$1`'s checkpoint with the limit in `$2`. The checkpoint is read by an init plan, so the
+/// feed index serves both alike.
 ///
 /// Every event is an order event (`migrations/0502_events_order_only.sql` enforces it), so
 /// there is no `aggregate_type` filter: with one, a table without statistics was planned as a
 /// whole-table bitmap scan and sort; without it, the feed index is the only plan.
 macro_rules! behind_the_fence {
-    () => {
-        "
+    (position) => {
+        behind_the_fence!("($1::text::xid8, $2)", "$3")
+    };
+    (checkpoint) => {
+        behind_the_fence!(
+            "(SELECT coalesce(c.transaction_id, '0'::xid8), coalesce(c.global_position, 0)
+                FROM (SELECT 1) one LEFT JOIN feed_checkpoints c ON c.consumer = $1)",
+            "$2"
+        )
+    };
+    ($after:literal, $limit:literal) => {
+        concat!(
+            "
   FROM events
- WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+ WHERE (transaction_id, global_position) > ",
+            $after,
+            "
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY transaction_id, global_position
- LIMIT $3"
+ LIMIT ",
+            $limit
+        )
     };
 }
 
-/// The rows of `select` (one of the queries above) after `after`, at most `limit`.
-async fn fetch_after<'e>(
+/// One feed query's two forms, one per kind of [`ReadFrom`].
+struct Select {
+    after: &'static str,
+    checkpoint: &'static str,
+}
+
+/// `$columns` selected from the feed, in both forms.
+macro_rules! select {
+    ($columns:literal) => {
+        Select {
+            after: concat!($columns, behind_the_fence!(position)),
+            checkpoint: concat!($columns, behind_the_fence!(checkpoint)),
+        }
+    };
+}
+
+/// The rows of `select` (one of the queries below) after `from`, at most `limit`.
+async fn fetch<'e>(
     executor: impl PgExecutor<'e>,
-    select: &'static str,
-    after: FeedPosition,
+    select: &Select,
+    from: ReadFrom<'_>,
     limit: i64,
 ) -> Result<Vec<PgRow>, ProjectionError> {
-    Ok(sqlx::query(select)
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(executor)
-        .await?)
+    let query = match from {
+        ReadFrom::After(after) => sqlx::query(select.after)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position),
+        ReadFrom::Checkpoint(reader) => sqlx::query(select.checkpoint).bind(reader),
+    };
+    Ok(query.bind(limit).fetch_all(executor).await?)
 }
 
 /// Reads up to `limit` order events after `after`, in feed order, upcast to current versions.
@@ -119,19 +212,21 @@ pub async fn read_after<'e>(
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, ProjectionError> {
-    read_raw_after(executor, after, limit)
-        .await?
-        .events()
-        .map(|event| event?.to_feed_event())
+    to_feed_events(&fetch(executor, &SELECT_RAW, ReadFrom::After(after), limit).await?)
+}
+
+/// [`SELECT_RAW`]'s rows as [`FeedEvent`]s.
+fn to_feed_events(rows: &[PgRow]) -> Result<Vec<FeedEvent>, ProjectionError> {
+    rows.iter()
+        .map(|row| raw_event(row)?.to_feed_event())
         .collect()
 }
 
 /// The feed's columns, the JSON as text, read by index: see [`RawBatch`].
-const SELECT_RAW: &str = concat!(
+const SELECT_RAW: Select = select!(
     "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
             event_type, event_version, payload::text AS payload, metadata::text AS metadata,
-            recorded_at",
-    behind_the_fence!()
+            recorded_at"
 );
 
 /// A batch of feed rows kept as Postgres sent them, for readers that copy an event's JSON
@@ -173,24 +268,27 @@ impl RawBatch {
 
     /// The events, in feed order.
     pub fn events(&self) -> impl Iterator<Item = Result<RawEvent<'_>, ProjectionError>> {
-        self.rows.iter().map(|row| {
-            // By index, in SELECT_RAW's order.
-            Ok(RawEvent {
-                position: FeedPosition {
-                    transaction_id: transaction_id(row.try_get(0)?)?,
-                    global_position: row.try_get(1)?,
-                },
-                aggregate_type: row.try_get(2)?,
-                aggregate_id: row.try_get(3)?,
-                sequence: row.try_get(4)?,
-                event_type: row.try_get(5)?,
-                event_version: row.try_get(6)?,
-                payload: row.try_get(7)?,
-                metadata: row.try_get(8)?,
-                recorded_at: row.try_get(9)?,
-            })
-        })
+        self.rows.iter().map(raw_event)
     }
+}
+
+/// One of [`SELECT_RAW`]'s rows, borrowed.
+fn raw_event(row: &PgRow) -> Result<RawEvent<'_>, ProjectionError> {
+    // By index, in SELECT_RAW's order.
+    Ok(RawEvent {
+        position: FeedPosition {
+            transaction_id: transaction_id(row.try_get(0)?)?,
+            global_position: row.try_get(1)?,
+        },
+        aggregate_type: row.try_get(2)?,
+        aggregate_id: row.try_get(3)?,
+        sequence: row.try_get(4)?,
+        event_type: row.try_get(5)?,
+        event_version: row.try_get(6)?,
+        payload: row.try_get(7)?,
+        metadata: row.try_get(8)?,
+        recorded_at: row.try_get(9)?,
+    })
 }
 
 impl RawEvent<'_> {
@@ -243,12 +341,13 @@ pub async fn read_raw_after<'e>(
     limit: i64,
 ) -> Result<RawBatch, ProjectionError> {
     Ok(RawBatch {
-        rows: fetch_after(executor, SELECT_RAW, after, limit).await?,
+        rows: fetch(executor, &SELECT_RAW, ReadFrom::After(after), limit).await?,
     })
 }
 
 /// One event decoded straight into the domain event, for readers that need nothing else
-/// (replay): no JSON tree is built for it, unless its stored version must be upcast first.
+/// (the orders projector, replay): no JSON tree is built for it, unless its stored version
+/// must be upcast first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent {
     pub position: FeedPosition,
@@ -306,11 +405,10 @@ impl DecodedEvent {
     }
 }
 
-/// [`SELECT_RAW`]'s columns that [`read_decoded_after`] needs.
-const SELECT_TEXT: &str = concat!(
+/// [`SELECT_RAW`]'s columns that a [`DecodedEvent`] needs.
+const SELECT_TEXT: Select = select!(
     "SELECT transaction_id::text AS txid, global_position, aggregate_id, sequence, event_type,
-            event_version, payload::text AS payload, metadata::text AS metadata",
-    behind_the_fence!()
+            event_version, payload::text AS payload, metadata::text AS metadata"
 );
 
 /// [`read_after`], decoded straight into domain events: the same events in the same order,
@@ -324,7 +422,11 @@ pub async fn read_decoded_after<'e>(
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<DecodedEvent>, ProjectionError> {
-    let rows = fetch_after(executor, SELECT_TEXT, after, limit).await?;
+    decode_rows(&fetch(executor, &SELECT_TEXT, ReadFrom::After(after), limit).await?)
+}
+
+/// [`SELECT_TEXT`]'s rows, decoded.
+fn decode_rows(rows: &[PgRow]) -> Result<Vec<DecodedEvent>, ProjectionError> {
     // Columns by index, in SELECT_TEXT's order: a name lookup per column and row shows in
     // replay's profile.
     rows.iter()
@@ -513,5 +615,111 @@ mod tests {
         );
         assert!(!plan.contains("Seq Scan on events"), "{plan}");
         check_transaction_ids_ahead(&pool).await.unwrap();
+    }
+
+    /// A read from a checkpoint finds it by an init plan, whose value the planner does not
+    /// know: the generic plan it keeps must still walk the feed index in order and stop at the
+    /// limit, not gather everything after an unknown start and sort it.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_read_from_a_checkpoint_walks_the_feed_index_under_a_generic_plan(
+        pool: sqlx::PgPool,
+    ) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+               FROM generate_series(1, 20000)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        for select in [SELECT_RAW.checkpoint, SELECT_TEXT.checkpoint] {
+            sqlx::query("SET plan_cache_mode = force_generic_plan")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query(&format!(
+                "PREPARE read_from_checkpoint(text, int8) AS {select}"
+            ))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            let plan: Vec<String> =
+                sqlx::query_scalar("EXPLAIN EXECUTE read_from_checkpoint('orders', 500)")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Scan using events_feed_idx on events"),
+                "{plan}"
+            );
+            // The start bounds the scan (an index condition), rather than filtering every row
+            // from the beginning of the feed.
+            assert!(
+                plan.contains("Index Cond: ((ROW(transaction_id, global_position) > ROW($0, $1))"),
+                "{plan}"
+            );
+            assert!(!plan.contains("Sort"), "{plan}");
+            sqlx::query("DEALLOCATE read_from_checkpoint")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_read_from_a_checkpoint_starts_after_it_or_at_the_start_without_one(
+        pool: sqlx::PgPool,
+    ) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+               FROM generate_series(1, 5)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        // The fence is cluster-wide: a test running beside this one can hold the events back.
+        let mut all = Vec::new();
+        for _ in 0..1000 {
+            all = read_after(&mut *conn, FeedPosition::default(), 10)
+                .await
+                .unwrap();
+            if all.len() == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(all.len(), 5);
+        let none_saved = FeedEvent::read(&mut conn, ReadFrom::Checkpoint("reader"), 10)
+            .await
+            .unwrap();
+        assert_eq!(none_saved, all, "no checkpoint: from the start");
+        crate::checkpoint::save(
+            &mut *conn,
+            "reader",
+            all[1].position,
+            2,
+            crate::checkpoint::Durability::Flushed,
+        )
+        .await
+        .unwrap();
+        let after_saved = FeedEvent::read(&mut conn, ReadFrom::Checkpoint("reader"), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            after_saved,
+            all[2..4],
+            "after the checkpoint, at most the limit"
+        );
+        let other = FeedEvent::read(&mut conn, ReadFrom::Checkpoint("another"), 10)
+            .await
+            .unwrap();
+        assert_eq!(other, all, "another reader's checkpoint is its own");
     }
 }

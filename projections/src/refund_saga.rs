@@ -27,6 +27,9 @@ pub const REFUND_SAGA_PROJECTION: &str = "refund_saga";
 pub struct PendingRefunds;
 
 impl Projector for PendingRefunds {
+    /// With metadata: a refund's row keeps the tenant, request and trace ids of its request.
+    type Event = FeedEvent;
+
     fn name(&self) -> &str {
         REFUND_SAGA_PROJECTION
     }

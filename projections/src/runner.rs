@@ -9,13 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use order_domain::ORDER_AGGREGATE_TYPE;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Durability};
 use crate::error::ProjectionError;
-use crate::feed::{read_after, FeedEvent};
-use crate::postgres::{CommitSignal, CommitWatch, DEFAULT_GATHER};
+use crate::feed::{FeedItem, ReadFrom};
+use crate::postgres::{batch, CommitSignal, CommitWatch, HeldConnection, DEFAULT_GATHER};
 
 /// How long [`ProjectionRunner::catch_up`] waits before looking at the feed again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(10);
@@ -28,6 +28,10 @@ pub(crate) fn lock_key(name: &str) -> String {
 
 /// Builds a read model from events.
 pub trait Projector: Send + Sync {
+    /// What its batches are made of, and so how the feed is read and decoded for it
+    /// ([`FeedItem`]).
+    type Event: FeedItem;
+
     /// The checkpoint name; also the advisory-lock key.
     fn name(&self) -> &str;
 
@@ -41,7 +45,7 @@ pub trait Projector: Send + Sync {
     fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[FeedEvent],
+        events: &[Self::Event],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
@@ -67,6 +71,8 @@ impl RunOnce {
 #[derive(Debug)]
 pub struct ProjectionRunner<P> {
     pool: PgPool,
+    /// The connection batches run on while they keep finding work: no pool check after each.
+    conn: HeldConnection,
     projector: P,
     batch_size: i64,
     wake: Option<CommitSignal>,
@@ -78,6 +84,7 @@ impl<P: Projector> ProjectionRunner<P> {
     /// A runner reading `batch_size` events per transaction.
     pub fn new(pool: PgPool, projector: P, batch_size: i64) -> Self {
         Self {
+            conn: HeldConnection::released_when_idle(pool.clone(), batch::HELD_IDLE),
             pool,
             projector,
             batch_size: batch_size.max(1),
@@ -106,8 +113,20 @@ impl<P: Projector> ProjectionRunner<P> {
     /// # Errors
     /// Any error rolls the whole batch back, checkpoint included.
     pub async fn run_once(&self) -> Result<RunOnce, ProjectionError> {
+        let mut held = self.conn.lock().await?;
+        let outcome = self.batch(held.conn()).await;
+        // Kept only while there is work: an idle or standby round gives the connection back
+        // (with the rollback of its empty transaction), so a quiet projector holds none.
+        if matches!(outcome, Ok(RunOnce::Processed(_))) {
+            held.keep();
+        }
+        outcome
+    }
+
+    /// One batch on `conn`, in a transaction of its own.
+    async fn batch(&self, conn: &mut PgConnection) -> Result<RunOnce, ProjectionError> {
         let name = self.projector.name();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(lock_key(name))
@@ -116,9 +135,10 @@ impl<P: Projector> ProjectionRunner<P> {
         if !locked {
             return Ok(RunOnce::Standby);
         }
-        let after = checkpoint::load(&mut *tx, name).await?;
-        let events = read_after(&mut *tx, after, self.batch_size).await?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        // From the checkpoint as the read finds it: the lock is held by then, so no other
+        // replica moves it until this transaction ends.
+        let events = P::Event::read(&mut tx, ReadFrom::Checkpoint(name), self.batch_size).await?;
+        let Some(last) = events.last().map(FeedItem::position) else {
             return Ok(RunOnce::Idle);
         };
         let count = events.len() as u64;
@@ -246,5 +266,108 @@ async fn idle_wait(wake: Option<&mut CommitWatch>, idle_poll: Duration) {
     match wake {
         Some(w) => w.idle_wait(idle_poll).await,
         None => tokio::time::sleep(idle_poll).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::feed::{FeedEvent, FeedPosition};
+
+    /// Records what it is given, and the backend each batch ran on, and writes nothing.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<FeedPosition>>, Mutex<Vec<i32>>);
+
+    impl Projector for Recorder {
+        type Event = FeedEvent;
+
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        async fn apply_batch(
+            &self,
+            conn: &mut PgConnection,
+            events: &[FeedEvent],
+        ) -> Result<(), ProjectionError> {
+            let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await?;
+            self.1.lock().unwrap().push(backend);
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(events.iter().map(|e| e.position));
+            Ok(())
+        }
+    }
+
+    fn in_use(pool: &PgPool) -> u32 {
+        pool.size() - pool.num_idle() as u32
+    }
+
+    /// The next batch that finds work: the feed's fence is cluster-wide, so a transaction of
+    /// a test running beside this one can hold the events back for a moment.
+    async fn next_batch<P: Projector>(runner: &ProjectionRunner<P>) -> RunOnce {
+        for _ in 0..1000 {
+            match runner.run_once().await.unwrap() {
+                RunOnce::Idle => tokio::time::sleep(Duration::from_millis(10)).await,
+                other => return other,
+            }
+        }
+        RunOnce::Idle
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn batches_keep_one_connection_while_they_find_work_and_follow_the_stored_checkpoint(
+        pool: PgPool,
+    ) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+               FROM generate_series(1, 3)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Two idle connections: the pool hands them out in turn, so a batch that took its
+        // connection from the pool would run on the other backend than the batch before.
+        let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        drop((a, b));
+        let runner = ProjectionRunner::new(pool.clone(), Recorder::default(), 2);
+        assert_eq!(next_batch(&runner).await, RunOnce::Processed(2));
+        assert_eq!(in_use(&pool), 1, "kept after a batch that found work");
+        assert_eq!(next_batch(&runner).await, RunOnce::Processed(1));
+        let backends = runner.projector().1.lock().unwrap().clone();
+        assert_eq!(backends.len(), 2);
+        assert_eq!(
+            backends[0], backends[1],
+            "the second batch ran on the kept connection"
+        );
+        assert_eq!(runner.run_once().await.unwrap(), RunOnce::Idle);
+        let mut back = false;
+        for _ in 0..200 {
+            back = in_use(&pool) == 0;
+            if back {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(back, "given back after a batch that found nothing");
+
+        // Each batch starts from the checkpoint as stored, not from where the runner was: a
+        // reset (as a rebuild does) is followed at once.
+        checkpoint::reset(&pool, "recorder").await.unwrap();
+        assert_eq!(next_batch(&runner).await, RunOnce::Processed(2));
+        let seen = runner.projector().0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[..2], seen[3..], "read again from the start");
+        assert!(seen[..3].windows(2).all(|w| w[0] < w[1]), "feed order");
+        assert_eq!(
+            checkpoint::load(&pool, "recorder").await.unwrap(),
+            seen[4],
+            "the checkpoint moved with the batch"
+        );
     }
 }

@@ -339,6 +339,21 @@ async fn a_stored_first_version_order_is_upcast_on_load(pool: PgPool) {
     .await;
     assert_eq!(history["events"][0]["version"], "2.0");
     assert_eq!(history["events"][0]["payload"]["subtotalCents"], 10000);
+    // ...and so does the orders projector, which decodes the stored text straight into
+    // domain events.
+    order_tests::helpers::project(&pool).await;
+    let row: (String, String, i64, i64, i64) = sqlx::query_as(
+        "SELECT status, tenant_id, subtotal_cents, fees_cents, total_cents
+           FROM order_read WHERE order_id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        ("RESERVED".into(), "tenant-a".into(), 10000, 250, 10250)
+    );
     // The stored row itself is never rewritten.
     let stored: String = sqlx::query_scalar("SELECT event_version FROM events WHERE sequence = 1")
         .fetch_one(&pool)

@@ -17,7 +17,7 @@ use order_domain::events::OrderCreated;
 use order_domain::values::{DisputeOutcome, IssuedTicket, NewLineItem};
 use order_domain::{Currency, Order, OrderCommand, OrderEvent, OrderStatus};
 use order_projections::{
-    checkpoint, orders, queries, FeedEvent, OrderView, OrdersProjector, ProjectionError,
+    checkpoint, feed::DecodedEvent, orders, queries, OrderView, OrdersProjector, ProjectionError,
     ProjectionRunner, Projector, RunOnce, ORDERS_PROJECTION,
 };
 use order_tests::helpers::{assert_error_body, project};
@@ -1246,6 +1246,8 @@ struct FailOnce {
 }
 
 impl Projector for FailOnce {
+    type Event = DecodedEvent;
+
     fn name(&self) -> &str {
         ORDERS_PROJECTION
     }
@@ -1255,7 +1257,7 @@ impl Projector for FailOnce {
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[FeedEvent],
+        events: &[DecodedEvent],
     ) -> Result<(), ProjectionError> {
         let seen = self.seen.fetch_add(events.len(), Ordering::SeqCst);
         let failing = (seen < self.fail_at && self.fail_at <= seen + events.len())

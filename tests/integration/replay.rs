@@ -841,7 +841,7 @@ async fn live_batches_equal_the_per_event_rows(pool: PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut tx, events) = loop {
         let mut tx = pool.begin().await.expect("begin");
-        let events = order_projections::feed::read_after(
+        let events = order_projections::feed::read_decoded_after(
             &mut *tx,
             order_projections::FeedPosition::default(),
             10_000,

@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub struct PerEvent;
 
 impl Projector for PerEvent {
+    type Event = FeedEvent;
+
     fn name(&self) -> &str {
         ORDERS_PROJECTION
     }

@@ -11,12 +11,11 @@ pub mod writer;
 use chrono::{DateTime, Utc};
 use order_domain::{OrderEvent, OrderStatus};
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use crate::checkpoint;
 use crate::copies::TableSet;
 use crate::error::ProjectionError;
-use crate::feed::{DecodedEvent, FeedEvent};
+use crate::feed::DecodedEvent;
 use crate::runner::{lock_key, ProjectionRunner, Projector};
 
 /// The projection's name: its checkpoint and its advisory-lock key.
@@ -27,6 +26,9 @@ pub const ORDERS_PROJECTION: &str = "orders";
 pub struct OrdersProjector;
 
 impl Projector for OrdersProjector {
+    /// Decoded straight from the stored text: the rows need the domain event and nothing else.
+    type Event = DecodedEvent;
+
     fn name(&self) -> &str {
         ORDERS_PROJECTION
     }
@@ -38,36 +40,11 @@ impl Projector for OrdersProjector {
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        events: &[FeedEvent],
+        events: &[DecodedEvent],
     ) -> Result<(), ProjectionError> {
-        writer::apply_batch(conn, TableSet::Live, &decode_batch(events)?, None).await?;
+        writer::apply_batch(conn, TableSet::Live, events, None).await?;
         Ok(())
     }
-}
-
-/// The order an event belongs to; a handler error for an aggregate id that is not a UUID.
-fn order_id_of(event: &FeedEvent) -> Result<Uuid, ProjectionError> {
-    event.order_id().ok_or_else(|| {
-        ProjectionError::Handler(format!(
-            "order event {}#{} has an aggregate id that is not a UUID",
-            event.aggregate_id, event.sequence
-        ))
-    })
-}
-
-/// The batch's events decoded for the batched writer.
-fn decode_batch(events: &[FeedEvent]) -> Result<Vec<DecodedEvent>, ProjectionError> {
-    events
-        .iter()
-        .map(|event| {
-            Ok(DecodedEvent {
-                position: event.position,
-                order_id: order_id_of(event)?,
-                sequence: event.sequence,
-                event: event.decode()?,
-            })
-        })
-        .collect()
 }
 
 /// What one event (other than `OrderCreated`) changes on the order row; `None` keeps the value.
@@ -184,6 +161,7 @@ mod tests {
     use super::*;
     use order_domain::events::{DisputeClosed, OrderConfirmed, OrderRefunded, TicketsIssued};
     use order_domain::values::{DisputeOutcome, IssuedTicket};
+    use uuid::Uuid;
 
     fn at(min: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + min * 60, 0).unwrap_or_default()

@@ -222,7 +222,8 @@ pub fn idle_hook(
     (HELD_IDLE, hook)
 }
 
-/// How long a batcher keeps its [`HeldConnection`] without a batch to run.
+/// How long a batcher, the lone creates or a projection runner keep their [`HeldConnection`]
+/// without a statement to run.
 pub const HELD_IDLE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! One pool connection kept across the statements of a single long-lived user: the API's
 //! batchers, which run one statement at a time for as long as the service runs, the creates
-//! sent alone (one at a time by construction), and the relay's feed reads while it has a
-//! backlog.
+//! sent alone (one at a time by construction), the relay's feed reads while it has a backlog,
+//! and a projection runner's batches (one transaction each) while they find work.
 //!
 //! sqlx 0.8 checks every connection it takes back into the pool with a round trip (a `Sync`,
 //! and a wait for Postgres's `ReadyForQuery`: `Floating::return_to_pool`), so a statement run
@@ -46,7 +46,8 @@ struct Slot {
     watched: bool,
 }
 
-/// The held connection, taken for one statement (see [`HeldConnection::lock`]). Dropped
+/// The held connection, taken for one statement or one transaction (see
+/// [`HeldConnection::lock`]). Dropped
 /// without [`HeldGuard::keep`], its connection goes back to the pool.
 #[derive(Debug)]
 pub struct HeldGuard<'a> {
