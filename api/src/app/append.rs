@@ -141,6 +141,15 @@ pub(crate) enum Appended {
     Failed(AppError),
 }
 
+impl Appended {
+    /// Whether the statement answered this way may still have committed: a failure can be a
+    /// connection lost after the commit was sent, so the feed's readers are told to look
+    /// (a look that finds nothing costs one empty round) rather than wait for their poll.
+    fn may_have_committed(&self) -> bool {
+        matches!(self, Self::Failed(_))
+    }
+}
+
 /// A replay key as the statements bind it.
 #[derive(Debug)]
 struct Key {
@@ -313,7 +322,11 @@ impl GroupCommit {
             if !matches!(outcome, Err(Appended::Failed(_))) {
                 conn.keep();
             }
-            if outcome.is_ok() {
+            if outcome
+                .as_ref()
+                .err()
+                .is_none_or(Appended::may_have_committed)
+            {
                 self.committed.committed();
             }
             return outcome;
@@ -415,7 +428,10 @@ async fn append_batch(
         if matches!(outcome, Err(Appended::Failed(_))) {
             conn = None;
         }
-        appended |= outcome.is_ok();
+        appended |= outcome
+            .as_ref()
+            .err()
+            .is_none_or(Appended::may_have_committed);
         outcomes[i] = Some(outcome);
     }
     if let Some(held_conn) = conn {
@@ -704,6 +720,51 @@ mod tests {
                 .all(|o| matches!(o, Err(Appended::Failed(_)))),
             "{outcomes:?}"
         );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            readers.idle_wait(std::time::Duration::from_secs(3600)),
+        )
+        .await
+        .expect("the feed's readers were told to look");
+        tx.rollback().await.expect("rollback");
+    }
+
+    /// The same for a create sent alone: cut off by a lost connection, it answers a failure,
+    /// and the feed's readers are told to look, since it may have committed.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_lone_create_cut_off_by_a_lost_connection_wakes_the_feed_readers(pool: PgPool) {
+        let order = Uuid::now_v7();
+        let mut tx = pool.begin().await.expect("begin");
+        append_one(&mut tx, &grouped(order, true).new)
+            .await
+            .expect("the other writer's append");
+        let signal = CommitSignal::new();
+        let mut readers = signal.subscribe();
+        readers.mark_seen();
+        let appends = GroupCommit::new(pool.clone(), signal.clone());
+        let lone = tokio::spawn(async move { appends.append(grouped(order, true).new).await });
+        let mut waiting = None;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .expect("activity");
+            if waiting.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let pid: i32 = waiting.expect("the lone create waits on the other writer");
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&pool)
+            .await
+            .expect("terminated");
+        let outcome = lone.await.expect("append");
+        assert!(matches!(outcome, Err(Appended::Failed(_))), "{outcome:?}");
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
             readers.idle_wait(std::time::Duration::from_secs(3600)),
