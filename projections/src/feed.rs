@@ -588,22 +588,28 @@ pub async fn lag(pool: &sqlx::PgPool, consumer: &str) -> Result<Lag, ProjectionE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Stores `n` creations of new orders (placeholder payloads), one transaction for all.
+    pub(crate) async fn store_creations(pool: &sqlx::PgPool, n: i32) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
+               FROM generate_series(1, $1)",
+        )
+        .bind(n)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 
     /// The check runs on every readiness probe: without statistics (no ANALYZE, autovacuum
     /// off), it reads the largest id from the end of the feed index, not the whole table.
     #[sqlx::test(migrations = "../migrations")]
     async fn the_transaction_id_check_reads_one_entry_of_the_feed_index(pool: sqlx::PgPool) {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata)
-             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
-               FROM generate_series(1, 20000)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        store_creations(&pool, 20000).await;
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {TRANSACTION_IDS_SQL}"))
             .fetch_all(&pool)
             .await
@@ -624,15 +630,7 @@ mod tests {
     async fn a_read_from_a_checkpoint_walks_the_feed_index_under_a_generic_plan(
         pool: sqlx::PgPool,
     ) {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata)
-             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
-               FROM generate_series(1, 20000)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        store_creations(&pool, 20000).await;
         sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
         let mut conn = pool.acquire().await.unwrap();
         for select in [SELECT_RAW.checkpoint, SELECT_TEXT.checkpoint] {
@@ -674,15 +672,7 @@ mod tests {
     async fn a_read_from_a_checkpoint_starts_after_it_or_at_the_start_without_one(
         pool: sqlx::PgPool,
     ) {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata)
-             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
-               FROM generate_series(1, 5)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        store_creations(&pool, 5).await;
         let mut conn = pool.acquire().await.unwrap();
         // The fence is cluster-wide: a test running beside this one can hold the events back.
         let mut all = Vec::new();

@@ -274,6 +274,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::feed::tests::store_creations;
     use crate::feed::{FeedEvent, FeedPosition};
 
     /// Records what it is given, and the backend each batch ran on, and writes nothing.
@@ -322,15 +323,7 @@ mod tests {
     async fn batches_keep_one_connection_while_they_find_work_and_follow_the_stored_checkpoint(
         pool: PgPool,
     ) {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata)
-             SELECT 'Order', gen_random_uuid()::text, 1, 'OrderCreated', '2.0', '{}', '{}'
-               FROM generate_series(1, 3)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        store_creations(&pool, 3).await;
         // Two idle connections: the pool hands them out in turn, so a batch that took its
         // connection from the pool would run on the other backend than the batch before.
         let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());

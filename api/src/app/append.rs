@@ -615,6 +615,7 @@ fn in_doubt(e: &sqlx::Error) -> AppError {
 #[cfg(test)]
 mod tests {
     use order_domain::Order;
+    use order_projections::postgres::CommitWatch;
     use uuid::Uuid;
 
     use super::*;
@@ -693,26 +694,7 @@ mod tests {
             signal.clone(),
             vec![grouped(blocked, true), grouped(other, true)],
         ));
-        let mut waiting = None;
-        for _ in 0..200 {
-            waiting = sqlx::query_scalar(
-                "SELECT pid FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_optional(&pool)
-            .await
-            .expect("activity");
-            if waiting.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let pid: i32 = waiting.expect("the grouped statement waits on the other writer");
-        sqlx::query("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(&pool)
-            .await
-            .expect("terminated");
+        terminate_the_waiting_statement(&pool, "the grouped statement").await;
         let outcomes = batch.await.expect("batch");
         assert!(
             outcomes
@@ -720,13 +702,43 @@ mod tests {
                 .all(|o| matches!(o, Err(Appended::Failed(_)))),
             "{outcomes:?}"
         );
+        told_to_look(&mut readers).await;
+        tx.rollback().await.expect("rollback");
+    }
+
+    /// Cuts off the statement that waits on a lock (`what`, for the message), as a lost
+    /// connection would: its backend is terminated.
+    async fn terminate_the_waiting_statement(pool: &PgPool, what: &str) {
+        let mut waiting = None;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_optional(pool)
+            .await
+            .expect("activity");
+            if waiting.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let pid: i32 = waiting.unwrap_or_else(|| panic!("{what} waits on the other writer"));
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(pool)
+            .await
+            .expect("terminated");
+    }
+
+    /// Fails unless the feed's readers are woken within 5 s.
+    async fn told_to_look(readers: &mut CommitWatch) {
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
             readers.idle_wait(std::time::Duration::from_secs(3600)),
         )
         .await
         .expect("the feed's readers were told to look");
-        tx.rollback().await.expect("rollback");
     }
 
     /// The same for a create sent alone: cut off by a lost connection, it answers a failure,
@@ -743,34 +755,10 @@ mod tests {
         readers.mark_seen();
         let appends = GroupCommit::new(pool.clone(), signal.clone());
         let lone = tokio::spawn(async move { appends.append(grouped(order, true).new).await });
-        let mut waiting = None;
-        for _ in 0..200 {
-            waiting = sqlx::query_scalar(
-                "SELECT pid FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_optional(&pool)
-            .await
-            .expect("activity");
-            if waiting.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let pid: i32 = waiting.expect("the lone create waits on the other writer");
-        sqlx::query("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(&pool)
-            .await
-            .expect("terminated");
+        terminate_the_waiting_statement(&pool, "the lone create").await;
         let outcome = lone.await.expect("append");
         assert!(matches!(outcome, Err(Appended::Failed(_))), "{outcome:?}");
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            readers.idle_wait(std::time::Duration::from_secs(3600)),
-        )
-        .await
-        .expect("the feed's readers were told to look");
+        told_to_look(&mut readers).await;
         tx.rollback().await.expect("rollback");
     }
 }
