@@ -141,13 +141,12 @@ pub(crate) enum Appended {
     Failed(AppError),
 }
 
-impl Appended {
-    /// Whether the statement answered this way may still have committed: a failure can be a
-    /// connection lost after the commit was sent, so the feed's readers are told to look
-    /// (a look that finds nothing costs one empty round) rather than wait for their poll.
-    fn may_have_committed(&self) -> bool {
-        matches!(self, Self::Failed(_))
-    }
+/// Whether a statement answered `outcome` may have committed: a success, or a failure, which
+/// can be a connection lost after the commit was sent. The feed's readers are told to look
+/// then (a look that finds nothing costs one empty round) rather than wait for their poll;
+/// a conflict or a replay wrote nothing.
+fn may_have_committed(outcome: &Result<(), Appended>) -> bool {
+    !matches!(outcome, Err(Appended::Conflict | Appended::Replayed))
 }
 
 /// A replay key as the statements bind it.
@@ -322,11 +321,7 @@ impl GroupCommit {
             if !matches!(outcome, Err(Appended::Failed(_))) {
                 conn.keep();
             }
-            if outcome
-                .as_ref()
-                .err()
-                .is_none_or(Appended::may_have_committed)
-            {
+            if may_have_committed(&outcome) {
                 self.committed.committed();
             }
             return outcome;
@@ -412,7 +407,7 @@ async fn append_batch(
         }
     }
     // The rest one statement each: on the held connection while it is sound, then on the pool.
-    let mut appended = false;
+    let mut may_have_appended = false;
     for &i in &alone {
         if !batch[i].waiting.load(Ordering::Relaxed) {
             // Its caller has answered already (a 5xx): nothing is started on its behalf.
@@ -428,16 +423,13 @@ async fn append_batch(
         if matches!(outcome, Err(Appended::Failed(_))) {
             conn = None;
         }
-        appended |= outcome
-            .as_ref()
-            .err()
-            .is_none_or(Appended::may_have_committed);
+        may_have_appended |= may_have_committed(&outcome);
         outcomes[i] = Some(outcome);
     }
     if let Some(held_conn) = conn {
         held_conn.keep();
     }
-    if appended {
+    if may_have_appended {
         committed.committed();
     }
     answers(outcomes)
