@@ -8,7 +8,8 @@
 //!
 //! Kinds: `live` (unsigned `/health/live`), `jobs` (signed `/internal/jobs`), `create` (signed
 //! `POST /api/v1/orders`) and `read` (signed `GET /internal/orders/{id}`, ids one per line in
-//! the file given). 32 closed-loop clients, or an open loop at `RATE` requests/s.
+//! the file given). `CLIENTS` closed-loop clients (32 unless set), or an open loop at `RATE`
+//! requests/s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use anyhow::{bail, Context as _};
 use order_tests::bench::load::{closed_loop, open_loop, Target};
 use reqwest::Method;
 
+/// Closed-loop clients unless `CLIENTS` says otherwise.
 const CLIENTS: usize = 32;
 
 fn target(kind: &str, ids: &[String], i: u64) -> Target {
@@ -78,7 +80,13 @@ async fn main() -> anyhow::Result<()> {
             let rate = rate.parse().context("RATE must be requests per second")?;
             open_loop(url, rate, duration, make).await
         }
-        None => closed_loop(url, CLIENTS, duration, make).await,
+        None => {
+            let clients = match std::env::var("CLIENTS") {
+                Ok(n) => n.parse().context("CLIENTS must be a whole number")?,
+                Err(_) => CLIENTS,
+            };
+            closed_loop(url, clients, duration, make).await
+        }
     };
     println!(
         "{:.0}/s, {} errors, p50 {:.2} ms, p99 {:.2} ms",
