@@ -3,11 +3,12 @@
 //!
 //! One round ([`Relay::run_once`]):
 //! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`]); standbys stop here;
-//! 2. read a batch from the commit-safe feed after the relay's checkpoint (a leader reads from
-//!    where it last saved it while a fresh load of the checkpoint, on the lock's own connection,
-//!    confirms step 1, and uses the read only if the two agree; the batch after a full one is
-//!    read and prepared by a task of its own while this one is sent). Reads go through one
-//!    connection the relay keeps while it has work (see `Reader`);
+//! 2. read a batch from the commit-safe feed after the relay's checkpoint as stored, in one
+//!    statement on the lock's own connection, which is also what confirms step 1 for a leader:
+//!    one round trip and one backend per round. The batch after a full one (a backlog) is read
+//!    ahead, from where this one ends, by a task of its own on a connection the relay keeps
+//!    while it has work (see `Reader`), while this one is sent; the next round uses it only if
+//!    the checkpoint, loaded on the lock's connection, is still where that read started;
 //! 3. map each event to its envelope and validate the payload against its schema; the first
 //!    event that fails stops the batch there (the events before it still go out) and the round
 //!    ends with an error: it is never skipped;
@@ -38,7 +39,7 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
-use order_projections::feed::{self, Lag, RawEvent};
+use order_projections::feed::{self, Lag, RawBatch, RawEvent, ReadFrom};
 use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock, DEFAULT_GATHER};
 use order_projections::{checkpoint, FeedPosition};
 use rand::Rng;
@@ -154,20 +155,16 @@ pub struct Relay {
 /// What one round leaves the next (only ever touched under the leader lock's mutex).
 #[derive(Default)]
 struct RoundState {
-    /// The checkpoint as this leader last saved or loaded it; `None` when not leading, or when
-    /// a save's outcome is unknown.
-    position: Option<FeedPosition>,
-    /// The next batch, read and prepared while the previous one was sent and acknowledged.
-    prefetched: Option<Batch>,
-    /// Whether the last round found nothing.
-    was_idle: bool,
+    /// The next batch, read and prepared while the previous one was sent and acknowledged,
+    /// kept only once the checkpoint was saved where it starts.
+    prefetched: Option<Ahead>,
 }
 
-/// The one connection the relay reads the feed through while it has work
-/// ([`HeldConnection`]: no pool check after every read). It goes back to the pool after a
-/// failed or cancelled read, when the relay stands by or stops, and after a second round in a
-/// row that found nothing: whoever closes the pool (shutdown, a test's teardown) is not kept
-/// waiting by a relay that is caught up.
+/// The connection the relay reads ahead through while it works through a backlog
+/// ([`HeldConnection`]: no pool check after every read). It goes back to the pool after any
+/// round that leaves no batch read ahead (caught up, failed, standing by) and when the relay
+/// stops: whoever closes the pool (shutdown, a test's teardown) is not kept waiting by a relay
+/// that is caught up.
 #[derive(Clone)]
 struct Reader(HeldConnection);
 
@@ -193,10 +190,14 @@ impl Reader {
     }
 }
 
+/// A batch read ahead, and the position it was read after.
+struct Ahead {
+    after: FeedPosition,
+    batch: Batch,
+}
+
 /// Events read from the feed and their envelopes, ready to send.
 struct Batch {
-    /// The position the events were read after.
-    after: FeedPosition,
     /// Where each event read is in the feed (the events themselves are dropped once prepared).
     positions: Vec<FeedPosition>,
     /// Messages for a prefix of `positions`: all of them unless one is refused.
@@ -270,66 +271,65 @@ impl Relay {
     pub async fn run_once(&self) -> Result<RelayOutcome, BusError> {
         let mut round = self.round.lock().await;
         let outcome = self.round(&mut round).await;
-        let idle = matches!(outcome, Ok(RelayOutcome::Idle));
-        let keep = match outcome {
-            Ok(RelayOutcome::Published(_)) => true,
-            Ok(RelayOutcome::Idle) => !round.was_idle,
-            Ok(RelayOutcome::Standby) | Err(_) => false,
-        };
-        round.was_idle = idle;
-        if !keep {
+        // The read-ahead connection stays only while a backlog is being worked through.
+        if round.prefetched.is_none() {
             self.reader.release().await;
         }
         outcome
     }
 
+    /// A round that found another replica leading, or its own lock lost.
+    fn standing_by() -> RelayOutcome {
+        metrics::gauge!("relay_is_leader").set(0.0);
+        RelayOutcome::Standby
+    }
+
     async fn round(&self, round: &mut RoundState) -> Result<RelayOutcome, BusError> {
         let mut leader = self.leader.lock().await;
         let limit = self.config.round_limit();
-        // A leader knows where its checkpoint is (it wrote it), so it reads its next batch from
-        // there while the checkpoint is loaded again on the lock's own connection, which also
-        // confirms it still leads: both at once instead of one round trip after the other. The
-        // read is used only if the two agree: otherwise it is thrown away (a standby, or an
-        // operator who moved the checkpoint, wins).
-        let known = round.position.filter(|_| leader.is_leader());
-        let prefetched = round.prefetched.take();
-        let (leading, batch) = match known {
-            Some(after) => {
-                let read = async {
-                    match prefetched {
-                        // Read during the previous round, from exactly where this one starts.
-                        Some(b) if b.after == after => Ok(b),
-                        _ => self.reader.fetch(&self.config, after, limit).await,
-                    }
-                };
+        let batch = match round.prefetched.take().filter(|_| leader.is_leader()) {
+            // Read during the last round, from where that round saved the checkpoint: loading
+            // the checkpoint on the lock's own connection confirms the lead, and the batch is
+            // used only if nobody (an operator's reset) moved the checkpoint since.
+            Some(ahead) => {
                 let consumer = self.config.consumer.clone();
-                let confirm = leader.confirm_with(move |conn: &mut PgConnection| {
-                    Box::pin(async move { checkpoint::load(conn, &consumer).await })
-                });
-                match tokio::join!(confirm, read) {
-                    (Some(stored), batch) => (Ok(true), (stored == after).then_some(batch)),
-                    (None, _) => (Ok(false), None),
+                let stored = leader
+                    .confirm_with(move |conn: &mut PgConnection| {
+                        Box::pin(async move { checkpoint::load(conn, &consumer).await })
+                    })
+                    .await;
+                match stored {
+                    Some(stored) => (stored == ahead.after).then_some(ahead.batch),
+                    None => return Ok(Self::standing_by()),
                 }
             }
-            None => (leader.ensure().await, None),
+            None => None,
         };
-        let leading = leading.inspect_err(|_| round.position = None)?;
-        metrics::gauge!("relay_is_leader").set(if leading { 1.0 } else { 0.0 });
-        if !leading {
-            round.position = None;
-            return Ok(RelayOutcome::Standby);
-        }
-        self.ensure_stream_once().await?;
         let batch = match batch {
-            Some(batch) => batch?,
+            Some(batch) => batch,
             None => {
-                // Newly leading, after a failed save, or the checkpoint was moved: the stored
-                // checkpoint, read on its own.
-                let after = checkpoint::load(&self.pool, &self.config.consumer).await?;
-                round.position = Some(after);
-                self.reader.fetch(&self.config, after, limit).await?
+                if !leader.is_leader() && !leader.ensure().await? {
+                    return Ok(Self::standing_by());
+                }
+                // One statement on the lock's own connection both confirms the lead (the
+                // session, and with it the lock, is still there) and reads after the
+                // checkpoint as stored, which is also how a reset by an operator is seen.
+                let consumer = self.config.consumer.clone();
+                let read = leader
+                    .confirm_with(move |conn: &mut PgConnection| {
+                        Box::pin(async move {
+                            feed::read_raw(conn, ReadFrom::Checkpoint(&consumer), limit).await
+                        })
+                    })
+                    .await;
+                let (Some(rows), Some(conn)) = (read, leader.connection()) else {
+                    return Ok(Self::standing_by());
+                };
+                prepare_batch(conn, &self.config, &rows).await?
             }
         };
+        metrics::gauge!("relay_is_leader").set(1.0);
+        self.ensure_stream_once().await?;
         let Some(&next_after) = batch.positions.last() else {
             return Ok(RelayOutcome::Idle);
         };
@@ -349,7 +349,11 @@ impl Relay {
         let prefetch = (refused.is_none() && positions.len() as i64 == limit).then(|| {
             let (reader, config) = (self.reader.clone(), Arc::clone(&self.config));
             AbortOnDropHandle::new(tokio::spawn(async move {
-                reader.fetch(&config, next_after, limit).await
+                let batch = reader.fetch(&config, next_after, limit).await?;
+                Ok::<_, BusError>(Ahead {
+                    after: next_after,
+                    batch,
+                })
             }))
         });
         let (acked, publish_error) = self.publish(&mut outgoing).await;
@@ -368,8 +372,6 @@ impl Relay {
                 BusError::Leader("lost leadership before saving the checkpoint".into())
             })?;
             let moved_to = positions[acked - 1];
-            // Unknown until the save is known to have landed.
-            round.position = None;
             let save = checkpoint::save(
                 &mut *conn,
                 &self.config.consumer,
@@ -379,8 +381,9 @@ impl Relay {
             );
             let (saved, next) = tokio::join!(save, next);
             saved?;
-            round.position = Some(moved_to);
-            round.prefetched = next.filter(|n| !n.positions.is_empty());
+            // The read ahead starts where this batch ended, which is where the checkpoint now
+            // is, since only a batch acknowledged in full keeps it.
+            round.prefetched = next.filter(|n| !n.batch.positions.is_empty());
             metrics::counter!("relay_published_total").increment(acked as u64);
             metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -712,11 +715,20 @@ async fn fetch(
     limit: i64,
 ) -> Result<Batch, BusError> {
     let rows = feed::read_raw_after(&mut *conn, after, limit).await?;
+    prepare_batch(conn, config, &rows).await
+}
+
+/// The events of `rows`, ready to send (an order's tenant, when its events do not carry it, is
+/// looked up on `conn`).
+async fn prepare_batch(
+    conn: &mut PgConnection,
+    config: &RelayConfig,
+    rows: &RawBatch,
+) -> Result<Batch, BusError> {
     let events = rows.events().collect::<Result<Vec<_>, _>>()?;
     let positions = events.iter().map(|e| e.position).collect();
     let (outgoing, refused) = prepare(conn, config, events).await?;
     Ok(Batch {
-        after,
         positions,
         outgoing,
         refused,

@@ -340,8 +340,20 @@ pub async fn read_raw_after<'e>(
     after: FeedPosition,
     limit: i64,
 ) -> Result<RawBatch, ProjectionError> {
+    read_raw(executor, ReadFrom::After(after), limit).await
+}
+
+/// Up to `limit` events after `from`, left undecoded (see [`RawBatch`]).
+///
+/// # Errors
+/// [`ProjectionError::Database`] when the query fails.
+pub async fn read_raw<'e>(
+    executor: impl PgExecutor<'e>,
+    from: ReadFrom<'_>,
+    limit: i64,
+) -> Result<RawBatch, ProjectionError> {
     Ok(RawBatch {
-        rows: fetch(executor, &SELECT_RAW, ReadFrom::After(after), limit).await?,
+        rows: fetch(executor, &SELECT_RAW, from, limit).await?,
     })
 }
 

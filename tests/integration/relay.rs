@@ -464,9 +464,9 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
     restarted.shutdown().await;
 }
 
-/// A leader reads from the checkpoint it last saved while it loads the stored one again (see
-/// `Relay::run_once`); the stored one must still win, so that an operator who moves it back
-/// on a running relay gets the events re-sent.
+/// A leader reads after its checkpoint as stored, not as it last saved it (see
+/// `Relay::run_once`), so that an operator who moves it back on a running relay gets the
+/// events re-sent.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
@@ -504,64 +504,120 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     relay.shutdown().await;
 }
 
-/// The relay reads through one connection it keeps between rounds while there is work (a
-/// connection back in the pool costs sqlx a round trip each time), and gives it back once it
-/// has found nothing twice in a row, so that closing the pool is not kept waiting.
+/// A batch read ahead during a backlog starts where the relay last saved its checkpoint; an
+/// operator who moves the checkpoint before the next round must win over it.
 #[sqlx::test(migrations = "../migrations")]
-async fn relay_keeps_one_read_connection_while_busy_and_gives_it_back_when_caught_up(pool: PgPool) {
+async fn a_batch_read_ahead_is_dropped_when_the_checkpoint_moved_under_it(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let bus = Bus::connect(&nats_url()).await;
-    // A pool of the relay's own, so that the app's connections do not count.
+    let mut config = bus.config();
+    config.batch_size = 1;
+    let relay = Relay::new(pool.clone(), bus.js.clone(), config);
+    for i in 1..=3 {
+        create_traced_order(&app, &format!("req-{i}")).await;
+    }
+    wait_visible(&pool).await;
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    let first = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
+
+    // The second event has been read ahead; the checkpoint goes back to the start.
+    checkpoint::save(
+        &pool,
+        RELAY_CONSUMER,
+        Default::default(),
+        0,
+        Durability::Flushed,
+    )
+    .await
+    .unwrap();
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    assert_eq!(
+        checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap(),
+        first,
+        "the round re-sent the first event from the stored checkpoint, not the one read ahead"
+    );
+    assert_eq!(drain_relay(&relay, &pool).await, 2);
+    assert_eq!(
+        bus.message_count().await,
+        3,
+        "the broker dropped the re-send"
+    );
+    assert_exactly_once_in_order(&bus, &pool).await;
+    relay.shutdown().await;
+}
+
+/// A caught-up relay reads on its leader lock's own connection, the one statement that also
+/// confirms its lead, and takes nothing from the pool. Only while it works through a backlog
+/// does it keep a second connection, to read the next batch while this one is sent, and it
+/// gives that back once a read ahead finds nothing, so that closing the pool is not kept
+/// waiting.
+#[sqlx::test(migrations = "../migrations")]
+async fn relay_reads_on_its_lock_connection_and_keeps_a_second_only_through_a_backlog(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&nats_url()).await;
+    // A pool of the relay's own, so that the app's connections do not count. The lock's
+    // connection is detached from it, so what is in use is the read-ahead connection.
     let relay_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .expect("second pool");
-    let relay = bus.relay(&relay_pool);
+    let mut config = bus.config();
+    config.batch_size = 1;
+    let relay = Relay::new(relay_pool.clone(), bus.js.clone(), config);
     let in_use = || relay_pool.size() - relay_pool.num_idle() as u32;
 
+    // Caught up: a batch smaller than the limit is read on the lock's connection alone.
+    let mut config = bus.config();
+    config.batch_size = 10;
+    let caught_up = Relay::new(relay_pool.clone(), bus.js.clone(), config);
     create_traced_order(&app, "req-1").await;
     wait_visible(&pool).await;
-    assert!(matches!(
-        relay.run_once().await.unwrap(),
+    assert_eq!(
+        caught_up.run_once().await.unwrap(),
         RelayOutcome::Published(1)
-    ));
+    );
+    assert_eq!(
+        in_use(),
+        0,
+        "no pool connection for a round that found no backlog"
+    );
+    caught_up.shutdown().await;
+
+    // A backlog of three with batches of one (the same checkpoint: the first order is out):
+    // each full batch reads the next one ahead.
+    for i in 2..=4 {
+        create_traced_order(&app, &format!("req-{i}")).await;
+    }
+    wait_visible(&pool).await;
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
     assert_eq!(
         in_use(),
         1,
-        "the read connection is kept after a round with work"
+        "the read-ahead connection is kept through the backlog"
     );
-    create_traced_order(&app, "req-2").await;
-    wait_visible(&pool).await;
-    assert!(matches!(
-        relay.run_once().await.unwrap(),
-        RelayOutcome::Published(1)
-    ));
-    assert_eq!(in_use(), 1, "and reused, not a second one taken");
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    // The last read ahead found nothing. The return to the pool (with sqlx's check of the
+    // connection) runs on a task of its own.
+    wait_until("the read-ahead connection is back in the pool", || {
+        in_use() == 0
+    })
+    .await;
     assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
-    assert_eq!(in_use(), 1, "one idle round can be a pause in a burst");
-    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
-    // The return to the pool (with sqlx's check of the connection) runs on a task of its own.
-    wait_until("the read connection is back in the pool", || in_use() == 0).await;
+    assert_eq!(in_use(), 0);
 
-    // Still leading, still relaying: the next round takes a connection again.
-    create_traced_order(&app, "req-3").await;
-    wait_visible(&pool).await;
-    assert!(matches!(
-        relay.run_once().await.unwrap(),
-        RelayOutcome::Published(1)
-    ));
-    assert_eq!(in_use(), 1);
-    // A pool closed while the relay is between rounds: closing waits for the held read
-    // connection, which the relay gives back after two idle rounds.
-    // `join!` polls `close` first, which marks the pool closed before the round starts.
+    // A pool closed while the relay leads: the next round stands by, and nothing waits on it.
     let (_, round) = tokio::time::timeout(Duration::from_secs(5), async {
         tokio::join!(relay_pool.close(), relay.run_once())
     })
     .await
-    .expect("the pool closes once the relay has let go of its connection");
+    .expect("the pool closes while the relay leads");
     assert_eq!(round.unwrap(), RelayOutcome::Standby);
-    assert_eq!(bus.message_count().await, 3);
+    assert_eq!(bus.message_count().await, 4);
+    assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
 }
 
