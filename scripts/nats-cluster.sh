@@ -35,8 +35,35 @@ fi
 DIR="${1:-$REPO_ROOT/.data/nats-cluster}"
 case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+fresh_ports() { # fresh_ports: a ports file per node, nine distinct free ports in all
+  # Every socket stays bound until all nine are chosen, so that no port is handed out twice.
+  python3 - "$DIR" "${NODES[@]}" <<'PY'
+import socket, sys
+folder, nodes, held = sys.argv[1], sys.argv[2:], []
+for node in nodes:
+    ports = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        held.append(s)
+        ports.append(s.getsockname()[1])
+    with open(f"{folder}/{node}.ports", "w") as f:
+        f.write("CLIENT_PORT=%d\nROUTE_PORT=%d\nMONITOR_PORT=%d\n" % tuple(ports))
+PY
+}
+
+# A free port is only free until someone binds it: between the choice and nats-server's own
+# bind, another process on the machine (a parallel test) can take it. A start that chose its
+# ports itself and lost one that way chooses again.
+MAX_ATTEMPTS=3
+
+port_taken() { # port_taken: a node's log, past the byte offsets in LOG_FROM, says a port was in use
+  local n
+  for n in "${NODES[@]}"; do
+    tail -c "+$((${LOG_FROM[$n]:-0} + 1))" "$DIR/$n.log" 2>/dev/null |
+      grep -q "address already in use" && return 0
+  done
+  return 1
 }
 
 alive() { # alive PID: it exists and is not a zombie
@@ -90,11 +117,11 @@ wait_healthy() {
       if ! running "$n"; then
         echo "nats-cluster: $n exited; see $DIR/$n.log" >&2
         tail -n 20 "$DIR/$n.log" >&2 || true
-        exit 1
+        return 1
       fi
       if ((SECONDS > deadline)); then
         echo "nats-cluster: $n not healthy within ${TIMEOUT}s; see $DIR/$n.log" >&2
-        exit 1
+        return 1
       fi
       sleep 0.2
     done
@@ -113,18 +140,31 @@ stop_node() { # stop_node NODE: TERM, then KILL after 10 s
 case "$cmd" in
   start)
     mkdir -p "$DIR"
+    chosen=false
     for n in "${NODES[@]}"; do
       if running "$n"; then
         echo "nats-cluster: $n already runs (pid $(cat "$DIR/$n.pid")); stop it first" >&2
         exit 1
       fi
-      if [[ ! -f "$DIR/$n.ports" ]]; then
-        printf 'CLIENT_PORT=%s\nROUTE_PORT=%s\nMONITOR_PORT=%s\n' \
-          "$(free_port)" "$(free_port)" "$(free_port)" >"$DIR/$n.ports"
-      fi
+      [[ -f "$DIR/$n.ports" ]] || chosen=true
     done
-    for n in "${NODES[@]}"; do spawn "$n"; done
-    wait_healthy "${NODES[@]}"
+    if $chosen; then fresh_ports; fi
+    declare -A LOG_FROM
+    for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
+      for n in "${NODES[@]}"; do
+        LOG_FROM[$n]="$(stat -c %s "$DIR/$n.log" 2>/dev/null || echo 0)"
+        spawn "$n"
+      done
+      wait_healthy "${NODES[@]}" && break
+      # Whatever started goes down again, ports chosen here or not.
+      for n in "${NODES[@]}"; do stop_node "$n"; done
+      if $chosen && ((attempt < MAX_ATTEMPTS)) && port_taken; then
+        echo "nats-cluster: a port chosen for the cluster was taken meanwhile; choosing again" >&2
+        fresh_ports
+        continue
+      fi
+      exit 1
+    done
     urls=()
     for n in "${NODES[@]}"; do
       urls+=("nats://127.0.0.1:$(. "$DIR/$n.ports"; echo "$CLIENT_PORT")")
@@ -150,7 +190,7 @@ case "$cmd" in
     n="n$node_arg"
     stop_node "$n"
     spawn "$n"
-    wait_healthy "$n"
+    wait_healthy "$n" || exit 1
     echo "nats-cluster: $n runs again"
     ;;
   status)
