@@ -5,7 +5,8 @@
 //! 1. confirm leadership (a session advisory lock, see [`order_projections::postgres::leader`]); standbys stop here;
 //! 2. read a batch from the commit-safe feed after the relay's checkpoint as stored, in one
 //!    statement on the lock's own connection, which is also what confirms step 1 for a leader:
-//!    one round trip and one backend per round. The batch after a full one (a backlog) is read
+//!    a caught-up round is that read and step 5's save, on one backend (plus a lookup of the
+//!    tenant for events that do not carry it). The batch after a full one (a backlog) is read
 //!    ahead, from where this one ends, by a task of its own on a connection the relay keeps
 //!    while it has work (see `Reader`), while this one is sent; the next round uses it only if
 //!    the checkpoint, loaded on the lock's connection, is still where that read started;
@@ -39,9 +40,10 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
+use order_projections::error::is_outage;
 use order_projections::feed::{self, Lag, RawBatch, RawEvent, ReadFrom};
 use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock, DEFAULT_GATHER};
-use order_projections::{checkpoint, FeedPosition};
+use order_projections::{checkpoint, FeedPosition, ProjectionError};
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -56,6 +58,10 @@ use crate::subjects::Subjects;
 
 /// The relay's checkpoint name in `feed_checkpoints`, and its leader-lock name.
 pub const RELAY_CONSUMER: &str = "relay";
+
+/// Longest a round's read on the leader lock's connection may take before the connection is
+/// presumed dead and the lead given up (see [`LeaderLock::confirm_within`]).
+const READ_LIMIT: Duration = Duration::from_secs(30);
 
 /// Largest batch a round publishes. Every publish of a batch holds one of the JetStream
 /// context's in-flight ack permits (5,000 by default) until the acks are awaited, so a larger
@@ -140,7 +146,8 @@ pub fn jetstream_context(client: async_nats::Client, publish_timeout: Duration) 
 /// The outbox relay. Cheap to share behind an `Arc`; rounds are serialized internally.
 pub struct Relay {
     pool: PgPool,
-    /// The connection feed reads go through, shared with the read-ahead task.
+    /// The connection a batch is read ahead through during a backlog (rounds read on the
+    /// leader lock's own connection).
     reader: Reader,
     jetstream: Context,
     /// Shared with the task that reads and prepares the next batch.
@@ -152,7 +159,7 @@ pub struct Relay {
     round: Mutex<RoundState>,
 }
 
-/// What one round leaves the next (only ever touched under the leader lock's mutex).
+/// What one round leaves the next (behind the relay's `round` mutex, so rounds take turns).
 #[derive(Default)]
 struct RoundState {
     /// The next batch, read and prepared while the previous one was sent and acknowledged,
@@ -278,7 +285,8 @@ impl Relay {
         outcome
     }
 
-    /// A round that found another replica leading, or its own lock lost.
+    /// A round that found another replica leading, its own lock lost (a failed check, a
+    /// read that did not answer in time) or the pool closed.
     fn standing_by() -> RelayOutcome {
         metrics::gauge!("relay_is_leader").set(0.0);
         RelayOutcome::Standby
@@ -311,25 +319,34 @@ impl Relay {
                 if !leader.is_leader() && !leader.ensure().await? {
                     return Ok(Self::standing_by());
                 }
+                // Nothing is read while the stream cannot take it (a broker down at start-up).
+                self.ensure_stream_once().await?;
                 // One statement on the lock's own connection both confirms the lead (the
                 // session, and with it the lock, is still there) and reads after the
                 // checkpoint as stored, which is also how a reset by an operator is seen.
                 let consumer = self.config.consumer.clone();
                 let read = leader
-                    .confirm_with(move |conn: &mut PgConnection| {
+                    .confirm_within(READ_LIMIT, move |conn: &mut PgConnection| {
                         Box::pin(async move {
-                            feed::read_raw(conn, ReadFrom::Checkpoint(&consumer), limit).await
+                            let read =
+                                feed::read_raw(conn, ReadFrom::Checkpoint(&consumer), limit).await;
+                            match read {
+                                Err(e) if session_lost(&e) => Err(e),
+                                // The server refused the statement and the session lives on
+                                // (a statement timeout, a cancel): the round's error, retried
+                                // with backoff, not a lost lead.
+                                read => Ok(read),
+                            }
                         })
                     })
                     .await;
                 let (Some(rows), Some(conn)) = (read, leader.connection()) else {
                     return Ok(Self::standing_by());
                 };
-                prepare_batch(conn, &self.config, &rows).await?
+                prepare_batch(conn, &self.config, &rows?).await?
             }
         };
         metrics::gauge!("relay_is_leader").set(1.0);
-        self.ensure_stream_once().await?;
         let Some(&next_after) = batch.positions.last() else {
             return Ok(RelayOutcome::Idle);
         };
@@ -716,6 +733,16 @@ async fn fetch(
 ) -> Result<Batch, BusError> {
     let rows = feed::read_raw_after(&mut *conn, after, limit).await?;
     prepare_batch(conn, config, &rows).await
+}
+
+/// Whether a failed statement on the leader lock's connection means its session, and with it
+/// the lock, may be gone: anything but the server refusing the statement on a session that
+/// lives on.
+fn session_lost(e: &ProjectionError) -> bool {
+    match e {
+        ProjectionError::Database(e @ sqlx::Error::Database(_)) => is_outage(e),
+        _ => true,
+    }
 }
 
 /// The events of `rows`, ready to send (an order's tenant, when its events do not carry it, is

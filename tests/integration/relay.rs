@@ -24,6 +24,7 @@ use order_bus::{BusError, Relay, RelayConfig, RelayOutcome, RELAY_CONSUMER};
 use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_projections::checkpoint::{self, Durability};
+use order_projections::postgres::leader::holder;
 use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
@@ -546,6 +547,64 @@ async fn a_batch_read_ahead_is_dropped_when_the_checkpoint_moved_under_it(pool: 
     relay.shutdown().await;
 }
 
+/// A read that fails on a healthy session (here cancelled, as a statement timeout would) is
+/// the round's error, retried with backoff, not a lost lead: the relay keeps its lock and
+/// relays on at the next round.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_failed_read_on_the_lock_connection_is_an_error_and_keeps_the_lead(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&nats_url()).await;
+    let relay = bus.relay(&pool);
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
+    let leader_pid = holder(&pool, RELAY_CONSUMER)
+        .await
+        .unwrap()
+        .expect("the relay leads");
+    create_traced_order(&app, "req-1").await;
+    wait_visible(&pool).await;
+
+    // The read waits behind a lock on the checkpoints, and is cancelled there.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE feed_checkpoints IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let cancel = async {
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                 WHERE pid = $1 AND wait_event_type = 'Lock')",
+            )
+            .bind(leader_pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+            .bind(leader_pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(cancelled);
+    };
+    let (round, ()) = tokio::join!(relay.run_once(), cancel);
+    blocker.rollback().await.unwrap();
+    let err = round.expect_err("a cancelled read fails the round");
+    assert!(matches!(err, BusError::Feed(_)), "{err}");
+    assert!(relay.is_leader().await, "the lock is kept");
+    assert_eq!(
+        holder(&pool, RELAY_CONSUMER).await.unwrap(),
+        Some(leader_pid)
+    );
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    assert_eq!(bus.message_count().await, 1);
+    relay.shutdown().await;
+}
+
 /// A caught-up relay reads on its leader lock's own connection, the one statement that also
 /// confirms its lead, and takes nothing from the pool. Only while it works through a backlog
 /// does it keep a second connection, to read the next batch while this one is sent, and it
@@ -616,6 +675,18 @@ async fn relay_reads_on_its_lock_connection_and_keeps_a_second_only_through_a_ba
     .await
     .expect("the pool closes while the relay leads");
     assert_eq!(round.unwrap(), RelayOutcome::Standby);
+    assert!(
+        !relay.is_leader().await,
+        "the lock's session ends with the pool"
+    );
+    let released = async {
+        while holder(&pool, RELAY_CONSUMER).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), released)
+        .await
+        .expect("the server ends the lock's session");
     assert_eq!(bus.message_count().await, 4);
     assert_exactly_once_in_order(&bus, &pool).await;
     relay.shutdown().await;
@@ -782,7 +853,7 @@ async fn relay_standby_takes_over_when_the_leader_dies(pool: PgPool) {
     // Kill the leader's lock session, as a crashed process or a dropped connection would.
     let a = create_traced_order(&app, "req-3").await;
     post_ok(&app, &format!("/api/v1/orders/{a}/reserve"), json!({})).await;
-    let leader = order_projections::postgres::leader::holder(&pool, RELAY_CONSUMER)
+    let leader = holder(&pool, RELAY_CONSUMER)
         .await
         .unwrap()
         .expect("someone holds the relay's lock");
@@ -1079,11 +1150,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// asynchronously).
 async fn wait_for_lock_release(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while order_projections::postgres::leader::holder(pool, RELAY_CONSUMER)
-        .await
-        .unwrap()
-        .is_some()
-    {
+    while holder(pool, RELAY_CONSUMER).await.unwrap().is_some() {
         assert!(
             Instant::now() < deadline,
             "the killed leader's lock was never released"

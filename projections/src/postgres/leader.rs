@@ -181,28 +181,48 @@ impl LeaderLock {
 
     /// What [`LeaderLock::ensure`] does for a leader, with `query` in place of its `SELECT 1`:
     /// any statement that succeeds on the lock's own connection proves the session, and with
-    /// it the lock, is still there. A leader that needs a statement each round anyway (the
-    /// relay loads its checkpoint) saves a round trip this way.
+    /// it the lock, is still there. A leader that needs a statement each round anyway saves a
+    /// round trip this way.
     ///
     /// `Some` with the query's result while leading. `None` when this replica does not lead,
-    /// and, as with the keepalive, when the query fails or times out: leadership is given up
-    /// (the connection is dropped with its session) and the next [`LeaderLock::ensure`] tries
-    /// again from scratch.
+    /// and, as with the keepalive, when the query fails or takes longer than the check's
+    /// limit: leadership is given up (the connection is dropped with its session) and the next
+    /// [`LeaderLock::ensure`] tries again from scratch. Also `None`, with leadership given up,
+    /// once the pool is closed.
     pub async fn confirm_with<T, E: std::fmt::Display>(
         &mut self,
         query: impl for<'c> FnOnce(&'c mut PgConnection) -> LockQuery<'c, T, E>,
     ) -> Option<T> {
-        if !self.held || self.pool.is_closed() {
+        self.confirm_within(CHECK_TIMEOUT, query).await
+    }
+
+    /// [`LeaderLock::confirm_with`] for a query that may take up to `limit`, such as a read
+    /// of a batch. A query whose failures need not all cost the lead (the server refusing a
+    /// statement on a live session: a statement timeout, a cancel) returns those inside its
+    /// `Ok` value and only the others (a connection gone) as its error.
+    pub async fn confirm_within<T, E: std::fmt::Display>(
+        &mut self,
+        limit: Duration,
+        query: impl for<'c> FnOnce(&'c mut PgConnection) -> LockQuery<'c, T, E>,
+    ) -> Option<T> {
+        if self.pool.is_closed() {
+            // As in `ensure`: the detached connection must not outlive the pool.
+            if self.conn.is_some() {
+                self.lost();
+            }
+            return None;
+        }
+        if !self.held {
             return None;
         }
         let conn = self.conn.as_mut()?;
-        match tokio::time::timeout(CHECK_TIMEOUT, query(conn)).await {
+        match tokio::time::timeout(limit, query(conn)).await {
             Ok(Ok(value)) => return Some(value),
             Ok(Err(e)) => {
                 tracing::warn!(leader = %self.name, error = %e, "the leader lock's connection failed; standing down")
             }
             Err(_) => {
-                tracing::warn!(leader = %self.name, "the leader lock's connection did not answer in {CHECK_TIMEOUT:?}; standing down")
+                tracing::warn!(leader = %self.name, "the leader lock's connection did not answer in {limit:?}; standing down")
             }
         }
         self.lost();
