@@ -40,11 +40,11 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
-use order_projections::error::is_outage;
 use order_projections::feed::{self, Lag, RawBatch, RawEvent, ReadFrom};
 use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock, DEFAULT_GATHER};
 use order_projections::{checkpoint, FeedPosition, ProjectionError};
 use rand::Rng;
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -60,8 +60,11 @@ use crate::subjects::Subjects;
 pub const RELAY_CONSUMER: &str = "relay";
 
 /// Longest a round's read on the leader lock's connection may take before the connection is
-/// presumed dead and the lead given up (see [`LeaderLock::confirm_within`]).
-const READ_LIMIT: Duration = Duration::from_secs(30);
+/// presumed dead and the lead given up (see [`LeaderLock::confirm_within`]). Far above any
+/// batch read: the bound is for a connection that never answers, not for a slow read, which
+/// must be left to finish (given up, its backend would go on holding the lock until it did,
+/// and the next leader would start the same read again).
+const READ_LIMIT: Duration = Duration::from_secs(300);
 
 /// Largest batch a round publishes. Every publish of a batch holds one of the JetStream
 /// context's in-flight ack permits (5,000 by default) until the acks are awaited, so a larger
@@ -316,7 +319,8 @@ impl Relay {
         let batch = match batch {
             Some(batch) => batch,
             None => {
-                if !leader.is_leader() && !leader.ensure().await? {
+                // `ensure` also gives the lock up once the pool is closed.
+                if (!leader.is_leader() || self.pool.is_closed()) && !leader.ensure().await? {
                     return Ok(Self::standing_by());
                 }
                 // Nothing is read while the stream cannot take it (a broker down at start-up).
@@ -331,11 +335,16 @@ impl Relay {
                             let read =
                                 feed::read_raw(conn, ReadFrom::Checkpoint(&consumer), limit).await;
                             match read {
-                                Err(e) if session_lost(&e) => Err(e),
-                                // The server refused the statement and the session lives on
-                                // (a statement timeout, a cancel): the round's error, retried
-                                // with backoff, not a lost lead.
-                                read => Ok(read),
+                                Ok(rows) => Ok(Ok(rows)),
+                                // The server refused this one statement and the session lives
+                                // on (a statement timeout, a cancel): the round's error,
+                                // retried with backoff, not a lost lead.
+                                Err(ProjectionError::Database(e)) if statement_only(&e) => {
+                                    Ok(Err(BusError::Database(e)))
+                                }
+                                // Anything else may have left the session, or this prepared
+                                // statement, unusable: a fresh connection next time.
+                                Err(e) => Err(e),
                             }
                         })
                     })
@@ -735,14 +744,22 @@ async fn fetch(
     prepare_batch(conn, config, &rows).await
 }
 
-/// Whether a failed statement on the leader lock's connection means its session, and with it
-/// the lock, may be gone: anything but the server refusing the statement on a session that
-/// lives on.
-fn session_lost(e: &ProjectionError) -> bool {
-    match e {
-        ProjectionError::Database(e @ sqlx::Error::Database(_)) => is_outage(e),
-        _ => true,
-    }
+/// Whether a failed read on the leader lock's connection touched that one statement only, so
+/// that the session, its lock and its prepared statements are fine to use again: a cancel or
+/// statement timeout (57014), a lock not available (55P03), a serialization failure or
+/// deadlock (40001, 40P01), or a lack of resources (class 53), each at `ERROR` severity. Any
+/// other failure costs the connection, so that one that would repeat on it (a prepared
+/// statement whose result type a migration changed, 0A000) is not retried there for ever.
+fn statement_only(e: &sqlx::Error) -> bool {
+    let Some(db) = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+    else {
+        return false;
+    };
+    db.severity() == PgSeverity::Error
+        && (matches!(db.code(), "57014" | "55P03" | "40001" | "40P01")
+            || db.code().starts_with("53"))
 }
 
 /// The events of `rows`, ready to send (an order's tenant, when its events do not carry it, is

@@ -594,13 +594,59 @@ async fn a_failed_read_on_the_lock_connection_is_an_error_and_keeps_the_lead(poo
     let (round, ()) = tokio::join!(relay.run_once(), cancel);
     blocker.rollback().await.unwrap();
     let err = round.expect_err("a cancelled read fails the round");
-    assert!(matches!(err, BusError::Feed(_)), "{err}");
+    assert!(matches!(err, BusError::Database(_)), "{err}");
+    assert!(
+        err.is_transient(),
+        "retried, not reported as bad data: {err}"
+    );
     assert!(relay.is_leader().await, "the lock is kept");
     assert_eq!(
         holder(&pool, RELAY_CONSUMER).await.unwrap(),
         Some(leader_pid)
     );
     assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
+    assert_eq!(bus.message_count().await, 1);
+    relay.shutdown().await;
+}
+
+/// A read that fails in a way that would repeat on the same connection (here a migration
+/// changed a column's type under the statement prepared there: "cached plan must not change
+/// result type") gives the lead up with the connection, and the next round relays on a fresh
+/// one instead of failing on the old one for ever.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_read_that_would_fail_again_on_its_connection_costs_the_connection(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let bus = Bus::connect(&nats_url()).await;
+    let relay = bus.relay(&pool);
+    assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Idle);
+    let first_pid = holder(&pool, RELAY_CONSUMER).await.unwrap();
+    sqlx::query("ALTER TABLE events ALTER COLUMN event_version TYPE varchar(64)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    create_traced_order(&app, "req-1").await;
+    wait_visible(&pool).await;
+
+    assert_eq!(
+        relay.run_once().await.unwrap(),
+        RelayOutcome::Standby,
+        "the round gives the lead up with its connection"
+    );
+    assert!(!relay.is_leader().await);
+    // The old session ends as the server notices its closed socket; until then the lock is
+    // still taken.
+    let published = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match relay.run_once().await.unwrap() {
+                RelayOutcome::Standby => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the relay leads again");
+    assert_eq!(published, RelayOutcome::Published(1));
+    assert_ne!(holder(&pool, RELAY_CONSUMER).await.unwrap(), first_pid);
     assert_eq!(bus.message_count().await, 1);
     relay.shutdown().await;
 }

@@ -199,14 +199,17 @@ impl LeaderLock {
     /// [`LeaderLock::confirm_with`] for a query that may take up to `limit`, such as a read
     /// of a batch. A query whose failures need not all cost the lead (the server refusing a
     /// statement on a live session: a statement timeout, a cancel) returns those inside its
-    /// `Ok` value and only the others (a connection gone) as its error.
+    /// `Ok` value and only the others (a connection gone) as its error. A query given up at
+    /// `limit` leaves its backend running, with the lock, until the server notices the closed
+    /// socket: `limit` is for a connection that does not answer at all.
     pub async fn confirm_within<T, E: std::fmt::Display>(
         &mut self,
         limit: Duration,
         query: impl for<'c> FnOnce(&'c mut PgConnection) -> LockQuery<'c, T, E>,
     ) -> Option<T> {
         if self.pool.is_closed() {
-            // As in `ensure`: the detached connection must not outlive the pool.
+            // The detached connection must not outlive the pool: dropping it ends the session
+            // and its lock (`ensure` unlocks first; there is no time for a statement here).
             if self.conn.is_some() {
                 self.lost();
             }
