@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, stream};
 
 use super::poll_until;
-use super::procs::{free_port, ScratchDir};
+use super::procs::{free_ports, ScratchDir};
 
 /// The cluster configuration every node runs.
 pub fn config_file() -> PathBuf {
@@ -71,34 +71,67 @@ impl NatsCluster {
     /// Starts `size` nodes, routed to each other, and waits until each listens. JetStream may
     /// not have elected its meta leader yet: [`Self::wait_ready`] waits for that.
     ///
+    /// A port chosen free can be taken by another process (a parallel test) before its node
+    /// binds it; a start that loses one that way starts again on new ports, up to three times.
+    ///
     /// # Errors
     /// When nats-server is missing or a node does not listen within 10 s.
     pub fn start(size: usize) -> anyhow::Result<Self> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            let mut cluster = Self::new(size);
+            match cluster.start_nodes() {
+                Ok(()) => return Ok(cluster),
+                Err(e) if attempt < ATTEMPTS && cluster.lost_a_port() => {
+                    eprintln!("nats cluster: a chosen port was taken, starting again: {e}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The nodes on fresh ports, not started.
+    fn new(size: usize) -> Self {
         let dir = ScratchDir::new("soak-nats-cluster");
-        let nodes = (0..size)
-            .map(|i| NatsNode {
+        let ports = free_ports(3 * size);
+        let nodes = ports
+            .chunks(3)
+            .enumerate()
+            .map(|(i, p)| NatsNode {
                 name: format!("n{i}"),
-                port: free_port(),
-                route_port: free_port(),
-                monitor_port: free_port(),
+                port: p[0],
+                route_port: p[1],
+                monitor_port: p[2],
                 store: dir.path.join(format!("n{i}")),
                 log: dir.path.join(format!("n{i}.log")),
                 child: None,
             })
             .collect();
-        let mut cluster = Self {
+        Self {
             nodes,
             cluster_name: format!("soak-{}", super::tag()),
             binary: super::procs::nats_server_binary(),
             dir,
-        };
-        for i in 0..size {
-            cluster.spawn(i)?;
         }
-        for i in 0..size {
-            cluster.wait_listening(i)?;
+    }
+
+    fn start_nodes(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.spawn(i)?;
         }
-        Ok(cluster)
+        for i in 0..self.nodes.len() {
+            self.wait_listening(i)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a node's log says one of its ports was already in use.
+    fn lost_a_port(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            std::fs::read_to_string(&n.log).is_ok_and(|log| log.contains("address already in use"))
+        })
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
@@ -142,9 +175,21 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// Waits until node `i` listens for clients and for routes. The route port is judged by
+    /// the node's own log, not by a connection: a node whose route port was taken serves
+    /// clients for a moment before it exits, and the port answers, but for the other process.
     fn wait_listening(&mut self, i: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_err() {
+        let routes = format!(
+            "Listening for route connections on 127.0.0.1:{}",
+            self.nodes[i].route_port
+        );
+        let log = self.nodes[i].log.clone();
+        let listening = |port: u16| {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&routes))
+        };
+        while !listening(self.nodes[i].port) {
             if !self.nodes[i].is_running() {
                 bail!(
                     "nats-server {} exited at start-up:\n{}",

@@ -23,6 +23,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free loopback ports: each stays bound until all are chosen, so that none is
+/// handed out twice. Like [`free_port`], each is free only until someone else binds it.
+///
+/// # Panics
+/// When no port can be bound.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
+}
+
 /// A temporary directory, removed on drop unless the thread panics or `SOAK_KEEP=1`.
 #[derive(Debug)]
 pub struct ScratchDir {
