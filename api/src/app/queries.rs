@@ -187,7 +187,7 @@ impl Queries {
                 .map_err(feed_error)
         })
         .await?;
-        read.to_json().map_err(AppError::internal)
+        read.into_json().map_err(AppError::internal)
     }
 
     /// Reads through `fetch`; without `min_version` (or with 0) that is one read (not found

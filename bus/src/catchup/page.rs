@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use order_projections::feed;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
 
@@ -47,47 +47,71 @@ impl PageQuery {
     }
 }
 
-/// A page as the server reads it: the messages' bodies, where to continue, and whether the
-/// read reached the end of the feed as it stood.
+/// A page as the server reads it: the answer's JSON, written one envelope at a time as each
+/// chunk is encoded, so that a page holds its bodies once (not its messages, and not a second
+/// copy for the answer); then where to continue, and whether the read reached the end of the
+/// feed as it stood.
 #[derive(Debug)]
 pub struct PageRead {
-    pub events: Vec<FeedMessage>,
+    /// `{"events":[` and the envelopes so far, comma-separated.
+    json: Vec<u8>,
+    /// Envelopes in `json`.
+    pub count: usize,
     pub next: FeedCursor,
     pub caught_up: bool,
 }
 
 impl PageRead {
-    /// The answer's JSON: `{"events": [envelope, ...], "next": cursor, "caughtUp": bool}`,
-    /// each envelope the exact bytes the relay publishes.
+    const OPENING: &'static [u8] = b"{\"events\":[";
+
+    fn new(after: FeedCursor) -> Self {
+        Self {
+            json: Self::OPENING.to_vec(),
+            count: 0,
+            next: after,
+            caught_up: false,
+        }
+    }
+
+    /// Appends one envelope, the exact bytes the relay publishes.
     ///
     /// # Errors
-    /// [`BusError::Codec`] if a body is not JSON (it always is).
-    pub fn to_json(&self) -> Result<Vec<u8>, BusError> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Answer<'a> {
-            events: Vec<&'a RawValue>,
-            next: FeedCursor,
-            caught_up: bool,
+    /// [`BusError::Codec`] if the body is not one JSON value (it always is), so that the
+    /// answer is JSON whatever a body holds.
+    fn push(&mut self, message: &FeedMessage) -> Result<(), BusError> {
+        serde_json::from_slice::<&RawValue>(&message.body)
+            .map_err(|e| BusError::Codec(e.to_string()))?;
+        if self.count > 0 {
+            self.json.push(b',');
         }
-        let events = self
-            .events
-            .iter()
-            .map(|m| {
-                std::str::from_utf8(&m.body)
-                    .map_err(|e| BusError::Codec(e.to_string()))
-                    .and_then(|t| {
-                        serde_json::from_str::<&RawValue>(t)
-                            .map_err(|e| BusError::Codec(e.to_string()))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        serde_json::to_vec(&Answer {
-            events,
-            next: self.next,
-            caught_up: self.caught_up,
-        })
-        .map_err(|e| BusError::Codec(e.to_string()))
+        self.json.extend_from_slice(&message.body);
+        self.count += 1;
+        Ok(())
+    }
+
+    fn end(mut self, next: FeedCursor, caught_up: bool) -> Self {
+        self.next = next;
+        self.caught_up = caught_up;
+        self
+    }
+
+    /// The answer's JSON: `{"events": [envelope, ...], "next": cursor, "caughtUp": bool}`.
+    ///
+    /// # Errors
+    /// [`BusError::Codec`] if the cursor does not serialize (it always does).
+    pub fn into_json(self) -> Result<Vec<u8>, BusError> {
+        let Self {
+            mut json,
+            next,
+            caught_up,
+            ..
+        } = self;
+        json.extend_from_slice(b"],\"next\":");
+        serde_json::to_writer(&mut json, &next).map_err(|e| BusError::Codec(e.to_string()))?;
+        json.extend_from_slice(b",\"caughtUp\":");
+        json.extend_from_slice(if caught_up { b"true" } else { b"false" });
+        json.push(b'}');
+        Ok(json)
     }
 }
 
@@ -120,7 +144,8 @@ pub async fn read_page(
     .min(MAX_CHUNK);
     let mut conn = pool.acquire().await?;
     let mut next = query.after;
-    let mut events = Vec::new();
+    let mut page = PageRead::new(query.after);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut scanned = 0;
     loop {
         let rows = feed::read_raw_after(&mut *conn, next.0, chunk).await?;
@@ -131,34 +156,84 @@ pub async fn read_page(
         for (i, m) in messages.into_iter().enumerate() {
             next = FeedCursor(m.position);
             if query.wants(&m) {
-                events.push(m);
-                if events.len() as i64 == limit {
+                page.push(&m)?;
+                if page.count == limit {
                     let rest_of_chunk = i + 1 < encoded || refused.is_some() || count == chunk;
-                    return Ok(PageRead {
-                        events,
-                        next,
-                        caught_up: !rest_of_chunk,
-                    });
+                    return Ok(page.end(next, !rest_of_chunk));
                 }
             }
         }
         if let Some(e) = refused {
-            if events.is_empty() && next == query.after {
+            if page.count == 0 && next == query.after {
                 return Err(e);
             }
-            return Ok(PageRead {
-                events,
-                next,
-                caught_up: false,
-            });
+            return Ok(page.end(next, false));
         }
         scanned += count;
         if count < chunk || scanned >= MAX_SCANNED {
-            return Ok(PageRead {
-                events,
-                next,
-                caught_up: count < chunk,
-            });
+            return Ok(page.end(next, count < chunk));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use order_projections::FeedPosition;
+    use serde_json::{json, Value};
+
+    fn message(global_position: i64, body: &str) -> FeedMessage {
+        FeedMessage {
+            position: FeedPosition {
+                transaction_id: 7,
+                global_position,
+            },
+            id: uuid::Uuid::nil(),
+            aggregate_id: String::new(),
+            event_type: "order.created".into(),
+            tenant_id: String::new(),
+            subject: String::new(),
+            headers: async_nats::HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    fn answer(page: PageRead) -> Value {
+        serde_json::from_slice(&page.into_json().expect("json")).expect("the answer is JSON")
+    }
+
+    #[test]
+    fn an_empty_page_is_an_empty_list_with_its_cursor() {
+        let page = PageRead::new(FeedCursor::default()).end(FeedCursor::default(), true);
+        assert_eq!(
+            answer(page),
+            json!({"events": [], "next": "0-0", "caughtUp": true})
+        );
+    }
+
+    #[test]
+    fn a_page_holds_each_body_as_sent() {
+        let mut page = PageRead::new(FeedCursor::default());
+        page.push(&message(1, r#"{"a":1}"#)).unwrap();
+        page.push(&message(2, r#"{"b":[2,3]}"#)).unwrap();
+        let end = FeedCursor(FeedPosition {
+            transaction_id: 7,
+            global_position: 2,
+        });
+        let json = page.end(end, false).into_json().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"events":[{"a":1},{"b":[2,3]}],"next":"7-2","caughtUp":false}"#
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_one_json_value_is_refused() {
+        let mut page = PageRead::new(FeedCursor::default());
+        assert!(matches!(
+            page.push(&message(1, r#"{"a":1},{"b":2}"#)),
+            Err(BusError::Codec(_))
+        ));
+        assert_eq!(page.count, 0);
     }
 }
