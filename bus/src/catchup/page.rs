@@ -129,7 +129,8 @@ pub struct FeedPage<E = Envelope> {
 ///
 /// # Errors
 /// [`BusError::Feed`] when Postgres fails; the encoder's error when the first event to read
-/// cannot be published (the relay is stopped at the same event, and says why).
+/// cannot be published (the relay is stopped at the same event, and says why);
+/// [`BusError::Codec`] if an encoded body is not one JSON value (it always is).
 pub async fn read_page(
     pool: &PgPool,
     subjects: &Subjects,
@@ -206,8 +207,8 @@ mod tests {
     fn an_empty_page_is_an_empty_list_with_its_cursor() {
         let page = PageRead::new(FeedCursor::default()).end(FeedCursor::default(), true);
         assert_eq!(
-            answer(page),
-            json!({"events": [], "next": "0-0", "caughtUp": true})
+            page.into_json().unwrap(),
+            br#"{"events":[],"next":"0-0","caughtUp":true}"#
         );
     }
 
@@ -235,5 +236,11 @@ mod tests {
             Err(BusError::Codec(_))
         ));
         assert_eq!(page.count, 0);
+        page.push(&message(2, r#"{"c":3}"#)).unwrap();
+        let page = page.end(FeedCursor::default(), true);
+        assert_eq!(
+            answer(page),
+            json!({"events": [{"c": 3}], "next": "0-0", "caughtUp": true})
+        );
     }
 }
