@@ -40,11 +40,11 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use order_domain::ORDER_AGGREGATE_TYPE;
+use order_projections::error::is_statement_only;
 use order_projections::feed::{self, Lag, RawBatch, RawEvent, ReadFrom};
 use order_projections::postgres::{CommitSignal, HeldConnection, LeaderLock, DEFAULT_GATHER};
 use order_projections::{checkpoint, FeedPosition, ProjectionError};
 use rand::Rng;
-use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -339,7 +339,7 @@ impl Relay {
                                 // The server refused this one statement and the session lives
                                 // on (a statement timeout, a cancel): the round's error,
                                 // retried with backoff, not a lost lead.
-                                Err(ProjectionError::Database(e)) if statement_only(&e) => {
+                                Err(ProjectionError::Database(e)) if is_statement_only(&e) => {
                                     Ok(Err(BusError::Database(e)))
                                 }
                                 // Anything else may have left the session, or this prepared
@@ -742,24 +742,6 @@ async fn fetch(
 ) -> Result<Batch, BusError> {
     let rows = feed::read_raw_after(&mut *conn, after, limit).await?;
     prepare_batch(conn, config, &rows).await
-}
-
-/// Whether a failed read on the leader lock's connection touched that one statement only, so
-/// that the session, its lock and its prepared statements are fine to use again: a cancel or
-/// statement timeout (57014), a lock not available (55P03), a serialization failure or
-/// deadlock (40001, 40P01), or a lack of resources (class 53), each at `ERROR` severity. Any
-/// other failure costs the connection, so that one that would repeat on it (a prepared
-/// statement whose result type a migration changed, 0A000) is not retried there for ever.
-fn statement_only(e: &sqlx::Error) -> bool {
-    let Some(db) = e
-        .as_database_error()
-        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
-    else {
-        return false;
-    };
-    db.severity() == PgSeverity::Error
-        && (matches!(db.code(), "57014" | "55P03" | "40001" | "40P01")
-            || db.code().starts_with("53"))
 }
 
 /// The events of `rows`, ready to send (an order's tenant, when its events do not carry it, is

@@ -3,6 +3,8 @@
 //! Everything here talks to Postgres, so most failures are sqlx errors; the rest are events that
 //! cannot be read, which stop a reader at that event rather than skipping it.
 
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
+
 /// A failure of the feed, a checkpoint, a read model or a query.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -106,4 +108,23 @@ pub fn is_outage(e: &sqlx::Error) -> bool {
             .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
         _ => false,
     }
+}
+
+/// Whether a failed statement touched that one statement only, so that its session (with any
+/// advisory lock and prepared statement it holds) is fine to use again: a cancel or statement
+/// timeout (57014), a lock not available (55P03), a serialization failure or deadlock (40001,
+/// 40P01), or a lack of resources (class 53), each at `ERROR` severity. Anything else may have
+/// left the session, or the statement prepared on it, unusable: one that would fail the same
+/// way on every run (a prepared statement whose result type a migration changed, 0A000) needs
+/// a fresh connection, not a retry on this one.
+pub fn is_statement_only(e: &sqlx::Error) -> bool {
+    let Some(db) = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+    else {
+        return false;
+    };
+    db.severity() == PgSeverity::Error
+        && (matches!(db.code(), "57014" | "55P03" | "40001" | "40P01")
+            || db.code().starts_with("53"))
 }

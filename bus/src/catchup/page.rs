@@ -56,9 +56,9 @@ pub struct PageRead {
     /// `{"events":[` and the envelopes so far, comma-separated.
     json: Vec<u8>,
     /// Envelopes in `json`.
-    pub count: usize,
-    pub next: FeedCursor,
-    pub caught_up: bool,
+    count: usize,
+    next: FeedCursor,
+    caught_up: bool,
 }
 
 impl PageRead {

@@ -184,12 +184,10 @@ impl NatsCluster {
             "Listening for route connections on 127.0.0.1:{}",
             self.nodes[i].route_port
         );
-        let log = self.nodes[i].log.clone();
-        let listening = |port: u16| {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&routes))
-        };
-        while !listening(self.nodes[i].port) {
+        let (port, log) = (self.nodes[i].port, self.nodes[i].log.clone());
+        let serves_clients = || TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let routes_bound = || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&routes));
+        while !(serves_clients() && routes_bound()) {
             if !self.nodes[i].is_running() {
                 bail!(
                     "nats-server {} exited at start-up:\n{}",

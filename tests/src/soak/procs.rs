@@ -17,10 +17,7 @@ use anyhow::{bail, Context};
 /// # Panics
 /// When no port can be bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    free_ports(1)[0]
 }
 
 /// `n` distinct free loopback ports: each stays bound until all are chosen, so that none is
