@@ -25,6 +25,7 @@ use order_domain::commands::{CompleteRefund, RefundFacts, RequestRefund};
 use order_domain::OrderCommand;
 use order_projections::checkpoint::{self, Durability};
 use order_projections::postgres::leader::holder;
+use order_projections::FeedPosition;
 use order_tests::helpers::{drain_relay, nats_url, wait_visible};
 use order_tests::{json_of, order_body, spawn_app, spawn_app_with, Auth, TestApp};
 use reqwest::Method;
@@ -258,6 +259,14 @@ async fn create_traced_order(app: &TestApp, request_id: &str) -> String {
     body["order"]["id"].as_str().expect("order id").to_owned()
 }
 
+/// Sets the relay's stored checkpoint to `to`, as an operator moving it, or a crash that lost
+/// its last save, would leave it.
+async fn move_relay_checkpoint(pool: &PgPool, to: FeedPosition) {
+    checkpoint::save(pool, RELAY_CONSUMER, to, 0, Durability::Flushed)
+        .await
+        .unwrap();
+}
+
 async fn post_ok(app: &TestApp, path: &str, body: Value) {
     let (status, answer) = json_of(app.post(path, &body).await).await;
     assert!((200..300).contains(&status), "{path}: {status} {answer}");
@@ -446,9 +455,7 @@ async fn relay_crash_between_publish_and_checkpoint_is_deduplicated(pool: PgPool
     assert_eq!(count, committed_ids(&pool).await.len() as u64);
 
     // The crash: the second batch was published, but its checkpoint never got saved.
-    checkpoint::save(&pool, RELAY_CONSUMER, before, 0, Durability::Flushed)
-        .await
-        .unwrap();
+    move_relay_checkpoint(&pool, before).await;
     let restarted = bus.relay(&pool);
     relay.shutdown().await;
     let republished = drain_relay(&restarted, &pool).await;
@@ -484,9 +491,7 @@ async fn a_running_leader_follows_a_checkpoint_moved_under_it(pool: PgPool) {
     let count = bus.message_count().await;
 
     // The same relay, still leading, after an operator moved its checkpoint back.
-    checkpoint::save(&pool, RELAY_CONSUMER, before, 0, Durability::Flushed)
-        .await
-        .unwrap();
+    move_relay_checkpoint(&pool, before).await;
     assert_eq!(
         drain_relay(&relay, &pool).await,
         second,
@@ -522,15 +527,7 @@ async fn a_batch_read_ahead_is_dropped_when_the_checkpoint_moved_under_it(pool: 
     let first = checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap();
 
     // The second event has been read ahead; the checkpoint goes back to the start.
-    checkpoint::save(
-        &pool,
-        RELAY_CONSUMER,
-        Default::default(),
-        0,
-        Durability::Flushed,
-    )
-    .await
-    .unwrap();
+    move_relay_checkpoint(&pool, FeedPosition::default()).await;
     assert_eq!(relay.run_once().await.unwrap(), RelayOutcome::Published(1));
     assert_eq!(
         checkpoint::load(&pool, RELAY_CONSUMER).await.unwrap(),
